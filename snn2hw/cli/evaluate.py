@@ -1,0 +1,27 @@
+"""Evaluate a checkpoint: test accuracy and per-layer spike rates."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..api import evaluate
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a .pt checkpoint or a run directory")
+    p.add_argument("--dataset", help="dataset spec (default: the one it was trained on)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = evaluate(args.checkpoint, dataset=args.dataset)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['checkpoint']}: test accuracy {result['test_accuracy']:.4f} "
+          f"on {result['samples']} samples of {result['dataset']} (T={result['timesteps']})")
+    print("spike rate per layer (spikes per neuron per step):")
+    for name, rate in result["spike_rates"].items():
+        print(f"  {name:<24} {rate:.4f}")
+    return 0

@@ -1,0 +1,64 @@
+"""Train a spiking network (exact Heaviside forward, surrogate backward).
+
+Examples:
+  snn2hw train --dataset digits --out runs/digits
+  snn2hw train --dataset mnist1d --model conv --epochs 30 --out runs/m1d
+  snn2hw train --config run.yaml --lr 1e-3
+  snn2hw train --resume runs/digits
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..api import train_from_options
+
+# flag -> config key; values None are not passed, so the config file or the defaults apply
+FLAGS: list[tuple[str, dict]] = [
+    ("--dataset", dict(help="digits (default), mnist1d, npz:PATH, mnist-idx:DIR, cifar10:DIR")),
+    ("--model", dict(choices=["mlp", "conv", "resnet18", "resnet19"], help="architecture (default mlp)")),
+    ("--timesteps", dict(type=int, help="time steps T (default 4)")),
+    ("--epochs", dict(type=int, help="epochs (default 30)")),
+    ("--batch-size", dict(type=int, help="batch size (default 64)")),
+    ("--lr", dict(type=float, help="Adam learning rate (default 2e-3), cosine schedule")),
+    ("--weight-decay", dict(type=float)),
+    ("--surrogate", dict(help="surrogate shape: triangle, rectangular, arctan, sigmoid, dspike")),
+    ("--surrogate-param", dict(type=float, help="its shape parameter (default: the shape's)")),
+    ("--method", dict(help="training method (default sg: fixed surrogate)")),
+    ("--loss", dict(choices=["ce", "tet"], help="ce on the mean output, or TET")),
+    ("--lam", dict(type=float, help="membrane leak lambda, 1 = IAF (default 0.5)")),
+    ("--v-th", dict(type=float, help="threshold (default 1.0)")),
+    ("--reset", dict(choices=["hard", "soft"])),
+    ("--hidden", dict(type=int, nargs="+", help="MLP hidden widths (default 256)")),
+    ("--channels", dict(type=int, nargs="+", help="conv channels per block (default 16 32)")),
+    ("--pool", dict(choices=["avg", "max", "sum", "none"])),
+    ("--seed", dict(type=int)),
+    ("--init-from", dict(help="start from this checkpoint's weights (TIT: T may differ)")),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    for flag, kw in FLAGS:
+        p.add_argument(flag, default=None, **kw)
+    p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key, e.g. --set tdbn=false --set method_options.k_limit=0.3")
+    p.add_argument("--out", help="run directory (checkpoints, history.csv, summary.json)")
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    options = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
+               for flag, _ in FLAGS}
+    options = {k: v for k, v in options.items() if v is not None}
+    if "model" in options:
+        options["arch"] = options.pop("model")
+    result = train_from_options(options, config_file=args.config, overrides=args.set,
+                                out=args.out or args.resume, resume=bool(args.resume),
+                                progress=not args.no_progress)
+    s = result.summary
+    print(f"test accuracy {s['test_accuracy']:.4f} after {s['epochs']} epochs "
+          f"({s['wall_time_s']:.1f} s training)" + (f"; run saved in {Path(result.out_dir)}" if result.out_dir else ""))
+    return 0

@@ -1,0 +1,141 @@
+"""Thin torch modules over the functional core.
+
+Tensors flow time-major, ``(T, B, ...)``. Stateless layers (synapses, tdBN,
+pooling, flatten) see ``T*B`` as one batch, so a convolution runs once over all
+steps; temporal layers (``temporal = True``: LIF, residual blocks) see the time
+axis.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .neuron import LIFParams, lif_sequence
+from .surrogate import SurrogateShape, Triangle, default_param, spike
+
+
+class LIF(nn.Module):
+    """A layer of LIF neurons; holds constants and the surrogate, calls the core.
+
+    ``shape_param`` is a buffer (or a Parameter once a method makes it
+    learnable) so that it is saved with the weights and can differ per layer.
+    ``kind`` says what feeds it ("conv" or "fc"), which PSG needs.
+    A method may install ``spike_strategy`` (x -> s) to replace the surrogate
+    spike entirely (ASGL's dual-mode forward).
+    """
+
+    temporal = True
+
+    def __init__(
+        self,
+        lam: float = 0.5,
+        v_th: float = 1.0,
+        reset: str = "hard",
+        surrogate: SurrogateShape | None = None,
+        kind: str = "fc",
+    ) -> None:
+        super().__init__()
+        self.lam, self.v_th, self.reset = float(lam), float(v_th), reset
+        self.surrogate = surrogate if surrogate is not None else Triangle()
+        self.kind = kind
+        self.register_buffer("shape_param", torch.tensor(default_param(self.surrogate)))
+        self.spike_strategy = None
+        self.record_membrane = False
+        self.last_membrane: Tensor | None = None
+
+    @property
+    def params(self) -> LIFParams:
+        return LIFParams(self.lam, self.v_th, self.reset)
+
+    def surrogate_spike(self, x: Tensor) -> Tensor:
+        return spike(x, self.surrogate, self.shape_param)
+
+    def forward(self, currents: Tensor) -> Tensor:
+        spike_fn = self.spike_strategy or self.surrogate_spike
+        s, u = lif_sequence(currents, self.params, spike_fn, self.record_membrane)
+        self.last_membrane = u
+        return s
+
+    def extra_repr(self) -> str:
+        return (
+            f"lam={self.lam}, v_th={self.v_th}, reset={self.reset}, "
+            f"surrogate={self.surrogate.name}({float(self.shape_param):.4g}), kind={self.kind}"
+        )
+
+
+class TDBatchNorm(nn.Module):
+    """Threshold-dependent BN (Dspike Sec. 3.2, Zheng et al. 2021).
+
+    Statistics over (T x batch, spatial) per channel; the normalised value is
+    multiplied by ``alpha * V_th`` before the affine. ``x`` is (T*B, C, ...).
+    """
+
+    def __init__(self, channels: int, v_th: float = 1.0, alpha: float = 1.0,
+                 eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.scale = float(alpha) * float(v_th)
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xn = F.batch_norm(x, self.running_mean, self.running_var, None, None,
+                          self.training, self.momentum, self.eps)
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return xn * (self.scale * self.weight).view(view) + self.bias.view(view)
+
+    def fold_factors(self) -> tuple[Tensor, Tensor]:
+        """(gain, offset) per channel so that ``BN(z) = gain * z + offset`` in eval."""
+        gain = self.scale * self.weight / torch.sqrt(self.running_var + self.eps)
+        return gain, self.bias - gain * self.running_mean
+
+
+class Pool(nn.Module):
+    """Average, max or sum pooling (kernel = stride = k), 1-D or 2-D."""
+
+    def __init__(self, mode: str, k: int, dims: int) -> None:
+        super().__init__()
+        if mode not in ("avg", "max", "sum"):
+            raise ValueError(f"pool must be avg, max or sum, got {mode!r}")
+        self.mode, self.k, self.dims = mode, int(k), int(dims)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "max":
+            fn = F.max_pool1d if self.dims == 1 else F.max_pool2d
+            return fn(x, self.k, self.k)
+        fn = F.avg_pool1d if self.dims == 1 else F.avg_pool2d
+        y = fn(x, self.k, self.k)
+        return y * (self.k ** self.dims) if self.mode == "sum" else y
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, k={self.k}, dims={self.dims}"
+
+
+def run_layers(layers: nn.ModuleList | list, x: Tensor) -> Tensor:
+    """Apply layers to a (T, B, ...) tensor, folding time into batch where stateless."""
+    T, B = x.shape[:2]
+    for layer in layers:
+        if getattr(layer, "temporal", False):
+            x = layer(x)
+        else:
+            x = layer(x.flatten(0, 1)).unflatten(0, (T, B))
+    return x
+
+
+class ResidualBlock(nn.Module):
+    """``LIF(body(x) + shortcut(x))``: the spiking BasicBlock of ResNet-18/19."""
+
+    temporal = True
+
+    def __init__(self, body: list[nn.Module], shortcut: list[nn.Module], out: LIF) -> None:
+        super().__init__()
+        self.body = nn.ModuleList(body)
+        self.shortcut = nn.ModuleList(shortcut)
+        self.out = out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(run_layers(self.body, x) + run_layers(self.shortcut, x))

@@ -1,0 +1,213 @@
+"""Surrogate-gradient shapes and the Heaviside spike function that uses them.
+
+The forward pass is always the exact step ``H(x) = 1 if x > 0 else 0`` with
+``x = u - V_th`` (strict: ``H(0) = 0``). A surrogate shape only replaces
+``dH/dx`` in the backward pass. Every shape integrates to 1 over x.
+
+A shape is a small dataclass holding its default parameter; the parameter value
+actually used is passed as a tensor so that adaptive methods can change it per
+layer (CPNG, Dspike) or learn it (PSG).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import torch
+from torch import Tensor
+
+
+class SurrogateShape(Protocol):
+    """What every surrogate shape provides."""
+
+    name: ClassVar[str]
+    param_name: ClassVar[str]
+
+    def grad(self, x: Tensor, p: Tensor) -> Tensor:
+        """The surrogate of dH/dx at x for shape parameter p."""
+
+    def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
+        """d s/d p, used when p is learnable (PSG)."""
+
+    def primitive(self, x: Tensor, p: Tensor) -> Tensor:
+        """A smooth function whose derivative in x is ``grad`` (for tests)."""
+
+
+def _no_param_grad(x: Tensor, p: Tensor) -> Tensor:
+    return torch.zeros_like(x)
+
+
+@dataclass(frozen=True)
+class Triangle:
+    """``beta * (1 - beta|x|)`` on ``|x| < 1/beta``; beta is the peak value."""
+
+    beta: float = 1.0
+    name: ClassVar[str] = "triangle"
+    param_name: ClassVar[str] = "beta"
+
+    def grad(self, x: Tensor, p: Tensor) -> Tensor:
+        return (p * (1.0 - p * x.abs())).clamp_min(0.0)
+
+    def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
+        inside = (x.abs() < 1.0 / p).to(x.dtype)
+        return inside * (x - p * x * x.abs())  # d/dp of the primitive below
+
+    def primitive(self, x: Tensor, p: Tensor) -> Tensor:
+        y = (p * x).clamp(-1.0, 1.0)
+        return 0.5 + y - 0.5 * y * y.abs()
+
+    def half_width(self, p: float) -> float:
+        return 1.0 / p
+
+
+@dataclass(frozen=True)
+class Rectangular:
+    """``beta`` on ``|x| < 1/(2 beta)``, 0 elsewhere."""
+
+    beta: float = 1.0
+    name: ClassVar[str] = "rectangular"
+    param_name: ClassVar[str] = "beta"
+
+    def grad(self, x: Tensor, p: Tensor) -> Tensor:
+        return p * (x.abs() < 0.5 / p).to(x.dtype)
+
+    def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
+        return x * (x.abs() < 0.5 / p).to(x.dtype)
+
+    def primitive(self, x: Tensor, p: Tensor) -> Tensor:
+        return (p * x + 0.5).clamp(0.0, 1.0)
+
+    def half_width(self, p: float) -> float:
+        return 0.5 / p
+
+
+@dataclass(frozen=True)
+class Arctan:
+    """``beta / (1 + (pi beta x)^2)``, derivative of ``atan(pi beta x)/pi + 1/2``."""
+
+    beta: float = 1.0
+    name: ClassVar[str] = "arctan"
+    param_name: ClassVar[str] = "beta"
+
+    def grad(self, x: Tensor, p: Tensor) -> Tensor:
+        return p / (1.0 + (math.pi * p * x) ** 2)
+
+    def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
+        return x / (1.0 + (math.pi * p * x) ** 2)
+
+    def primitive(self, x: Tensor, p: Tensor) -> Tensor:
+        return torch.atan(math.pi * p * x) / math.pi + 0.5
+
+    def half_width(self, p: float) -> float:
+        return 1.0 / p  # CPNG reads the arctan support as 1/beta (methods.md)
+
+
+@dataclass(frozen=True)
+class Sigmoid:
+    """``k * sig(k x) * (1 - sig(k x))``, derivative of ``sig(k x)``; peak k/4."""
+
+    k: float = 4.0
+    name: ClassVar[str] = "sigmoid"
+    param_name: ClassVar[str] = "k"
+
+    def grad(self, x: Tensor, p: Tensor) -> Tensor:
+        sg = torch.sigmoid(p * x)
+        return p * sg * (1.0 - sg)
+
+    def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
+        sg = torch.sigmoid(p * x)
+        return x * sg * (1.0 - sg)
+
+    def primitive(self, x: Tensor, p: Tensor) -> Tensor:
+        return torch.sigmoid(p * x)
+
+
+@dataclass(frozen=True)
+class Dspike:
+    """Dspike (Li et al. 2021, Eq. 12 recentred on V_th), temperature b.
+
+    ``b (1 - tanh^2(b x)) / (2 tanh(b/2))`` on ``|x| <= 1/2``, 0 outside; the
+    derivative of ``tanh(b x) / (2 tanh(b/2)) + 1/2`` clipped to [0, 1].
+    """
+
+    b: float = 1.0
+    name: ClassVar[str] = "dspike"
+    param_name: ClassVar[str] = "b"
+
+    def grad(self, x: Tensor, p: Tensor) -> Tensor:
+        inside = (x.abs() <= 0.5).to(x.dtype)
+        th = torch.tanh(p * x)
+        return inside * p * (1.0 - th * th) / (2.0 * torch.tanh(p / 2.0))
+
+    def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
+        inside = (x.abs() <= 0.5).to(x.dtype)
+        th, th2 = torch.tanh(p * x), torch.tanh(p / 2.0)
+        d_num = x * (1.0 - th * th) * th2 - th * 0.5 * (1.0 - th2 * th2)
+        return inside * d_num / (2.0 * th2 * th2)
+
+    def primitive(self, x: Tensor, p: Tensor) -> Tensor:
+        xc = x.clamp(-0.5, 0.5)
+        return torch.tanh(p * xc) / (2.0 * torch.tanh(p / 2.0)) + 0.5
+
+
+SURROGATES: dict[str, type] = {
+    cls.name: cls for cls in (Triangle, Rectangular, Arctan, Sigmoid, Dspike)
+}
+
+
+def register_surrogate(cls: type) -> type:
+    """Add a shape to the registry (usable as a class decorator)."""
+    SURROGATES[cls.name] = cls
+    return cls
+
+
+def make_surrogate(name: str, param: float | None = None) -> SurrogateShape:
+    """Build a registered shape by name, with its parameter or its default."""
+    try:
+        cls = SURROGATES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown surrogate {name!r}; choose one of {sorted(SURROGATES)}"
+        ) from None
+    return cls() if param is None else cls(float(param))
+
+
+def default_param(shape: SurrogateShape) -> float:
+    return float(getattr(shape, shape.param_name))
+
+
+class _HeavisideSurrogate(torch.autograd.Function):
+    """Forward: strict Heaviside. Backward: the shape's surrogate derivative."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: Tensor, shape: SurrogateShape) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, p)
+        ctx.shape = shape
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        x, p = ctx.saved_tensors
+        grad_x = grad_p = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_out * ctx.shape.grad(x, p)
+        if ctx.needs_input_grad[1]:
+            g = grad_out * ctx.shape.grad_param(x, p)
+            grad_p = g.sum() if p.dim() == 0 else g.sum_to_size(p.shape)
+        return grad_x, grad_p, None
+
+
+def heaviside(x: Tensor) -> Tensor:
+    """Exact strict step ``x > 0`` as the input's dtype (no gradient)."""
+    return (x > 0).to(x.dtype)
+
+
+def spike(x: Tensor, shape: SurrogateShape, p: Tensor | float | None = None) -> Tensor:
+    """Heaviside forward with the surrogate ``shape`` in the backward pass."""
+    if p is None:
+        p = default_param(shape)
+    if not isinstance(p, Tensor):
+        p = torch.tensor(float(p), dtype=x.dtype, device=x.device)
+    return _HeavisideSurrogate.apply(x, p, shape)

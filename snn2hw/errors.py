@@ -1,0 +1,21 @@
+"""Errors the CLI reports as one clear line (no traceback)."""
+
+
+class Snn2hwError(Exception):
+    """Base class: a problem the user can fix; the message says how."""
+
+
+class DataError(Snn2hwError):
+    """A dataset file is missing, truncated or of the wrong shape."""
+
+
+class CheckpointError(Snn2hwError):
+    """A checkpoint is missing, corrupt, truncated or of another format."""
+
+
+class ConfigError(Snn2hwError):
+    """A configuration value or file is invalid."""
+
+
+class ExportError(Snn2hwError):
+    """A target cannot run part of the network (the message names layer and fix)."""

@@ -1,0 +1,61 @@
+"""The typed model configuration stored in every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+ARCHS = ("mlp", "conv", "resnet18", "resnet19")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a network; plain types only (saved as a dict)."""
+
+    arch: str = "mlp"
+    input_shape: tuple[int, ...] = (64,)
+    num_classes: int = 10
+    timesteps: int = 4
+    hidden: tuple[int, ...] = (256,)          # mlp: hidden layer widths
+    channels: tuple[int, ...] = (16, 32)      # conv: channels per conv block
+    kernel_size: int = 3
+    pool: str = "avg"                         # avg | max | sum | none
+    fc_hidden: int = 0                        # conv: optional spiking FC layer before the readout
+    lam: float = 0.5                          # leak; 1.0 is IAF
+    v_th: float = 1.0
+    reset: str = "hard"                       # hard | soft
+    surrogate: str = "triangle"
+    surrogate_param: float | None = None      # None: the shape's default
+    tdbn: bool | None = None                  # None: on for conv/resnet, off for mlp
+    tdbn_alpha: float = 1.0
+    carrier: str = "spike"                    # spike | current (ISNM: BN/pool on currents)
+    width: int = 64                           # resnet: channels of the first stage
+
+    def __post_init__(self) -> None:
+        self.input_shape = tuple(int(v) for v in self.input_shape)
+        self.hidden = tuple(int(v) for v in self.hidden)
+        self.channels = tuple(int(v) for v in self.channels)
+        if self.arch not in ARCHS:
+            raise ValueError(f"model must be one of {ARCHS}, got {self.arch!r}")
+        if self.reset not in ("hard", "soft"):
+            raise ValueError(f"reset must be 'hard' or 'soft', got {self.reset!r}")
+        if self.carrier not in ("spike", "current"):
+            raise ValueError(f"carrier must be 'spike' or 'current', got {self.carrier!r}")
+        if self.pool not in ("avg", "max", "sum", "none"):
+            raise ValueError(f"pool must be avg, max, sum or none, got {self.pool!r}")
+        if not 0.0 < self.lam <= 1.0:
+            raise ValueError(f"lam must be in (0, 1], got {self.lam}")
+        if self.timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
+
+    @property
+    def use_tdbn(self) -> bool:
+        return self.arch != "mlp" if self.tdbn is None else bool(self.tdbn)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

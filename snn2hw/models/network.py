@@ -1,0 +1,186 @@
+"""The spiking network container and the builders for each architecture."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from ..core.layers import LIF, Pool, ResidualBlock, TDBatchNorm, run_layers
+from ..core.surrogate import make_surrogate
+from .config import ModelConfig
+
+
+class SpikingNetwork(nn.Module):
+    """A feed-forward SNN: ``layers`` applied to (T, B, ...), output = mean_t of
+    the last (non-spiking) layer's current (Dspike Eq. 3, ASGL Eq. 5).
+
+    Static input ``(B, ...)`` is direct-encoded: the same analog frame at every
+    step. Since the stateless layers before the first LIF see identical frames,
+    they are computed once and broadcast over T (same numbers, T times less work).
+    Temporal input ``(T, B, ...)`` (event data) is passed as is.
+    """
+
+    def __init__(self, config: ModelConfig, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def timesteps(self) -> int:
+        return self.config.timesteps
+
+    def lif_layers(self) -> list[LIF]:
+        return [m for m in self.modules() if isinstance(m, LIF)]
+
+    def forward_sequence(self, x: Tensor) -> Tensor:
+        """Per-step readout currents (T, B, classes)."""
+        T = self.config.timesteps
+        static = x.dim() == len(self.config.input_shape) + 1
+        if static:
+            first_temporal = next(
+                (i for i, m in enumerate(self.layers) if getattr(m, "temporal", False)),
+                len(self.layers),
+            )
+            for layer in self.layers[:first_temporal]:
+                x = layer(x)
+            x = x.unsqueeze(0).expand(T, *x.shape)
+            return run_layers(self.layers[first_temporal:], x)
+        return run_layers(self.layers, x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_sequence(x).mean(0)
+
+
+def _conv(dims: int, cin: int, cout: int, k: int, stride: int = 1, bias: bool = True) -> nn.Module:
+    conv = nn.Conv1d if dims == 1 else nn.Conv2d
+    return conv(cin, cout, k, stride=stride, padding=k // 2, bias=bias)
+
+
+def _lif(cfg: ModelConfig, kind: str) -> LIF:
+    return LIF(cfg.lam, cfg.v_th, cfg.reset,
+               make_surrogate(cfg.surrogate, cfg.surrogate_param), kind=kind)
+
+
+def _bn(cfg: ModelConfig, channels: int) -> list[nn.Module]:
+    return [TDBatchNorm(channels, cfg.v_th, cfg.tdbn_alpha)] if cfg.use_tdbn else []
+
+
+def build_mlp(cfg: ModelConfig) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = 1
+    for d in cfg.input_shape:
+        width *= d
+    for h in cfg.hidden:
+        layers += [nn.Linear(width, h)] + _bn(cfg, h) + [_lif(cfg, "fc")]
+        width = h
+    layers.append(nn.Linear(width, cfg.num_classes))
+    return layers
+
+
+def build_conv(cfg: ModelConfig) -> list[nn.Module]:
+    dims = len(cfg.input_shape) - 1
+    if dims not in (1, 2):
+        raise ValueError(f"conv model needs (C, L) or (C, H, W) input, got {cfg.input_shape}")
+    layers: list[nn.Module] = []
+    cin, spatial = cfg.input_shape[0], list(cfg.input_shape[1:])
+    for cout in cfg.channels:
+        block = [_conv(dims, cin, cout, cfg.kernel_size, bias=not cfg.use_tdbn)] + _bn(cfg, cout)
+        pool: list[nn.Module] = []
+        if cfg.pool != "none" and min(spatial) >= 2:
+            pool = [Pool(cfg.pool, 2, dims)]
+            spatial = [s // 2 for s in spatial]
+        # ISNM carries currents between layers, so pooling acts before the neuron.
+        block += pool + [_lif(cfg, "conv")] if cfg.carrier == "current" else [_lif(cfg, "conv")] + pool
+        layers += block
+        cin = cout
+    flat = cin
+    for s in spatial:
+        flat *= s
+    layers.append(nn.Flatten())
+    if cfg.fc_hidden:
+        layers += [nn.Linear(flat, cfg.fc_hidden), _lif(cfg, "fc")]
+        flat = cfg.fc_hidden
+    layers.append(nn.Linear(flat, cfg.num_classes))
+    return layers
+
+
+def _basic_block(cfg: ModelConfig, cin: int, cout: int, stride: int) -> ResidualBlock:
+    body = [_conv(2, cin, cout, 3, stride, bias=False), *_bn(cfg, cout), _lif(cfg, "conv"),
+            _conv(2, cout, cout, 3, 1, bias=False), *_bn(cfg, cout)]
+    shortcut: list[nn.Module] = []
+    if stride != 1 or cin != cout:
+        shortcut = [_conv(2, cin, cout, 1, stride, bias=False), *_bn(cfg, cout)]
+    return ResidualBlock(body, shortcut, _lif(cfg, "conv"))
+
+
+def build_resnet(cfg: ModelConfig) -> list[nn.Module]:
+    """Spiking ResNet-18 (2-2-2-2 blocks) or ResNet-19 (3-3-2 blocks, FC 256; tdBN paper)."""
+    if len(cfg.input_shape) != 3:
+        raise ValueError(f"{cfg.arch} needs (C, H, W) input, got {cfg.input_shape}")
+    w = cfg.width
+    if cfg.arch == "resnet18":
+        stages, widths, fc = (2, 2, 2, 2), (w, 2 * w, 4 * w, 8 * w), 0
+    else:
+        stages, widths, fc = (3, 3, 2), (2 * w, 4 * w, 8 * w), 256
+    layers: list[nn.Module] = [_conv(2, cfg.input_shape[0], widths[0], 3, bias=False),
+                               *_bn(cfg, widths[0]), _lif(cfg, "conv")]
+    cin = widths[0]
+    for i, (n, cout) in enumerate(zip(stages, widths)):
+        for j in range(n):
+            layers.append(_basic_block(cfg, cin, cout, 2 if (j == 0 and i > 0) else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if fc:
+        layers += [nn.Linear(cin, fc), _lif(cfg, "fc")]
+        cin = fc
+    layers.append(nn.Linear(cin, cfg.num_classes))
+    return layers
+
+
+BUILDERS = {"mlp": build_mlp, "conv": build_conv, "resnet18": build_resnet, "resnet19": build_resnet}
+
+
+def build_model(cfg: ModelConfig) -> SpikingNetwork:
+    """Build the network a config describes (weights freshly initialised)."""
+    return SpikingNetwork(cfg, BUILDERS[cfg.arch](cfg))
+
+
+@contextmanager
+def record_spikes(model: nn.Module) -> Iterator[dict[str, list[Tensor]]]:
+    """Collect each LIF layer's output spikes (T, B, ...) during forward passes."""
+    records: dict[str, list[Tensor]] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, LIF):
+            records[name] = []
+            handles.append(m.register_forward_hook(
+                lambda mod, inp, out, key=name: records[key].append(out.detach())))
+    try:
+        yield records
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def record_membrane(model: nn.Module) -> Iterator[list[LIF]]:
+    """Make every LIF layer keep the membrane potentials of its last forward."""
+    lifs = [m for m in model.modules() if isinstance(m, LIF)]
+    for m in lifs:
+        m.record_membrane = True
+    try:
+        yield lifs
+    finally:
+        for m in lifs:
+            m.record_membrane = False
+            m.last_membrane = None
+
+
+def spike_rates(model: SpikingNetwork, x: Tensor) -> dict[str, float]:
+    """Mean firing probability per LIF layer (spikes per neuron per step)."""
+    with torch.no_grad(), record_spikes(model) as rec:
+        model(x)
+    return {k: float(torch.cat([r.float().flatten() for r in v]).mean()) for k, v in rec.items()}

@@ -1,0 +1,101 @@
+"""The run configuration: training settings plus the model config.
+
+A config file (YAML or TOML) may give any field flat (``epochs: 30``,
+``timesteps: 8``) or nest the model fields under ``model:``; method options go
+under ``method_options:``. Command-line values override the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..models.config import ModelConfig
+
+
+@dataclass
+class RunConfig:
+    dataset: str = "digits"
+    method: str = "sg"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    loss: str = "ce"              # ce (on the mean output) | tet (mean over t of per-step CE)
+    seed: int = 0
+    init_from: str | None = None  # checkpoint to start from (TIT: another T is allowed)
+    eval_batch_size: int = 512
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        if self.loss not in ("ce", "tet"):
+            raise ConfigError(f"loss must be 'ce' or 'tet', got {self.loss!r}")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        return build_config(d)
+
+
+RUN_FIELDS = {f.name for f in fields(RunConfig)} - {"model"}
+MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
+
+
+def build_config(values: dict[str, Any]) -> RunConfig:
+    """RunConfig from a flat or nested dict; unknown keys are an error naming them."""
+    run, model = {}, {}
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        if key == "model" and isinstance(value, dict):
+            model.update(value)
+        elif key == "model":
+            model["arch"] = value
+        elif key in RUN_FIELDS:
+            run[key] = value
+        elif key in MODEL_FIELDS:
+            model[key] = value
+        else:
+            raise ConfigError(f"unknown config key {key!r}; known: "
+                              f"{sorted(RUN_FIELDS | MODEL_FIELDS)}")
+    unknown = set(model) - MODEL_FIELDS
+    if unknown:
+        raise ConfigError(f"unknown model key(s) {sorted(unknown)}; known: {sorted(MODEL_FIELDS)}")
+    try:
+        return RunConfig(**run, model=ModelConfig(**model))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: config file not found")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        if p.suffix == ".json":
+            return json.loads(text)
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    except Exception as exc:
+        raise ConfigError(f"{p}: cannot parse ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of config keys at the top level")
+    return data

@@ -1,0 +1,103 @@
+"""Adam and a cosine learning-rate schedule, small and import-light.
+
+``torch.optim`` imports ``torch._dynamo`` on first use, about a second of
+start-up that a 2-second training run cannot afford. The update is Adam's
+(Kingma & Ba, with bias correction and L2 weight decay as torch's Adam applies
+it); ``tests/test_optim.py`` checks it against ``torch.optim.Adam`` step by step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+
+class Adam:
+    """Adam over parameter groups (dicts with ``params`` and optional ``lr``, ``weight_decay``)."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        params = list(params)
+        if params and not isinstance(params[0], dict):
+            params = [{"params": params}]
+        self.defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+        self.param_groups = []
+        for g in params:
+            group = {**self.defaults, **g}
+            group["params"] = list(group["params"])
+            group.setdefault("initial_lr", group["lr"])
+            self.param_groups.append(group)
+        self.step_count = 0
+        self.exp_avg = [[torch.zeros_like(p) for p in g["params"]] for g in self.param_groups]
+        self.exp_avg_sq = [[torch.zeros_like(p) for p in g["params"]] for g in self.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.step_count += 1
+        for g, m_all, v_all in zip(self.param_groups, self.exp_avg, self.exp_avg_sq):
+            live = [i for i, p in enumerate(g["params"]) if p.grad is not None]
+            if not live:
+                continue
+            ps = [g["params"][i] for i in live]
+            grads = [g["params"][i].grad for i in live]
+            ms, vs = [m_all[i] for i in live], [v_all[i] for i in live]
+            b1, b2 = g["betas"]
+            if g["weight_decay"]:
+                grads = torch._foreach_add(grads, ps, alpha=g["weight_decay"])
+            torch._foreach_lerp_(ms, grads, 1 - b1)
+            torch._foreach_mul_(vs, b2)
+            torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+            bc1 = 1 - b1 ** self.step_count
+            bc2 = 1 - b2 ** self.step_count
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_div_(denom, math.sqrt(bc2))
+            torch._foreach_add_(denom, g["eps"])
+            torch._foreach_addcdiv_(ps, ms, denom, value=-g["lr"] / bc1)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_count,
+                "lr": [g["lr"] for g in self.param_groups],
+                "exp_avg": [list(m) for m in self.exp_avg],
+                "exp_avg_sq": [list(v) for v in self.exp_avg_sq]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step"])
+        for g, lr in zip(self.param_groups, state["lr"]):
+            g["lr"] = lr
+        for dst, src in ((self.exp_avg, state["exp_avg"]), (self.exp_avg_sq, state["exp_avg_sq"])):
+            for d_group, s_group in zip(dst, src):
+                for d, s in zip(d_group, s_group):
+                    d.copy_(s)
+
+
+class CosineSchedule:
+    """``lr_e = lr_0 (1 + cos(pi e / E)) / 2`` after e calls to ``step()``."""
+
+    def __init__(self, optimizer: Adam, total_epochs: int) -> None:
+        self.optimizer, self.total_epochs, self.epoch = optimizer, int(total_epochs), 0
+        self._apply()
+
+    def _apply(self) -> None:
+        f = 0.5 * (1 + math.cos(math.pi * min(self.epoch, self.total_epochs) / self.total_epochs))
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * f
+
+    def step(self) -> None:
+        self.epoch += 1
+        self._apply()
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "total_epochs": self.total_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self._apply()
+

@@ -1,0 +1,251 @@
+"""The training loop: data, model, method hooks, checkpoints, history, resume.
+
+Determinism: the data order of epoch e comes from its own generator seeded by
+(seed, e), and the global RNG states are saved at the end of every epoch, so a
+run resumed from ``last.pt`` ends with the same weights as one never stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.datasets import DataSplit, load_dataset
+from ..errors import CheckpointError
+from ..models.config import ModelConfig
+from ..models.network import SpikingNetwork, build_model
+from .checkpoint import atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import RunConfig
+from .methods import MethodContext, make_method
+from .optim import Adam, CosineSchedule
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_loss(kind: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """Loss on per-step readout currents (T, B, K)."""
+    if kind == "tet":  # TET: mean over t of the per-step cross-entropy
+        return lambda seq, y: F.cross_entropy(seq.flatten(0, 1), y.repeat(seq.shape[0]))
+    return lambda seq, y: F.cross_entropy(seq.mean(0), y)
+
+
+def to_time_major(x: Tensor, temporal: bool) -> Tensor:
+    """Event data is stored (B, T, ...); the network wants (T, B, ...)."""
+    return x.transpose(0, 1) if temporal else x
+
+
+@torch.inference_mode()
+def evaluate_model(model: SpikingNetwork, x: Tensor, y: Tensor, temporal: bool = False,
+                   batch_size: int = 512) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` on (x, y) in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        out = model(to_time_major(xb, temporal))
+        correct += int((out.argmax(1) == yb).sum())
+        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+    model.train(was_training)
+    return correct / max(len(x), 1), loss_sum / max(len(x), 1)
+
+
+def model_config_for(config: RunConfig, data: DataSplit) -> ModelConfig:
+    d = config.model.to_dict()
+    d.update(input_shape=list(data.input_shape), num_classes=data.num_classes)
+    return ModelConfig.from_dict(d)
+
+
+@dataclass
+class RunResult:
+    model: SpikingNetwork
+    config: RunConfig
+    history: list[dict]
+    summary: dict
+    out_dir: Path | None
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _load_init(model: SpikingNetwork, path: str) -> None:
+    """Initialise weights from a checkpoint (TIT: T may differ; shapes must match)."""
+    ckpt = load_checkpoint(path)
+    own = model.state_dict()
+    mismatched = [k for k, v in ckpt["model_state"].items() if k in own and own[k].shape != v.shape]
+    if mismatched or set(own) - set(ckpt["model_state"]):
+        raise CheckpointError(f"{path}: architecture differs from this run's model "
+                              f"(mismatched: {mismatched[:3]}, missing: {sorted(set(own) - set(ckpt['model_state']))[:3]})")
+    model.load_state_dict(ckpt["model_state"], strict=False)
+
+
+def train(config: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
+          progress: bool = True, data: DataSplit | None = None) -> RunResult:
+    """Train a model as ``config`` says; checkpoints and history go to ``out_dir``.
+
+    With ``resume=True`` the run continues from ``out_dir/last.pt`` (its saved
+    config wins, except ``epochs``, which may be raised to train longer).
+    """
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt = None
+    if resume:
+        if out is None:
+            raise CheckpointError("resume needs the run directory")
+        ckpt = load_checkpoint(out / "last.pt")
+        epochs = config.epochs
+        config = RunConfig.from_dict(ckpt["run_config"])
+        config.epochs = max(epochs, config.epochs) if epochs else config.epochs
+
+    data = data if data is not None else load_dataset(config.dataset, config.seed)
+    seed_everything(config.seed)
+    config.model = model_config_for(config, data)
+    model = build_model(config.model)
+    method = make_method(config.method, config.method_options)
+    method.setup(model)
+    if config.init_from and ckpt is None:
+        _load_init(model, config.init_from)
+    optimizer = Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = CosineSchedule(optimizer, config.epochs)
+    loss_fn = make_loss(config.loss)
+
+    # One fixed probe batch for the methods that measure the network (CPNG, Dspike).
+    probe_idx = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(config.seed))
+    probe_idx = probe_idx[: min(config.batch_size, len(probe_idx))]
+    probe_x = to_time_major(data.x_train[probe_idx], data.temporal)
+    probe_y = data.y_train[probe_idx]
+
+    history: list[dict] = []
+    start_epoch, best_acc, elapsed = 0, -1.0, 0.0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        scheduler.load_state_dict(ckpt["scheduler_state"])  # keeps this run's total epochs
+        method.load_state_dict(ckpt.get("method_state", {}))
+        history = list(ckpt.get("history", []))
+        start_epoch = int(ckpt["epoch"]) + 1
+        best_acc = float(ckpt.get("best_accuracy", -1.0))
+        elapsed = float(ckpt.get("wall_time_s", 0.0))
+        set_rng_state(ckpt["rng_state"])
+
+    def payload(epoch: int) -> dict:
+        return {
+            "run_config": config.to_dict(), "model_config": config.model.to_dict(),
+            "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+            "scheduler_state": scheduler.state_dict(), "method_state": method.state_dict(),
+            "rng_state": rng_state(), "history": history, "epoch": epoch,
+            "best_accuracy": best_acc, "wall_time_s": elapsed,
+        }
+
+    n = len(data.x_train)
+    steps = (n + config.batch_size - 1) // config.batch_size
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=(config.epochs - start_epoch) * steps, unit="batch", dynamic_ncols=True)
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            t0 = time.perf_counter()
+            ctx = MethodContext(model, epoch, config.epochs, probe_x, probe_y, loss_fn)
+            row: dict = {"epoch": epoch + 1}
+            row.update(method.on_epoch_start(ctx))
+            model.train()
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+            loss_sum, correct = 0.0, 0
+            for i in range(steps):
+                idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+                xb, yb = to_time_major(data.x_train[idx], data.temporal), data.y_train[idx]
+                seq = model.forward_sequence(xb)
+                loss = loss_fn(seq, yb)
+                extra = method.extra_loss(model)
+                if extra is not None:
+                    loss = loss + extra
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(idx)
+                correct += int((seq.detach().mean(0).argmax(1) == yb).sum())
+                if bar is not None:
+                    bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
+                    bar.set_postfix(loss=f"{loss_sum / min(n, (i + 1) * config.batch_size):.3f}",
+                                    acc=f"{correct / min(n, (i + 1) * config.batch_size):.3f}", refresh=False)
+                    bar.update()
+            row["lr"] = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            row.update(method.on_epoch_end(ctx))
+            test_acc, test_loss = evaluate_model(model, data.x_test, data.y_test, data.temporal,
+                                                 config.eval_batch_size)
+            elapsed += time.perf_counter() - t0
+            row.update(train_loss=loss_sum / n, train_accuracy=correct / n,
+                       test_loss=test_loss, test_accuracy=test_acc, wall_time_s=elapsed)
+            history.append(row)
+            improved = test_acc > best_acc
+            best_acc = max(best_acc, test_acc)
+            if out is not None:
+                state = payload(epoch)
+                save_checkpoint(out / "last.pt", state)
+                if improved:
+                    save_checkpoint(out / "best.pt", state)
+                _write_history(out / "history.csv", history)
+            if bar is not None:
+                bar.write(f"epoch {epoch + 1}: loss {row['train_loss']:.4f} train {row['train_accuracy']:.4f} "
+                          f"test {test_acc:.4f}")
+    finally:
+        if bar is not None:
+            bar.close()
+
+    final = history[-1] if history else {}
+    summary = {
+        "test_accuracy": final.get("test_accuracy"),
+        "best_test_accuracy": best_acc if history else None,
+        "epochs": config.epochs,
+        "wall_time_s": elapsed,
+        "timesteps": config.model.timesteps,
+        "method": config.method,
+        "model": config.model.arch,
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    if out is not None:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return RunResult(model, config, history, summary, out)
+
+
+def load_model(path: str | Path) -> tuple[SpikingNetwork, dict]:
+    """Rebuild the network a checkpoint holds (eval mode) and return it with the checkpoint."""
+    ckpt = load_checkpoint(path)
+    cfg = ModelConfig.from_dict(ckpt["model_config"])
+    model = build_model(cfg)
+    run = ckpt.get("run_config", {})
+    if run.get("method"):
+        make_method(run["method"], run.get("method_options", {})).setup(model)
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the stored model config ({str(exc)[:200]})") from None
+    model.eval()
+    return model, ckpt
