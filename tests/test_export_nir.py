@@ -12,7 +12,9 @@ import torch
 
 from export_models import trained
 from snn2hw.errors import ExportError
+from snn2hw.core.layers import TDBatchNorm
 from snn2hw.export.api import export_model
+from snn2hw.export.base import Samples
 from snn2hw.export.from_nir import nir_to_network, node_spikes
 from snn2hw.export.to_nir import DT, model_to_nir
 from snn2hw.models import ModelConfig, build_model
@@ -184,12 +186,42 @@ def test_foreign_graph_matches_numpy_reference(metadata, dt, reset, tmp_path):
 
 # ----- refusals: clear message, nothing written ----------------------------------------
 
-def test_residual_network_is_refused_by_nir_target_and_nothing_written(tmp_path):
-    model = build_model(ModelConfig(arch="resnet18", input_shape=(3, 8, 8), width=4, timesteps=2))
-    out = tmp_path / "out"
-    with pytest.raises(ExportError, match=r"^nir: layer 3 \(NIR node 'layers.3.out'\) sums 2 inputs.*--model"):
-        export_model(model, "nir", out)
-    assert not out.exists()
+@pytest.mark.parametrize("arch", ["resnet18", "resnet19"])
+def test_residual_network_exports_to_nir_and_rebuilds(arch, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, input_shape=(3, 8, 8), width=4, timesteps=3, lam=0.8, v_th=0.3))
+    for m in model.modules():  # non-trivial tdBN statistics to fold
+        if isinstance(m, TDBatchNorm):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.3, 1.0)
+    model.eval()
+    x = torch.rand(24, 3, 8, 8) * 3
+    samples = Samples(x, torch.randint(0, 10, (24,)), 3)
+    result = export_model(model, "nir", tmp_path / "out", check=True, samples=samples)
+    graph = nir.read(tmp_path / "out" / "model.nir")
+    merges = [b for b in graph.nodes if sum(e[1] == b for e in graph.edges) == 2]
+    assert len(merges) == 8  # 2-2-2-2 or 3-3-2 BasicBlocks: each block neuron sums two inputs
+    v = result.verification
+    assert len(v.spike_agreement) == len(model.lif_layers())
+    active = [k for k, c in v.details["spike_counts"].items() if c["reference"] > 0]
+    assert len(active) >= len(v.spike_agreement) // 2
+    # tdBN folding changes float rounding only: at most a stray spike at a tie
+    assert min(v.spike_agreement.values()) >= 0.999 and v.output_agreement == 1.0
+
+
+def test_branching_that_is_not_a_residual_block_is_refused(tmp_path):
+    eye = np.eye(3, dtype=np.float32)
+    graph = nir.NIRGraph(nodes={
+        "in": nir.Input(input_type={"input": np.array([3])}),
+        "a": nir.Affine(weight=eye, bias=np.zeros(3, np.float32)),
+        "b": nir.Affine(weight=eye, bias=np.zeros(3, np.float32)),
+        "c": nir.Affine(weight=eye, bias=np.zeros(3, np.float32)),
+        "out": nir.Output(output_type={"output": np.array([3])})},
+        edges=[("in", "a"), ("in", "b"), ("a", "c"), ("b", "c"), ("c", "out")],
+        metadata={"dt": 1e-4, "timesteps": 2})
+    with pytest.raises(ExportError, match=r"^nir: NIR node 'c' sums 2 inputs but is a Affine"):
+        export_model(graph, "nir", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_max_pooling_is_refused_naming_the_layer(tmp_path):

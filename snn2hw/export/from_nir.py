@@ -10,7 +10,8 @@ and feed-forward graphs written by other frameworks with NIR 1.0.4 semantics:
 * spike ``v > v_threshold``; reset by subtraction unless the metadata says
   ``reset: zero``. dt comes from the metadata, else 1e-4 with a warning.
 * Affine, Linear, Scale, Conv1d, Conv2d, SumPool2d, AvgPool2d, Flatten (batch
-  excluded from start_dim/end_dim), Input, Output.
+  excluded from start_dim/end_dim), Input, Output; chains, and residual blocks (two
+  chains from one node summed by a neuron node) as ``core.layers.ResidualBlock``.
 
 The neuron update is ``snn2hw.core.neuron`` (through ``core.layers.LIF``) with the
 exact Heaviside step. The readout is the mean over T of the last node's output.
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.layers import LIF, Pool
+from ..core.layers import LIF, Pool, ResidualBlock
 from ..core.surrogate import heaviside
 from ..errors import ExportError
 from ..models.config import ModelConfig
@@ -204,13 +205,13 @@ def chain_order(graph: nir.NIRGraph) -> list[str]:
         preds[b] = preds.get(b, 0) + 1
     for n, k in preds.items():
         if k > 1:
-            raise ExportError(f"{where(n)} sums {k} inputs (a residual or branching graph); snn2hw "
-                              "rebuilds and exports feed-forward chains only: use an architecture without "
-                              "skip connections (--model mlp or conv)")
+            raise ExportError(f"{where(n)} sums {k} inputs (a residual or branching graph); this "
+                              "target runs feed-forward chains only: use an architecture without skip "
+                              "connections (--model mlp or conv)")
     for n, s in succ.items():
         if len(s) > 1:
-            raise ExportError(f"{where(n)} feeds {len(s)} nodes (a branching graph); snn2hw rebuilds "
-                              "feed-forward chains only")
+            raise ExportError(f"{where(n)} feeds {len(s)} nodes (a branching graph); this target "
+                              "runs feed-forward chains only")
     starts = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
     if len(starts) != 1:
         raise ExportError(f"the NIR graph has {len(starts)} Input nodes; snn2hw needs exactly one")
@@ -226,6 +227,76 @@ def chain_order(graph: nir.NIRGraph) -> list[str]:
         missing = sorted(set(graph.nodes) - set(order))
         raise ExportError(f"NIR nodes {missing[:4]} are not on the Input -> Output chain")
     return order
+
+
+def graph_plan(graph: nir.NIRGraph) -> list:
+    """The graph as steps from Input to Output: a node name, or a residual block
+    ``(branch_a, branch_b, merge)`` where two chains from one node meet in ``merge``
+    (a neuron node, which sums them; a branch may be empty: identity shortcut).
+    ExportError for anything else (nested branches, cycles, several inputs)."""
+    succ: dict[str, list[str]] = {}
+    preds: dict[str, list[str]] = {}
+    for a, b in graph.edges:
+        succ.setdefault(a, []).append(b)
+        preds.setdefault(b, []).append(a)
+    starts = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    if len(starts) != 1:
+        raise ExportError(f"the NIR graph has {len(starts)} Input nodes; snn2hw needs exactly one")
+
+    def branch(first: str, origin: str) -> tuple[list[str], str]:
+        names, cur = [], first
+        while len(preds.get(cur, [])) < 2:
+            if len(succ.get(cur, [])) != 1:
+                raise ExportError(f"{where(cur)} inside a branch from {origin!r} does not lead to a single "
+                                  "merge node; only residual blocks (two chains meeting in a neuron) are rebuilt")
+            names.append(cur)
+            cur = succ[cur][0]
+        return names, cur
+
+    steps: list = []
+    seen: set[str] = set()
+    cur = starts[0]
+    steps.append(cur)
+    while succ.get(cur):
+        nxt = succ[cur]
+        if len(nxt) == 1 and len(preds.get(nxt[0], [])) == 1:
+            cur = nxt[0]
+            step: object = cur
+        elif len(nxt) == 2:  # a residual block: two chains (one may be empty) meeting in one node
+            (a, merge), (b, merge_b) = branch(nxt[0], cur), branch(nxt[1], cur)
+            if merge != merge_b or len(preds[merge]) != 2:
+                raise ExportError(f"the branches from {where(cur)} do not meet in one node with 2 inputs; "
+                                  "only residual blocks are rebuilt")
+            if not isinstance(graph.nodes[merge], (nir.LIF, nir.IF)):
+                raise ExportError(f"{where(merge)} sums 2 inputs but is a {type(graph.nodes[merge]).__name__}; "
+                                  "a residual block must end in a LIF/IF neuron")
+            step, cur = (a, b, merge), merge
+        elif len(nxt) == 1:
+            raise ExportError(f"{where(nxt[0])} sums {len(preds[nxt[0]])} inputs that do not form a residual "
+                              "block with its input; snn2hw rebuilds chains and residual blocks only")
+        else:
+            raise ExportError(f"{where(cur)} feeds {len(nxt)} nodes; snn2hw rebuilds chains and residual blocks only")
+        if cur in seen:
+            raise ExportError(f"the NIR graph has a cycle through node {cur!r} (recurrence is not supported)")
+        seen.add(cur)
+        steps.append(step)
+    if not isinstance(graph.nodes[cur], nir.Output):
+        raise ExportError(f"the NIR graph ends at {cur!r}, not at an Output node")
+    covered = {n for st in steps for n in ([st] if isinstance(st, str) else st[0] + st[1] + [st[2]])}
+    if covered != set(graph.nodes):
+        raise ExportError(f"NIR nodes {sorted(set(graph.nodes) - covered)[:4]} are not on the Input -> Output path")
+    return steps
+
+
+def _convert(graph: nir.NIRGraph, name: str, ctx: _Ctx, names: dict[int, str]) -> list[nn.Module]:
+    node = graph.nodes[name]
+    if isinstance(node, (nir.Input, nir.Output)):
+        return []
+    if isinstance(node, nir.NIRGraph):
+        raise ExportError(f"{where(name)} is a nested graph; flatten it before importing")
+    modules = CONVERTERS.get(type(node), _unsupported)(node, name, ctx)
+    names.update({id(m): name for m in modules if isinstance(m, LIF)})
+    return modules
 
 
 def nir_to_network(graph: nir.NIRGraph, timesteps: int | None = None) -> NIRNetwork:
@@ -247,26 +318,30 @@ def nir_to_network(graph: nir.NIRGraph, timesteps: int | None = None) -> NIRNetw
     if T < 1:
         raise ExportError("the NIR graph's metadata gives no 'timesteps': pass --timesteps N")
     ctx = _Ctx(dt, reset)
-    order = chain_order(graph)
+    steps = graph_plan(graph)
     layers: list[nn.Module] = []
-    node_names: dict[str, str] = {}
-    for name in order:
-        node = graph.nodes[name]
-        if isinstance(node, (nir.Input, nir.Output)):
+    by_id: dict[int, str] = {}
+    for step in steps:
+        if isinstance(step, str):
+            layers += _convert(graph, step, ctx, by_id)
             continue
-        if isinstance(node, nir.NIRGraph):
-            raise ExportError(f"NIR node {name!r} is a nested graph; flatten it before importing")
-        new = CONVERTERS.get(type(node), _unsupported)(node, name, ctx)
-        for m in new:
-            if isinstance(m, LIF):
-                node_names[f"layers.{len(layers)}"] = name
-            layers.append(m)
-    input_shape = tuple(int(v) for v in np.asarray(graph.nodes[order[0]].input_type["input"]).reshape(-1))
+        branch_a, branch_b, merge = step
+        out = _convert(graph, merge, ctx, by_id)
+        if len(out) != 1:
+            raise ExportError(f"{where(merge)}: a residual block's neuron must have input gain 1 and no v_leak")
+        body = [m for n in branch_a for m in _convert(graph, n, ctx, by_id)]
+        shortcut = [m for n in branch_b for m in _convert(graph, n, ctx, by_id)]
+        if len(body) < len(shortcut):
+            body, shortcut = shortcut, body
+        layers.append(ResidualBlock(body, shortcut, out[0]))
+    container = nn.ModuleList(layers)
+    node_names = {f"layers.{path}": by_id[id(m)] for path, m in container.named_modules() if id(m) in by_id}
+    input_shape = tuple(int(v) for v in np.asarray(graph.nodes[steps[0]].input_type["input"]).reshape(-1))
     with torch.no_grad():
         probe = torch.zeros(1, 1, *input_shape)
         for m in layers:
             probe = m(probe) if getattr(m, "temporal", False) else m(probe.flatten(0, 1)).unflatten(0, (1, 1))
-    lifs = [m for m in layers if isinstance(m, LIF)]
+    lifs = [m for m in container.modules() if isinstance(m, LIF)]
     first = lifs[0] if lifs else None
     cfg = ModelConfig(
         arch="conv" if any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in layers) else "mlp",

@@ -26,7 +26,7 @@ from ..core.layers import LIF
 from ..core.neuron import LIFState, lif_step
 from ..core.surrogate import heaviside
 from .base import Samples, Verification
-from .from_nir import NIRNetwork, nir_to_network, node_spikes
+from .from_nir import NIRNetwork, chain_order, nir_to_network, node_spikes
 from .reference import compare
 
 OPSET = 17
@@ -118,7 +118,9 @@ class ONNXExporter:
     filename: ClassVar[str] = "model.onnx"
 
     def check(self, graph: nir.NIRGraph) -> None:
-        # Refuses branching graphs, unknown nodes and a missing T (the loop is unrolled), naming them.
+        # Refuses residual/branching graphs (the step loop here is for chains), unknown nodes and a
+        # missing T (the loop is unrolled), naming them.
+        chain_order(graph)
         nir_to_network(graph)
 
     def write(self, graph: nir.NIRGraph, out_dir: Path) -> list[Path]:
