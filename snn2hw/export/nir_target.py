@@ -7,7 +7,7 @@ its spikes, layer by layer, with the trained model's on held-out samples.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import nir
 
