@@ -13,6 +13,7 @@ VERBS = {
     "train": "train",
     "evaluate": "evaluate",
     "env": "env",
+    "export": "export",
 }
 
 
