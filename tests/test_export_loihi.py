@@ -249,3 +249,29 @@ def test_hdf5_layout(conv, tmp_path):
             assert int(n["vThMant"][()]) == layer.vth <= 131071
         assert f["host/readout_weight"].shape == (10, 16)
         assert [s.decode() for s in f["host/neuron_names"][()]] == net.neuron_names
+
+
+def _export(model, out):
+    return export_model(model, "loihi", out, check=True, samples=30, dataset="digits")
+
+
+def test_without_loihi_env_the_emulator_is_reported(mlp, tmp_path, monkeypatch):
+    monkeypatch.setattr("snn2hw.export.loihi.loihi_python", lambda: None)
+    v = _export(mlp, tmp_path / "out").verification
+    assert v.details["loihi_simulator"].startswith("NOT RUN")
+    assert v.accuracy_target == v.details["emulator_accuracy"]
+    assert "lava_vs_emulator_mismatches" not in v.details
+    assert set(v.spike_agreement) == {"layers.2", "layers.4"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(loihi_python() is None, reason=".venv-loihi (lava-dl) not built; scripts/setup builds it")
+def test_export_check_end_to_end_in_lava(mlp, tmp_path):
+    result = _export(mlp, tmp_path / "out")
+    v = result.verification
+    assert v.details["loihi_simulator"].startswith("lava fixed_pt")
+    assert v.details["lava_vs_emulator_mismatches"] == {"layers.2": 0, "layers.4": 0}
+    assert v.accuracy_target == v.details["emulator_accuracy"]
+    assert min(v.spike_agreement.values()) > 0.9 and v.output_agreement > 0.8
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "reset_interval=4" in readme and "Readout" in readme
