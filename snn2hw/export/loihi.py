@@ -14,7 +14,8 @@
   bits), and keeps the argmax rule of training; the chip's output port carries
   the last block's spikes, which a host reads anyway.
 * Input: direct-encoded frames are sent as graded spikes ``round(16 x)`` (x
-  clipped to [0, 1]; ``input_message_bits`` in the README), event frames as they are.
+  clipped to [0, 1]; ``input_message_bits`` in the README), event frames as binary
+  spikes (clipped to [0, 1]; the clipped fraction is reported).
 * ``verify``: runs the file in ``Loihi2SimCfg(select_tag='fixed_pt')`` inside the
   Loihi environment (``snn2hw.environment.loihi_python()``; a subprocess with npz
   files, lava is never imported here), all samples in one run with
