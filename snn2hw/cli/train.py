@@ -5,6 +5,7 @@ Examples:
   snn2hw train --dataset mnist1d --model conv --epochs 30 --out runs/m1d
   snn2hw train --config run.yaml --lr 1e-3
   snn2hw train --resume runs/digits
+  snn2hw train --init-from runs/digits --qat loihi --epochs 5 --lr 5e-4 --out runs/digits-qat
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from ..api import resume, train_from_options
 from ..train.methods import METHODS, option_flags
+from ..train.qat import fine_tune_defaults
 
 # flag -> config key; values None are not passed, so the config file or the defaults apply
 FLAGS: list[tuple[str, dict]] = [
@@ -38,6 +40,8 @@ FLAGS: list[tuple[str, dict]] = [
     ("--pool", dict(choices=["avg", "max", "sum", "none"])),
     ("--seed", dict(type=int)),
     ("--init-from", dict(help="start from this checkpoint's weights (TIT: T may differ)")),
+    ("--qat", dict(help="quantisation-aware fine-tuning on a target's grid (loihi); with --init-from "
+                        "CKPT and no --config, the checkpoint's settings are the defaults")),
 ]
 
 
@@ -65,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         result = resume(args.resume, epochs=options.get("epochs"), progress=not args.no_progress)
     else:
+        if options.get("qat") and options.get("init_from") and not args.config:
+            options = {**fine_tune_defaults(options["init_from"]), **options}
         # method flags become method_options overrides; an explicit --set still wins
         method_sets = [f"method_options.{name}={json.dumps(getattr(args, f'method_option__{name}'))}"
                        for name in option_flags() if getattr(args, f"method_option__{name}") is not None]

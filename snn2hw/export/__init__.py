@@ -5,12 +5,14 @@ for the Exporter protocol and ``api.export_model`` for the driver.
 """
 
 from .base import Exporter, Samples, Verification
+from .loihi import LoihiExporter
 from .nir_target import NIRExporter
 from .onnx import ONNXExporter
 
 # target name -> Exporter class
 EXPORTERS: dict[str, type] = {
     "nir": NIRExporter,
+    "loihi": LoihiExporter,
     "onnx": ONNXExporter,
 }
 
