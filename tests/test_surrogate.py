@@ -58,7 +58,8 @@ def test_grad_and_grad_param_equal_autograd_of_primitive(name):
     gx, gp = torch.autograd.grad(prim.sum(), (x, p), create_graph=False)
     assert torch.allclose(shape.grad(x.detach(), p.detach()), gx, atol=1e-10)
     # d primitive / d p summed over x equals the summed pointwise grad_param
-    assert torch.allclose(shape.grad_param(x.detach(), p.detach()).sum(), gp, atol=1e-9)
+    if getattr(shape, "grad_param_from_primitive", True):
+        assert torch.allclose(shape.grad_param(x.detach(), p.detach()).sum(), gp, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", sorted(SURROGATES))
