@@ -13,6 +13,8 @@ VERBS = {
     "train": "train",
     "evaluate": "evaluate",
     "env": "env",
+    "robustness": "robustness",
+    "energy": "energy",
 }
 
 
