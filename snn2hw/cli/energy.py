@@ -29,6 +29,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     report = energy(args.checkpoint, args.profile, args.profile_file, args.samples, args.dataset,
-                    command=shlex.join(["snn2hw", *sys.argv[1:]]))
+                    command=shlex.join(["snn2hw", *getattr(args, "argv", sys.argv[1:])]))
     print(json.dumps(report, indent=2) if args.json else render_energy_markdown(report), end="")
     return 0

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                         chips=args.chips, seed=args.seed, mismatch_params=params, quant=args.quant,
                         weight_bits=args.weight_bits, state_bits=args.state_bits, dataset=args.dataset,
                         samples=args.samples, out=args.out, progress=not args.no_progress,
-                        command=shlex.join(["snn2hw", *sys.argv[1:]]))
+                        command=shlex.join(["snn2hw", *getattr(args, "argv", sys.argv[1:])]))
     for m in report["models"]:
         parts = [f"{axis} " + " ".join(f"{r['level']:g}:{100 * r['mean']:.1f}" for r in rows)
                  for axis, rows in m["sweeps"].items()]
