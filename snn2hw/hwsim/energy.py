@@ -109,6 +109,7 @@ class SynOpCounter:
         self.mac_rows = {op.name: 0 for op in net.synapses()}
         self.spikes = {op.name: 0.0 for op in net.neurons()}
         self.neuron_steps = {op.name: 0 for op in net.neurons()}
+        self._last: tuple[Tensor | None, Tensor | None] = (None, None)
 
     def synapse(self, op: Synapse, x: Tensor, nlead: int) -> None:
         kind, scale, _ = self.src[op.name]
@@ -117,12 +118,18 @@ class SynOpCounter:
             kind = "spikes"  # event-data input: counts of input events
             self.src[op.name] = ("spikes", 1.0, "input")
         if kind == "spikes":
-            self.events[op.name] += x.sum(dim=dims, dtype=torch.float64) * scale
+            # float32 sums of 0/1 (or small integer) values over one batch are exact
+            last, per_unit = self._last
+            if x is not last:  # a neuron feeding this synapse directly was already summed
+                per_unit = x.sum(dim=dims).double()
+            self.events[op.name] += per_unit * scale
         else:  # MACs: every row is a full pass; static input is applied once per step
             self.mac_rows[op.name] += math.prod(x.shape[:nlead]) * (self.T if nlead == 2 else 1)
 
     def neuron(self, op: Neuron, spikes: Tensor) -> None:
-        self.spikes[op.name] += float(spikes.sum(dtype=torch.float64))
+        per_unit = spikes.sum(dim=(0, 1, 2)).double()
+        self._last = (spikes, per_unit)
+        self.spikes[op.name] += float(per_unit.sum())
         self.neuron_steps[op.name] += spikes.numel()
 
 
