@@ -14,6 +14,8 @@ VERBS = {
     "evaluate": "evaluate",
     "env": "env",
     "export": "export",
+    "robustness": "robustness",
+    "energy": "energy",
 }
 
 
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for reports that record their command
     try:
         return int(args.run(args) or 0)
     except Snn2hwError as exc:
