@@ -7,11 +7,13 @@ for the Exporter protocol and ``api.export_model`` for the driver.
 from .base import Exporter, Samples, Verification
 from .nir_target import NIRExporter
 from .onnx import ONNXExporter
+from .speck import SpeckExporter
 
 # target name -> Exporter class
 EXPORTERS: dict[str, type] = {
     "nir": NIRExporter,
     "onnx": ONNXExporter,
+    "speck": SpeckExporter,
 }
 
 __all__ = ["EXPORTERS", "Exporter", "Samples", "Verification"]
