@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..api import train_from_options
+from ..api import resume, train_from_options
 
 # flag -> config key; values None are not passed, so the config file or the defaults apply
 FLAGS: list[tuple[str, dict]] = [
@@ -55,9 +55,11 @@ def run(args: argparse.Namespace) -> int:
     options = {k: v for k, v in options.items() if v is not None}
     if "model" in options:
         options["arch"] = options.pop("model")
-    result = train_from_options(options, config_file=args.config, overrides=args.set,
-                                out=args.out or args.resume, resume=bool(args.resume),
-                                progress=not args.no_progress)
+    if args.resume:
+        result = resume(args.resume, epochs=options.get("epochs"), progress=not args.no_progress)
+    else:
+        result = train_from_options(options, config_file=args.config, overrides=args.set,
+                                    out=args.out, progress=not args.no_progress)
     s = result.summary
     print(f"test accuracy {s['test_accuracy']:.4f} after {s['epochs']} epochs "
           f"({s['wall_time_s']:.1f} s training)" + (f"; run saved in {Path(result.out_dir)}" if result.out_dir else ""))
