@@ -284,6 +284,8 @@ REFUSALS = {
     "pool before neuron": (lambda: build_model(ModelConfig(arch="conv", input_shape=(1, 8, 8),
                                                            channels=(4,), lam=1.0, carrier="current")),
                            "pools before the neuron"),
+    "conv1d": (lambda: build_model(ModelConfig(arch="conv", input_shape=(1, 40), channels=(4,), lam=1.0)),
+               "Speck runs 2-D convolutions"),
     "non-square flatten": (lambda: build_model(ModelConfig(arch="conv", input_shape=(1, 8, 4),
                                                            channels=(4,), fc_hidden=8, lam=1.0)),
                            "non-square 4x2 map"),

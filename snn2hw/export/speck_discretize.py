@@ -58,6 +58,15 @@ def clamp_for(weight: np.ndarray, bias: np.ndarray, v_th: float) -> float:
     return float(np.float32(STATE_MIN) / np.float32(s0))
 
 
+def core_scale(weight: np.ndarray, bias: np.ndarray, v_th: float) -> tuple[float, float, str]:
+    """(s, min_v_mem, which fit set s) for one core (module docstring)."""
+    min_v = clamp_for(weight, bias, v_th)
+    fits = {"weights": fit_scale(weight, WEIGHT_BITS), "biases": fit_scale(bias, WEIGHT_BITS),
+            "thresholds": fit_scale(np.array([min_v, v_th]), STATE_BITS)}
+    binding = min(fits, key=fits.get)
+    return fits[binding], min_v, binding
+
+
 def discretize_core(weight: np.ndarray, bias: np.ndarray, v_th: float,
                     input_gain: float = 1.0) -> dict[str, Any]:
     """Integer parameters of one core; ``weight`` (C_out, C_in, k, k) in torch layout.
@@ -68,22 +77,35 @@ def discretize_core(weight: np.ndarray, bias: np.ndarray, v_th: float,
     """
     w = np.asarray(weight, dtype=np.float32) / np.float32(input_gain)
     b = np.asarray(bias, dtype=np.float32)
-    min_v = clamp_for(w, b, v_th)
-    fits = {"weights": fit_scale(w, WEIGHT_BITS), "biases": fit_scale(b, WEIGHT_BITS),
-            "thresholds": fit_scale(np.array([min_v, v_th]), STATE_BITS)}
-    s = min(fits.values())
+    s, min_v, binding = core_scale(w, b, v_th)
     # torch.round (half to even) as sinabs does, on float32 products as in its discretize_tensor
     rnd = lambda a: torch.round(torch.as_tensor(a, dtype=torch.float32) * s).to(torch.int64)  # noqa: E731
     return {"weight": rnd(w).numpy(), "bias": rnd(b).numpy(),
             "v_th": int(rnd(np.float32(v_th))), "min_v": int(rnd(np.float32(min_v))),
-            "scale": float(s), "min_v_mem": float(min_v), "binding": min(fits, key=fits.get)}
+            "scale": float(s), "min_v_mem": float(min_v), "binding": binding}
 
 
-def fake_quantize(weight: Tensor, bias: Tensor | None = None, v_th: float = 1.0) -> Tensor:
-    """Speck's weight grid for QAT: ``round(s W) / s`` with the core's scale ``s``
-    (module docstring), straight-through gradient. The scale is a constant per step."""
-    b = bias.detach() if bias is not None else torch.zeros(1)
-    with torch.no_grad():
-        s = min(fit_scale(weight, WEIGHT_BITS), fit_scale(b, WEIGHT_BITS), THRESHOLD_MAX / abs(v_th))
-        q = torch.round(weight * s) / s
-    return weight + (q - weight).detach()
+class SpeckGrid:
+    """Speck's grid for ``train --qat speck`` (snn2hw.train.qat TargetGrid): the input as
+    round(16 x) events, each core's weights, bias and threshold on its int8/int16 grid
+    (``discretize_core`` with straight-through rounding); the host readout stays float.
+
+    ``site.input_unit`` is the float value of one input event (1/16 for the frame, 1/k^2
+    after an average pool), so ``W * input_unit`` is the chip's weight per event.
+    """
+
+    input_levels: int | None = 16          # speck.DIRECT_INPUT_GAIN
+    input_range: tuple[float, float] = (0.0, 1.0)
+
+    def quantise(self, site: Any) -> Any:
+        from ..train.qat import Quantised, ste_round
+
+        if site.v_th is None:
+            return Quantised(site.weight, site.bias)
+        u = float(site.input_unit)
+        w_event = site.weight * u
+        s, _, _ = core_scale(w_event.detach().float().numpy(), site.bias.detach().float().numpy(),
+                             float(site.v_th))
+        v_th_int = float(torch.round(torch.tensor(float(site.v_th), dtype=torch.float32) * s))
+        # the chip fires on v_int >= V_th_int + 1, i.e. v > V_th_int / s in float units
+        return Quantised(ste_round(w_event * s) / (s * u), ste_round(site.bias * s) / s, v_th_int / s)
