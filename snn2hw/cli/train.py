@@ -5,6 +5,7 @@ Examples:
   snn2hw train --dataset mnist1d --model conv --epochs 30 --out runs/m1d
   snn2hw train --config run.yaml --lr 1e-3
   snn2hw train --resume runs/digits
+  snn2hw train --init-from runs/digits --qat loihi --epochs 5 --lr 5e-4 --out runs/digits-qat
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from ..api import resume, train_from_options
+from ..train.qat import fine_tune_defaults
 
 # flag -> config key; values None are not passed, so the config file or the defaults apply
 FLAGS: list[tuple[str, dict]] = [
@@ -35,6 +37,8 @@ FLAGS: list[tuple[str, dict]] = [
     ("--pool", dict(choices=["avg", "max", "sum", "none"])),
     ("--seed", dict(type=int)),
     ("--init-from", dict(help="start from this checkpoint's weights (TIT: T may differ)")),
+    ("--qat", dict(help="quantisation-aware fine-tuning on a target's grid (loihi); with --init-from "
+                        "CKPT and no --config, the checkpoint's settings are the defaults")),
 ]
 
 
@@ -58,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         result = resume(args.resume, epochs=options.get("epochs"), progress=not args.no_progress)
     else:
+        if options.get("qat") and options.get("init_from") and not args.config:
+            options = {**fine_tune_defaults(options["init_from"]), **options}
         result = train_from_options(options, config_file=args.config, overrides=args.set,
                                     out=args.out, progress=not args.no_progress)
     s = result.summary

@@ -5,6 +5,7 @@ for the Exporter protocol and ``api.export_model`` for the driver.
 """
 
 from .base import Exporter, Samples, Verification
+from .loihi import LoihiExporter
 from .nir_target import NIRExporter
 from .onnx import ONNXExporter
 from .speck import SpeckExporter
@@ -12,6 +13,7 @@ from .speck import SpeckExporter
 # target name -> Exporter class
 EXPORTERS: dict[str, type] = {
     "nir": NIRExporter,
+    "loihi": LoihiExporter,
     "onnx": ONNXExporter,
     "speck": SpeckExporter,
 }

@@ -107,8 +107,12 @@ def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str
     (needed with a NIR source); ``timesteps`` overrides the graph's.
     """
     exporter = make_exporter(target)
-    graph, reference_model, run = _source(source, timesteps)
-    exporter.check(graph)
+    try:
+        graph, reference_model, run = _source(source, timesteps)
+        exporter.check(graph)
+    except ExportError as exc:  # name the target once, whoever raised
+        msg = str(exc)
+        raise ExportError(msg if msg.startswith(f"{target}:") else f"{target}: {msg}") from None
 
     prepared: Samples | None = None
     if check:

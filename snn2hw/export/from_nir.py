@@ -18,6 +18,7 @@ exact Heaviside step. The readout is the mean over T of the last node's output.
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any, Callable
 
@@ -153,7 +154,7 @@ def _neuron(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
     else:
         tau = np.asarray(node.tau, dtype=np.float64)
         if np.any(tau < ctx.dt):
-            raise ExportError(f"NIR node {name!r} (LIF): tau {tau.min():g} < dt {ctx.dt:g}, so the Euler "
+            raise ExportError(f"{where(name)} (LIF): tau {tau.min():g} < dt {ctx.dt:g}, so the Euler "
                               "step is unstable; give the graph metadata {'dt': ...} in the writer's unit")
         lam = _scalar_or_tensor(1.0 - ctx.dt / tau)
         g = ctx.dt * np.asarray(node.r, dtype=np.float64) / tau
@@ -168,7 +169,7 @@ def _neuron(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
 
 
 def _unsupported(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
-    raise ExportError(f"NIR node {name!r} is a {type(node).__name__}, which snn2hw cannot run: "
+    raise ExportError(f"{where(name)} is a {type(node).__name__}, which snn2hw cannot run: "
                       "supported are LIF, IF, Affine, Linear, Scale, Conv1d, Conv2d, SumPool2d, "
                       "AvgPool2d, Flatten")
 
@@ -188,6 +189,12 @@ CONVERTERS: dict[type, Callable[[Any, str, _Ctx], list[nn.Module]]] = {
 }
 
 
+def where(name: str) -> str:
+    """'layer 3 (NIR node 'layers.3.out')' for our node names, else the node name."""
+    m = re.match(r"layers\.(\d+)", name)
+    return f"layer {m.group(1)} (NIR node {name!r})" if m else f"NIR node {name!r}"
+
+
 def chain_order(graph: nir.NIRGraph) -> list[str]:
     """Node names from Input to Output; ExportError if the graph is not a chain."""
     succ: dict[str, list[str]] = {}
@@ -197,12 +204,12 @@ def chain_order(graph: nir.NIRGraph) -> list[str]:
         preds[b] = preds.get(b, 0) + 1
     for n, k in preds.items():
         if k > 1:
-            raise ExportError(f"NIR node {n!r} sums {k} inputs (a residual or branching graph); snn2hw "
+            raise ExportError(f"{where(n)} sums {k} inputs (a residual or branching graph); snn2hw "
                               "rebuilds and exports feed-forward chains only: use an architecture without "
                               "skip connections (--model mlp or conv)")
     for n, s in succ.items():
         if len(s) > 1:
-            raise ExportError(f"NIR node {n!r} feeds {len(s)} nodes (a branching graph); snn2hw rebuilds "
+            raise ExportError(f"{where(n)} feeds {len(s)} nodes (a branching graph); snn2hw rebuilds "
                               "feed-forward chains only")
     starts = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
     if len(starts) != 1:
