@@ -280,7 +280,7 @@ REFUSALS = {
                                                         hidden=(8,) * 10, lam=1.0)),
                         "10 spiking layers; the chip has 9 cores"),
     "residual": (lambda: build_model(ModelConfig(arch="resnet19", input_shape=(1, 8, 8), width=2,
-                                                 lam=1.0)), "branch (residual"),
+                                                 lam=1.0)), "(a residual or branching graph)"),
     "pool before neuron": (lambda: build_model(ModelConfig(arch="conv", input_shape=(1, 8, 8),
                                                            channels=(4,), lam=1.0, carrier="current")),
                            "pools before the neuron"),
@@ -356,6 +356,29 @@ def test_real_samna_detection(tmp_path, monkeypatch):
     (pkg / "samna.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
     assert real_samna_available() is True
     assert "samna" not in sys.modules
+
+
+def test_qat_grid_computes_what_the_chip_config_runs(conv, digits):
+    """``train --qat speck``: the attached model (float, latent weights on Speck's grid) spikes
+    exactly like the integer chip configuration the exporter writes (SingleSpike)."""
+    from sinabs.activation import SingleSpike
+
+    from snn2hw.export.from_nir import node_spikes
+    from snn2hw.train.qat import attach_qat
+
+    plan = build_plan(model_to_nir(conv))
+    config = chip_config(plan, 16.0)
+    x = digits.x_test[:96]
+    events = torch.round(x * 16).unsqueeze(0).expand(T, *x.shape).double()
+    chip, _, _ = simulate(chip_model(config, SingleSpike, T), events, T)
+    handle = attach_qat(conv, "speck")
+    try:
+        qat, _ = node_spikes(conv, x)
+    finally:
+        handle.detach()
+    assert set(qat) == set(chip)
+    for name, s in qat.items():
+        assert 0 < int(s.sum()) and torch.equal(chip[name].reshape(s.shape).float(), s), name
 
 
 def test_exporter_is_registered():

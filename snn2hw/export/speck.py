@@ -37,13 +37,12 @@ from torch import Tensor, nn
 from ..environment import real_samna_available
 from ..errors import ExportError
 from .base import Samples, Verification
-from .speck_constraints import SpeckPlan, build_plan, mapping_table
-from .speck_discretize import discretize_core
+from .speck_constraints import SpeckPlan, build_plan, chain_nodes, mapping_table
+from .speck_discretize import DIRECT_INPUT_GAIN, discretize_core
 
 CONFIG = "speck_config.json"
 MAPPING = "speck_mapping.md"
 SAMNA_CONFIG = "samna_config.json"
-DIRECT_INPUT_GAIN = 16.0   # events per pixel per step for an analog frame in [0, 1] (4-bit)
 BATCH = 128
 
 
@@ -90,15 +89,13 @@ def float_model(graph: nir.NIRGraph, plan: SpeckPlan, timesteps: int) -> nn.Sequ
     import sinabs
     from sinabs.activation import SingleSpike
 
-    from .speck_constraints import _chain
-
     g = sinabs_graph(graph)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         executor = sinabs.from_nir(g, num_timesteps=timesteps)
     by_neuron = {lay.neuron_node: lay for lay in plan.layers}
     modules = []
-    for name in _chain(g):
+    for name in chain_nodes(g):
         m = getattr(executor, name.replace(".", "_"))   # nirtorch's sanitize_name
         if isinstance(m, nn.Identity):
             continue
@@ -258,7 +255,7 @@ class SpeckExporter:
     def _gain(self, plan: SpeckPlan) -> float:
         if self.input_gain is not None:
             return float(self.input_gain)
-        return 1.0 if plan.temporal else DIRECT_INPUT_GAIN
+        return 1.0 if plan.temporal else float(DIRECT_INPUT_GAIN)
 
     def check(self, graph: nir.NIRGraph) -> None:
         plan = build_plan(graph)

@@ -29,6 +29,7 @@ import nir
 import numpy as np
 
 from ..errors import ExportError
+from .from_nir import _pair, chain_order
 
 # (kernel memory, neuron memory, bias memory) per core, in words (chips/dynapcnn.py get_constraints)
 CORE_LIMITS: tuple[tuple[int, int, int], ...] = (
@@ -136,33 +137,12 @@ def assign_cores(options: list[list[int]]) -> dict[int, int] | None:
     return {layer: core for core, layer in sorted(owner.items(), key=lambda kv: kv[1])}
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    a = np.atleast_1d(np.asarray(v)).astype(int).tolist()
-    return (a[0], a[0]) if len(a) == 1 else (a[0], a[1])
-
-
-def _chain(graph: nir.NIRGraph) -> list[str]:
-    """Node names from input to output; refuses anything that is not a chain."""
-    succ: dict[str, list[str]] = {}
-    pred: dict[str, list[str]] = {}
-    for a, b in graph.edges:
-        succ.setdefault(a, []).append(b)
-        pred.setdefault(b, []).append(a)
-    for name in graph.nodes:
-        if len(succ.get(name, [])) > 1 or len(pred.get(name, [])) > 1:
-            raise ExportError(f"speck: layer {name} is part of a branch (residual/skip connection, "
-                              f"inputs {pred.get(name, [])}, outputs {succ.get(name, [])}); the exporter "
-                              "maps only feed-forward chains: use --model conv or mlp")
-    starts = [n for n in graph.nodes if not pred.get(n)]
-    if len(starts) != 1:
-        raise ExportError(f"speck: the graph has {len(starts)} inputs {starts}; expected one")
-    order, node = [], starts[0]
-    while True:
-        order.append(node)
-        nxt = succ.get(node, [])
-        if not nxt:
-            return order
-        node = nxt[0]
+def chain_nodes(graph: nir.NIRGraph) -> list[str]:
+    """Node names from input to output (the hub's ``chain_order``); refuses branches."""
+    try:
+        return chain_order(graph)
+    except ExportError as exc:
+        raise ExportError(f"speck: {exc}") from None
 
 
 def _lam(node: nir.NIRNode) -> float:
@@ -206,7 +186,7 @@ def build_plan(graph: nir.NIRGraph) -> SpeckPlan:
     """Read the graph as chip layers; raise ExportError (layer, reason, fix) at the first
     construct Speck cannot run. Nothing here depends on samna."""
     meta = dict(getattr(graph, "metadata", {}) or {})
-    order = _chain(graph)
+    order = chain_nodes(graph)
     shape: tuple[int, ...] = _in_shape(graph, order[0])
     input_shape = _as_chw(shape)
     if input_shape[1] > MAX_INPUT or input_shape[2] > MAX_INPUT:

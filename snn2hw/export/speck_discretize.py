@@ -35,6 +35,7 @@ WEIGHT_BITS = 8
 STATE_BITS = 16
 STATE_MIN = -(2 ** (STATE_BITS - 1))
 THRESHOLD_MAX = 2 ** (STATE_BITS - 1) - 2   # room for the +1 of the strict-spike nudge
+DIRECT_INPUT_GAIN = 16                      # events per pixel per step for a frame in [0, 1]
 
 
 def fit_scale(x: np.ndarray | Tensor, bits: int) -> float:
@@ -94,7 +95,7 @@ class SpeckGrid:
     after an average pool), so ``W * input_unit`` is the chip's weight per event.
     """
 
-    input_levels: int | None = 16          # speck.DIRECT_INPUT_GAIN
+    input_levels: int | None = DIRECT_INPUT_GAIN
     input_range: tuple[float, float] = (0.0, 1.0)
 
     def quantise(self, site: Any) -> Any:
@@ -107,5 +108,7 @@ class SpeckGrid:
         s, _, _ = core_scale(w_event.detach().float().numpy(), site.bias.detach().float().numpy(),
                              float(site.v_th))
         v_th_int = float(torch.round(torch.tensor(float(site.v_th), dtype=torch.float32) * s))
-        # the chip fires on v_int >= V_th_int + 1, i.e. v > V_th_int / s in float units
-        return Quantised(ste_round(w_event * s) / (s * u), ste_round(site.bias * s) / s, v_th_int / s)
+        # the chip fires on v_int >= V_th_int + 1: in float units v > (V_th_int + 1/2) / s, with
+        # half a unit of margin so that float rounding of v cannot flip an integer tie
+        return Quantised(ste_round(w_event * s) / (s * u), ste_round(site.bias * s) / s,
+                         (v_th_int + 0.5) / s)
