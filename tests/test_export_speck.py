@@ -267,7 +267,7 @@ def _nonsquare_kernel_graph() -> nir.NIRGraph:
              "lif": nir.IF(r=np.ones((2, 8, 8)), v_threshold=np.ones((2, 8, 8)), metadata=meta),
              "output": nir.Output(output_type={"output": np.array([2, 8, 8])})}
     return nir.NIRGraph(nodes=nodes, edges=[("input", "conv"), ("conv", "lif"), ("lif", "output")],
-                        metadata={"timesteps": 2})
+                        metadata={"timesteps": 2, "dt": 1e-4})
 
 
 REFUSALS = {
@@ -341,6 +341,21 @@ def test_host_readout_equals_mean_of_readout_currents():
     pooled = torch.nn.functional.avg_pool2d(s.flatten(0, 1), 2).unflatten(0, (5, 3)) * 4
     expected = (pooled.flatten(2) @ w.T + b).mean(0)
     torch.testing.assert_close(host_readout(config, s), expected)
+
+
+def test_samna_config_path_runs_under_fake_samna(fake_samna, conv_graph, tmp_path, monkeypatch):
+    """The code path taken only with the real samna: DynapcnnNetwork(...).make_config on the
+    integer model with our core assignment (here against the stand-in samna)."""
+    import snn2hw.export.speck as speck
+
+    sc = sys.modules["samna.speck2f.configuration"].SpeckConfiguration.return_value
+    sc.to_json.return_value = '{"stand-in": true}'
+    sys.modules["samna"].speck2f.validate_configuration.return_value = (True, "")
+    monkeypatch.setattr(speck, "real_samna_available", lambda: True)
+    files = SpeckExporter().write(conv_graph, tmp_path)
+    assert [p.name for p in files] == ["speck_config.json", "speck_mapping.md", "samna_config.json"]
+    assert json.loads(files[2].read_text()) == {"stand-in": True}
+    assert sc.cnn_layers.__getitem__.call_count >= 3          # one core configured per layer
 
 
 def test_real_samna_detection(tmp_path, monkeypatch):

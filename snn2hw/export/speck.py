@@ -161,9 +161,11 @@ class _Float64(nn.Module):
         return x.double()
 
 
-def chip_model(config: dict[str, Any], spike_fn: Any, timesteps: int) -> nn.Sequential:
-    """The configuration as a float64 sinabs model (exact on integers): per core
-    Conv2d -> IAFSqueeze -> SumPool2d; the last core's pooling is left to the host."""
+def chip_model(config: dict[str, Any], spike_fn: Any, timesteps: int,
+               exact: bool = True) -> nn.Sequential:
+    """The configuration as a sinabs model: per core Conv2d -> IAFSqueeze -> SumPool2d; the
+    last core's pooling is left to the host. ``exact``: float64 throughout (integers stay
+    exact); otherwise the plain float32 layers DynapcnnNetwork accepts."""
     import sinabs.layers as sl
 
     modules: list[nn.Module] = []
@@ -179,7 +181,7 @@ def chip_model(config: dict[str, Any], spike_fn: Any, timesteps: int) -> nn.Sequ
         _set_neuron(iaf, core["threshold_high"], "hard" if core["return_to_zero"] else "soft",
                     spike_fn, core["threshold_low"], "int")
         iaf.speck_node = core["nodes"][1]
-        modules += [conv, iaf, _Float64()]
+        modules += [conv, iaf, _Float64()] if exact else [conv.float(), iaf]
         for dest in core["destinations"]:
             if dest["pooling"] > 1:
                 modules.append(sl.SumPool2d(dest["pooling"]))
@@ -302,10 +304,12 @@ class SpeckExporter:
             spikes, _, vmax = simulate(chip_model(config, fn, T), events, T)
             logits = host_readout(config, spikes[plan.layers[-1].neuron_node])
             results[label] = compare(f"speck-{label}", reference, spikes, logits.float(), samples.y,
-                                     {"max_abs_v_before_spike": vmax})
+                                     {"max_abs_v_before_spike": vmax,
+                                      "state_fits_16_bits": max(vmax.values()) <= 2 ** 15 - 1})
         summary = {k: {"spike_agreement": v.spike_agreement, "output_agreement": v.output_agreement,
                        "accuracy": v.accuracy_target, "spike_counts": v.details["spike_counts"],
-                       "max_abs_v_before_spike": v.details["max_abs_v_before_spike"]}
+                       "max_abs_v_before_spike": v.details["max_abs_v_before_spike"],
+                       "state_fits_16_bits": v.details["state_fits_16_bits"]}
                    for k, v in results.items()}
         main = results["singlespike"]
         main.target = "speck"
@@ -359,10 +363,12 @@ def write_samna_config(config: dict[str, Any], plan: SpeckPlan, path: Path,
     from sinabs.activation import MultiSpike
     from sinabs.backend.dynapcnn import DynapcnnNetwork
 
-    snn = chip_model(config, MultiSpike, 1).float()
+    snn = chip_model(config, MultiSpike, 1, exact=False)
     net = DynapcnnNetwork(snn, input_shape=tuple(plan.input_shape), discretize=False)
-    samna_cfg = net.make_config(chip_layers_ordering=[c["core"] for c in config["cores"]],
-                                device=f"{device}:0")
+    with warnings.catch_warnings():   # sinabs 3.1 names the ordering argument deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        samna_cfg = net.make_config(chip_layers_ordering=[c["core"] for c in config["cores"]],
+                                    device=f"{device}:0")
     text = samna_cfg.to_json() if hasattr(samna_cfg, "to_json") else json.dumps(str(samna_cfg))
     path.write_text(text)
     return path
