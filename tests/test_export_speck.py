@@ -136,7 +136,7 @@ def fake_samna(monkeypatch):
         monkeypatch.setitem(sys.modules, name, m)
     yield importlib.import_module("sinabs.backend.dynapcnn")
     for name in [n for n in sys.modules if n.startswith("sinabs.backend.dynapcnn")]:
-        monkeypatch.delitem(sys.modules, name, raising=False)
+        del sys.modules[name]    # bound to this fake; not via monkeypatch, which would restore them
 
 
 def _sinabs_seq(plan, config, spike_fn, timesteps, gain):
@@ -348,9 +348,10 @@ def test_samna_config_path_runs_under_fake_samna(fake_samna, conv_graph, tmp_pat
     integer model with our core assignment (here against the stand-in samna)."""
     import snn2hw.export.speck as speck
 
-    sc = sys.modules["samna.speck2f.configuration"].SpeckConfiguration.return_value
+    chips = importlib.import_module("sinabs.backend.dynapcnn.chips.speck2f")
+    sc = chips.SpeckConfiguration.return_value
     sc.to_json.return_value = '{"stand-in": true}'
-    sys.modules["samna"].speck2f.validate_configuration.return_value = (True, "")
+    chips.samna.speck2f.validate_configuration.return_value = (True, "")
     monkeypatch.setattr(speck, "real_samna_available", lambda: True)
     files = SpeckExporter().write(conv_graph, tmp_path)
     assert [p.name for p in files] == ["speck_config.json", "speck_mapping.md", "samna_config.json"]
