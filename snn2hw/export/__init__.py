@@ -8,12 +8,14 @@ from .base import Exporter, Samples, Verification
 from .loihi import LoihiExporter
 from .nir_target import NIRExporter
 from .onnx import ONNXExporter
+from .speck import SpeckExporter
 
 # target name -> Exporter class
 EXPORTERS: dict[str, type] = {
     "nir": NIRExporter,
     "loihi": LoihiExporter,
     "onnx": ONNXExporter,
+    "speck": SpeckExporter,
 }
 
 __all__ = ["EXPORTERS", "Exporter", "Samples", "Verification"]

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..core.layers import LIF, Pool, ResidualBlock, TDBatchNorm
 from ..errors import ConfigError
+from ..export.speck_discretize import SpeckGrid
 
 
 def ste_round(x: Tensor) -> Tensor:
@@ -97,6 +98,7 @@ class LoihiGrid:
 # target name -> grid class (one line per target)
 GRIDS: dict[str, Callable[[], TargetGrid]] = {
     "loihi": LoihiGrid,
+    "speck": SpeckGrid,
 }
 
 
