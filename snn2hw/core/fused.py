@@ -1,0 +1,161 @@
+"""The whole LIF time loop as one autograd Function with a hand-written BPTT.
+
+Same numbers as ``lif_sequence`` with a surrogate spike (the reference the tests
+compare against), less work and memory: the forward keeps no autograd graph,
+only the surrogate's input ``x[t] = u[t] - V_th`` (spikes are ``x > 0``; a
+strategy whose spikes are not binary also keeps them), and the backward runs
+the recurrence on whole (T, ...) tensors.
+
+Backward (``g[t] = shape.grad(x[t], p)``, ``go`` the gradient of the spikes,
+``gu`` that of u, the reset term's gradient included as in the plain loop):
+
+    hard:  gs[t] = go[t] - lam * u[t] * gu[t+1]
+           gu[t] = gs[t] * g[t] + lam * (1 - s[t]) * gu[t+1]
+    soft:  gs[t] = go[t] - lam * V_th * gu[t+1]
+           gu[t] = gs[t] * g[t] + lam * gu[t+1]
+
+so ``gu[t] = go[t] g[t] + k[t] gu[t+1]`` with ``k = lam (1 - s) - lam u g``
+(hard) or ``lam (1 - V_th g)`` (soft): one multiply-add per step. The current's
+gradient is ``gu``; the shape parameter's is ``sum gs * shape.grad_param(x, p)``.
+
+A compiled kernel (``snn2hw/core/_lif_kernel.c``, built by ``scripts/setup``)
+runs both loops in one pass over memory when it is present; without it the
+vectorised torch loop below gives the same result.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from . import _kernel
+from .surrogate import SurrogateShape
+
+ValueFn = Callable[[Tensor], Tensor]
+
+
+class FusedStrategy(Protocol):
+    """What a ``LIF.spike_strategy`` offers to run inside the fused loop.
+
+    ``fused_value(x)`` is the forward spike value at ``x = u - V_th`` (no
+    gradient; may be random, e.g. ASGL's mask); ``fused_shape`` gives its local
+    derivatives ``grad(x, p) = ds/dx`` and ``grad_param(x, p) = ds/dp`` for
+    the parameter ``fused_param``. A strategy without these runs the plain loop.
+    """
+
+    fused_shape: SurrogateShape
+    fused_param: Tensor
+
+    def fused_value(self, x: Tensor) -> Tensor: ...
+
+
+def _forward_torch(c: Tensor, lam: float, v_th: float, hard: bool,
+                   value_fn: ValueFn | None, keep_x: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Return spikes (T, ...), x = u - V_th (T, ...) and, for a value_fn, the spikes as saved.
+
+    The update reproduces lif_step's rounding exactly: lam*u*(1-s) and
+    lam*(u - V_th*s) are lam*u or 0, and lam*(u - V_th) or lam*u, for binary s.
+    """
+    T = c.shape[0]
+    x = torch.empty(c.shape, dtype=c.dtype, device=c.device)
+    s_val = torch.empty_like(x) if value_fn is not None else None
+    u = c[0].clone()
+    prev: Tensor | None = None  # spikes of the last step: bool (Heaviside) or values
+    for t in range(T):
+        if t > 0:
+            if value_fn is None:
+                if hard:
+                    u = (lam * u).masked_fill_(prev, 0.0)
+                else:
+                    u = torch.where(prev, u - v_th, u).mul_(lam)
+            else:  # non-binary spikes: the update as lif_step writes it
+                u = lam * u * (1.0 - prev) if hard else lam * (u - v_th * prev)
+            u = u.add_(c[t])
+        xt = torch.sub(u, v_th, out=x[t])
+        if value_fn is None:
+            prev = xt > 0
+        else:
+            prev = s_val[t].copy_(value_fn(xt))
+    spikes = (x > 0).to(c.dtype) if value_fn is None else s_val
+    return spikes, x, s_val if keep_x else None
+
+
+def _backward_torch(go: Tensor, x: Tensor, s: Tensor, g: Tensor, lam: float, v_th: float,
+                    hard: bool) -> tuple[Tensor, Tensor]:
+    """Return (gu, gs): the gradients of the membrane and of the spikes, (T, ...)."""
+    if hard:
+        u = x + v_th
+        k = torch.mul(u, g).neg_().add_(1.0 - s).mul_(lam)
+        b = u.mul_(-lam)
+    else:
+        k = torch.mul(g, -v_th * lam).add_(lam)
+        b = None
+    gu = torch.mul(go, g)
+    for t in range(x.shape[0] - 2, -1, -1):
+        gu[t].addcmul_(k[t], gu[t + 1])
+    gs = go.clone()
+    if hard:
+        gs[:-1].addcmul_(b[:-1], gu[1:])
+    else:
+        gs[:-1].add_(gu[1:], alpha=-lam * v_th)
+    return gu, gs
+
+
+def _forward(c: Tensor, lam: float, v_th: float, hard: bool, value_fn: ValueFn | None,
+             keep: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(spikes, x if keep, non-binary spikes to save if keep): kernel or torch loop."""
+    if value_fn is None and _kernel.available(c):
+        spikes, x = _kernel.forward(c, lam, v_th, hard, keep_x=keep)
+        return spikes, x, None
+    spikes, x, s_saved = _forward_torch(c, lam, v_th, hard, value_fn, keep_x=keep)
+    return spikes, (x if keep else None), s_saved
+
+
+class FusedLIF(torch.autograd.Function):
+    """``lif_sequence(c, LIFParams(lam, v_th, reset), surrogate spike)`` fused."""
+
+    @staticmethod
+    def forward(ctx, c: Tensor, p: Tensor, lam: float, v_th: float, reset: str,  # type: ignore[override]
+                shape: SurrogateShape, value_fn: ValueFn | None) -> Tensor:
+        hard = reset == "hard"
+        spikes, x, s_saved = _forward(c, lam, v_th, hard, value_fn, keep=True)
+        ctx.save_for_backward(x, p, s_saved)
+        ctx.consts = (lam, v_th, hard, shape)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, go: Tensor):  # type: ignore[override]
+        x, p, s_saved = ctx.saved_tensors
+        lam, v_th, hard, shape = ctx.consts
+        go = go.contiguous()
+        g = shape.grad(x, p)
+        need_p = ctx.needs_input_grad[1]
+        if s_saved is None and _kernel.available(x):
+            gu, gs = _kernel.backward(go, x, g, lam, v_th, hard, need_gs=need_p)
+        else:
+            s = s_saved if s_saved is not None else (x > 0).to(x.dtype)
+            gu, gs = _backward_torch(go, x, s, g, lam, v_th, hard)
+        grad_p = None
+        if need_p:
+            gp = gs * shape.grad_param(x, p)
+            grad_p = gp.sum() if p.dim() == 0 else gp.sum_to_size(p.shape)
+        return gu if ctx.needs_input_grad[0] else None, grad_p, None, None, None, None, None
+
+
+def fused_lif(currents: Tensor, p: Tensor, lam: float, v_th: float, reset: str,
+              shape: SurrogateShape, value_fn: ValueFn | None = None) -> Tensor:
+    """Spikes (T, ...) of LIF neurons driven by ``currents`` (T, ...).
+
+    Equal to ``lif_sequence(currents, LIFParams(lam, v_th, reset), spike_fn)[0]``
+    where ``spike_fn`` has forward ``value_fn`` (default: strict Heaviside) and
+    backward ``shape.grad(x, p)`` in x and ``shape.grad_param(x, p)`` in p;
+    gradients flow to ``currents`` and ``p``.
+    """
+    if reset not in ("hard", "soft"):
+        raise ValueError(f"reset must be 'hard' or 'soft', got {reset!r}")
+    if torch.is_grad_enabled() and (currents.requires_grad or p.requires_grad):
+        return FusedLIF.apply(currents, p, float(lam), float(v_th), reset, shape, value_fn)
+    # inference (evaluate, export checks, noise sweeps): nothing is kept for backward
+    return _forward(currents, float(lam), float(v_th), reset == "hard", value_fn, keep=False)[0]
