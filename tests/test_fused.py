@@ -118,6 +118,22 @@ def test_broadcast_input_and_per_neuron_param(backend):
 
 
 @pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_kernel_blocks_and_broadcast_gradient(backend, reset, monkeypatch):
+    """Backward in many small blocks (the kernel's cache-sized pieces) and an
+    incoming gradient broadcast over T (that of a mean over time)."""
+    monkeypatch.setattr(_kernel, "BLOCK", 16)
+    shape = SURROGATES["dspike"]()
+    c = _currents(T=9, shape=(4, 6))
+    p = torch.full((6,), 0.7, dtype=torch.float64, requires_grad=True)
+    lam = 0.6
+    ref = lif_sequence(c, LIFParams(lam, 1.0, reset), lambda x: spike(x, shape, p))[0].mean(0).sum()
+    g_ref = torch.autograd.grad(ref, (c, p))
+    g = torch.autograd.grad(fused_lif(c, p, lam, 1.0, reset, shape).mean(0).sum(), (c, p))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
 def test_float32_spikes_bit_identical(backend, reset):
     """The forward rounds as lif_step does: the same spikes, bit for bit, over a long run."""
     g = torch.Generator().manual_seed(3)

@@ -1,6 +1,6 @@
 """Optional compiled LIF loops (``_lif_kernel.c``), loaded through ctypes.
 
-``scripts/setup`` builds the library with ``python -m snn2hw.core._kernel``.
+``scripts/setup`` builds the library (``main()`` below).
 When it is absent (no C compiler, a fresh checkout) ``available()`` is False
 and ``fused.py`` runs its vectorised torch loop instead: same numbers, slower.
 Set ``SNN2HW_NO_KERNEL=1`` to force the torch loop.
@@ -22,6 +22,8 @@ SOURCE = Path(__file__).with_name("_lif_kernel.c")
 LIBRARY = Path(__file__).with_name("_lif_kernel.so")
 # -ffp-contract=off: no fused multiply-add, so the rounding is torch's (exact spikes).
 CFLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"]
+
+BLOCK = 1 << 18  # elements per backward block: its temporaries fit in a core's L2 cache
 
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -55,7 +57,7 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
     for dtype, ct in _CTYPES.items():
         suf, ptr, i64, i = _SUFFIX[dtype], ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         getattr(lib, f"lif_forward_{suf}").argtypes = [ptr, i64, ptr, ptr, i64, i64, ct, ct, i, i]
-        getattr(lib, f"lif_backward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, ct, ct, i, i]
+        getattr(lib, f"lif_backward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, ct, ct, i, i]
     return lib
 
 
@@ -84,34 +86,53 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def forward(c: Tensor, lam: float, v_th: float, hard: bool, keep_x: bool) -> tuple[Tensor, Tensor | None]:
-    """Spikes (T, ...) and, if ``keep_x``, x = u - V_th (T, ...)."""
+def forward(c: Tensor, lam: float, v_th: float, hard: bool, spikes: bool = True,
+            keep_x: bool = False) -> tuple[Tensor | None, Tensor | None]:
+    """Spikes (T, ...) if ``spikes`` and x = u - V_th (T, ...) if ``keep_x``."""
     lib, T = _library(), c.shape[0]
     c, ts = _time_major(c)
     n = c[0].numel()
-    out = torch.empty(c.shape, dtype=c.dtype)
+    out = torch.empty(c.shape, dtype=c.dtype) if spikes else None
     x = torch.empty(c.shape, dtype=c.dtype) if keep_x else None
     fn = getattr(lib, f"lif_forward_{_SUFFIX[c.dtype]}")
     fn(_ptr(c), ts, _ptr(out), _ptr(x), T, n, lam, v_th, int(hard), torch.get_num_threads())
     return out, x
 
 
-def backward(go: Tensor, x: Tensor, g: Tensor, lam: float, v_th: float, hard: bool,
-             need_gs: bool) -> tuple[Tensor, Tensor | None]:
-    """(gu, gs) of fused.py's recurrence; gs only if ``need_gs``."""
+def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, hard: bool,
+             need_p: bool) -> tuple[Tensor, Tensor | None]:
+    """(gradient of the currents, gradient of p or None) of fused.py's recurrence.
+
+    Runs over blocks of about ``BLOCK`` elements, last steps first: the
+    surrogate (``shape.grad``, ``shape.grad_param``) is evaluated per block, so
+    its temporaries stay small and in cache, and the currents' gradient
+    overwrites ``x`` (which the caller recomputed and does not need again).
+    """
     lib, T = _library(), x.shape[0]
-    go, ts = _time_major(go.to(x.dtype))
-    g = g.expand(x.shape).contiguous()
     n = x[0].numel()
-    gu = torch.empty_like(x)
-    gs = torch.empty_like(x) if need_gs else None
     fn = getattr(lib, f"lif_backward_{_SUFFIX[x.dtype]}")
-    fn(_ptr(go), ts, _ptr(g), _ptr(x), _ptr(gu), _ptr(gs), T, n, lam, v_th, int(hard),
-       torch.get_num_threads())
-    return gu, gs
+    go = go.to(x.dtype)
+    carry = torch.zeros(n, dtype=x.dtype)
+    steps = max(1, BLOCK // max(n, 1))
+    grad_p = None
+    for t1 in range(T, 0, -steps):
+        t0 = max(0, t1 - steps)
+        xb = x[t0:t1]
+        g = shape.grad(xb, p).expand(xb.shape).contiguous()
+        dp = shape.grad_param(xb, p) if need_p else None
+        gs = torch.empty_like(xb) if need_p else None
+        gob, ts = _time_major(go[t0:t1])
+        fn(_ptr(gob), ts, _ptr(g), _ptr(xb), _ptr(xb), _ptr(gs), _ptr(carry), t1 - t0, n, lam, v_th,
+           int(hard), torch.get_num_threads())
+        if need_p:
+            gp = gs * dp
+            gp = gp.sum() if p.dim() == 0 else gp.sum_to_size(p.shape)
+            grad_p = gp if grad_p is None else grad_p + gp
+    return x, grad_p
 
 
-if __name__ == "__main__":  # python -m snn2hw.core._kernel  (run by scripts/setup)
+def main() -> None:
+    """Build, or say why not without failing (scripts/setup runs this)."""
     try:
         print(f"built {build()}")
     except RuntimeError as exc:  # optional: say so, do not fail the set-up

@@ -9,10 +9,13 @@
  * incoming gradient with time stride 0 is one step broadcast over T (the
  * direct-encoded first layer), read without materialising it.
  *
- * forward:  hard  u = (s ? 0 : lam*u) + c        soft  u = lam*(s ? u - vth : u) + c
- *           x = u - vth,  s = x > 0,  out = s,  xs = x (kept for backward)
+ * forward:  hard  u = lam*u*(1-s) + c              soft  u = lam*(u - vth*s) + c
+ *           x = u - vth,  s = x > 0,  out = s (if asked),  xs = x (if asked)
  * backward: gs = go + b*gu',  gu = gs*g + a*gu'   (gu' = gu of the next step)
  *           hard a = lam*(1-s), b = -lam*u;  soft a = lam, b = -lam*vth
+ *           over a block of steps: carry holds gu' of the step after the block
+ *           (zeros after the last step) and is left holding gu of its first
+ *           step; gu_out may be xs itself (each x is read before gu replaces it).
  */
 #include <stdint.h>
 
@@ -30,46 +33,42 @@ void lif_forward_##SUF(const T_ *c, int64_t c_ts, T_ *out, T_ *xs, int64_t T,   
         for (int64_t i = 0; i < len; i++) { u[i] = 0; sp[i] = 0; }                     \
         for (int64_t t = 0; t < T; t++) {                                              \
             const T_ *ct = c + t * c_ts + n0;                                          \
-            T_ *ot = out + t * N + n0;                                                 \
-            T_ *xt = xs ? xs + t * N + n0 : 0;                                         \
-            for (int64_t i = 0; i < len; i++) {                                        \
-                T_ un;                                                                 \
-                if (t == 0) un = ct[i];                                                \
-                else if (hard) { T_ m = lam * u[i]; un = (sp[i] != 0 ? (T_)0 : m) + ct[i]; } \
-                else { T_ m = sp[i] != 0 ? u[i] - vth : u[i]; un = lam * m + ct[i]; }  \
-                T_ x = un - vth;                                                       \
-                u[i] = un;                                                             \
-                sp[i] = x > 0 ? (T_)1 : (T_)0;                                         \
-                ot[i] = sp[i];                                                         \
-                if (xt) xt[i] = x;                                                     \
-            }                                                                          \
+            T_ *ot = out ? out + t * N + n0 : 0;                                       \
+            /* lif_step's own expressions: the same roundings, branch-free */          \
+            if (t == 0) for (int64_t i = 0; i < len; i++) u[i] = ct[i];                \
+            else if (hard) for (int64_t i = 0; i < len; i++)                           \
+                u[i] = lam * u[i] * ((T_)1 - sp[i]) + ct[i];                           \
+            else for (int64_t i = 0; i < len; i++)                                     \
+                u[i] = lam * (u[i] - vth * sp[i]) + ct[i];                             \
+            for (int64_t i = 0; i < len; i++) sp[i] = u[i] - vth > 0 ? (T_)1 : (T_)0;  \
+            if (out) for (int64_t i = 0; i < len; i++) ot[i] = sp[i];                  \
+            if (xs) for (int64_t i = 0; i < len; i++) xs[t * N + n0 + i] = u[i] - vth; \
         }                                                                              \
     }                                                                                  \
 }                                                                                      \
                                                                                        \
 void lif_backward_##SUF(const T_ *go, int64_t go_ts, const T_ *g, const T_ *xs,        \
-                        T_ *gu_out, T_ *gs_out, int64_t T, int64_t N, T_ lam, T_ vth,  \
-                        int hard, int nthreads)                                        \
+                        T_ *gu_out, T_ *gs_out, T_ *carry, int64_t T, int64_t N,       \
+                        T_ lam, T_ vth, int hard, int nthreads)                        \
 {                                                                                      \
     int64_t nchunks = (N + CHUNK - 1) / CHUNK;                                         \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
     for (int64_t k = 0; k < nchunks; k++) {                                            \
         int64_t n0 = k * CHUNK, len = N - n0 < CHUNK ? N - n0 : CHUNK;                 \
-        T_ gun[CHUNK];                                                                 \
-        for (int64_t i = 0; i < len; i++) gun[i] = 0;                                  \
+        T_ *gun = carry + n0;                                                          \
         for (int64_t t = T - 1; t >= 0; t--) {                                         \
             const T_ *got = go + t * go_ts + n0, *gt = g + t * N + n0;                 \
             const T_ *xt = xs + t * N + n0;                                            \
             T_ *gut = gu_out + t * N + n0;                                             \
             T_ *gst = gs_out ? gs_out + t * N + n0 : 0;                                \
             for (int64_t i = 0; i < len; i++) {                                        \
-                T_ a, b;                                                               \
-                if (hard) { a = xt[i] > 0 ? (T_)0 : lam; b = -lam * (xt[i] + vth); }   \
+                T_ x = xt[i], a, b;                                                    \
+                if (hard) { a = lam * ((T_)1 - (x > 0 ? (T_)1 : (T_)0)); b = -lam * (x + vth); } \
                 else { a = lam; b = -lam * vth; }                                      \
                 T_ gs = got[i] + b * gun[i];                                           \
                 T_ gu = gs * gt[i] + a * gun[i];                                       \
                 gun[i] = gu;                                                           \
-                gut[i] = gu;                                                           \
+                gut[i] = gu; /* may overwrite xt[i]: read above */                     \
                 if (gst) gst[i] = gs;                                                  \
             }                                                                          \
         }                                                                              \

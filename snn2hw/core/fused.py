@@ -1,9 +1,10 @@
 """The whole LIF time loop as one autograd Function with a hand-written BPTT.
 
 Same numbers as ``lif_sequence`` with a surrogate spike (the reference the tests
-compare against), less work and memory: the forward keeps no autograd graph,
-only the surrogate's input ``x[t] = u[t] - V_th`` (spikes are ``x > 0``; a
-strategy whose spikes are not binary also keeps them), and the backward runs
+compare against), less work and memory: the forward keeps no autograd graph and
+no per-step tensors, only its input currents, from which backward recomputes
+the surrogate's input ``x[t] = u[t] - V_th`` (spikes are ``x > 0``; a strategy
+whose spikes are random keeps x and its spikes instead), and the backward runs
 the recurrence on whole (T, ...) tensors.
 
 Backward (``g[t] = shape.grad(x[t], p)``, ``go`` the gradient of the spikes,
@@ -52,18 +53,17 @@ class FusedStrategy(Protocol):
 
 
 def _forward_torch(c: Tensor, lam: float, v_th: float, hard: bool,
-                   value_fn: ValueFn | None, keep_x: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Return spikes (T, ...), x = u - V_th (T, ...) and, for a value_fn, the spikes as saved.
+                   value_fn: ValueFn | None) -> tuple[Tensor, Tensor | None]:
+    """x = u - V_th (T, ...) and, for a value_fn, its spike values (T, ...).
 
     The update reproduces lif_step's rounding exactly: lam*u*(1-s) and
     lam*(u - V_th*s) are lam*u or 0, and lam*(u - V_th) or lam*u, for binary s.
     """
-    T = c.shape[0]
     x = torch.empty(c.shape, dtype=c.dtype, device=c.device)
     s_val = torch.empty_like(x) if value_fn is not None else None
     u = c[0].clone()
     prev: Tensor | None = None  # spikes of the last step: bool (Heaviside) or values
-    for t in range(T):
+    for t in range(c.shape[0]):
         if t > 0:
             if value_fn is None:
                 if hard:
@@ -74,12 +74,17 @@ def _forward_torch(c: Tensor, lam: float, v_th: float, hard: bool,
                 u = lam * u * (1.0 - prev) if hard else lam * (u - v_th * prev)
             u = u.add_(c[t])
         xt = torch.sub(u, v_th, out=x[t])
-        if value_fn is None:
-            prev = xt > 0
-        else:
-            prev = s_val[t].copy_(value_fn(xt))
-    spikes = (x > 0).to(c.dtype) if value_fn is None else s_val
-    return spikes, x, s_val if keep_x else None
+        prev = xt > 0 if value_fn is None else s_val[t].copy_(value_fn(xt))
+    return x, s_val
+
+
+def _heaviside_forward(c: Tensor, lam: float, v_th: float, hard: bool, spikes: bool,
+                       keep_x: bool) -> tuple[Tensor | None, Tensor | None]:
+    """(spikes if asked, x if asked) for the exact step: compiled kernel or torch loop."""
+    if _kernel.available(c):
+        return _kernel.forward(c, lam, v_th, hard, spikes=spikes, keep_x=keep_x)
+    x, _ = _forward_torch(c, lam, v_th, hard, None)
+    return ((x > 0).to(c.dtype) if spikes else None), x
 
 
 def _backward_torch(go: Tensor, x: Tensor, s: Tensor, g: Tensor, lam: float, v_th: float,
@@ -103,44 +108,45 @@ def _backward_torch(go: Tensor, x: Tensor, s: Tensor, g: Tensor, lam: float, v_t
     return gu, gs
 
 
-def _forward(c: Tensor, lam: float, v_th: float, hard: bool, value_fn: ValueFn | None,
-             keep: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """(spikes, x if keep, non-binary spikes to save if keep): kernel or torch loop."""
-    if value_fn is None and _kernel.available(c):
-        spikes, x = _kernel.forward(c, lam, v_th, hard, keep_x=keep)
-        return spikes, x, None
-    spikes, x, s_saved = _forward_torch(c, lam, v_th, hard, value_fn, keep_x=keep)
-    return spikes, (x if keep else None), s_saved
-
-
 class FusedLIF(torch.autograd.Function):
-    """``lif_sequence(c, LIFParams(lam, v_th, reset), surrogate spike)`` fused."""
+    """``lif_sequence(c, LIFParams(lam, v_th, reset), surrogate spike)`` fused.
+
+    With the exact step (no ``value_fn``) only the input currents are kept and
+    backward recomputes x from them (one cheap pass): the currents of a
+    direct-encoded layer are one frame broadcast over T, and otherwise they are
+    the same size as x would be. A ``value_fn`` (possibly random) keeps x and
+    its spike values instead.
+    """
 
     @staticmethod
     def forward(ctx, c: Tensor, p: Tensor, lam: float, v_th: float, reset: str,  # type: ignore[override]
                 shape: SurrogateShape, value_fn: ValueFn | None) -> Tensor:
         hard = reset == "hard"
-        spikes, x, s_saved = _forward(c, lam, v_th, hard, value_fn, keep=True)
-        ctx.save_for_backward(x, p, s_saved)
         ctx.consts = (lam, v_th, hard, shape)
-        return spikes
+        if value_fn is None:
+            spikes, _ = _heaviside_forward(c, lam, v_th, hard, spikes=True, keep_x=False)
+            ctx.save_for_backward(c, p, None, None)
+            return spikes
+        x, s_val = _forward_torch(c, lam, v_th, hard, value_fn)
+        ctx.save_for_backward(None, p, x, s_val)
+        return s_val
 
     @staticmethod
     def backward(ctx, go: Tensor):  # type: ignore[override]
-        x, p, s_saved = ctx.saved_tensors
+        c, p, x, s_val = ctx.saved_tensors
         lam, v_th, hard, shape = ctx.consts
-        go = go.contiguous()
-        g = shape.grad(x, p)
+        if x is None:
+            _, x = _heaviside_forward(c, lam, v_th, hard, spikes=False, keep_x=True)
         need_p = ctx.needs_input_grad[1]
-        if s_saved is None and _kernel.available(x):
-            gu, gs = _kernel.backward(go, x, g, lam, v_th, hard, need_gs=need_p)
+        if s_val is None and _kernel.available(x):
+            gu, grad_p = _kernel.backward(go, x, p, shape, lam, v_th, hard, need_p)
         else:
-            s = s_saved if s_saved is not None else (x > 0).to(x.dtype)
-            gu, gs = _backward_torch(go, x, s, g, lam, v_th, hard)
-        grad_p = None
-        if need_p:
-            gp = gs * shape.grad_param(x, p)
-            grad_p = gp.sum() if p.dim() == 0 else gp.sum_to_size(p.shape)
+            s = s_val if s_val is not None else (x > 0).to(x.dtype)
+            gu, gs = _backward_torch(go.contiguous(), x, s, shape.grad(x, p), lam, v_th, hard)
+            grad_p = None
+            if need_p:
+                gp = gs * shape.grad_param(x, p)
+                grad_p = gp.sum() if p.dim() == 0 else gp.sum_to_size(p.shape)
         return gu if ctx.needs_input_grad[0] else None, grad_p, None, None, None, None, None
 
 
@@ -158,4 +164,6 @@ def fused_lif(currents: Tensor, p: Tensor, lam: float, v_th: float, reset: str,
     if torch.is_grad_enabled() and (currents.requires_grad or p.requires_grad):
         return FusedLIF.apply(currents, p, float(lam), float(v_th), reset, shape, value_fn)
     # inference (evaluate, export checks, noise sweeps): nothing is kept for backward
-    return _forward(currents, float(lam), float(v_th), reset == "hard", value_fn, keep=False)[0]
+    if value_fn is None:
+        return _heaviside_forward(currents, float(lam), float(v_th), reset == "hard", True, False)[0]
+    return _forward_torch(currents, float(lam), float(v_th), reset == "hard", value_fn)[1]
