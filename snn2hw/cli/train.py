@@ -10,9 +10,11 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from ..api import train_from_options
+from ..train.methods import METHODS, option_flags
 
 # flag -> config key; values None are not passed, so the config file or the defaults apply
 FLAGS: list[tuple[str, dict]] = [
@@ -25,7 +27,7 @@ FLAGS: list[tuple[str, dict]] = [
     ("--weight-decay", dict(type=float)),
     ("--surrogate", dict(help="surrogate shape: triangle, rectangular, arctan, sigmoid, dspike")),
     ("--surrogate-param", dict(type=float, help="its shape parameter (default: the shape's)")),
-    ("--method", dict(help="training method (default sg: fixed surrogate)")),
+    ("--method", dict(help=f"training method: {', '.join(METHODS)} (default sg: fixed surrogate)")),
     ("--loss", dict(choices=["ce", "tet"], help="ce on the mean output, or TET")),
     ("--lam", dict(type=float, help="membrane leak lambda, 1 = IAF (default 0.5)")),
     ("--v-th", dict(type=float, help="threshold (default 1.0)")),
@@ -41,6 +43,10 @@ FLAGS: list[tuple[str, dict]] = [
 def add_arguments(p: argparse.ArgumentParser) -> None:
     for flag, kw in FLAGS:
         p.add_argument(flag, default=None, **kw)
+    group = p.add_argument_group("method options (generated from each method's fields; "
+                                 "same as --set method_options.NAME=VALUE)")
+    for name, (flag, kw) in option_flags().items():
+        group.add_argument(flag, dest=f"method_option__{name}", default=None, **kw)
     p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set tdbn=false --set method_options.k_limit=0.3")
@@ -55,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     options = {k: v for k, v in options.items() if v is not None}
     if "model" in options:
         options["arch"] = options.pop("model")
-    result = train_from_options(options, config_file=args.config, overrides=args.set,
+    # method flags become method_options overrides; an explicit --set still wins
+    method_sets = [f"method_options.{name}={json.dumps(getattr(args, f'method_option__{name}'))}"
+                   for name in option_flags() if getattr(args, f"method_option__{name}") is not None]
+    result = train_from_options(options, config_file=args.config, overrides=method_sets + args.set,
                                 out=args.out or args.resume, resume=bool(args.resume),
                                 progress=not args.no_progress)
     s = result.summary
