@@ -221,7 +221,7 @@ def _grads(model, x, y, fused: bool, method):
 
 @pytest.mark.parametrize("method_name,arch,reset,lam", [
     (m, a, r, l) for m in sorted(METHODS) for a, r, l in
-    [("conv", "hard", 0.5), ("mlp", "soft", 1.0), ("conv", "soft", 0.8), ("mlp", "hard", 1.0)]])
+    [("conv", "hard", 0.5), ("mlp", "soft", 1.0), ("mlp", "hard", 1.0)]])
 def test_every_method_same_model_gradients(backend, method_name, arch, reset, lam):
     """Whole networks after each method's set-up: fused and plain loops give the
     same readout and the same gradients of weights and (learnable) shape parameters."""
@@ -229,6 +229,8 @@ def test_every_method_same_model_gradients(backend, method_name, arch, reset, la
     method = make_method(method_name)
     method.setup(model)
     model.double().train()
+    lifs = [m for m in model.modules() if isinstance(m, LIF)]
+    assert all(m._fused_args() is not None for m in lifs), "this method's layers would not run fused"
     g = torch.Generator().manual_seed(2)
     x = torch.rand(6, 1, 8, 8, generator=g, dtype=torch.float64) * 2
     y = torch.randint(0, 10, (6,), generator=g)

@@ -40,16 +40,17 @@ ValueFn = Callable[[Tensor], Tensor]
 class FusedStrategy(Protocol):
     """What a ``LIF.spike_strategy`` offers to run inside the fused loop.
 
-    ``fused_value(x)`` is the forward spike value at ``x = u - V_th`` (no
-    gradient; may be random, e.g. ASGL's mask); ``fused_shape`` gives its local
-    derivatives ``grad(x, p) = ds/dx`` and ``grad_param(x, p) = ds/dp`` for
-    the parameter ``fused_param``. A strategy without these runs the plain loop.
+    ``fused_value`` maps ``x = u - V_th`` to the forward spike value (no
+    gradient; may be random, e.g. ASGL's mask), or is None for the exact step;
+    ``fused_shape`` gives the local derivatives ``grad(x, p) = ds/dx`` and
+    ``grad_param(x, p) = ds/dp`` for the parameter ``fused_param`` (a tensor,
+    possibly computed from a Parameter: its gradient flows back through it).
+    A strategy without these attributes runs the plain loop (``lif_sequence``).
     """
 
     fused_shape: SurrogateShape
     fused_param: Tensor
-
-    def fused_value(self, x: Tensor) -> Tensor: ...
+    fused_value: ValueFn | None
 
 
 def _forward_torch(c: Tensor, lam: float, v_th: float, hard: bool,
