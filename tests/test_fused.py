@@ -219,14 +219,20 @@ def _grads(model, x, y, fused: bool, method):
     return seq.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("method_name,arch,reset,lam", [
-    (m, a, r, l) for m in sorted(METHODS) for a, r, l in
+# every registered method with its defaults, plus the options that change the LIF's work
+METHOD_CASES = [(m, {}) for m in sorted(METHODS)] + [
+    (m, opts) for m, opts in [("psg", {"pda": True})] if m in METHODS]
+
+
+@pytest.mark.parametrize("method_name,options,arch,reset,lam", [
+    (m, o, a, r, l) for m, o in METHOD_CASES for a, r, l in
     [("conv", "hard", 0.5), ("mlp", "soft", 1.0), ("mlp", "hard", 1.0)]])
-def test_every_method_same_model_gradients(backend, method_name, arch, reset, lam):
+def test_every_method_same_model_gradients(backend, method_name, options, arch, reset, lam):
     """Whole networks after each method's set-up: fused and plain loops give the
-    same readout and the same gradients of weights and (learnable) shape parameters."""
+    same readout, the same extra loss (PDA reads the membranes) and the same
+    gradients of weights and (learnable) shape parameters."""
     model = _tiny_model(arch, reset, lam, "triangle")
-    method = make_method(method_name)
+    method = make_method(method_name, options)
     method.setup(model)
     model.double().train()
     lifs = [m for m in model.modules() if isinstance(m, LIF)]
@@ -244,18 +250,37 @@ def test_every_method_same_model_gradients(backend, method_name, arch, reset, la
     assert float(gr_p[first].abs().sum()) > 0
 
 
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_recorded_membrane_and_its_gradient(backend, reset):
+    """``membrane=True``: u equals lif_sequence's recorded u bit for bit, and a
+    loss on u (like PDA) sends the same gradient to the currents and p."""
+    shape = SURROGATES["triangle"]()
+    c = _currents(T=6)
+    p = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    s_ref, u_ref = lif_sequence(c, LIFParams(0.7, 1.0, reset), lambda x: spike(x, shape, p), True)
+    s, u = fused_lif(c, p, 0.7, 1.0, reset, shape, membrane=True)
+    assert torch.equal(s, s_ref) and torch.equal(u, u_ref)
+    loss_ref = (s_ref * torch.arange(6.0, dtype=torch.float64).view(6, 1, 1)).sum() + (u_ref ** 2).sum()
+    loss = (s * torch.arange(6.0, dtype=torch.float64).view(6, 1, 1)).sum() + (u ** 2).sum()
+    for a, b in zip(torch.autograd.grad(loss, (c, p)), torch.autograd.grad(loss_ref, (c, p))):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOL)
+
+
 def test_fallbacks_and_inference(backend):
-    """record_membrane and per-neuron constants take the plain loop; inference
-    (no autograd) gives the same spikes as training mode."""
+    """Per-neuron constants take the plain loop; recorded membranes and
+    inference (no autograd) run fused and give the plain loop's numbers."""
     lif = LIF(0.5, 1.0, "hard")
     c = _currents(T=5).detach()
+    lif.use_fused = False
     lif.record_membrane = True
     s_plain = lif(c)
-    assert lif.last_membrane is not None and lif._fused_args() is None
-    lif.record_membrane = False
+    u_plain = lif.last_membrane
+    lif.use_fused = True
     assert lif._fused_args() is not None
     with torch.inference_mode():
-        assert torch.equal(lif(c), s_plain)
+        assert torch.equal(lif(c), s_plain) and torch.equal(lif.last_membrane, u_plain)
+        lif.record_membrane = False
+        assert torch.equal(lif(c), s_plain) and lif.last_membrane is None
     lif.lam = torch.full((3, 5), 0.5, dtype=torch.float64)  # mismatch: per-neuron leak
     assert lif._fused_args() is None and torch.equal(lif(c), s_plain)
 

@@ -57,7 +57,7 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
     for dtype, ct in _CTYPES.items():
         suf, ptr, i64, i = _SUFFIX[dtype], ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         getattr(lib, f"lif_forward_{suf}").argtypes = [ptr, i64, ptr, ptr, i64, i64, ct, ct, i, i]
-        getattr(lib, f"lif_backward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, ct, ct, i, i]
+        getattr(lib, f"lif_backward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ct, ct, i, i]
     return lib
 
 
@@ -100,18 +100,20 @@ def forward(c: Tensor, lam: float, v_th: float, hard: bool, spikes: bool = True,
 
 
 def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, hard: bool,
-             need_p: bool) -> tuple[Tensor, Tensor | None]:
+             need_p: bool, gext: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """(gradient of the currents, gradient of p or None) of fused.py's recurrence.
 
     Runs over blocks of about ``BLOCK`` elements, last steps first: the
     surrogate (``shape.grad``, ``shape.grad_param``) is evaluated per block, so
     its temporaries stay small and in cache, and the currents' gradient
     overwrites ``x`` (which the caller recomputed and does not need again).
+    ``gext`` is a gradient reaching u from outside (a loss on recorded membranes).
     """
     lib, T = _library(), x.shape[0]
     n = x[0].numel()
     fn = getattr(lib, f"lif_backward_{_SUFFIX[x.dtype]}")
     go = go.to(x.dtype)
+    gext = gext.to(x.dtype).contiguous() if gext is not None else None
     carry = torch.zeros(n, dtype=x.dtype)
     steps = max(1, BLOCK // max(n, 1))
     grad_p = None
@@ -122,7 +124,8 @@ def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, h
         dp = shape.grad_param(xb, p) if need_p else None
         gs = torch.empty_like(xb) if need_p else None
         gob, ts = _time_major(go[t0:t1])
-        fn(_ptr(gob), ts, _ptr(g), _ptr(xb), _ptr(xb), _ptr(gs), _ptr(carry), t1 - t0, n, lam, v_th,
+        geb = gext[t0:t1] if gext is not None else None
+        fn(_ptr(gob), ts, _ptr(g), _ptr(xb), _ptr(geb), _ptr(xb), _ptr(gs), _ptr(carry), t1 - t0, n, lam, v_th,
            int(hard), torch.get_num_threads())
         if need_p:
             gp = gs * dp

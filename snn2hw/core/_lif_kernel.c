@@ -15,7 +15,8 @@
  *           hard a = lam*(1-s), b = -lam*u;  soft a = lam, b = -lam*vth
  *           over a block of steps: carry holds gu' of the step after the block
  *           (zeros after the last step) and is left holding gu of its first
- *           step; gu_out may be xs itself (each x is read before gu replaces it).
+ *           step; gu_out may be xs itself (each x is read before gu replaces it);
+ *           gext, if given, is a gradient reaching u from outside (recorded u).
  */
 #include <stdint.h>
 
@@ -48,7 +49,8 @@ void lif_forward_##SUF(const T_ *c, int64_t c_ts, T_ *out, T_ *xs, int64_t T,   
 }                                                                                      \
                                                                                        \
 void lif_backward_##SUF(const T_ *go, int64_t go_ts, const T_ *g, const T_ *xs,        \
-                        T_ *gu_out, T_ *gs_out, T_ *carry, int64_t T, int64_t N,       \
+                        const T_ *gext, T_ *gu_out, T_ *gs_out, T_ *carry, int64_t T,  \
+                        int64_t N,                                                     \
                         T_ lam, T_ vth, int hard, int nthreads)                        \
 {                                                                                      \
     int64_t nchunks = (N + CHUNK - 1) / CHUNK;                                         \
@@ -67,6 +69,7 @@ void lif_backward_##SUF(const T_ *go, int64_t go_ts, const T_ *g, const T_ *xs, 
                 else { a = lam; b = -lam * vth; }                                      \
                 T_ gs = got[i] + b * gun[i];                                           \
                 T_ gu = gs * gt[i] + a * gun[i];                                       \
+                if (gext) gu += gext[t * N + n0 + i];                                  \
                 gun[i] = gu;                                                           \
                 gut[i] = gu; /* may overwrite xt[i]: read above */                     \
                 if (gst) gst[i] = gs;                                                  \

@@ -53,15 +53,16 @@ class FusedStrategy(Protocol):
     fused_value: ValueFn | None
 
 
-def _forward_torch(c: Tensor, lam: float, v_th: float, hard: bool,
-                   value_fn: ValueFn | None) -> tuple[Tensor, Tensor | None]:
-    """x = u - V_th (T, ...) and, for a value_fn, its spike values (T, ...).
+def _forward_torch(c: Tensor, lam: float, v_th: float, hard: bool, value_fn: ValueFn | None,
+                   keep_u: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """x = u - V_th (T, ...), for a value_fn its spike values, and u if ``keep_u``.
 
     The update reproduces lif_step's rounding exactly: lam*u*(1-s) and
     lam*(u - V_th*s) are lam*u or 0, and lam*(u - V_th) or lam*u, for binary s.
     """
     x = torch.empty(c.shape, dtype=c.dtype, device=c.device)
     s_val = torch.empty_like(x) if value_fn is not None else None
+    u_all = torch.empty_like(x) if keep_u else None
     u = c[0].clone()
     prev: Tensor | None = None  # spikes of the last step: bool (Heaviside) or values
     for t in range(c.shape[0]):
@@ -74,9 +75,11 @@ def _forward_torch(c: Tensor, lam: float, v_th: float, hard: bool,
             else:  # non-binary spikes: the update as lif_step writes it
                 u = lam * u * (1.0 - prev) if hard else lam * (u - v_th * prev)
             u = u.add_(c[t])
+        if u_all is not None:
+            u_all[t] = u
         xt = torch.sub(u, v_th, out=x[t])
         prev = xt > 0 if value_fn is None else s_val[t].copy_(value_fn(xt))
-    return x, s_val
+    return x, s_val, u_all
 
 
 def _heaviside_forward(c: Tensor, lam: float, v_th: float, hard: bool, spikes: bool,
@@ -84,13 +87,15 @@ def _heaviside_forward(c: Tensor, lam: float, v_th: float, hard: bool, spikes: b
     """(spikes if asked, x if asked) for the exact step: compiled kernel or torch loop."""
     if _kernel.available(c):
         return _kernel.forward(c, lam, v_th, hard, spikes=spikes, keep_x=keep_x)
-    x, _ = _forward_torch(c, lam, v_th, hard, None)
+    x = _forward_torch(c, lam, v_th, hard, None)[0]
     return ((x > 0).to(c.dtype) if spikes else None), x
 
 
 def _backward_torch(go: Tensor, x: Tensor, s: Tensor, g: Tensor, lam: float, v_th: float,
-                    hard: bool) -> tuple[Tensor, Tensor]:
-    """Return (gu, gs): the gradients of the membrane and of the spikes, (T, ...)."""
+                    hard: bool, gext: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Return (gu, gs): the gradients of the membrane and of the spikes, (T, ...).
+
+    ``gext`` is a gradient reaching u from outside (a loss on recorded membranes)."""
     if hard:
         u = x + v_th
         k = torch.mul(u, g).neg_().add_(1.0 - s).mul_(lam)
@@ -99,6 +104,8 @@ def _backward_torch(go: Tensor, x: Tensor, s: Tensor, g: Tensor, lam: float, v_t
         k = torch.mul(g, -v_th * lam).add_(lam)
         b = None
     gu = torch.mul(go, g)
+    if gext is not None:
+        gu.add_(gext)
     for t in range(x.shape[0] - 2, -1, -1):
         gu[t].addcmul_(k[t], gu[t + 1])
     gs = go.clone()
@@ -110,61 +117,71 @@ def _backward_torch(go: Tensor, x: Tensor, s: Tensor, g: Tensor, lam: float, v_t
 
 
 class FusedLIF(torch.autograd.Function):
-    """``lif_sequence(c, LIFParams(lam, v_th, reset), surrogate spike)`` fused.
+    """``lif_sequence(c, LIFParams(lam, v_th, reset), surrogate spike, membrane)`` fused.
 
     With the exact step (no ``value_fn``) only the input currents are kept and
     backward recomputes x from them (one cheap pass): the currents of a
     direct-encoded layer are one frame broadcast over T, and otherwise they are
     the same size as x would be. A ``value_fn`` (possibly random) keeps x and
-    its spike values instead.
+    its spike values instead. With ``membrane`` the potentials u (T, ...) are a
+    second, differentiable output (PSG's PDA loss reads them); backward then
+    takes x = u - V_th from that output, exactly as the forward computed it.
     """
 
     @staticmethod
     def forward(ctx, c: Tensor, p: Tensor, lam: float, v_th: float, reset: str,  # type: ignore[override]
-                shape: SurrogateShape, value_fn: ValueFn | None) -> Tensor:
+                shape: SurrogateShape, value_fn: ValueFn | None, membrane: bool):
         hard = reset == "hard"
         ctx.consts = (lam, v_th, hard, shape)
-        if value_fn is None:
+        if value_fn is None and not membrane:
             spikes, _ = _heaviside_forward(c, lam, v_th, hard, spikes=True, keep_x=False)
-            ctx.save_for_backward(c, p, None, None)
+            ctx.save_for_backward(c, p, None, None, None)
             return spikes
-        x, s_val = _forward_torch(c, lam, v_th, hard, value_fn)
-        ctx.save_for_backward(None, p, x, s_val)
-        return s_val
+        x, s_val, u_all = _forward_torch(c, lam, v_th, hard, value_fn, keep_u=membrane)
+        spikes = s_val if value_fn is not None else (x > 0).to(c.dtype)
+        ctx.save_for_backward(None, p, None if membrane else x, s_val, u_all)
+        return (spikes, u_all) if membrane else spikes
 
     @staticmethod
-    def backward(ctx, go: Tensor):  # type: ignore[override]
-        c, p, x, s_val = ctx.saved_tensors
+    def backward(ctx, go: Tensor, gext: Tensor | None = None):  # type: ignore[override]
+        c, p, x, s_val, u_all = ctx.saved_tensors
         lam, v_th, hard, shape = ctx.consts
-        if x is None:
+        if u_all is not None:
+            x = u_all - v_th
+        elif x is None:
             _, x = _heaviside_forward(c, lam, v_th, hard, spikes=False, keep_x=True)
         need_p = ctx.needs_input_grad[1]
         if s_val is None and _kernel.available(x):
-            gu, grad_p = _kernel.backward(go, x, p, shape, lam, v_th, hard, need_p)
+            gu, grad_p = _kernel.backward(go, x, p, shape, lam, v_th, hard, need_p, gext)
         else:
             s = s_val if s_val is not None else (x > 0).to(x.dtype)
-            gu, gs = _backward_torch(go.contiguous(), x, s, shape.grad(x, p), lam, v_th, hard)
+            gu, gs = _backward_torch(go.contiguous(), x, s, shape.grad(x, p), lam, v_th, hard, gext)
             grad_p = None
             if need_p:
                 gp = gs * shape.grad_param(x, p)
                 grad_p = gp.sum() if p.dim() == 0 else gp.sum_to_size(p.shape)
-        return gu if ctx.needs_input_grad[0] else None, grad_p, None, None, None, None, None
+        return gu if ctx.needs_input_grad[0] else None, grad_p, None, None, None, None, None, None
 
 
 def fused_lif(currents: Tensor, p: Tensor, lam: float, v_th: float, reset: str,
-              shape: SurrogateShape, value_fn: ValueFn | None = None) -> Tensor:
-    """Spikes (T, ...) of LIF neurons driven by ``currents`` (T, ...).
+              shape: SurrogateShape, value_fn: ValueFn | None = None,
+              membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Spikes (T, ...) of LIF neurons driven by ``currents`` (T, ...), and with
+    ``membrane`` also their potentials u (T, ...): ``(spikes, u)``.
 
-    Equal to ``lif_sequence(currents, LIFParams(lam, v_th, reset), spike_fn)[0]``
+    Equal to ``lif_sequence(currents, LIFParams(lam, v_th, reset), spike_fn, membrane)``
     where ``spike_fn`` has forward ``value_fn`` (default: strict Heaviside) and
     backward ``shape.grad(x, p)`` in x and ``shape.grad_param(x, p)`` in p;
     gradients flow to ``currents`` and ``p``.
     """
     if reset not in ("hard", "soft"):
         raise ValueError(f"reset must be 'hard' or 'soft', got {reset!r}")
+    lam, v_th, hard = float(lam), float(v_th), reset == "hard"
     if torch.is_grad_enabled() and (currents.requires_grad or p.requires_grad):
-        return FusedLIF.apply(currents, p, float(lam), float(v_th), reset, shape, value_fn)
-    # inference (evaluate, export checks, noise sweeps): nothing is kept for backward
-    if value_fn is None:
-        return _heaviside_forward(currents, float(lam), float(v_th), reset == "hard", True, False)[0]
-    return _forward_torch(currents, float(lam), float(v_th), reset == "hard", value_fn)[1]
+        return FusedLIF.apply(currents, p, lam, v_th, reset, shape, value_fn, membrane)
+    # inference (evaluate, export checks, noise sweeps, probes): nothing kept for backward
+    if value_fn is None and not membrane:
+        return _heaviside_forward(currents, lam, v_th, hard, True, False)[0]
+    x, s_val, u_all = _forward_torch(currents, lam, v_th, hard, value_fn, keep_u=membrane)
+    spikes = s_val if value_fn is not None else (x > 0).to(currents.dtype)
+    return (spikes, u_all) if membrane else spikes

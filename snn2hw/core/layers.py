@@ -57,8 +57,9 @@ class LIF(nn.Module):
     def forward(self, currents: Tensor) -> Tensor:
         fused = self._fused_args()
         if fused is not None:
-            self.last_membrane = None
-            return fused_lif(currents, *fused)
+            out = fused_lif(currents, *fused, membrane=self.record_membrane)
+            s, self.last_membrane = out if self.record_membrane else (out, None)
+            return s
         spike_fn = self.spike_strategy or self.surrogate_spike
         s, u = lif_sequence(currents, self.params, spike_fn, self.record_membrane)
         self.last_membrane = u
@@ -66,9 +67,9 @@ class LIF(nn.Module):
 
     def _fused_args(self) -> tuple | None:
         """Arguments of ``fused_lif`` (same numbers as lif_sequence), or None where it
-        does not apply: recorded membrane, per-neuron constants, a strategy that
-        offers no fused interface (``fused.FusedStrategy``)."""
-        if not self.use_fused or self.record_membrane:
+        does not apply: per-neuron constants, a strategy that offers no fused
+        interface (``fused.FusedStrategy``)."""
+        if not self.use_fused:
             return None
         if not (isinstance(self.lam, float) and isinstance(self.v_th, float)):
             return None
