@@ -48,33 +48,42 @@ void lif_forward_##SUF(const T_ *c, int64_t c_ts, T_ *out, T_ *xs, int64_t T,   
     }                                                                                  \
 }                                                                                      \
                                                                                        \
+/* One backward step on len neurons; restrict: the arrays do not overlap. */          \
+static void bwd_step_##SUF(int64_t len, const T_ *restrict go, const T_ *restrict g,   \
+                           const T_ *restrict x, T_ *restrict gun, T_ *restrict gsl,  \
+                           T_ lam, T_ vth, int hard)                                   \
+{                                                                                      \
+    if (hard) for (int64_t i = 0; i < len; i++) {                                      \
+        T_ gs = go[i] - lam * (x[i] + vth) * gun[i];                                   \
+        T_ a = x[i] > 0 ? (T_)0 : lam;                                                 \
+        gsl[i] = gs;                                                                   \
+        gun[i] = gs * g[i] + a * gun[i];                                               \
+    } else for (int64_t i = 0; i < len; i++) {                                         \
+        T_ gs = go[i] - lam * vth * gun[i];                                            \
+        gsl[i] = gs;                                                                   \
+        gun[i] = gs * g[i] + lam * gun[i];                                             \
+    }                                                                                  \
+}                                                                                      \
+                                                                                       \
 void lif_backward_##SUF(const T_ *go, int64_t go_ts, const T_ *g, const T_ *xs,        \
                         const T_ *gext, T_ *gu_out, T_ *gs_out, T_ *carry, int64_t T,  \
-                        int64_t N,                                                     \
-                        T_ lam, T_ vth, int hard, int nthreads)                        \
+                        int64_t N, T_ lam, T_ vth, int hard, int nthreads)             \
 {                                                                                      \
     int64_t nchunks = (N + CHUNK - 1) / CHUNK;                                         \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
     for (int64_t k = 0; k < nchunks; k++) {                                            \
         int64_t n0 = k * CHUNK, len = N - n0 < CHUNK ? N - n0 : CHUNK;                 \
-        T_ *gun = carry + n0;                                                          \
+        T_ gun[CHUNK], gsl[CHUNK];                                                     \
+        for (int64_t i = 0; i < len; i++) gun[i] = carry[n0 + i];                      \
         for (int64_t t = T - 1; t >= 0; t--) {                                         \
-            const T_ *got = go + t * go_ts + n0, *gt = g + t * N + n0;                 \
-            const T_ *xt = xs + t * N + n0;                                            \
-            T_ *gut = gu_out + t * N + n0;                                             \
-            T_ *gst = gs_out ? gs_out + t * N + n0 : 0;                                \
-            for (int64_t i = 0; i < len; i++) {                                        \
-                T_ x = xt[i], a, b;                                                    \
-                if (hard) { a = lam * ((T_)1 - (x > 0 ? (T_)1 : (T_)0)); b = -lam * (x + vth); } \
-                else { a = lam; b = -lam * vth; }                                      \
-                T_ gs = got[i] + b * gun[i];                                           \
-                T_ gu = gs * gt[i] + a * gun[i];                                       \
-                if (gext) gu += gext[t * N + n0 + i];                                  \
-                gun[i] = gu;                                                           \
-                gut[i] = gu; /* may overwrite xt[i]: read above */                     \
-                if (gst) gst[i] = gs;                                                  \
-            }                                                                          \
+            bwd_step_##SUF(len, go + t * go_ts + n0, g + t * N + n0, xs + t * N + n0,  \
+                           gun, gsl, lam, vth, hard);                                  \
+            if (gext) for (int64_t i = 0; i < len; i++) gun[i] += gext[t * N + n0 + i]; \
+            /* written after the step read x: gu_out may be xs */                      \
+            for (int64_t i = 0; i < len; i++) gu_out[t * N + n0 + i] = gun[i];         \
+            if (gs_out) for (int64_t i = 0; i < len; i++) gs_out[t * N + n0 + i] = gsl[i]; \
         }                                                                              \
+        for (int64_t i = 0; i < len; i++) carry[n0 + i] = gun[i];                      \
     }                                                                                  \
 }
 
