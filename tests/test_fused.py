@@ -293,3 +293,16 @@ def test_kernel_builds_and_loads(tmp_path):
         pytest.skip(str(exc))
     lib = _kernel.load(path)
     assert lib is not None and hasattr(lib, "lif_forward_f32") and hasattr(lib, "lif_backward_f64")
+
+
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_backward_twice_on_a_retained_graph(backend, broadcast):
+    """Backward may overwrite only what it made itself: a second backward of a
+    retained graph gives the same gradient."""
+    c0 = (torch.randn(4, 7, dtype=torch.float64) + 0.8).requires_grad_()
+    c = c0.unsqueeze(0).expand(5, 4, 7) if broadcast else c0.unsqueeze(0) * torch.ones(5, 1, 1, dtype=torch.float64)
+    out = fused_lif(c, torch.tensor(1.0, dtype=torch.float64), 0.5, 1.0, "hard", SURROGATES["arctan"]())
+    loss = (out * torch.arange(5.0, dtype=torch.float64).view(5, 1, 1)).sum()
+    g1, = torch.autograd.grad(loss, c0, retain_graph=True)
+    g2, = torch.autograd.grad(loss, c0)
+    assert torch.equal(g1, g2) and g1.abs().sum() > 0

@@ -100,13 +100,14 @@ def forward(c: Tensor, lam: float, v_th: float, hard: bool, spikes: bool = True,
 
 
 def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, hard: bool,
-             need_p: bool, gext: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+             need_p: bool, gext: Tensor | None = None, overwrite: bool = False
+             ) -> tuple[Tensor, Tensor | None]:
     """(gradient of the currents, gradient of p or None) of fused.py's recurrence.
 
     Runs over blocks of about ``BLOCK`` elements, last steps first: the
     surrogate (``shape.grad``, ``shape.grad_param``) is evaluated per block, so
-    its temporaries stay small and in cache, and the currents' gradient
-    overwrites ``x`` (which the caller recomputed and does not need again).
+    its temporaries stay small and in cache. With ``overwrite`` the currents'
+    gradient replaces ``x`` (which the caller made and does not need again).
     ``gext`` is a gradient reaching u from outside (a loss on recorded membranes).
     """
     lib, T = _library(), x.shape[0]
@@ -117,6 +118,7 @@ def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, h
     carry = torch.zeros(n, dtype=x.dtype)
     steps = max(1, BLOCK // max(n, 1))
     grad_p = None
+    gu = x if overwrite else torch.empty_like(x)
     for t1 in range(T, 0, -steps):
         t0 = max(0, t1 - steps)
         xb = x[t0:t1]
@@ -125,13 +127,13 @@ def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, h
         gs = torch.empty_like(xb) if need_p else None
         gob, ts = _time_major(go[t0:t1])
         geb = gext[t0:t1] if gext is not None else None
-        fn(_ptr(gob), ts, _ptr(g), _ptr(xb), _ptr(geb), _ptr(xb), _ptr(gs), _ptr(carry), t1 - t0, n, lam, v_th,
+        fn(_ptr(gob), ts, _ptr(g), _ptr(xb), _ptr(geb), _ptr(gu[t0:t1]), _ptr(gs), _ptr(carry), t1 - t0, n, lam, v_th,
            int(hard), torch.get_num_threads())
         if need_p:
             gp = gs * dp
             gp = gp.sum() if p.dim() == 0 else gp.sum_to_size(p.shape)
             grad_p = gp if grad_p is None else grad_p + gp
-    return x, grad_p
+    return gu, grad_p
 
 
 def main() -> None:

@@ -2,10 +2,10 @@
 
 Same numbers as ``lif_sequence`` with a surrogate spike (the reference the tests
 compare against), less work and memory: the forward keeps no autograd graph and
-no per-step tensors, only its input currents, from which backward recomputes
-the surrogate's input ``x[t] = u[t] - V_th`` (spikes are ``x > 0``; a strategy
-whose spikes are random keeps x and its spikes instead), and the backward runs
-the recurrence on whole (T, ...) tensors.
+no per-step tensors, only the surrogate's input ``x[t] = u[t] - V_th`` (spikes
+are ``x > 0``), or for currents broadcast over T just their one frame, from
+which backward recomputes x; a strategy whose spikes are random also keeps
+them. The backward runs the recurrence on whole (T, ...) tensors.
 
 Backward (``g[t] = shape.grad(x[t], p)``, ``go`` the gradient of the spikes,
 ``gu`` that of u, the reset term's gradient included as in the plain loop):
@@ -119,10 +119,9 @@ def _backward_torch(go: Tensor, x: Tensor, s: Tensor, g: Tensor, lam: float, v_t
 class FusedLIF(torch.autograd.Function):
     """``lif_sequence(c, LIFParams(lam, v_th, reset), surrogate spike, membrane)`` fused.
 
-    With the exact step (no ``value_fn``) only the input currents are kept and
-    backward recomputes x from them (one cheap pass): the currents of a
-    direct-encoded layer are one frame broadcast over T, and otherwise they are
-    the same size as x would be. A ``value_fn`` (possibly random) keeps x and
+    With the exact step (no ``value_fn``) only x is kept, or, when the
+    currents are one frame broadcast over T (a direct-encoded layer), only that
+    frame, from which backward recomputes x (one cheap pass, T times less memory). A ``value_fn`` (possibly random) keeps x and
     its spike values instead. With ``membrane`` the potentials u (T, ...) are a
     second, differentiable output (PSG's PDA loss reads them); backward then
     takes x = u - V_th from that output, exactly as the forward computed it.
@@ -134,8 +133,12 @@ class FusedLIF(torch.autograd.Function):
         hard = reset == "hard"
         ctx.consts = (lam, v_th, hard, shape)
         if value_fn is None and not membrane:
-            spikes, _ = _heaviside_forward(c, lam, v_th, hard, spikes=True, keep_x=False)
-            ctx.save_for_backward(c, p, None, None, None)
+            if c.shape[0] > 1 and c.stride(0) == 0:  # one frame broadcast over T: keep it
+                spikes, _ = _heaviside_forward(c, lam, v_th, hard, spikes=True, keep_x=False)
+                ctx.save_for_backward(c, p, None, None, None)
+            else:  # x costs what c would, and saves backward a pass
+                spikes, x = _heaviside_forward(c, lam, v_th, hard, spikes=True, keep_x=True)
+                ctx.save_for_backward(None, p, x, None, None)
             return spikes
         x, s_val, u_all = _forward_torch(c, lam, v_th, hard, value_fn, keep_u=membrane)
         spikes = s_val if value_fn is not None else (x > 0).to(c.dtype)
@@ -146,13 +149,14 @@ class FusedLIF(torch.autograd.Function):
     def backward(ctx, go: Tensor, gext: Tensor | None = None):  # type: ignore[override]
         c, p, x, s_val, u_all = ctx.saved_tensors
         lam, v_th, hard, shape = ctx.consts
+        fresh = x is None  # x made here may be overwritten; a saved x may be needed again
         if u_all is not None:
             x = u_all - v_th
         elif x is None:
             _, x = _heaviside_forward(c, lam, v_th, hard, spikes=False, keep_x=True)
         need_p = ctx.needs_input_grad[1]
         if s_val is None and _kernel.available(x):
-            gu, grad_p = _kernel.backward(go, x, p, shape, lam, v_th, hard, need_p, gext)
+            gu, grad_p = _kernel.backward(go, x, p, shape, lam, v_th, hard, need_p, gext, overwrite=fresh)
         else:
             s = s_val if s_val is not None else (x > 0).to(x.dtype)
             gu, gs = _backward_torch(go.contiguous(), x, s, shape.grad(x, p), lam, v_th, hard, gext)
