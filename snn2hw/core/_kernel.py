@@ -37,11 +37,19 @@ def build(out: Path = LIBRARY, compiler: str | None = None) -> Path:
     if cc is None:
         raise RuntimeError("no C compiler (cc/gcc) found; the fused LIF will use its torch loop")
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    proc = subprocess.run([cc, *CFLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"building {SOURCE.name} failed:\n{proc.stderr}")
-    os.replace(tmp, out)  # atomic: a process loading the old library is not disturbed
-    return out
+    errors = []
+    # without OpenMP support the pragmas are ignored: the same kernel on one core
+    for flags in (CFLAGS, [f for f in CFLAGS if f != "-fopenmp"]):
+        try:
+            proc = subprocess.run([cc, *flags, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True)
+        except OSError as exc:
+            raise RuntimeError(f"cannot run the C compiler {cc!r} ({exc}); the fused LIF will use "
+                               "its torch loop") from None
+        if proc.returncode == 0:
+            os.replace(tmp, out)  # atomic: a process loading the old library is not disturbed
+            return out
+        errors.append(proc.stderr)
+    raise RuntimeError(f"building {SOURCE.name} failed; the fused LIF will use its torch loop:\n{errors[-1]}")
 
 
 def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
