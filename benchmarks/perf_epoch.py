@@ -36,13 +36,27 @@ from snn2hw.train.trainer import train  # noqa: E402
 VARIANTS = ("plain", "fused-torch", "fused")
 
 
-def run_once(dataset: str, data, arch: str, T: int, epochs: int, variant: str) -> tuple[float, float, float]:
+def parse_method(spec: str) -> tuple[str, dict]:
+    """``name`` or ``name:key=value,...`` (e.g. ``psg:pda=true``) -> (name, options)."""
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, _, raw = item.partition("=")
+        low = raw.lower()
+        options[key] = True if low == "true" else False if low == "false" else float(raw)
+    return name, options
+
+
+def run_once(dataset: str, data, arch: str, T: int, epochs: int, variant: str,
+             method: str = "sg") -> tuple[float, float, float]:
     """(CPU s per epoch, wall s per epoch, final test accuracy) of one training run."""
     LIF.use_fused = variant != "plain"
     lib = _kernel._library()
     _kernel._lib = None if variant == "fused-torch" else lib
     try:
-        config = merge_options({"dataset": dataset, "arch": arch, "timesteps": T, "epochs": epochs})
+        name, options = parse_method(method)
+        config = merge_options({"dataset": dataset, "arch": arch, "timesteps": T, "epochs": epochs,
+                                "method": name, "method_options": options})
         c0, w0 = time.process_time(), time.perf_counter()
         result = train(config, None, progress=False, data=data)
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
@@ -55,6 +69,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"])
     ap.add_argument("--models", nargs="+", default=["mlp", "conv"])
+    ap.add_argument("--methods", nargs="+", default=["sg"],
+                    help="training methods, name or name:key=value,... (e.g. asgl psg:pda=true)")
     ap.add_argument("--timesteps", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
@@ -62,23 +78,23 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = {d: load_dataset(d, 0) for d in args.datasets}
-    keys = [(d, m, v) for d in args.datasets for m in args.models for v in VARIANTS]
+    keys = [(d, m, me, v) for d in args.datasets for m in args.models for me in args.methods
+            for v in VARIANTS]
     best: dict = {k: (float("inf"), float("inf"), 0.0) for k in keys}
     for _ in range(args.rounds):
-        for d, m, v in keys:
-            cpu, wall, acc = run_once(d, data[d], m, args.timesteps, args.epochs, v)
-            b = best[(d, m, v)]
-            best[(d, m, v)] = (min(b[0], cpu), min(b[1], wall), acc)
+        for d, m, me, v in keys:
+            cpu, wall, acc = run_once(d, data[d], m, args.timesteps, args.epochs, v, me)
+            b = best[(d, m, me, v)]
+            best[(d, m, me, v)] = (min(b[0], cpu), min(b[1], wall), acc)
     print(f"snn2hw train, T={args.timesteps}, {args.epochs} epoch(s) per run, fastest of {args.rounds} "
           f"rounds, {args.threads} thread(s); seconds per epoch (CPU clock | wall clock)")
-    print(f"{'dataset':8} {'model':5} " + " ".join(f"{v:>18}" for v in VARIANTS)
+    print(f"{'dataset':8} {'model':5} {'method':14} " + " ".join(f"{v:>18}" for v in VARIANTS)
           + f" {'plain/fused':>11} {'acc (fused)':>11} {'acc (plain)':>11}")
-    for d in args.datasets:
-        for m in args.models:
-            cells = " ".join(f"{best[(d, m, v)][0]:8.2f} | {best[(d, m, v)][1]:6.2f}" for v in VARIANTS)
-            ratio = best[(d, m, "plain")][0] / best[(d, m, "fused")][0]
-            print(f"{d:8} {m:5} {cells} {ratio:11.2f} {best[(d, m, 'fused')][2]:11.4f} "
-                  f"{best[(d, m, 'plain')][2]:11.4f}")
+    for d, m, me in dict.fromkeys(k[:3] for k in keys):
+        cells = " ".join(f"{best[(d, m, me, v)][0]:8.2f} | {best[(d, m, me, v)][1]:6.2f}" for v in VARIANTS)
+        ratio = best[(d, m, me, "plain")][0] / best[(d, m, me, "fused")][0]
+        print(f"{d:8} {m:5} {me:14} {cells} {ratio:11.2f} {best[(d, m, me, 'fused')][2]:11.4f} "
+              f"{best[(d, m, me, 'plain')][2]:11.4f}")
 
 
 if __name__ == "__main__":
