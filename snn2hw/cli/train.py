@@ -32,6 +32,7 @@ FLAGS: list[tuple[str, dict]] = [
     ("--lam", dict(type=float, help="membrane leak lambda, 1 = IAF (default 0.5)")),
     ("--v-th", dict(type=float, help="threshold (default 1.0)")),
     ("--reset", dict(choices=["hard", "soft"])),
+    ("--carrier", dict(choices=["spike", "current"], help="between layers: spikes, or currents (ISNM: BN/pooling on currents)")),
     ("--hidden", dict(type=int, nargs="+", help="MLP hidden widths (default 256)")),
     ("--channels", dict(type=int, nargs="+", help="conv channels per block (default 16 32)")),
     ("--pool", dict(choices=["avg", "max", "sum", "none"])),
