@@ -248,6 +248,14 @@ def test_every_method_same_model_gradients(backend, method_name, options, arch, 
         torch.testing.assert_close(gr_f[k], gr_p[k], rtol=0, atol=TOL, msg=k)
     first = next(iter(gr_p))  # the first synaptic layer: its gradient crossed every LIF layer
     assert float(gr_p[first].abs().sum()) > 0
+    model.eval()  # evaluation mode (ASGL: the exact step) under inference_mode
+    with torch.inference_mode():
+        outs = []
+        for fused in (True, False):
+            for m in lifs:
+                m.use_fused = fused
+            outs.append(model.forward_sequence(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=TOL)
 
 
 @pytest.mark.parametrize("reset", ["hard", "soft"])
