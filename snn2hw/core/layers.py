@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fused import fused_lif
 from .neuron import LIFParams, lif_sequence
 from .surrogate import SurrogateShape, Triangle, default_param, spike
 
@@ -27,6 +28,7 @@ class LIF(nn.Module):
     """
 
     temporal = True
+    use_fused = True  # run the fused loop (core/fused.py) where it applies; False: lif_sequence
 
     def __init__(
         self,
@@ -53,10 +55,31 @@ class LIF(nn.Module):
         return spike(x, self.surrogate, self.shape_param)
 
     def forward(self, currents: Tensor) -> Tensor:
+        fused = self._fused_args()
+        if fused is not None:
+            out = fused_lif(currents, *fused, membrane=self.record_membrane)
+            s, self.last_membrane = out if self.record_membrane else (out, None)
+            return s
         spike_fn = self.spike_strategy or self.surrogate_spike
         s, u = lif_sequence(currents, self.params, spike_fn, self.record_membrane)
         self.last_membrane = u
         return s
+
+    def _fused_args(self) -> tuple | None:
+        """Arguments of ``fused_lif`` (same numbers as lif_sequence), or None where it
+        does not apply: per-neuron constants, a strategy that offers no fused
+        interface (``fused.FusedStrategy``)."""
+        if not self.use_fused:
+            return None
+        if not (isinstance(self.lam, float) and isinstance(self.v_th, float)):
+            return None
+        strategy = self.spike_strategy
+        if strategy is None:
+            return self.shape_param, self.lam, self.v_th, self.reset, self.surrogate, None
+        if not all(hasattr(strategy, a) for a in ("fused_value", "fused_shape", "fused_param")):
+            return None
+        return (strategy.fused_param, self.lam, self.v_th, self.reset, strategy.fused_shape,
+                strategy.fused_value)
 
     def extra_repr(self) -> str:
         return (

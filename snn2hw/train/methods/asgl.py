@@ -58,6 +58,26 @@ class DualModeStrategy:
             return self.layer.surrogate_spike(x)
         return dual_mode_spike(x, self.layer.shape_param, self.method.p, self.layer.surrogate)
 
+    # The fused LIF's interface (core/fused.py, FusedStrategy): the forward value
+    # without autograd, the local derivatives dH_alpha/dx and dH_alpha/dalpha from
+    # the layer's shape at the (clamped) width; in eval mode the exact step (None).
+    @property
+    def fused_shape(self) -> AsglRect:
+        return self.layer.surrogate
+
+    @property
+    def fused_param(self) -> Tensor:
+        alpha = self.layer.shape_param
+        return alpha.clamp_min(MIN_WIDTH) if self.layer.training else alpha
+
+    @property
+    def fused_value(self):
+        return self._value if self.layer.training else None
+
+    def _value(self, x: Tensor) -> Tensor:
+        with torch.no_grad():  # same value and the same random draw as __call__
+            return dual_mode_spike(x, self.layer.shape_param, self.method.p, self.layer.surrogate)
+
 
 def noise_probability(p0: float, zeta: float, milestones: tuple[int, ...], epoch: int) -> float:
     """p at (0-based) ``epoch``: ``p <- 1 - (1 - p) zeta`` once per milestone reached."""

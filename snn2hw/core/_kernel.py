@@ -1,0 +1,152 @@
+"""Optional compiled LIF loops (``_lif_kernel.c``), loaded through ctypes.
+
+``scripts/setup`` builds the library (``main()`` below).
+When it is absent (no C compiler, a fresh checkout) ``available()`` is False
+and ``fused.py`` runs its vectorised torch loop instead: same numbers, slower.
+Set ``SNN2HW_NO_KERNEL=1`` to force the torch loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("_lif_kernel.c")
+LIBRARY = Path(__file__).with_name("_lif_kernel.so")
+# -ffp-contract=off: no fused multiply-add, so the rounding is torch's (exact spikes).
+CFLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"]
+
+BLOCK = 1 << 18  # elements per backward block: its temporaries fit in a core's L2 cache
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+_CTYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def build(out: Path = LIBRARY, compiler: str | None = None) -> Path:
+    """Compile the kernel to ``out``; raises RuntimeError with the compiler's message."""
+    cc = compiler or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("no C compiler (cc/gcc) found; the fused LIF will use its torch loop")
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    errors = []
+    # without OpenMP support the pragmas are ignored: the same kernel on one core
+    for flags in (CFLAGS, [f for f in CFLAGS if f != "-fopenmp"]):
+        try:
+            proc = subprocess.run([cc, *flags, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True)
+        except OSError as exc:
+            raise RuntimeError(f"cannot run the C compiler {cc!r} ({exc}); the fused LIF will use "
+                               "its torch loop") from None
+        if proc.returncode == 0:
+            os.replace(tmp, out)  # atomic: a process loading the old library is not disturbed
+            return out
+        errors.append(proc.stderr)
+    raise RuntimeError(f"building {SOURCE.name} failed; the fused LIF will use its torch loop:\n{errors[-1]}")
+
+
+def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
+    """The library at ``path``, or None if it is missing, stale or unloadable."""
+    if os.environ.get("SNN2HW_NO_KERNEL") or not path.exists():
+        return None
+    if path.stat().st_mtime < SOURCE.stat().st_mtime:
+        return None  # built from an older source: rebuild with scripts/setup
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        return None
+    for dtype, ct in _CTYPES.items():
+        suf, ptr, i64, i = _SUFFIX[dtype], ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        getattr(lib, f"lif_forward_{suf}").argtypes = [ptr, i64, ptr, ptr, i64, i64, ct, ct, i, i]
+        getattr(lib, f"lif_backward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ct, ct, i, i]
+    return lib
+
+
+def _library() -> ctypes.CDLL | None:
+    global _lib, _tried
+    if not _tried:
+        _lib, _tried = load(), True
+    return _lib
+
+
+def available(t: Tensor) -> bool:
+    """Whether the kernel can run on ``t`` (CPU, float32/64, library present)."""
+    return t.device.type == "cpu" and t.dtype in _CTYPES and _library() is not None
+
+
+def _time_major(t: Tensor) -> tuple[Tensor, int]:
+    """(tensor, time stride) with each step contiguous; stride 0 stays broadcast."""
+    n = t[0].numel()
+    if t.shape[0] > 1 and t.stride(0) == 0 and t[0].is_contiguous():
+        return t, 0
+    t = t.contiguous()
+    return t, n
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def forward(c: Tensor, lam: float, v_th: float, hard: bool, spikes: bool = True,
+            keep_x: bool = False) -> tuple[Tensor | None, Tensor | None]:
+    """Spikes (T, ...) if ``spikes`` and x = u - V_th (T, ...) if ``keep_x``."""
+    lib, T = _library(), c.shape[0]
+    c, ts = _time_major(c)
+    n = c[0].numel()
+    out = torch.empty(c.shape, dtype=c.dtype) if spikes else None
+    x = torch.empty(c.shape, dtype=c.dtype) if keep_x else None
+    fn = getattr(lib, f"lif_forward_{_SUFFIX[c.dtype]}")
+    fn(_ptr(c), ts, _ptr(out), _ptr(x), T, n, lam, v_th, int(hard), torch.get_num_threads())
+    return out, x
+
+
+def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, hard: bool,
+             need_p: bool, gext: Tensor | None = None, overwrite: bool = False
+             ) -> tuple[Tensor, Tensor | None]:
+    """(gradient of the currents, gradient of p or None) of fused.py's recurrence.
+
+    Runs over blocks of about ``BLOCK`` elements, last steps first: the
+    surrogate (``shape.grad``, ``shape.grad_param``) is evaluated per block, so
+    its temporaries stay small and in cache. With ``overwrite`` the currents'
+    gradient replaces ``x`` (which the caller made and does not need again).
+    ``gext`` is a gradient reaching u from outside (a loss on recorded membranes).
+    """
+    lib, T = _library(), x.shape[0]
+    n = x[0].numel()
+    fn = getattr(lib, f"lif_backward_{_SUFFIX[x.dtype]}")
+    go = go.to(x.dtype)
+    gext = gext.to(x.dtype).contiguous() if gext is not None else None
+    carry = torch.zeros(n, dtype=x.dtype)
+    steps = max(1, BLOCK // max(n, 1))
+    grad_p = None
+    gu = x if overwrite else torch.empty_like(x)
+    for t1 in range(T, 0, -steps):
+        t0 = max(0, t1 - steps)
+        xb = x[t0:t1]
+        g = shape.grad(xb, p).expand(xb.shape).contiguous()
+        dp = shape.grad_param(xb, p) if need_p else None
+        gs = torch.empty_like(xb) if need_p else None
+        gob, ts = _time_major(go[t0:t1])
+        geb = gext[t0:t1] if gext is not None else None
+        fn(_ptr(gob), ts, _ptr(g), _ptr(xb), _ptr(geb), _ptr(gu[t0:t1]), _ptr(gs), _ptr(carry), t1 - t0, n, lam, v_th,
+           int(hard), torch.get_num_threads())
+        if need_p:
+            gp = gs * dp
+            gp = gp.sum() if p.dim() == 0 else gp.sum_to_size(p.shape)
+            grad_p = gp if grad_p is None else grad_p + gp
+    return gu, grad_p
+
+
+def main() -> None:
+    """Build, or say why not without failing (scripts/setup runs this)."""
+    try:
+        print(f"built {build()}")
+    except RuntimeError as exc:  # optional: say so, do not fail the set-up
+        print(f"note: {exc}", file=sys.stderr)

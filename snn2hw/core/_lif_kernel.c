@@ -1,0 +1,91 @@
+/* The LIF time loops of snn2hw/core/fused.py in one pass over memory.
+ *
+ * Plain C, called through ctypes (no torch headers, so it builds with any C
+ * compiler); scripts/setup compiles it with -ffp-contract=off so that every
+ * product and sum is rounded exactly as torch's separate operations round
+ * them, which keeps the spikes bit-identical to lif_sequence.
+ *
+ * Layout: time-major, T steps of N neurons, each step contiguous. A current or
+ * incoming gradient with time stride 0 is one step broadcast over T (the
+ * direct-encoded first layer), read without materialising it.
+ *
+ * forward:  hard  u = lam*u*(1-s) + c              soft  u = lam*(u - vth*s) + c
+ *           x = u - vth,  s = x > 0,  out = s (if asked),  xs = x (if asked)
+ * backward: gs = go + b*gu',  gu = gs*g + a*gu'   (gu' = gu of the next step)
+ *           hard a = lam*(1-s), b = -lam*u;  soft a = lam, b = -lam*vth
+ *           over a block of steps: carry holds gu' of the step after the block
+ *           (zeros after the last step) and is left holding gu of its first
+ *           step; gu_out may be xs itself (each x is read before gu replaces it);
+ *           gext, if given, is a gradient reaching u from outside (recorded u).
+ */
+#include <stdint.h>
+
+#define CHUNK 512
+
+#define DEFINE_KERNELS(T_, SUF)                                                        \
+void lif_forward_##SUF(const T_ *c, int64_t c_ts, T_ *out, T_ *xs, int64_t T,          \
+                       int64_t N, T_ lam, T_ vth, int hard, int nthreads)              \
+{                                                                                      \
+    int64_t nchunks = (N + CHUNK - 1) / CHUNK;                                         \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
+    for (int64_t k = 0; k < nchunks; k++) {                                            \
+        int64_t n0 = k * CHUNK, len = N - n0 < CHUNK ? N - n0 : CHUNK;                 \
+        T_ u[CHUNK], sp[CHUNK];                                                        \
+        for (int64_t i = 0; i < len; i++) { u[i] = 0; sp[i] = 0; }                     \
+        for (int64_t t = 0; t < T; t++) {                                              \
+            const T_ *ct = c + t * c_ts + n0;                                          \
+            T_ *ot = out ? out + t * N + n0 : 0;                                       \
+            /* lif_step's own expressions: the same roundings, branch-free */          \
+            if (t == 0) for (int64_t i = 0; i < len; i++) u[i] = ct[i];                \
+            else if (hard) for (int64_t i = 0; i < len; i++)                           \
+                u[i] = lam * u[i] * ((T_)1 - sp[i]) + ct[i];                           \
+            else for (int64_t i = 0; i < len; i++)                                     \
+                u[i] = lam * (u[i] - vth * sp[i]) + ct[i];                             \
+            for (int64_t i = 0; i < len; i++) sp[i] = u[i] - vth > 0 ? (T_)1 : (T_)0;  \
+            if (out) for (int64_t i = 0; i < len; i++) ot[i] = sp[i];                  \
+            if (xs) for (int64_t i = 0; i < len; i++) xs[t * N + n0 + i] = u[i] - vth; \
+        }                                                                              \
+    }                                                                                  \
+}                                                                                      \
+                                                                                       \
+/* One backward step on len neurons; restrict: the arrays do not overlap. */          \
+static void bwd_step_##SUF(int64_t len, const T_ *restrict go, const T_ *restrict g,   \
+                           const T_ *restrict x, T_ *restrict gun, T_ *restrict gsl,  \
+                           T_ lam, T_ vth, int hard)                                   \
+{                                                                                      \
+    if (hard) for (int64_t i = 0; i < len; i++) {                                      \
+        T_ gs = go[i] - lam * (x[i] + vth) * gun[i];                                   \
+        T_ a = x[i] > 0 ? (T_)0 : lam;                                                 \
+        gsl[i] = gs;                                                                   \
+        gun[i] = gs * g[i] + a * gun[i];                                               \
+    } else for (int64_t i = 0; i < len; i++) {                                         \
+        T_ gs = go[i] - lam * vth * gun[i];                                            \
+        gsl[i] = gs;                                                                   \
+        gun[i] = gs * g[i] + lam * gun[i];                                             \
+    }                                                                                  \
+}                                                                                      \
+                                                                                       \
+void lif_backward_##SUF(const T_ *go, int64_t go_ts, const T_ *g, const T_ *xs,        \
+                        const T_ *gext, T_ *gu_out, T_ *gs_out, T_ *carry, int64_t T,  \
+                        int64_t N, T_ lam, T_ vth, int hard, int nthreads)             \
+{                                                                                      \
+    int64_t nchunks = (N + CHUNK - 1) / CHUNK;                                         \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
+    for (int64_t k = 0; k < nchunks; k++) {                                            \
+        int64_t n0 = k * CHUNK, len = N - n0 < CHUNK ? N - n0 : CHUNK;                 \
+        T_ gun[CHUNK], gsl[CHUNK];                                                     \
+        for (int64_t i = 0; i < len; i++) gun[i] = carry[n0 + i];                      \
+        for (int64_t t = T - 1; t >= 0; t--) {                                         \
+            bwd_step_##SUF(len, go + t * go_ts + n0, g + t * N + n0, xs + t * N + n0,  \
+                           gun, gsl, lam, vth, hard);                                  \
+            if (gext) for (int64_t i = 0; i < len; i++) gun[i] += gext[t * N + n0 + i]; \
+            /* written after the step read x: gu_out may be xs */                      \
+            for (int64_t i = 0; i < len; i++) gu_out[t * N + n0 + i] = gun[i];         \
+            if (gs_out) for (int64_t i = 0; i < len; i++) gs_out[t * N + n0 + i] = gsl[i]; \
+        }                                                                              \
+        for (int64_t i = 0; i < len; i++) carry[n0 + i] = gun[i];                      \
+    }                                                                                  \
+}
+
+DEFINE_KERNELS(float, f32)
+DEFINE_KERNELS(double, f64)

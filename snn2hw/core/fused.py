@@ -1,0 +1,191 @@
+"""The whole LIF time loop as one autograd Function with a hand-written BPTT.
+
+Same numbers as ``lif_sequence`` with a surrogate spike (the reference the tests
+compare against), less work and memory: the forward keeps no autograd graph and
+no per-step tensors, only the surrogate's input ``x[t] = u[t] - V_th`` (spikes
+are ``x > 0``), or for currents broadcast over T just their one frame, from
+which backward recomputes x; a strategy whose spikes are random also keeps
+them. The backward runs the recurrence on whole (T, ...) tensors.
+
+Backward (``g[t] = shape.grad(x[t], p)``, ``go`` the gradient of the spikes,
+``gu`` that of u, the reset term's gradient included as in the plain loop):
+
+    hard:  gs[t] = go[t] - lam * u[t] * gu[t+1]
+           gu[t] = gs[t] * g[t] + lam * (1 - s[t]) * gu[t+1]
+    soft:  gs[t] = go[t] - lam * V_th * gu[t+1]
+           gu[t] = gs[t] * g[t] + lam * gu[t+1]
+
+so ``gu[t] = go[t] g[t] + k[t] gu[t+1]`` with ``k = lam (1 - s) - lam u g``
+(hard) or ``lam (1 - V_th g)`` (soft): one multiply-add per step. The current's
+gradient is ``gu``; the shape parameter's is ``sum gs * shape.grad_param(x, p)``.
+
+A compiled kernel (``snn2hw/core/_lif_kernel.c``, built by ``scripts/setup``)
+runs both loops in one pass over memory when it is present; without it the
+vectorised torch loop below gives the same result.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from . import _kernel
+from .surrogate import SurrogateShape
+
+ValueFn = Callable[[Tensor], Tensor]
+
+
+class FusedStrategy(Protocol):
+    """What a ``LIF.spike_strategy`` offers to run inside the fused loop.
+
+    ``fused_value`` maps ``x = u - V_th`` to the forward spike value (no
+    gradient; may be random, e.g. ASGL's mask), or is None for the exact step;
+    ``fused_shape`` gives the local derivatives ``grad(x, p) = ds/dx`` and
+    ``grad_param(x, p) = ds/dp`` for the parameter ``fused_param`` (a tensor,
+    possibly computed from a Parameter: its gradient flows back through it).
+    A strategy without these attributes runs the plain loop (``lif_sequence``).
+    """
+
+    fused_shape: SurrogateShape
+    fused_param: Tensor
+    fused_value: ValueFn | None
+
+
+def _forward_torch(c: Tensor, lam: float, v_th: float, hard: bool, value_fn: ValueFn | None,
+                   keep_u: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """x = u - V_th (T, ...), for a value_fn its spike values, and u if ``keep_u``.
+
+    The update reproduces lif_step's rounding exactly: lam*u*(1-s) and
+    lam*(u - V_th*s) are lam*u or 0, and lam*(u - V_th) or lam*u, for binary s.
+    """
+    x = torch.empty(c.shape, dtype=c.dtype, device=c.device)
+    s_val = torch.empty_like(x) if value_fn is not None else None
+    u_all = torch.empty_like(x) if keep_u else None
+    u = c[0].clone()
+    prev: Tensor | None = None  # spikes of the last step: bool (Heaviside) or values
+    for t in range(c.shape[0]):
+        if t > 0:
+            if value_fn is None:
+                if hard:
+                    u = (lam * u).masked_fill_(prev, 0.0)
+                else:
+                    u = torch.where(prev, u - v_th, u).mul_(lam)
+            else:  # non-binary spikes: the update as lif_step writes it
+                u = lam * u * (1.0 - prev) if hard else lam * (u - v_th * prev)
+            u = u.add_(c[t])
+        if u_all is not None:
+            u_all[t] = u
+        xt = torch.sub(u, v_th, out=x[t])
+        prev = xt > 0 if value_fn is None else s_val[t].copy_(value_fn(xt))
+    return x, s_val, u_all
+
+
+def _heaviside_forward(c: Tensor, lam: float, v_th: float, hard: bool, spikes: bool,
+                       keep_x: bool) -> tuple[Tensor | None, Tensor | None]:
+    """(spikes if asked, x if asked) for the exact step: compiled kernel or torch loop."""
+    if _kernel.available(c):
+        return _kernel.forward(c, lam, v_th, hard, spikes=spikes, keep_x=keep_x)
+    x = _forward_torch(c, lam, v_th, hard, None)[0]
+    return ((x > 0).to(c.dtype) if spikes else None), x
+
+
+def _backward_torch(go: Tensor, x: Tensor, s: Tensor, g: Tensor, lam: float, v_th: float,
+                    hard: bool, gext: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Return (gu, gs): the gradients of the membrane and of the spikes, (T, ...).
+
+    ``gext`` is a gradient reaching u from outside (a loss on recorded membranes)."""
+    if hard:
+        u = x + v_th
+        k = torch.mul(u, g).neg_().add_(1.0 - s).mul_(lam)
+        b = u.mul_(-lam)
+    else:
+        k = torch.mul(g, -v_th * lam).add_(lam)
+        b = None
+    gu = torch.mul(go, g)
+    if gext is not None:
+        gu.add_(gext)
+    for t in range(x.shape[0] - 2, -1, -1):
+        gu[t].addcmul_(k[t], gu[t + 1])
+    gs = go.clone()
+    if hard:
+        gs[:-1].addcmul_(b[:-1], gu[1:])
+    else:
+        gs[:-1].add_(gu[1:], alpha=-lam * v_th)
+    return gu, gs
+
+
+class FusedLIF(torch.autograd.Function):
+    """``lif_sequence(c, LIFParams(lam, v_th, reset), surrogate spike, membrane)`` fused.
+
+    With the exact step (no ``value_fn``) only x is kept, or, when the
+    currents are one frame broadcast over T (a direct-encoded layer), only that
+    frame, from which backward recomputes x (one cheap pass, T times less memory). A ``value_fn`` (possibly random) keeps x and
+    its spike values instead. With ``membrane`` the potentials u (T, ...) are a
+    second, differentiable output (PSG's PDA loss reads them); backward then
+    takes x = u - V_th from that output, exactly as the forward computed it.
+    """
+
+    @staticmethod
+    def forward(ctx, c: Tensor, p: Tensor, lam: float, v_th: float, reset: str,  # type: ignore[override]
+                shape: SurrogateShape, value_fn: ValueFn | None, membrane: bool):
+        hard = reset == "hard"
+        ctx.consts = (lam, v_th, hard, shape)
+        if value_fn is None and not membrane:
+            if c.shape[0] > 1 and c.stride(0) == 0:  # one frame broadcast over T: keep it
+                spikes, _ = _heaviside_forward(c, lam, v_th, hard, spikes=True, keep_x=False)
+                ctx.save_for_backward(c, p, None, None, None)
+            else:  # x costs what c would, and saves backward a pass
+                spikes, x = _heaviside_forward(c, lam, v_th, hard, spikes=True, keep_x=True)
+                ctx.save_for_backward(None, p, x, None, None)
+            return spikes
+        x, s_val, u_all = _forward_torch(c, lam, v_th, hard, value_fn, keep_u=membrane)
+        spikes = s_val if value_fn is not None else (x > 0).to(c.dtype)
+        ctx.save_for_backward(None, p, None if membrane else x, s_val, u_all)
+        return (spikes, u_all) if membrane else spikes
+
+    @staticmethod
+    def backward(ctx, go: Tensor, gext: Tensor | None = None):  # type: ignore[override]
+        c, p, x, s_val, u_all = ctx.saved_tensors
+        lam, v_th, hard, shape = ctx.consts
+        fresh = x is None  # x made here may be overwritten; a saved x may be needed again
+        if u_all is not None:
+            x = u_all - v_th
+        elif x is None:
+            _, x = _heaviside_forward(c, lam, v_th, hard, spikes=False, keep_x=True)
+        need_p = ctx.needs_input_grad[1]
+        if s_val is None and _kernel.available(x):
+            gu, grad_p = _kernel.backward(go, x, p, shape, lam, v_th, hard, need_p, gext, overwrite=fresh)
+        else:
+            s = s_val if s_val is not None else (x > 0).to(x.dtype)
+            gu, gs = _backward_torch(go.contiguous(), x, s, shape.grad(x, p), lam, v_th, hard, gext)
+            grad_p = None
+            if need_p:
+                gp = gs * shape.grad_param(x, p)
+                grad_p = gp.sum() if p.dim() == 0 else gp.sum_to_size(p.shape)
+        return gu if ctx.needs_input_grad[0] else None, grad_p, None, None, None, None, None, None
+
+
+def fused_lif(currents: Tensor, p: Tensor, lam: float, v_th: float, reset: str,
+              shape: SurrogateShape, value_fn: ValueFn | None = None,
+              membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Spikes (T, ...) of LIF neurons driven by ``currents`` (T, ...), and with
+    ``membrane`` also their potentials u (T, ...): ``(spikes, u)``.
+
+    Equal to ``lif_sequence(currents, LIFParams(lam, v_th, reset), spike_fn, membrane)``
+    where ``spike_fn`` has forward ``value_fn`` (default: strict Heaviside) and
+    backward ``shape.grad(x, p)`` in x and ``shape.grad_param(x, p)`` in p;
+    gradients flow to ``currents`` and ``p``.
+    """
+    if reset not in ("hard", "soft"):
+        raise ValueError(f"reset must be 'hard' or 'soft', got {reset!r}")
+    lam, v_th, hard = float(lam), float(v_th), reset == "hard"
+    if torch.is_grad_enabled() and (currents.requires_grad or p.requires_grad):
+        return FusedLIF.apply(currents, p, lam, v_th, reset, shape, value_fn, membrane)
+    # inference (evaluate, export checks, noise sweeps, probes): nothing kept for backward
+    if value_fn is None and not membrane:
+        return _heaviside_forward(currents, lam, v_th, hard, True, False)[0]
+    x, s_val, u_all = _forward_torch(currents, lam, v_th, hard, value_fn, keep_u=membrane)
+    spikes = s_val if value_fn is not None else (x > 0).to(currents.dtype)
+    return (spikes, u_all) if membrane else spikes

@@ -1,0 +1,316 @@
+"""The fused multi-step LIF (core/fused.py) against the plain autograd loop
+(``lif_sequence``), its reference: outputs and the gradients of inputs, weights
+and shape parameters, over every registered surrogate shape and training method,
+both resets, lam < 1 and lam = 1, with the compiled kernel and with the torch loop."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+
+from snn2hw.core import _kernel
+from snn2hw.core.fused import fused_lif
+from snn2hw.core.layers import LIF
+from snn2hw.core.neuron import LIFParams, lif_sequence
+from snn2hw.core.surrogate import SURROGATES, spike
+from snn2hw.models.config import ModelConfig
+from snn2hw.models.network import build_model
+from snn2hw.train.methods import METHODS, make_method
+
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def kernel_lib(tmp_path_factory):
+    """The compiled kernel: the set-up's build, else one built here, else None."""
+    lib = _kernel.load()
+    if lib is None:
+        try:
+            lib = _kernel.load(_kernel.build(tmp_path_factory.mktemp("kernel") / "k.so"))
+        except RuntimeError:
+            lib = None
+    return lib
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def backend(request, kernel_lib, monkeypatch):
+    """Run the test once with the compiled kernel and once with the torch loop."""
+    if request.param == "kernel" and kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib if request.param == "kernel" else None)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    return request.param
+
+
+def _currents(T=6, shape=(3, 5), seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    # mean 0.6, spread 1.2: many spikes, many resets, x near 0 often
+    return (torch.randn(T, *shape, generator=g, dtype=dtype) * 1.2 + 0.6).requires_grad_()
+
+
+def _compare(fused_fn, ref_fn, inputs, grad_out):
+    s_ref = ref_fn()
+    g_ref = torch.autograd.grad(s_ref, inputs, grad_out)
+    s = fused_fn()
+    g = torch.autograd.grad(s, inputs, grad_out)
+    assert torch.equal(s, s_ref)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOL)
+    return g_ref
+
+
+CASES = list(itertools.product(sorted(SURROGATES), ["hard", "soft"], [0.5, 1.0]))
+
+
+@pytest.mark.parametrize("name,reset,lam", CASES)
+def test_fused_equals_plain_loop(backend, name, reset, lam):
+    shape = SURROGATES[name]()
+    c = _currents()
+    p = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    go = torch.randn(c.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    g_ref = _compare(lambda: fused_lif(c, p, lam, 1.0, reset, shape),
+                     lambda: lif_sequence(c, LIFParams(lam, 1.0, reset), lambda x: spike(x, shape, p))[0],
+                     (c, p), go)
+    assert g_ref[0].abs().sum() > 0 and g_ref[1].abs() > 0  # the comparison is not vacuous
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_reset_gradient_path_is_kept(backend, reset):
+    """The plain loop does not detach s in the reset; the fused backward must
+    not either: dropping that term changes the input gradient."""
+    shape, lam = SURROGATES["arctan"](), 0.9
+    c = _currents(T=8)
+    p = torch.tensor(1.0, dtype=torch.float64)
+    go = torch.ones_like(c)
+
+    def detached(x):  # the same spike, but the reset sees it detached
+        return spike(x, shape, p)
+
+    def plain_detached():
+        state_u, state_s, out = torch.zeros_like(c[0]), torch.zeros_like(c[0]), []
+        for ct in c:
+            s_prev = state_s.detach()
+            u = lam * state_u * (1 - s_prev) + ct if reset == "hard" else lam * (state_u - s_prev) + ct
+            state_u, state_s = u, detached(u - 1.0)
+            out.append(state_s)
+        return torch.stack(out)
+
+    g_fused, = torch.autograd.grad(fused_lif(c, p, lam, 1.0, reset, shape), c, go)
+    g_det, = torch.autograd.grad(plain_detached(), c, go)
+    assert (g_fused - g_det).abs().max() > 1e-3
+
+
+def test_broadcast_input_and_per_neuron_param(backend):
+    """A direct-encoded layer's currents are one frame expanded over T (time
+    stride 0); a per-neuron shape parameter gets a per-neuron gradient."""
+    shape = SURROGATES["sigmoid"]()
+    c0 = (torch.randn(4, 7, dtype=torch.float64) + 0.8).requires_grad_()
+    p = torch.linspace(1.0, 6.0, 7, dtype=torch.float64).requires_grad_()
+    go = torch.randn(5, 4, 7, dtype=torch.float64)
+    _compare(lambda: fused_lif(c0.unsqueeze(0).expand(5, 4, 7), p, 0.7, 1.0, "hard", shape),
+             lambda: lif_sequence(c0.unsqueeze(0).expand(5, 4, 7), LIFParams(0.7, 1.0, "hard"),
+                                  lambda x: spike(x, shape, p))[0],
+             (c0, p), go)
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_kernel_blocks_and_broadcast_gradient(backend, reset, monkeypatch):
+    """Backward in many small blocks (the kernel's cache-sized pieces) and an
+    incoming gradient broadcast over T (that of a mean over time)."""
+    monkeypatch.setattr(_kernel, "BLOCK", 16)
+    shape = SURROGATES["dspike"]()
+    c = _currents(T=9, shape=(4, 6))
+    p = torch.full((6,), 0.7, dtype=torch.float64, requires_grad=True)
+    lam = 0.6
+    ref = lif_sequence(c, LIFParams(lam, 1.0, reset), lambda x: spike(x, shape, p))[0].mean(0).sum()
+    g_ref = torch.autograd.grad(ref, (c, p))
+    g = torch.autograd.grad(fused_lif(c, p, lam, 1.0, reset, shape).mean(0).sum(), (c, p))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_float32_spikes_bit_identical(backend, reset):
+    """The forward rounds as lif_step does: the same spikes, bit for bit, over a long run."""
+    g = torch.Generator().manual_seed(3)
+    c = torch.randn(32, 64, 50, generator=g) * 0.8 + 0.5
+    p = torch.tensor(1.0)
+    ref = lif_sequence(c, LIFParams(0.9, 1.0, reset), lambda x: spike(x, SURROGATES["triangle"](), p))[0]
+    with torch.inference_mode():
+        out = fused_lif(c, p, 0.9, 1.0, reset, SURROGATES["triangle"]())
+    assert torch.equal(out, ref) and 0.05 < float(ref.mean()) < 0.95
+
+
+@dataclass
+class _ToyStrategy:
+    """An ASGL-like dual-mode spike with the fused interface: forward
+    ``clip(x/alpha + 1/2, 0, 1) + m * (H(x) - that)`` with a random mask m, local
+    derivatives those of the clip (the rectangular shape in alpha = 1/beta)."""
+
+    alpha: torch.Tensor
+    p_mask: float = 0.5
+    name: ClassVar[str] = "toy"
+
+    @property
+    def fused_param(self):
+        return self.alpha
+
+    @property
+    def fused_shape(self):
+        return self
+
+    def grad(self, x, a):
+        return (x.abs() < a / 2).to(x.dtype) / a
+
+    def grad_param(self, x, a):
+        return (x.abs() < a / 2).to(x.dtype) * (-x / (a * a))
+
+    def fused_value(self, x):
+        h_a = (x / self.alpha + 0.5).clamp(0, 1)
+        m = (torch.rand(x.shape, dtype=x.dtype) < self.p_mask).to(x.dtype)
+        return h_a + m * ((x > 0).to(x.dtype) - h_a)
+
+    def __call__(self, x):  # the autograd version the plain loop runs
+        h_a = (x / self.alpha + 0.5).clamp(0, 1)
+        m = (torch.rand(x.shape, dtype=x.dtype) < self.p_mask).to(x.dtype)
+        return h_a + m * ((x > 0).to(x.dtype) - h_a).detach()
+
+
+@pytest.mark.parametrize("reset,lam", list(itertools.product(["hard", "soft"], [0.5, 1.0])))
+def test_strategy_with_non_binary_spikes(backend, reset, lam):
+    alpha = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    strat = _ToyStrategy(alpha)
+    c = _currents(T=7)
+    go = torch.randn(c.shape, dtype=torch.float64)
+
+    def run(fused):
+        torch.manual_seed(5)  # the same masks in both runs
+        if fused:
+            return fused_lif(c, alpha, lam, 1.0, reset, strat, strat.fused_value)
+        return lif_sequence(c, LIFParams(lam, 1.0, reset), strat)[0]
+
+    g_ref = _compare(lambda: run(True), lambda: run(False), (c, alpha), go)
+    assert g_ref[1].abs() > 0
+
+
+def _tiny_model(arch: str, reset: str, lam: float, surrogate: str):
+    cfg = ModelConfig(arch=arch, input_shape=(1, 8, 8), timesteps=4, hidden=(12, 10), channels=(3, 4),
+                      fc_hidden=6, reset=reset, lam=lam, surrogate=surrogate, v_th=0.6)
+    torch.manual_seed(0)
+    return build_model(cfg).double()
+
+
+def _grads(model, x, y, fused: bool, method):
+    for m in model.modules():
+        if isinstance(m, LIF):
+            m.use_fused = fused
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(11)  # methods with random forwards draw the same numbers
+    seq = model.forward_sequence(x)
+    loss = torch.nn.functional.cross_entropy(seq.mean(0), y)
+    extra = method.extra_loss(model)
+    if extra is not None:
+        loss = loss + extra
+    loss.backward()
+    return seq.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+# every registered method with its defaults, plus the options that change the LIF's work
+METHOD_CASES = [(m, {}) for m in sorted(METHODS)] + [
+    (m, opts) for m, opts in [("psg", {"pda": True})] if m in METHODS]
+
+
+@pytest.mark.parametrize("method_name,options,arch,reset,lam", [
+    (m, o, a, r, l) for m, o in METHOD_CASES for a, r, l in
+    [("conv", "hard", 0.5), ("mlp", "soft", 1.0), ("mlp", "hard", 1.0)]])
+def test_every_method_same_model_gradients(backend, method_name, options, arch, reset, lam):
+    """Whole networks after each method's set-up: fused and plain loops give the
+    same readout, the same extra loss (PDA reads the membranes) and the same
+    gradients of weights and (learnable) shape parameters."""
+    model = _tiny_model(arch, reset, lam, "triangle")
+    method = make_method(method_name, options)
+    method.setup(model)
+    model.double().train()
+    lifs = [m for m in model.modules() if isinstance(m, LIF)]
+    assert all(m._fused_args() is not None for m in lifs), "this method's layers would not run fused"
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(6, 1, 8, 8, generator=g, dtype=torch.float64) * 2
+    y = torch.randint(0, 10, (6,), generator=g)
+    seq_f, gr_f = _grads(model, x, y, True, method)
+    seq_p, gr_p = _grads(model, x, y, False, method)
+    torch.testing.assert_close(seq_f, seq_p, rtol=0, atol=TOL)
+    assert gr_f.keys() == gr_p.keys() and gr_f
+    for k in gr_p:
+        torch.testing.assert_close(gr_f[k], gr_p[k], rtol=0, atol=TOL, msg=k)
+    first = next(iter(gr_p))  # the first synaptic layer: its gradient crossed every LIF layer
+    assert float(gr_p[first].abs().sum()) > 0
+    model.eval()  # evaluation mode (ASGL: the exact step) under inference_mode
+    with torch.inference_mode():
+        outs = []
+        for fused in (True, False):
+            for m in lifs:
+                m.use_fused = fused
+            outs.append(model.forward_sequence(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_recorded_membrane_and_its_gradient(backend, reset):
+    """``membrane=True``: u equals lif_sequence's recorded u bit for bit, and a
+    loss on u (like PDA) sends the same gradient to the currents and p."""
+    shape = SURROGATES["triangle"]()
+    c = _currents(T=6)
+    p = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    s_ref, u_ref = lif_sequence(c, LIFParams(0.7, 1.0, reset), lambda x: spike(x, shape, p), True)
+    s, u = fused_lif(c, p, 0.7, 1.0, reset, shape, membrane=True)
+    assert torch.equal(s, s_ref) and torch.equal(u, u_ref)
+    loss_ref = (s_ref * torch.arange(6.0, dtype=torch.float64).view(6, 1, 1)).sum() + (u_ref ** 2).sum()
+    loss = (s * torch.arange(6.0, dtype=torch.float64).view(6, 1, 1)).sum() + (u ** 2).sum()
+    for a, b in zip(torch.autograd.grad(loss, (c, p)), torch.autograd.grad(loss_ref, (c, p))):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOL)
+
+
+def test_fallbacks_and_inference(backend):
+    """Per-neuron constants take the plain loop; recorded membranes and
+    inference (no autograd) run fused and give the plain loop's numbers."""
+    lif = LIF(0.5, 1.0, "hard")
+    c = _currents(T=5).detach()
+    lif.use_fused = False
+    lif.record_membrane = True
+    s_plain = lif(c)
+    u_plain = lif.last_membrane
+    lif.use_fused = True
+    assert lif._fused_args() is not None
+    with torch.inference_mode():
+        assert torch.equal(lif(c), s_plain) and torch.equal(lif.last_membrane, u_plain)
+        lif.record_membrane = False
+        assert torch.equal(lif(c), s_plain) and lif.last_membrane is None
+    lif.lam = torch.full((3, 5), 0.5, dtype=torch.float64)  # mismatch: per-neuron leak
+    assert lif._fused_args() is None and torch.equal(lif(c), s_plain)
+
+
+def test_kernel_builds_and_loads(tmp_path):
+    """The set-up's build step works on this machine (skipped without a compiler)."""
+    try:
+        path = _kernel.build(tmp_path / "k.so")
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    lib = _kernel.load(path)
+    assert lib is not None and hasattr(lib, "lif_forward_f32") and hasattr(lib, "lif_backward_f64")
+
+
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_backward_twice_on_a_retained_graph(backend, broadcast):
+    """Backward may overwrite only what it made itself: a second backward of a
+    retained graph gives the same gradient."""
+    c0 = (torch.randn(4, 7, dtype=torch.float64) + 0.8).requires_grad_()
+    c = c0.unsqueeze(0).expand(5, 4, 7) if broadcast else c0.unsqueeze(0) * torch.ones(5, 1, 1, dtype=torch.float64)
+    out = fused_lif(c, torch.tensor(1.0, dtype=torch.float64), 0.5, 1.0, "hard", SURROGATES["arctan"]())
+    loss = (out * torch.arange(5.0, dtype=torch.float64).view(5, 1, 1)).sum()
+    g1, = torch.autograd.grad(loss, c0, retain_graph=True)
+    g2, = torch.autograd.grad(loss, c0)
+    assert torch.equal(g1, g2) and g1.abs().sum() > 0
