@@ -6,10 +6,20 @@ from dataclasses import fields
 
 from ...errors import ConfigError
 from .base import MethodContext, TrainingMethod
+from .asgl import ASGL
+from .cpng import CPNG
+from .dspike import DspikeMethod
+from .gsg import GSG
+from .psg import PSG
 from .sg import FixedSurrogate
 
 METHODS: dict[str, type] = {
     FixedSurrogate.name: FixedSurrogate,
+    CPNG.name: CPNG,
+    PSG.name: PSG,
+    ASGL.name: ASGL,
+    GSG.name: GSG,
+    DspikeMethod.name: DspikeMethod,
 }
 
 
