@@ -16,6 +16,8 @@ VERBS = {
     "export": "export",
     "robustness": "robustness",
     "energy": "energy",
+    "report": "report",
+    "sweep": "sweep",
 }
 
 
