@@ -5,11 +5,13 @@ Examples:
   snn2hw train --dataset mnist1d --model conv --epochs 30 --out runs/m1d
   snn2hw train --config run.yaml --lr 1e-3
   snn2hw train --resume runs/digits
+  snn2hw train --nproc 2 --model conv --sync-bn --out runs/ddp   (torchrun, docs/distributed.md)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..api import train_from_options
@@ -35,6 +37,7 @@ FLAGS: list[tuple[str, dict]] = [
     ("--pool", dict(choices=["avg", "max", "sum", "none"])),
     ("--seed", dict(type=int)),
     ("--init-from", dict(help="start from this checkpoint's weights (TIT: T may differ)")),
+    ("--sync-bn", dict(action="store_true", help="several processes: tdBN statistics over the global batch")),
 ]
 
 
@@ -47,9 +50,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run directory (checkpoints, history.csv, summary.json)")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train data-parallel in N processes on this machine (launches torchrun; "
+                        "--batch-size stays the global batch)")
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The command line that reproduces ``args`` (without --nproc), for torchrun."""
+    argv = ["train"]
+    for flag, kw in FLAGS + [("--config", {}), ("--out", {}), ("--resume", {})]:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        else:
+            argv += [flag, *map(str, value if isinstance(value, list) else [value])]
+    for item in args.set:
+        argv += ["--set", item]
+    return argv + (["--no-progress"] if args.no_progress else [])
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        from ..train.ddp import launch
+
+        return launch(args.nproc, _argv(args))
     options = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
                for flag, _ in FLAGS}
     options = {k: v for k, v in options.items() if v is not None}
@@ -59,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
                                 out=args.out or args.resume, resume=bool(args.resume),
                                 progress=not args.no_progress)
     s = result.summary
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     print(f"test accuracy {s['test_accuracy']:.4f} after {s['epochs']} epochs "
           f"({s['wall_time_s']:.1f} s training)" + (f"; run saved in {Path(result.out_dir)}" if result.out_dir else ""))
     return 0

@@ -29,6 +29,7 @@ class RunConfig:
     seed: int = 0
     init_from: str | None = None  # checkpoint to start from (TIT: another T is allowed)
     eval_batch_size: int = 512
+    sync_bn: bool = False         # torchrun: tdBN statistics over the global batch (all ranks)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
