@@ -4,6 +4,6 @@ and energy."""
 
 __version__ = "0.1.0"
 
-from .api import evaluate, load, train  # noqa: E402
+from .api import evaluate, load, resume, train  # noqa: E402
 
-__all__ = ["__version__", "evaluate", "load", "train"]
+__all__ = ["__version__", "evaluate", "load", "resume", "train"]

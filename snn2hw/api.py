@@ -50,19 +50,25 @@ def merge_options(options: dict[str, Any], config_file: str | None = None,
     return build_config(values)
 
 
-def train(config: RunConfig | dict, out: str | Path | None = None, resume: bool = False,
+def train(config: RunConfig | dict, out: str | Path | None = None,
           progress: bool = False) -> RunResult:
     """Train from a RunConfig or a dict of config keys (flat or nested)."""
     if isinstance(config, dict):
         config = build_config(config)
-    return _train(config, out, resume=resume, progress=progress)
+    return _train(config, out, progress=progress)
 
 
 def train_from_options(options: dict[str, Any], config_file: str | None = None,
-                       overrides: list[str] = (), out: str | None = None, resume: bool = False,
+                       overrides: list[str] = (), out: str | None = None,
                        progress: bool = True) -> RunResult:
+    """What ``snn2hw train`` does: defaults < config file < flags < --set."""
     config = merge_options(options, config_file, overrides)
-    return _train(config, out, resume=resume, progress=progress)
+    return _train(config, out, progress=progress)
+
+
+def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = False) -> RunResult:
+    """Continue an interrupted run from ``run_dir/last.pt`` (optionally to more epochs)."""
+    return _train(None, run_dir, resume=True, progress=progress, epochs=epochs)
 
 
 def load(checkpoint: str | Path) -> tuple[SpikingNetwork, dict]:

@@ -218,7 +218,7 @@ def test_resume_two_process_checkpoint_with_one_process(ranks):
     _, _, out = ranks
     run = out / "run"
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "history.csv", "last.pt", "summary.json"]
-    resumed = single(mlp(epochs=2), out_dir=run, resume=True)
+    resumed = trainer.train(None, run, resume=True, epochs=2, progress=False, data=small_digits())
     straight = single(mlp(epochs=2))
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     assert_close(resumed.model.state_dict(), straight.model.state_dict())

@@ -14,7 +14,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..api import train_from_options
+from ..api import resume, train_from_options
 
 # flag -> config key; values None are not passed, so the config file or the defaults apply
 FLAGS: list[tuple[str, dict]] = [
@@ -81,9 +81,11 @@ def run(args: argparse.Namespace) -> int:
     options = {k: v for k, v in options.items() if v is not None}
     if "model" in options:
         options["arch"] = options.pop("model")
-    result = train_from_options(options, config_file=args.config, overrides=args.set,
-                                out=args.out or args.resume, resume=bool(args.resume),
-                                progress=not args.no_progress)
+    if args.resume:
+        result = resume(args.resume, epochs=options.get("epochs"), progress=not args.no_progress)
+    else:
+        result = train_from_options(options, config_file=args.config, overrides=args.set,
+                                    out=args.out, progress=not args.no_progress)
     s = result.summary
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

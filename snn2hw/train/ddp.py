@@ -55,7 +55,7 @@ def sync_batch_norm(x: Tensor, bn: TDBatchNorm) -> Tensor:
     n_local = x.numel() // max(x.shape[1], 1)
     count = torch.full((1,), float(n_local), dtype=x.dtype, device=x.device)
     sums = dist.sum_over_ranks(torch.cat([x.sum(dims), count]))
-    n = float(sums[-1])
+    n = float(sums[-1].detach())
     view = (1, -1) + (1,) * (x.dim() - 2)
     mean = sums[:-1] / n
     centred = x - mean.view(view)

@@ -103,12 +103,13 @@ def _load_init(model: SpikingNetwork, path: str) -> None:
     model.load_state_dict(ckpt["model_state"], strict=False)
 
 
-def train(config: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
-          progress: bool = True, data: DataSplit | None = None) -> RunResult:
+def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: bool = False,
+          progress: bool = True, data: DataSplit | None = None,
+          epochs: int | None = None) -> RunResult:
     """Train a model as ``config`` says; checkpoints and history go to ``out_dir``.
 
-    With ``resume=True`` the run continues from ``out_dir/last.pt`` (its saved
-    config wins, except ``epochs``, which may be raised to train longer).
+    With ``resume=True`` the run continues from ``out_dir/last.pt`` with the
+    config saved there (``config`` is ignored); ``epochs`` may raise its total.
     Launched by torchrun, the ranks share each global batch (``ddp.DataParallel``,
     docs/distributed.md) and rank 0 alone writes ``out_dir``.
     """
@@ -118,9 +119,11 @@ def train(config: RunConfig, out_dir: str | Path | None = None, resume: bool = F
         if out is None:
             raise CheckpointError("resume needs the run directory")
         ckpt = load_checkpoint(out / "last.pt")
-        epochs = config.epochs
         config = RunConfig.from_dict(ckpt["run_config"])
-        config.epochs = max(epochs, config.epochs) if epochs else config.epochs
+        if epochs is not None:
+            config.epochs = max(int(epochs), config.epochs)
+    elif config is None:
+        raise ValueError("train needs a config unless resuming")
 
     data = data if data is not None else load_dataset(config.dataset, config.seed)
     seed_everything(config.seed)
