@@ -181,6 +181,9 @@ def gather_results(local: Sequence[R], n_jobs: int) -> list[R]:
 
 
 def _init_worker(threads: int) -> None:
+    # A spawned worker inherits torchrun's RANK/WORLD_SIZE; it must never join the group.
+    global _local_depth
+    _local_depth += 1
     torch.set_num_threads(threads)
 
 
