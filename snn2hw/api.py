@@ -88,3 +88,17 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None) -> dict[str, An
     return {"checkpoint": str(checkpoint), "dataset": spec, "samples": len(data.x_test),
             "timesteps": model.timesteps, "test_accuracy": acc, "test_loss": loss,
             "spike_rates": rates}
+
+
+def report(run_dir: str | Path, spike_rates: bool = True):
+    """Write ``run_dir/report.md`` with PNG plots (see ``snn2hw.reports.run_report``)."""
+    from .reports.run_report import render_run_report
+
+    return render_run_report(run_dir, spike_rates=spike_rates)
+
+
+def sweep(methods, grid, seeds, out, **kwargs):
+    """Run a grid of training runs; see ``snn2hw.train.sweep.sweep`` (same arguments)."""
+    from .train.sweep import sweep as _sweep
+
+    return _sweep(methods, grid, seeds, out, **kwargs)

@@ -13,6 +13,8 @@ VERBS = {
     "train": "train",
     "evaluate": "evaluate",
     "env": "env",
+    "report": "report",
+    "sweep": "sweep",
 }
 
 

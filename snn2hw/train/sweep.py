@@ -1,0 +1,337 @@
+"""Grids of training runs: plan, run (in parallel, resumable), collect.
+
+Grid syntax, one axis per item: ``KEY=V1,V2,...`` (values split on commas
+outside brackets, each parsed as YAML like ``--set``). KEY is any config key
+(``surrogate_param``, ``lr``, ``model``, ``hidden``), a dotted key
+(``method_options.k_limit``), or a bare method option (``k_limit`` is read as
+``method_options.k_limit`` because it is no config key). ``METHOD:KEY=...``
+makes an axis that only that method's runs vary along (other methods ignore it),
+for options only one method has: ``cpng:k_limit=0.1,0.2``. Runs = methods x
+the cartesian product of the axes that apply x seeds.
+
+Each run lives in ``OUT/<method>__<key>=<value>...__seed<s>/`` with a
+``job.json`` (its full config). Re-running the same sweep skips runs that have a
+``summary.json``, resumes those with only a ``last.pt`` and starts the rest.
+
+Parallelism: ``run_jobs(jobs, workers)`` is the one place that decides where jobs
+run (here: local processes). A distributed runner can call it with its shard,
+``run_jobs(shard(jobs, rank, world), workers)``, then let rank 0 call
+``collect_rows`` + ``write_results``: everything is read back from the run
+directories, so nothing needs gathering.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import ConfigError
+from .config import MODEL_FIELDS, RUN_FIELDS, RunConfig
+
+RESERVED = {"method": "--methods", "seed": "--seeds"}
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    """One swept config key: its values as written (parsed as YAML when applied)."""
+
+    key: str                     # full config key, e.g. "surrogate_param", "method_options.k_limit"
+    values: tuple[str, ...]
+    method: str | None = None    # only runs of this method vary along this axis
+
+    @property
+    def label(self) -> str:
+        """Column name: the key without the ``method_options.`` prefix."""
+        return self.key.removeprefix("method_options.")
+
+
+def split_values(text: str) -> list[str]:
+    """``0.5,1,[8,16]`` -> ``["0.5", "1", "[8,16]"]``: commas inside brackets stay."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    return out
+
+
+def canonical_key(key: str) -> str:
+    """A config key as ``merge_options`` takes it; a bare unknown name is a method option."""
+    key = key.strip().replace("-", "_")
+    if "." in key or key in RUN_FIELDS or key in MODEL_FIELDS or key == "model":
+        return key
+    return f"method_options.{key}"
+
+
+def parse_grid(items: Sequence[str]) -> list[GridAxis]:
+    """Parse ``KEY=V1,V2`` / ``METHOD:KEY=V1,V2`` items (see the module docstring)."""
+    axes: list[GridAxis] = []
+    for item in items:
+        lhs, sep, rhs = item.partition("=")
+        if not sep or not lhs.strip() or not rhs.strip():
+            raise ConfigError(f"--param-grid expects KEY=V1,V2,... (or METHOD:KEY=...), got {item!r}")
+        method, _, key = lhs.rpartition(":")
+        key = canonical_key(key)
+        if key in RESERVED:
+            raise ConfigError(f"--param-grid: sweep {key!r} with {RESERVED[key]}, not the grid")
+        values = tuple(v for v in split_values(rhs))
+        if any(not v for v in values):
+            raise ConfigError(f"--param-grid {item!r}: empty value (stray comma?)")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--param-grid {item!r}: repeated value")
+        if any(a.key == key and (a.method is None or not method or a.method == method) for a in axes):
+            raise ConfigError(f"--param-grid: {key!r} given twice; list all its values in one item "
+                              "(METHOD:KEY items may repeat a key only for different methods)")
+        axes.append(GridAxis(key, values, method.strip() or None))
+    return axes
+
+
+def grid_from_dict(grid: dict[str, Sequence[Any]]) -> list[str]:
+    """``{"surrogate_param": [0.5, 1]}`` -> ``["surrogate_param=0.5,1"]`` (API convenience)."""
+    return [f"{k}=" + ",".join(json.dumps(v) if isinstance(v, (list, dict)) else str(v) for v in vals)
+            for k, vals in grid.items()]
+
+
+@dataclass
+class SweepJob:
+    """One training run of the grid."""
+
+    method: str
+    seed: int
+    point: dict[str, str]        # axis label -> value as written
+    config: dict[str, Any]       # the full RunConfig as a dict
+    run_dir: str
+
+    @property
+    def name(self) -> str:
+        return Path(self.run_dir).name
+
+
+def _dir_name(method: str, point: dict[str, str], seed: int) -> str:
+    parts = [method] + [f"{k}={v}" for k, v in point.items()] + [f"seed{seed}"]
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "-", "__".join(parts))
+
+
+def plan_jobs(methods: Sequence[str], axes: Sequence[GridAxis], seeds: Sequence[int],
+              out: str | Path, options: dict[str, Any] | None = None,
+              config_file: str | None = None, overrides: Sequence[str] = ()) -> list[SweepJob]:
+    """Every (method, grid point, seed) as a validated job; config errors surface here,
+    before anything runs. ``options``/``config_file``/``overrides`` are common to all runs."""
+    from ..api import merge_options
+    from .methods import make_method
+
+    if not methods or not seeds:
+        raise ConfigError("a sweep needs at least one method (--methods) and one seed (--seeds)")
+    for item in overrides:
+        key = canonical_key(item.partition("=")[0])
+        if key in RESERVED:
+            raise ConfigError(f"--set {item!r}: give {key} with {RESERVED[key]}")
+    unknown = {a.method for a in axes if a.method} - set(methods)
+    if unknown:
+        raise ConfigError(f"--param-grid names method(s) {sorted(unknown)} not in --methods {list(methods)}")
+    jobs = []
+    for method in methods:
+        own = [a for a in axes if a.method in (None, method)]
+        for combo in itertools.product(*(a.values for a in own)):
+            point = {a.label: v for a, v in zip(own, combo)}
+            sets = list(overrides) + [f"{a.key}={v}" for a, v in zip(own, combo)]
+            for seed in seeds:
+                base = dict(options or {}, method=method, seed=int(seed))
+                try:
+                    cfg = merge_options(base, config_file, sets)
+                    make_method(cfg.method, cfg.method_options)
+                except ConfigError as exc:
+                    raise ConfigError(f"sweep run {method} {point} seed {seed}: {exc}") from None
+                run_dir = Path(out) / _dir_name(method, point, int(seed))
+                jobs.append(SweepJob(method, int(seed), point, cfg.to_dict(), str(run_dir)))
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise ConfigError("two grid points map to the same run directory; make the values distinct")
+    return jobs
+
+
+def shard(jobs: Sequence[SweepJob], rank: int, world: int) -> list[SweepJob]:
+    """The jobs of one of ``world`` ranks (round robin, so every rank gets a mix)."""
+    return list(jobs[rank::world])
+
+
+def is_finished(job: SweepJob) -> bool:
+    return (Path(job.run_dir) / "summary.json").exists()
+
+
+_DATA_CACHE: dict[tuple[str, int], Any] = {}
+
+
+def run_job(job: SweepJob) -> tuple[str, str]:
+    """Train one job in this process: ``(status, error)``, status in skipped/ran/resumed/failed."""
+    from ..data.datasets import load_dataset
+    from .trainer import train
+
+    d = Path(job.run_dir)
+    if is_finished(job):
+        return "skipped", ""
+    config = json.loads(json.dumps(job.config))
+    stored = d / "job.json"
+    if stored.exists() and json.loads(stored.read_text()) != config:
+        return "failed", (f"{d} holds a run with another config (job.json differs); "
+                          "remove that directory or sweep into another --out")
+    d.mkdir(parents=True, exist_ok=True)
+    stored.write_text(json.dumps(config, indent=2) + "\n")
+    resume = (d / "last.pt").exists()
+    key = (config["dataset"], int(config["seed"]))
+    try:
+        if key not in _DATA_CACHE:
+            _DATA_CACHE[key] = load_dataset(*key)
+        train(RunConfig.from_dict(config), d, resume=resume, progress=False, data=_DATA_CACHE[key])
+    except Exception as exc:  # one failed run must not stop the grid; results.csv names it
+        return "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    return ("resumed" if resume else "ran"), ""
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def run_jobs(jobs: Sequence[SweepJob], workers: int | None = None, threads: int | None = None,
+             progress: bool = True, on_done: Callable[[SweepJob, str, str], None] | None = None
+             ) -> dict[str, tuple[str, str]]:
+    """Run ``jobs`` with up to ``workers`` local processes of ``threads`` torch threads each
+    (defaults: workers = min(cores, unfinished jobs), threads = cores // workers, so
+    workers x threads <= cores). Finished jobs are skipped. Returns name -> (status, error).
+    This is the seam a distributed runner replaces or calls per rank (module docstring)."""
+    import torch
+
+    status: dict[str, tuple[str, str]] = {j.name: ("skipped", "") for j in jobs if is_finished(j)}
+    pending = [j for j in jobs if j.name not in status]
+    cores = available_cores()
+    workers = max(1, min(workers or cores, len(pending) or 1))
+    threads = threads or max(1, cores // workers)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), initial=len(status), unit="run", dynamic_ncols=True,
+                   desc=f"sweep ({workers} worker{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)})")
+
+    def done(job: SweepJob, result: tuple[str, str]) -> None:
+        status[job.name] = result
+        if bar is not None:
+            if result[0] == "failed":
+                bar.write(f"{job.name}: FAILED: {result[1]}")
+            bar.set_postfix_str(job.name[-40:], refresh=False)
+            bar.update()
+        if on_done is not None:
+            on_done(job, *result)
+
+    try:
+        if workers == 1:
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                for job in pending:
+                    done(job, run_job(job))
+            finally:
+                torch.set_num_threads(before)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            # spawn: a forked child would inherit the parent's torch thread pool state
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                     initializer=_init_worker, initargs=(threads,)) as pool:
+                futures = {pool.submit(run_job, job): job for job in pending}
+                for fut in as_completed(futures):
+                    done(futures[fut], fut.result())
+    finally:
+        if bar is not None:
+            bar.close()
+    return {j.name: status.get(j.name, ("missing", "")) for j in jobs}
+
+
+def collect_rows(jobs: Sequence[SweepJob], status: dict[str, tuple[str, str]] | None = None
+                 ) -> list[dict[str, Any]]:
+    """One row per job, read from its run directory (summary.json, history.csv)."""
+    from ..reports.run_report import read_history
+
+    rows = []
+    for job in jobs:
+        d = Path(job.run_dir)
+        st, err = (status or {}).get(job.name, ("done" if is_finished(job) else "missing", ""))
+        row: dict[str, Any] = {"run": job.name, "method": job.method, **job.point, "seed": job.seed,
+                               "status": st}
+        if is_finished(job):
+            s = json.loads((d / "summary.json").read_text())
+            hist = read_history(d / "history.csv") if (d / "history.csv").exists() else []
+            row.update(test_accuracy=s["test_accuracy"], best_test_accuracy=s["best_test_accuracy"],
+                       train_loss=hist[-1]["train_loss"] if hist else None,
+                       epochs=s["epochs"], wall_time_s=s["wall_time_s"])
+        row["error"] = err
+        rows.append(row)
+    return rows
+
+
+def common_settings(jobs: Sequence[SweepJob]) -> dict[str, Any]:
+    """The main settings of the runs, for the results page (``varies`` if the grid sets them)."""
+    keys = {"dataset": ("dataset",), "model": ("model", "arch"), "epochs": ("epochs",),
+            "timesteps": ("model", "timesteps"), "batch_size": ("batch_size",), "lr": ("lr",),
+            "surrogate": ("model", "surrogate"), "surrogate_param": ("model", "surrogate_param")}
+    out = {}
+    for name, path in keys.items():
+        values = set()
+        for job in jobs:
+            v: Any = job.config
+            for p in path:
+                v = v[p]
+            values.add(json.dumps(v))
+        out[name] = json.loads(values.pop()) if len(values) == 1 else "varies"
+    return out
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    jobs: list[SweepJob]
+    rows: list[dict[str, Any]]
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["status"] in ("failed", "missing")]
+
+
+def sweep(methods: Sequence[str], grid: Sequence[str] | dict[str, Sequence[Any]], seeds: Sequence[int],
+          out: str | Path, options: dict[str, Any] | None = None, config_file: str | None = None,
+          overrides: Sequence[str] = (), workers: int | None = None, threads: int | None = None,
+          progress: bool = True, command: str | None = None) -> SweepResult:
+    """Plan, run and summarise a grid: ``OUT/results.csv`` (one row per run),
+    ``OUT/results.md`` (mean and spread over seeds per grid point) and ``OUT/results.png``."""
+    from ..reports.sweep_report import write_results
+
+    axes = parse_grid(grid_from_dict(grid) if isinstance(grid, dict) else list(grid))
+    jobs = plan_jobs(methods, axes, seeds, out, options, config_file, overrides)
+    status = run_jobs(jobs, workers, threads, progress)
+    rows = collect_rows(jobs, status)
+    files = write_results(rows, list(dict.fromkeys(a.label for a in axes)), Path(out),
+                          command=command, settings=common_settings(jobs))
+    return SweepResult(Path(out), jobs, rows, files)
