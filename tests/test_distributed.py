@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,6 +47,7 @@ def conv(**kw) -> dict:
                      lr=5e-3), **kw)
 
 
+SWEEP_OPTIONS = dict(epochs=1, hidden=[16], timesteps=2)
 SCENARIOS: dict[str, dict] = {
     "sg": mlp(),
     # conv blocks have no bias before tdBN (a bias there gets a ~0 gradient that
@@ -130,6 +132,13 @@ def _worker(rank: int, port: int, out: str) -> None:
     # independent jobs: round-robin shards, results back in order on every rank
     res["my_jobs"] = dist.shard_jobs(list(range(7)))
     res["jobs"] = dist.run_jobs(_job, list(range(7)))
+    # the sweep verb: each rank trains its share of the grid, rank 0 writes the results
+    from snn2hw.train.sweep import sweep
+
+    options = dict(SWEEP_OPTIONS, dataset=f"npz:{Path(out) / 'small.npz'}")
+    result = sweep(["sg"], ["lr=0.002,0.005"], [0], Path(out) / "sweep", options=options,
+                   workers=1, progress=False)
+    res["sweep"] = (result.rows, [str(f) for f in result.files])
     torch.save(res, Path(out) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
@@ -147,12 +156,21 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> tuple[dict, dict, Path]:
     out = tmp_path_factory.mktemp("ddp")
+    d = small_digits()
+    np.savez(out / "small.npz", x=d.x_train.numpy(), y=d.y_train.numpy(), x_test=d.x_test.numpy(),
+             y_test=d.y_test.numpy())
     torch.multiprocessing.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
     return torch.load(out / "rank0.pt", weights_only=False), torch.load(out / "rank1.pt", weights_only=False), out
 
 
-def single(cfg: dict, **kw) -> trainer.RunResult:
-    return trainer.train(build_config(cfg), progress=False, data=small_digits(), **kw)
+def single(cfg: dict | None, **kw) -> trainer.RunResult:
+    """One process (1 torch thread, like each rank: tiny batches run faster so)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return trainer.train(cfg and build_config(cfg), progress=False, data=small_digits(), **kw)
+    finally:
+        torch.set_num_threads(before)
 
 
 def assert_identical(a: dict, b: dict) -> None:
@@ -218,11 +236,22 @@ def test_resume_two_process_checkpoint_with_one_process(ranks):
     _, _, out = ranks
     run = out / "run"
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "history.csv", "last.pt", "summary.json"]
-    resumed = trainer.train(None, run, resume=True, epochs=2, progress=False, data=small_digits())
+    resumed = single(None, out_dir=run, resume=True, epochs=2)
     straight = single(mlp(epochs=2))
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     assert_close(resumed.model.state_dict(), straight.model.state_dict())
     assert resumed.history[0]["train_loss"] == pytest.approx(straight.history[0]["train_loss"], rel=1e-5)
+
+
+def test_sweep_shards_its_grid_over_ranks(ranks):
+    r0, r1, out = ranks
+    (rows0, files0), (rows1, files1) = r0["sweep"], r1["sweep"]
+    assert files0 and not files1  # rank 0 alone writes results.csv/md/png
+    assert all(Path(f).exists() for f in files0)
+    assert [r["status"] for r in rows0] == ["ran", "ran"]
+    for row in rows0:  # each grid point equals the same run trained alone
+        ref = single(dict(SWEEP_OPTIONS, lr=float(row["lr"])))
+        assert row["test_accuracy"] == pytest.approx(ref.summary["test_accuracy"], abs=1e-9)
 
 
 @pytest.mark.slow  # two spawned interpreters import torch
