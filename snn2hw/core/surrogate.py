@@ -211,3 +211,120 @@ def spike(x: Tensor, shape: SurrogateShape, p: Tensor | float | None = None) -> 
     if not isinstance(p, Tensor):
         p = torch.tensor(float(p), dtype=x.dtype, device=x.device)
     return _HeavisideSurrogate.apply(x, p, shape)
+
+
+# --- Shapes of the adaptive methods (PSG, GSG, ASGL); appended to the registry. ---
+
+PSG_DGAMMA = ("analytic", "printed")
+
+
+@register_surrogate
+@dataclass(frozen=True)
+class PsgArctan:
+    """PSG, convolutional spiking layers (Wang et al., Eqs. 8-12).
+
+    ``f = atan(gamma x) + 1/2``; both partial derivatives rescaled to peak 1:
+    ``do/du = 1 / (1 + (gamma x)^2)``. ``do/dgamma``: "analytic" (default) is
+    ``df/dgamma = x / (1 + (gamma x)^2)`` times ``2 gamma`` (its peak is
+    ``1/(2 gamma)`` at ``|gamma x| = 1``), i.e. ``2 gamma x / (1 + (gamma x)^2)``;
+    "printed" is Eq. 12 as extracted, ``1 / (1 + (gamma x)^2)`` (the factor x lost).
+    """
+
+    gamma: float = 1.0
+    dgamma: str = "analytic"
+    name: ClassVar[str] = "psg_arctan"
+    param_name: ClassVar[str] = "gamma"
+
+    def grad(self, x: Tensor, p: Tensor) -> Tensor:
+        return 1.0 / (1.0 + (p * x) ** 2)
+
+    def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
+        if self.dgamma == "printed":
+            return 1.0 / (1.0 + (p * x) ** 2)
+        return 2.0 * p * x / (1.0 + (p * x) ** 2)
+
+    def primitive(self, x: Tensor, p: Tensor) -> Tensor:
+        return torch.atan(p * x) / p + 0.5
+
+
+@register_surrogate
+@dataclass(frozen=True)
+class PsgSoftplus:
+    """PSG, fully connected spiking layers (Wang et al., Eqs. 13-17).
+
+    ``f = ln(1 + exp(gamma x))``; rescaled ``do/du = sigmoid(gamma x)`` (peak 1 as
+    x grows). ``do/dgamma``: "analytic" (default) is ``df/dgamma = x sigmoid(gamma x)``,
+    unbounded above, so CLIPPED to [-1, 1] (it cannot be rescaled to a peak);
+    "printed" is Eq. 17 as extracted, ``sigmoid(gamma x)``.
+    """
+
+    gamma: float = 1.0
+    dgamma: str = "analytic"
+    name: ClassVar[str] = "psg_softplus"
+    param_name: ClassVar[str] = "gamma"
+
+    def grad(self, x: Tensor, p: Tensor) -> Tensor:
+        return torch.sigmoid(p * x)
+
+    def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
+        if self.dgamma == "printed":
+            return torch.sigmoid(p * x)
+        return (x * torch.sigmoid(p * x)).clamp(-1.0, 1.0)
+
+    def primitive(self, x: Tensor, p: Tensor) -> Tensor:
+        return torch.nn.functional.softplus(p * x) / p
+
+
+@register_surrogate
+@dataclass(frozen=True)
+class GsgTanh:
+    """GSG (Chen et al., Eqs. 6-9): ``s = a (tanh(beta x) + c)`` with ``a = max(1/beta, 1)``.
+
+    ``ds/du = a beta (1 - tanh^2(beta x))``: peak 1 while beta < 1 (the window
+    widens as beta falls), peak beta once beta >= 1. Integrates to ``2a``.
+    """
+
+    beta: float = 1.0
+    name: ClassVar[str] = "gsg_tanh"
+    param_name: ClassVar[str] = "beta"
+
+    @staticmethod
+    def scale(p: Tensor) -> Tensor:
+        """``a = max(1/beta, 1)`` (Eq. 8)."""
+        return torch.clamp(1.0 / p, min=1.0)
+
+    def grad(self, x: Tensor, p: Tensor) -> Tensor:
+        th = torch.tanh(p * x)
+        return self.scale(p) * p * (1.0 - th * th)
+
+    def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
+        th = torch.tanh(p * x)
+        da = torch.where(p < 1.0, -1.0 / (p * p), torch.zeros_like(p))
+        return da * th + self.scale(p) * x * (1.0 - th * th)
+
+    def primitive(self, x: Tensor, p: Tensor) -> Tensor:
+        return self.scale(p) * torch.tanh(p * x) + 0.5
+
+
+@register_surrogate
+@dataclass(frozen=True)
+class AsglRect:
+    """ASGL's rectangular smoothing of width alpha (Wang et al. ICML 2023).
+
+    ``H_alpha(x) = clip(x/alpha + 1/2, 0, 1)``; its derivative ``1/alpha`` on
+    ``|x| < alpha/2``; ``dH_alpha/dalpha = -x/alpha^2`` inside the window.
+    The parameter is the WIDTH (the rectangular shape's beta is ``1/alpha``).
+    """
+
+    alpha: float = 1.0
+    name: ClassVar[str] = "asgl_rect"
+    param_name: ClassVar[str] = "alpha"
+
+    def grad(self, x: Tensor, p: Tensor) -> Tensor:
+        return (x.abs() < 0.5 * p).to(x.dtype) / p
+
+    def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
+        return -(x.abs() < 0.5 * p).to(x.dtype) * x / (p * p)
+
+    def primitive(self, x: Tensor, p: Tensor) -> Tensor:
+        return (x / p + 0.5).clamp(0.0, 1.0)

@@ -6,10 +6,14 @@ from dataclasses import fields
 
 from ...errors import ConfigError
 from .base import MethodContext, TrainingMethod
+from .cpng import CPNG
+from .psg import PSG
 from .sg import FixedSurrogate
 
 METHODS: dict[str, type] = {
     FixedSurrogate.name: FixedSurrogate,
+    CPNG.name: CPNG,
+    PSG.name: PSG,
 }
 
 

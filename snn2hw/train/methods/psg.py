@@ -1,0 +1,133 @@
+"""``psg``: a learnable surrogate parameter gamma per spiking layer (PSG), with the
+optional membrane-distribution loss (PDA) (Wang, Cheng, Lim; methods.md "PSG + PDA").
+
+Convolutional spiking layers use the ``psg_arctan`` shape, fully connected ones
+``psg_softplus`` (core/surrogate.py states both derivatives and the two
+``do/dgamma`` variants: "analytic", the default, or "printed"). gamma is an
+``nn.Parameter`` named ``shape_param`` on each LIF, optimised with the weights.
+
+PDA adds ``beta_pd * L_PD`` with
+
+    L_PD = 1/(2TN) sum_t sum_n [KL(P_tn || N_n) + KL(N_n || P_tn)]
+
+where ``P_tn`` is a differentiable soft histogram (linear binning, i.e. a triangular
+kernel of half-width h = one bin) of layer n's membrane potentials u at step t on a fixed grid, and
+``N_n`` the same soft histogram expected for the target Gaussian: the target
+N(m, s^2) smoothed by the kernel is about N(m, s^2 + h^2/6) on the grid.
+Target "standard": m = 0, s = 1; "matched": the layer's detached mean and std.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ...core.surrogate import PSG_DGAMMA, PsgArctan, PsgSoftplus
+from ...errors import ConfigError
+from ...models.network import SpikingNetwork
+from ._util import install_shape, named_lifs, unwrap
+from .base import MethodContext, layer_params
+
+GRID = torch.linspace(-4.0, 4.0, 41)  # bin centres of the soft histogram (bin width 0.2)
+_TINY = 1e-8
+
+
+def soft_histogram(values: Tensor, centres: Tensor = GRID) -> Tensor:
+    """Normalised soft histograms of the rows of ``values`` (R, M) over ``centres`` -> (R, K).
+
+    Linear binning: a value between centres c_i and c_i+1 = c_i + h adds
+    ``1 - f`` to bin i and ``f`` to bin i+1, ``f = (v - c_i)/h`` (the triangular
+    kernel of half-width h); values beyond the grid count in its end bins. The
+    weights are differentiable in v and the cost is O(M), not O(M K).
+    """
+    c = centres.to(values)
+    k, h = len(c), float(c[1] - c[0])
+    pos = ((values - c[0]) / h).clamp(0.0, k - 1.0)
+    i0 = pos.detach().floor().clamp_max(k - 2).long()
+    f = pos - i0
+    counts = values.new_zeros(values.shape[0], k)
+    counts = counts.scatter_add(1, i0, 1.0 - f).scatter_add(1, i0 + 1, f)
+    return counts / counts.sum(-1, keepdim=True).clamp_min(_TINY)
+
+
+def gaussian_bins(mean: Tensor, std: Tensor, centres: Tensor = GRID) -> Tensor:
+    """The soft histogram expected for N(mean, std^2) samples, per row.
+
+    The triangular kernel (variance h^2/6) turns N(m, s^2) into about
+    N(m, s^2 + h^2/6); that density on the grid, normalised.
+    """
+    c = centres.to(mean)
+    h = float(c[1] - c[0])
+    s = torch.sqrt(std * std + h * h / 6.0).unsqueeze(-1)
+    dens = torch.exp(-0.5 * ((c - mean.unsqueeze(-1)) / s) ** 2)
+    return dens / dens.sum(-1, keepdim=True)
+
+
+def symmetric_kl(p: Tensor, q: Tensor) -> Tensor:
+    """KL(p || q) + KL(q || p) per row of two histograms (a small floor avoids log 0)."""
+    p, q = p.clamp_min(_TINY), q.clamp_min(_TINY)
+    return (p * (p / q).log()).sum(-1) + (q * (q / p).log()).sum(-1)
+
+
+def pda_loss(membranes: list[Tensor], target: str = "standard") -> Tensor:
+    """``L_PD = 1/(2TN) sum_t sum_n symKL`` over layers n of membrane tensors u_n (T, B, ...)."""
+    per_layer = []
+    for u in membranes:
+        rows = u.flatten(1)  # (T, B * neurons): one distribution per step
+        if target == "matched":
+            d = rows.detach()
+            ref = gaussian_bins(d.mean(1), d.std(1))
+        else:
+            ref = gaussian_bins(rows.new_zeros(len(rows)), rows.new_ones(len(rows)))
+        per_layer.append(symmetric_kl(soft_histogram(rows), ref))
+    terms = torch.cat(per_layer)
+    return terms.sum() / (2.0 * len(terms))
+
+
+@dataclass
+class PSG:
+    """Options: initial gamma, the do/dgamma variant, and PDA (flag, coefficient, target)."""
+
+    gamma_init: float = field(default=1.0, metadata={"help": "PSG: initial gamma per layer (paper: 1, 2, 5)"})
+    dgamma: str = field(default="analytic", metadata={
+        "choices": PSG_DGAMMA, "help": "PSG: do/dgamma, analytic (rescaled/clipped, default) or the printed Eq. 12/17"})
+    pda: bool = field(default=False, metadata={"help": "PSG: add the membrane-distribution loss (PDA)"})
+    beta_pd: float = field(default=1.0, metadata={"help": "PSG: PDA loss coefficient (default 1)"})
+    pda_target: str = field(default="standard", metadata={
+        "choices": ("standard", "matched"), "help": "PSG: PDA target N(0,1) or the layer's own mean/std"})
+    name: ClassVar[str] = "psg"
+
+    def __post_init__(self) -> None:
+        if self.dgamma not in PSG_DGAMMA:
+            raise ConfigError(f"psg: dgamma must be one of {PSG_DGAMMA}, got {self.dgamma!r}")
+        if self.pda_target not in ("standard", "matched"):
+            raise ConfigError(f"psg: pda_target must be standard or matched, got {self.pda_target!r}")
+        if self.gamma_init <= 0:
+            raise ConfigError(f"psg: gamma_init must be > 0, got {self.gamma_init}")
+
+    def setup(self, model: SpikingNetwork) -> None:
+        for _, m in named_lifs(model):
+            shape = PsgArctan(self.gamma_init, self.dgamma) if m.kind == "conv" else PsgSoftplus(self.gamma_init, self.dgamma)
+            install_shape(m, shape, self.gamma_init, learnable=True)
+            m.record_membrane = self.pda  # PDA reads the membranes of the training forward
+
+    def on_epoch_start(self, ctx: MethodContext) -> dict[str, float]:
+        return {}
+
+    def extra_loss(self, model: SpikingNetwork) -> Tensor | None:
+        if not self.pda:
+            return None
+        us = [m.last_membrane for _, m in named_lifs(model) if m.last_membrane is not None]
+        return self.beta_pd * pda_loss(us, self.pda_target) if us else None
+
+    def on_epoch_end(self, ctx: MethodContext) -> dict[str, float]:
+        return layer_params(unwrap(ctx.model), "gamma")
+
+    def state_dict(self) -> dict:
+        return {}  # gamma lives in the model's parameters
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,119 @@
+"""Contract tests over every registered training method (the METHODS registry):
+each trains every architecture with both losses, records its adaptive parameters
+in the history, gives exactly binary spikes in eval mode, and resumes exactly."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+import torch
+
+from snn2hw.data.datasets import DataSplit, load_dataset
+from snn2hw.models.network import record_spikes
+from snn2hw.train.checkpoint import load_checkpoint
+from snn2hw.train.config import build_config
+from snn2hw.train.methods import METHODS, make_method
+from snn2hw.train import trainer as trainer_mod
+from snn2hw.train.trainer import train
+
+# The history keys each method must write (prefix of ``<param>/<layer>``).
+RECORDED = {"sg": None, "cpng": "beta/", "psg": "gamma/", "asgl": "alpha/", "gsg": "beta/", "dspike": "b"}
+
+
+@lru_cache(maxsize=None)
+def digits() -> DataSplit:
+    return load_dataset("digits")
+
+
+def digits_subset(n_train: int = 256, n_test: int = 128) -> DataSplit:
+    d = digits()
+    return DataSplit("digits", d.x_train[:n_train], d.y_train[:n_train], d.x_test[:n_test],
+                     d.y_test[:n_test], d.num_classes)
+
+
+def run(method: str, data: DataSplit | None = None, out=None, resume: bool = False, **kw):
+    values = {"dataset": "digits", "method": method, "epochs": 2, "batch_size": 32, "timesteps": 2, **kw}
+    return train(build_config(values), out, resume=resume, progress=False, data=data or digits_subset())
+
+
+MODELS = {
+    "mlp": {"model": "mlp", "hidden": [32]},
+    "conv": {"model": "conv", "channels": [4, 8], "fc_hidden": 16},
+    "resnet18": {"model": "resnet18", "width": 4},
+}
+
+
+def test_every_method_is_registered():
+    assert set(METHODS) == set(RECORDED)
+    for name, cls in METHODS.items():
+        assert cls.name == name
+        make_method(name)  # defaults are valid
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_trains_every_model_and_records_parameters(method, arch):
+    loss = "tet" if arch == "conv" else "ce"  # TET and CE both covered on every method
+    r = run(method, epochs=1, loss=loss, **MODELS[arch])
+    row = r.history[-1]
+    assert torch.isfinite(torch.tensor(row["train_loss"]))
+    prefix = RECORDED.get(method)
+    if prefix:
+        keys = [k for k in row if k.startswith(prefix)]
+        assert keys, f"{method} wrote no {prefix!r} entries: {sorted(row)}"
+        assert all(isinstance(row[k], float) for k in keys)
+    # eval mode: exactly binary spikes whatever the method does in training
+    r.model.eval()
+    with torch.no_grad(), record_spikes(r.model) as rec:
+        r.model(digits_subset().x_test[:16])
+    for name, outs in rec.items():
+        vals = torch.unique(torch.cat([o.flatten() for o in outs]))
+        assert set(vals.tolist()) <= {0.0, 1.0}, f"{method}: layer {name} gave non-binary output in eval"
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAt:
+    """Delegates to a method but raises at the start of epoch ``stop`` (a killed run)."""
+
+    def __init__(self, inner, stop: int) -> None:
+        self.inner, self.stop = inner, stop
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def on_epoch_start(self, ctx):
+        if ctx.epoch == self.stop:
+            raise _Interrupt
+        return self.inner.on_epoch_start(ctx)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_resume_matches_an_uninterrupted_run(method, tmp_path, monkeypatch):
+    whole = run(method, epochs=3)
+    monkeypatch.setattr(trainer_mod, "make_method", lambda n, o=None: _StopAt(make_method(n, o), 2))
+    with pytest.raises(_Interrupt):
+        run(method, out=tmp_path, epochs=3)
+    monkeypatch.undo()
+    resumed = run(method, out=tmp_path, resume=True, epochs=3)
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{method}: {k} differs after resume")
+    assert len(resumed.history) == len(whole.history)
+    for r1, r2 in zip(resumed.history, whole.history):
+        r1, r2 = dict(r1), dict(r2)
+        r1.pop("wall_time_s"), r2.pop("wall_time_s")
+        assert r1 == pytest.approx(r2, rel=1e-6, abs=1e-9), f"{method}: history differs after resume"
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_state_dict_round_trip_through_a_checkpoint(method, tmp_path):
+    r = run(method, out=tmp_path, epochs=2)
+    saved = load_checkpoint(tmp_path / "last.pt")["method_state"]  # weights_only load
+    fresh = make_method(method, r.config.method_options)
+    fresh.load_state_dict(saved)
+    assert fresh.state_dict() == saved
