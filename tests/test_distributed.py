@@ -114,7 +114,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         log: list = []
         _record_epochs(trainer, log)
         try:
-            trainer.train(build_config(conv(method=name)), progress=False, data=data)
+            trainer.train(build_config(conv(method=name, sync_bn=True)), progress=False, data=data)
         finally:
             trainer.make_method = original
         res[f"method/{name}"] = log
@@ -217,6 +217,36 @@ def test_method_state_equal_on_both_ranks_after_every_epoch(ranks, name):
     for e0, e1 in zip(log0, log1):
         assert_identical(e0["model"], e1["model"])
         assert ddp.fingerprint(torch.nn.Module(), e0["method"]) == ddp.fingerprint(torch.nn.Module(), e1["method"])
+
+
+# methods without randomness in training: 2 ranks with sync-BN train what 1 process trains
+DETERMINISTIC = sorted({"sg", "cpng", "psg", "gsg", "dspike"} & set(METHODS))
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_method_on_two_ranks_matches_one_process(ranks, name):
+    r0, _, _ = ranks
+    log: list = []
+    original = trainer.make_method
+    _record_epochs(trainer, log)
+    try:
+        single(conv(method=name))
+    finally:
+        trainer.make_method = original
+    for e2, e1 in zip(r0[f"method/{name}"], log, strict=True):
+        assert_close(e2["model"], e1["model"], atol=1e-4)
+        assert_close(numeric_leaves(e2["method"]), numeric_leaves(e1["method"]), atol=1e-4)
+
+
+def numeric_leaves(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A method's state_dict flattened to name -> float64 tensor (for assert_close)."""
+    if isinstance(state, dict):
+        return {k: v for key, x in state.items() for k, v in numeric_leaves(x, f"{prefix}{key}.").items()}
+    if isinstance(state, (list, tuple)):
+        return {k: v for i, x in enumerate(state) for k, v in numeric_leaves(x, f"{prefix}{i}.").items()}
+    if isinstance(state, (int, float, torch.Tensor)):
+        return {prefix: torch.as_tensor(state, dtype=torch.float64)}
+    return {}
 
 
 def test_drifting_method_is_reported(ranks):
