@@ -15,6 +15,8 @@ VERBS = {
     "env": "env",
     "report": "report",
     "sweep": "sweep",
+    "robustness": "robustness",
+    "energy": "energy",
 }
 
 
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for reports that record their command
     try:
         return int(args.run(args) or 0)
     except Snn2hwError as exc:

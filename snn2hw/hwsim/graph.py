@@ -1,0 +1,324 @@
+"""The surrogate-free network as a chip runs it, with a chip axis in the batch.
+
+``lower(model)`` turns a :class:`SpikingNetwork` into a flat list of ops:
+``Synapse`` (Linear/Conv, tdBN folded into its weight and bias), ``Neuron``
+(the LIF constants), ``Stateless`` (pooling, flatten) and ``Residual``. A dry
+run records every op's input and output feature shapes.
+
+``run(net, x, ...)`` evaluates the lowered network for C simulated chips at
+once. Activations are ``(T, B, C, *features)``: the chip axis sits next to the
+batch, so a layer whose weights are the same on every chip is one ordinary
+call over ``T*B*C`` rows, and a layer with per-chip weights is one batched
+matrix product (``torch.baddbmm``) or one grouped convolution (``groups = C``).
+Neurons call :func:`snn2hw.core.neuron.lif_sequence` / ``lif_step`` with
+per-chip, per-neuron ``lam`` and ``V_th`` tensors: the LIF update is not
+re-written here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.layers import LIF, ResidualBlock, TDBatchNorm
+from ..core.neuron import LIFParams, LIFState, initial_state, lif_sequence, lif_step
+from ..errors import ExportError
+
+
+@dataclass
+class Synapse:
+    """``y = W x + b`` (Linear) or ``y = conv(x, W) + b``; tdBN already folded in."""
+
+    name: str
+    kind: str                      # "linear" | "conv1d" | "conv2d"
+    weight: Tensor
+    bias: Tensor | None
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+
+    def conv_args(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+
+
+@dataclass
+class Neuron:
+    """A LIF layer: nominal constants and the synapse whose grid its state uses."""
+
+    name: str
+    lam: float
+    v_th: float
+    reset: str
+    source: str = ""               # name of the synapse feeding it (quantisation grid)
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+
+
+@dataclass
+class Stateless:
+    """Pooling, flatten, adaptive pooling: the same on every chip, no parameters."""
+
+    name: str
+    module: nn.Module
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+
+
+@dataclass
+class Residual:
+    """``out(body(x) + shortcut(x))``; an empty shortcut is the identity."""
+
+    name: str
+    body: list
+    shortcut: list
+    out: Neuron
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+
+
+Op = Synapse | Neuron | Stateless | Residual
+
+
+@dataclass
+class LoweredNet:
+    ops: list
+    input_shape: tuple[int, ...]
+    timesteps: int
+
+    def walk(self) -> list:
+        """Every op in execution order, residual bodies and shortcuts included."""
+        out: list = []
+
+        def visit(ops: list) -> None:
+            for op in ops:
+                if isinstance(op, Residual):
+                    visit(op.body)
+                    visit(op.shortcut)
+                    out.append(op.out)
+                else:
+                    out.append(op)
+
+        visit(self.ops)
+        return out
+
+    def synapses(self) -> list[Synapse]:
+        return [op for op in self.walk() if isinstance(op, Synapse)]
+
+    def neurons(self) -> list[Neuron]:
+        return [op for op in self.walk() if isinstance(op, Neuron)]
+
+
+def _synapse(name: str, m: nn.Module) -> Synapse:
+    w = m.weight.detach().clone()
+    b = m.bias.detach().clone() if m.bias is not None else None
+    if isinstance(m, nn.Linear):
+        return Synapse(name, "linear", w, b)
+    kind = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d"}.get(type(m))
+    if kind is None or m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise ExportError(f"{name}: {type(m).__name__} with padding {m.padding!r} is not supported "
+                          "by hwsim; use Linear, Conv1d or Conv2d with zero, numeric padding")
+    return Synapse(name, kind, w, b, tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.groups)
+
+
+def fold_bn(syn: Synapse, bn: TDBatchNorm) -> None:
+    """Fold an eval-mode tdBN into the synapse before it: ``BN(Wx + b) = (gW) x + (g b + o)``."""
+    gain, offset = (t.detach() for t in bn.fold_factors())
+    view = (-1,) + (1,) * (syn.weight.dim() - 1)
+    syn.weight = syn.weight * gain.view(view)
+    bias = syn.bias if syn.bias is not None else torch.zeros_like(gain)
+    syn.bias = gain * bias + offset
+
+
+def _lower_list(layers, prefix: str) -> list:
+    ops: list = []
+    for i, m in enumerate(layers):
+        name = f"{prefix}{i}"
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            ops.append(_synapse(name, m))
+        elif isinstance(m, TDBatchNorm):
+            if not ops or not isinstance(ops[-1], Synapse):
+                raise ExportError(f"{name}: tdBN does not directly follow a Linear/Conv layer, so it "
+                                  "cannot be folded into weights; put BN right after the synapse")
+            fold_bn(ops[-1], m)
+        elif isinstance(m, LIF):
+            ops.append(Neuron(name, m.lam, m.v_th, m.reset))
+        elif isinstance(m, ResidualBlock):
+            out = Neuron(f"{name}.out", m.out.lam, m.out.v_th, m.out.reset)
+            ops.append(Residual(name, _lower_list(m.body, f"{name}.body."),
+                                _lower_list(m.shortcut, f"{name}.shortcut."), out))
+        elif getattr(m, "temporal", False):
+            raise ExportError(f"{name}: temporal layer {type(m).__name__} is unknown to hwsim; "
+                              "add a lowering rule in snn2hw/hwsim/graph.py")
+        elif any(True for _ in m.parameters()):
+            raise ExportError(f"{name}: {type(m).__name__} has parameters hwsim cannot map; "
+                              "supported: Linear, Conv1d/2d, tdBN, LIF, pooling, flatten")
+        else:
+            ops.append(Stateless(name, m))
+    return ops
+
+
+def _link_sources(ops: list, last: str = "") -> str:
+    """Record, for each neuron, the synapse whose output grid it integrates."""
+    for op in ops:
+        if isinstance(op, Synapse):
+            last = op.name
+        elif isinstance(op, Neuron):
+            op.source = last
+        elif isinstance(op, Residual):
+            op.out.source = _link_sources(op.body, last)
+            _link_sources(op.shortcut, last)
+            last = op.out.source
+    return last
+
+
+def lower(model) -> LoweredNet:
+    """The eval-mode, surrogate-free network as a list of ops with tdBN folded."""
+    ops = _lower_list(model.layers, "layers.")
+    _link_sources(ops)
+    net = LoweredNet(ops, tuple(model.config.input_shape), model.timesteps)
+    with torch.inference_mode():  # dry run: record shapes
+        run(net, torch.zeros(1, *net.input_shape), record_shapes=True)
+    return net
+
+
+# ---------------------------------------------------------------------------- chips
+
+
+@dataclass
+class ChipParams:
+    """Per-chip parameters (leading axis C); ``None`` means the nominal value on every chip."""
+
+    chips: int = 1
+    weights: dict[str, tuple[Tensor | None, Tensor | None]] = field(default_factory=dict)
+    lam: dict[str, Tensor] = field(default_factory=dict)
+    v_th: dict[str, Tensor] = field(default_factory=dict)
+    alive: dict[str, Tensor] = field(default_factory=dict)   # bool (C, *features)
+    state_q: dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class RunNoise:
+    """Noise drawn afresh at every step: thermal current noise, lost spikes."""
+
+    thermal: float = 0.0           # std of the added current, in units of the layer's nominal V_th
+    spike_loss: float = 0.0        # probability that an emitted spike is not delivered
+    generator: torch.Generator | None = None
+
+
+class Observer(Protocol):
+    def synapse(self, op: Synapse, x: Tensor, nlead: int) -> None: ...
+
+    def neuron(self, op: Neuron, spikes: Tensor) -> None: ...
+
+
+def _shared(fn: Callable[[Tensor], Tensor], x: Tensor, nlead: int) -> Tensor:
+    lead = x.shape[:nlead]
+    y = fn(x.reshape(-1, *x.shape[nlead:]))
+    return y.reshape(*lead, *y.shape[1:])
+
+
+_CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d}
+
+
+def _apply_synapse(op: Synapse, x: Tensor, nlead: int, chips: ChipParams) -> Tensor:
+    w, b = chips.weights.get(op.name, (None, None))
+    if w is None:  # same weights on every chip: one ordinary call over all rows
+        w0, b0 = op.weight, op.bias
+        if op.kind == "linear":
+            return _shared(lambda z: F.linear(z, w0, b0), x, nlead)
+        conv = _CONV[op.kind]
+        return _shared(lambda z: conv(z, w0, b0, groups=op.groups, **op.conv_args()), x, nlead)
+    C = w.shape[0]
+    lead = x.shape[:nlead]
+    z = x.reshape(-1, C, *x.shape[nlead:])          # (N, C, *features)
+    if op.kind == "linear":
+        zt = z.transpose(0, 1)                      # (C, N, in)
+        bias = b.unsqueeze(1) if b is not None else torch.zeros(C, 1, w.shape[1], dtype=w.dtype)
+        y = torch.baddbmm(bias, zt, w.transpose(1, 2)).transpose(0, 1)
+    else:                                           # grouped conv: chip c uses group c
+        N = z.shape[0]
+        y = _CONV[op.kind](z.reshape(N, -1, *z.shape[3:]), w.reshape(-1, *w.shape[2:]),
+                           b.reshape(-1) if b is not None else None,
+                           groups=C * op.groups, **op.conv_args())
+        y = y.reshape(N, C, -1, *y.shape[2:])
+    return y.reshape(*lead, *y.shape[2:])
+
+
+def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise) -> Tensor:
+    """c: (T, B, C, *features) currents -> spikes delivered downstream."""
+    if noise.thermal > 0:
+        c = c + (noise.thermal * abs(op.v_th)) * torch.randn(
+            c.shape, generator=noise.generator, dtype=c.dtype)
+    p = LIFParams(chips.lam.get(op.name, op.lam), chips.v_th.get(op.name, op.v_th), op.reset)
+    q = chips.state_q.get(op.name)
+    if q is None:
+        s, _ = lif_sequence(c, p)
+    else:  # state held at finite precision between steps
+        state, out = initial_state(c[0]), []
+        for ct in c:
+            st, state = lif_step(ct, state, p)
+            state = LIFState(q(state.u), st)
+            out.append(st)
+        s = torch.stack(out)
+    if noise.spike_loss > 0:  # the neuron still resets; the event is lost on the way
+        s = s * (torch.rand(s.shape, generator=noise.generator) >= noise.spike_loss).to(s.dtype)
+    alive = chips.alive.get(op.name)
+    if alive is not None:
+        s = s * alive.to(s.dtype)
+    return s
+
+
+def _run_ops(ops: list, x: Tensor, nlead: int, T: int, chips: ChipParams, noise: RunNoise,
+             observer: Observer | None, record: bool) -> tuple[Tensor, int]:
+    for op in ops:
+        in_shape = tuple(x.shape[nlead:])
+        if isinstance(op, Synapse):
+            if observer is not None:
+                observer.synapse(op, x, nlead)
+            x = _apply_synapse(op, x, nlead, chips)
+        elif isinstance(op, Stateless):
+            x = _shared(op.module, x, nlead)
+        else:
+            if nlead == 2:  # static input reaches the first temporal op: direct encoding
+                x, nlead = x.unsqueeze(0).expand(T, *x.shape), 3
+            if isinstance(op, Neuron):
+                x = _apply_neuron(op, x, chips, noise)
+                if observer is not None:
+                    observer.neuron(op, x)
+            else:
+                a, _ = _run_ops(op.body, x, 3, T, chips, noise, observer, record)
+                b, _ = _run_ops(op.shortcut, x, 3, T, chips, noise, observer, record)
+                if record:
+                    op.out.in_shape = op.out.out_shape = tuple(a.shape[3:])
+                x = _apply_neuron(op.out, a + b, chips, noise)
+                if observer is not None:
+                    observer.neuron(op.out, x)
+        if record:
+            op.in_shape, op.out_shape = in_shape, tuple(x.shape[nlead:])
+    return x, nlead
+
+
+def run(net: LoweredNet, x: Tensor, chips: ChipParams | None = None, noise: RunNoise | None = None,
+        observer: Observer | None = None, record_shapes: bool = False) -> Tensor:
+    """Per-step readout currents ``(T, B, C, classes)`` of C chips on input ``x``.
+
+    ``x`` is static ``(B, *input_shape)`` (direct encoding, the same frame at
+    every step) or time-major ``(T, B, *input_shape)``.
+    """
+    chips = chips or ChipParams()
+    noise = noise or RunNoise()
+    C, T = chips.chips, net.timesteps
+    static = x.dim() == len(net.input_shape) + 1
+    nlead = 2 if static else 3
+    x = x.unsqueeze(nlead - 1).expand(*x.shape[:nlead - 1], C, *x.shape[nlead - 1:])
+    y, nlead = _run_ops(net.ops, x, nlead, T, chips, noise, observer, record_shapes)
+    if nlead == 2:  # a network without temporal layers
+        y = y.unsqueeze(0).expand(T, *y.shape)
+    return y

@@ -1,0 +1,201 @@
+"""Hardware non-idealities on the surrogate-free network (PSG Sec. 5.4 and more).
+
+Per simulated chip, drawn once and fixed over time:
+
+* device mismatch: every selected parameter ``psi`` (``weights``: synaptic
+  weights and biases after tdBN folding; ``thresholds``: V_th per neuron;
+  ``decays``: lam per neuron) becomes ``psi' = psi * (1 + xi * eps)``,
+  ``eps ~ N(0, 1)``, i.e. ``psi' ~ N(psi, (xi |psi|)^2)``. Decays are clipped
+  to [0, 1] afterwards (a leak cannot amplify); weights and thresholds are not.
+* dead neurons: a fraction ``dead`` of each layer's neurons never emits.
+* quantisation to a target's precision (``QuantSpec``): weights and biases to
+  ``weight_bits`` signed levels per layer (scale ``max|W| / (2^(b-1) - 1)``),
+  V_th to the same grid, lam to ``decay_bits`` fractional bits, and the
+  membrane potential held between steps on that grid, saturating at
+  ``state_bits``. Quantisation happens first (the programmed value), mismatch
+  after it (the realised value). This models precision, not any one chip's
+  rounding order: the Loihi exporter owns the bit-exact emulator.
+
+Per step, drawn afresh (``RunNoise`` in graph.py):
+
+* thermal noise: ``c[t] += sigma * |V_th| * N(0, 1)`` on every neuron's input
+  current (the std is relative to the layer's nominal threshold);
+* spike loss: each emitted spike is dropped with probability ``q`` on its way
+  to the next layer (the sender still resets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from .graph import ChipParams, LoweredNet, RunNoise, run
+
+MISMATCH_PARAMS = ("weights", "thresholds", "decays")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """Fixed-point precision of a target; ``None`` fields are left in float."""
+
+    name: str = "custom"
+    weight_bits: int | None = None
+    state_bits: int | None = None
+    decay_bits: int | None = None
+    source: str = ""
+
+
+# Bit widths from docs/targets.md (measured with lava-dl 0.6.0 / sinabs 3.1.3).
+QUANT_PRESETS: dict[str, QuantSpec] = {
+    "loihi": QuantSpec("loihi", weight_bits=8, state_bits=24, decay_bits=12,
+                       source="Loihi: 8-bit weights, 24-bit u/v, 12-bit decays (targets.md A.2)"),
+    "speck": QuantSpec("speck", weight_bits=8, state_bits=16, decay_bits=None,
+                       source="Speck: 8-bit weights, 16-bit state; IAF only (targets.md B.2)"),
+}
+
+
+def quant_spec(name_or_spec: str | QuantSpec | None, weight_bits: int | None = None,
+               state_bits: int | None = None) -> QuantSpec | None:
+    """A preset by name (``loihi``, ``speck``, ``none``), optionally with bits overridden."""
+    spec = name_or_spec
+    if isinstance(spec, str):
+        if spec == "none":
+            spec = None
+        elif spec not in QUANT_PRESETS:
+            raise ConfigError(f"unknown quantisation preset {spec!r}; use one of "
+                              f"{sorted(QUANT_PRESETS)} or 'none', or give --weight-bits/--state-bits")
+        else:
+            spec = QUANT_PRESETS[spec]
+    if weight_bits is not None or state_bits is not None:
+        base = spec or QuantSpec()
+        spec = QuantSpec(base.name, weight_bits or base.weight_bits, state_bits or base.state_bits,
+                         base.decay_bits, base.source)
+    for bits in (spec.weight_bits, spec.state_bits, spec.decay_bits) if spec else ():
+        if bits is not None and not 2 <= bits <= 32:
+            raise ConfigError(f"bit widths must be in [2, 32], got {bits}")
+    return spec
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """One noise condition. Levels are relative (``xi``, ``sigma``) or probabilities."""
+
+    mismatch: float = 0.0
+    mismatch_params: tuple[str, ...] = MISMATCH_PARAMS
+    thermal: float = 0.0
+    spike_loss: float = 0.0
+    dead: float = 0.0
+    quant: QuantSpec | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.mismatch_params) - set(MISMATCH_PARAMS)
+        if unknown:
+            raise ConfigError(f"unknown mismatch parameter(s) {sorted(unknown)}; choose from {MISMATCH_PARAMS}")
+        for key in ("mismatch", "thermal"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} level must be >= 0, got {getattr(self, key)}")
+        for key in ("spike_loss", "dead"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"{key} is a probability in [0, 1], got {getattr(self, key)}")
+
+
+def _jitter(x: Tensor, xi: float, chips: int, g: torch.Generator) -> Tensor:
+    """C samples of ``N(x, (xi |x|)^2)``, shape (C, *x.shape)."""
+    eps = torch.randn((chips, *x.shape), generator=g, dtype=x.dtype)
+    return x.unsqueeze(0) * (1.0 + xi * eps)
+
+
+def _quantiser(lsb: float, bits: int | None):
+    top = (2 ** (bits - 1) - 1) * lsb if bits else None
+
+    def q(u: Tensor) -> Tensor:
+        u = torch.round(u / lsb) * lsb
+        return u.clamp(-top, top) if top is not None else u
+
+    return q
+
+
+def sample_chips(net: LoweredNet, spec: NoiseSpec, chips: int, generator: torch.Generator) -> ChipParams:
+    """Draw ``chips`` chips' fixed parameters for one noise condition."""
+    out = ChipParams(chips=chips)
+    q = spec.quant
+    lsb: dict[str, float] = {}
+    xi = spec.mismatch
+    for op in net.synapses():
+        w, b = op.weight, op.bias
+        if q is not None and q.weight_bits:
+            # per-layer symmetric grid; biases share it (they add to the same accumulator)
+            scale = max(float(w.abs().max()), 1e-12) / (2 ** (q.weight_bits - 1) - 1)
+            lsb[op.name] = scale
+            w = torch.round(w / scale) * scale
+            b = torch.round(b / scale) * scale if b is not None else None
+        if xi > 0 and "weights" in spec.mismatch_params:
+            w = _jitter(w, xi, chips, generator)
+            b = _jitter(b, xi, chips, generator) if b is not None else None
+        elif w is not op.weight:  # quantised but identical on every chip
+            w = w.unsqueeze(0).expand(chips, *w.shape)
+            b = b.unsqueeze(0).expand(chips, *b.shape) if b is not None else None
+        else:
+            w = b = None
+        if w is not None:
+            out.weights[op.name] = (w, b)
+    for op in net.neurons():
+        shape = op.out_shape
+        lam = torch.full(shape, float(op.lam))
+        v_th = torch.full(shape, float(op.v_th))
+        step = lsb.get(op.source) if q is not None else None
+        if q is not None:
+            if step is not None:
+                v_th = torch.round(v_th / step) * step
+                if q.state_bits:
+                    out.state_q[op.name] = _quantiser(step, q.state_bits)
+            if q.decay_bits:
+                lam = torch.round(lam * 2 ** q.decay_bits) / 2 ** q.decay_bits
+        if xi > 0 and "decays" in spec.mismatch_params:
+            out.lam[op.name] = _jitter(lam, xi, chips, generator).clamp(0.0, 1.0)
+        elif q is not None and q.decay_bits:
+            out.lam[op.name] = lam.unsqueeze(0).expand(chips, *shape)
+        if xi > 0 and "thresholds" in spec.mismatch_params:
+            out.v_th[op.name] = _jitter(v_th, xi, chips, generator)
+        elif step is not None:
+            out.v_th[op.name] = v_th.unsqueeze(0).expand(chips, *shape)
+        if spec.dead > 0:
+            out.alive[op.name] = torch.rand((chips, *shape), generator=generator) >= spec.dead
+    return out
+
+
+@dataclass
+class ChipResult:
+    accuracy: list[float] = field(default_factory=list)   # one per chip
+
+    @property
+    def mean(self) -> float:
+        return float(torch.tensor(self.accuracy).mean())
+
+    @property
+    def std(self) -> float:
+        return float(torch.tensor(self.accuracy).std(unbiased=False))
+
+
+@torch.inference_mode()
+def simulate(net: LoweredNet, x: Tensor, y: Tensor, spec: NoiseSpec, chips: int = 10, seed: int = 0,
+             batch_size: int = 256, temporal: bool = False) -> ChipResult:
+    """Accuracy of ``chips`` sampled chips on (x, y) under one noise condition.
+
+    ``x`` is (N, *input_shape) static samples or (N, T, ...) event data
+    (``temporal``). Chip parameters come from ``seed``; per-step noise from
+    ``seed + 1``, so two conditions with the same seed share their chips.
+    """
+    g_chip = torch.Generator().manual_seed(seed)
+    params = sample_chips(net, spec, chips, g_chip)
+    noise = RunNoise(spec.thermal, spec.spike_loss, torch.Generator().manual_seed(seed + 1))
+    correct = torch.zeros(chips, dtype=torch.long)
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        xb = xb.transpose(0, 1) if temporal else xb
+        out = run(net, xb, params, noise).mean(0)              # (B, C, K)
+        correct += (out.argmax(-1) == y[i:i + batch_size, None]).sum(0)
+    return ChipResult((correct.double() / max(len(x), 1)).tolist())
