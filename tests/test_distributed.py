@@ -8,6 +8,7 @@ each rank ended with, and the tests compare: rank 0 vs rank 1 (bit-identical),
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -120,6 +121,10 @@ def _worker(rank: int, port: int, out: str) -> None:
         res[f"method/{name}"] = log
     # checkpoint written by 2 ranks, resumed by 1 process in the test
     trainer.train(build_config(mlp()), out_dir=Path(out) / "run", progress=False, data=data)
+    # robustness: the noise levels are spread over the ranks, every rank gets the report
+    from snn2hw.hwsim.robustness import robustness
+
+    res["robustness"] = robustness([str(Path(out) / "run")], progress=False, **robustness_args(out))
     # a method that lets ranks drift is stopped with a clear error
     METHODS["drift"] = _Drift
     try:
@@ -141,6 +146,11 @@ def _worker(rank: int, port: int, out: str) -> None:
     res["sweep"] = (result.rows, [str(f) for f in result.files])
     torch.save(res, Path(out) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
+
+
+def robustness_args(out) -> dict:
+    return dict(mismatch=[0.0, 0.1, 0.3], thermal=[0.2], chips=3, samples=60,
+                dataset=f"npz:{Path(out) / 'small.npz'}")
 
 
 def _job(i: int) -> tuple[int, int, bool]:
@@ -262,10 +272,10 @@ def test_jobs_are_sharded_round_robin_and_gathered_in_order(ranks):
     assert r0["jobs"] == r1["jobs"] == expected
 
 
-def test_resume_two_process_checkpoint_with_one_process(ranks):
+def test_resume_two_process_checkpoint_with_one_process(ranks, tmp_path):
     _, _, out = ranks
-    run = out / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "history.csv", "last.pt", "summary.json"]
+    assert sorted(p.name for p in (out / "run").iterdir()) == ["best.pt", "history.csv", "last.pt", "summary.json"]
+    run = shutil.copytree(out / "run", tmp_path / "run")  # other tests read the 2-rank run
     resumed = single(None, out_dir=run, resume=True, epochs=2)
     straight = single(mlp(epochs=2))
     assert [r["epoch"] for r in resumed.history] == [1, 2]
@@ -282,6 +292,16 @@ def test_sweep_shards_its_grid_over_ranks(ranks):
     for row in rows0:  # each grid point equals the same run trained alone
         ref = single(dict(SWEEP_OPTIONS, lr=float(row["lr"])))
         assert row["test_accuracy"] == pytest.approx(ref.summary["test_accuracy"], abs=1e-9)
+
+
+def test_robustness_levels_spread_over_ranks_equal_one_process(ranks):
+    r0, r1, out = ranks
+    from snn2hw.hwsim.robustness import robustness
+
+    ref = robustness([str(out / "run")], progress=False, **robustness_args(out))
+    for r in (r0, r1):
+        assert r["robustness"]["models"][0]["sweeps"] == ref["models"][0]["sweeps"]
+    assert [row["level"] for row in ref["models"][0]["sweeps"]["mismatch"]] == [0.0, 0.1, 0.3]
 
 
 @pytest.mark.slow  # two spawned interpreters import torch
