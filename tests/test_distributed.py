@@ -334,3 +334,26 @@ def test_cli_nproc_launches_torchrun_and_resumes_with_one_process(tmp_path):
     rows = (run / "history.csv").read_text().strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
 
+
+
+def test_nproc_relaunch_reproduces_the_command_line():
+    from snn2hw.api import merge_options
+    from snn2hw.cli import train as cli_train
+    from snn2hw.cli.main import build_parser
+
+    def config_of(argv):
+        args = build_parser().parse_args(argv)
+        opts = {f.lstrip("-").replace("-", "_"): getattr(args, f.lstrip("-").replace("-", "_"))
+                for f, _ in cli_train.FLAGS}
+        opts = {k: v for k, v in opts.items() if v is not None}
+        opts["arch"] = opts.pop("model", "mlp")
+        return args, merge_options(opts, args.config, cli_train._method_sets(args) + args.set)
+
+    argv = ["train", "--nproc", "2", "--method", "cpng", "--k-limit", "0.3", "--hidden", "16", "8",
+            "--sync-bn", "--lr", "0.01", "--set", "tdbn=true", "--out", "runs/x", "--no-progress"]
+    args, config = config_of(argv)
+    relaunched = cli_train._argv(args)
+    assert "--nproc" not in relaunched and relaunched[-1] == "--no-progress" and "runs/x" in relaunched
+    args2, config2 = config_of(relaunched)
+    assert config2.to_dict() == config.to_dict()
+    assert config.sync_bn and config.method_options == {"k_limit": 0.3} and config.model.hidden == (16, 8)

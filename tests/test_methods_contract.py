@@ -15,10 +15,19 @@ from snn2hw.train.checkpoint import load_checkpoint
 from snn2hw.train.config import build_config
 from snn2hw.train.methods import METHODS, make_method
 from snn2hw.train import trainer as trainer_mod
-from snn2hw.train.trainer import train
+from snn2hw.train.trainer import load_model, train
 
 # The history keys each method must write (prefix of ``<param>/<layer>``).
 RECORDED = {"sg": None, "cpng": "beta/", "psg": "gamma/", "asgl": "alpha/", "gsg": "beta/", "dspike": "b"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one thread avoids oversubscribing a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @lru_cache(maxsize=None)
@@ -117,3 +126,7 @@ def test_state_dict_round_trip_through_a_checkpoint(method, tmp_path):
     fresh = make_method(method, r.config.method_options)
     fresh.load_state_dict(saved)
     assert fresh.state_dict() == saved
+    # the checkpoint rebuilds the same network (learnable shape parameters included)
+    model, _ = load_model(tmp_path / "last.pt")
+    x = digits_subset().x_test[:32]
+    torch.testing.assert_close(model(x), r.model.eval()(x), rtol=0, atol=0)

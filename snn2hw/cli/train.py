@@ -11,10 +11,12 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
 from ..api import resume, train_from_options
+from ..train.methods import METHODS, option_flags
 
 # flag -> config key; values None are not passed, so the config file or the defaults apply
 FLAGS: list[tuple[str, dict]] = [
@@ -27,11 +29,12 @@ FLAGS: list[tuple[str, dict]] = [
     ("--weight-decay", dict(type=float)),
     ("--surrogate", dict(help="surrogate shape: triangle, rectangular, arctan, sigmoid, dspike")),
     ("--surrogate-param", dict(type=float, help="its shape parameter (default: the shape's)")),
-    ("--method", dict(help="training method (default sg: fixed surrogate)")),
+    ("--method", dict(help=f"training method: {', '.join(METHODS)} (default sg: fixed surrogate)")),
     ("--loss", dict(choices=["ce", "tet"], help="ce on the mean output, or TET")),
     ("--lam", dict(type=float, help="membrane leak lambda, 1 = IAF (default 0.5)")),
     ("--v-th", dict(type=float, help="threshold (default 1.0)")),
     ("--reset", dict(choices=["hard", "soft"])),
+    ("--carrier", dict(choices=["spike", "current"], help="between layers: spikes, or currents (ISNM: BN/pooling on currents)")),
     ("--hidden", dict(type=int, nargs="+", help="MLP hidden widths (default 256)")),
     ("--channels", dict(type=int, nargs="+", help="conv channels per block (default 16 32)")),
     ("--pool", dict(choices=["avg", "max", "sum", "none"])),
@@ -44,6 +47,10 @@ FLAGS: list[tuple[str, dict]] = [
 def add_arguments(p: argparse.ArgumentParser) -> None:
     for flag, kw in FLAGS:
         p.add_argument(flag, default=None, **kw)
+    group = p.add_argument_group("method options (generated from each method's fields; "
+                                 "same as --set method_options.NAME=VALUE)")
+    for name, (flag, kw) in option_flags().items():
+        group.add_argument(flag, dest=f"method_option__{name}", default=None, **kw)
     p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set tdbn=false --set method_options.k_limit=0.3")
@@ -53,6 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train data-parallel in N processes on this machine (launches torchrun; "
                         "--batch-size stays the global batch)")
+
+
+def _method_sets(args: argparse.Namespace) -> list[str]:
+    """Method flags as method_options overrides (an explicit --set still wins)."""
+    return [f"method_options.{name}={json.dumps(getattr(args, f'method_option__{name}'))}"
+            for name in option_flags() if getattr(args, f"method_option__{name}") is not None]
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
@@ -66,7 +79,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
             argv.append(flag)
         else:
             argv += [flag, *map(str, value if isinstance(value, list) else [value])]
-    for item in args.set:
+    for item in _method_sets(args) + args.set:
         argv += ["--set", item]
     return argv + (["--no-progress"] if args.no_progress else [])
 
@@ -84,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         result = resume(args.resume, epochs=options.get("epochs"), progress=not args.no_progress)
     else:
-        result = train_from_options(options, config_file=args.config, overrides=args.set,
+        result = train_from_options(options, config_file=args.config,
+                                    overrides=_method_sets(args) + args.set,
                                     out=args.out, progress=not args.no_progress)
     s = result.summary
     if int(os.environ.get("RANK", "0")) != 0:

@@ -1,12 +1,21 @@
-"""Registry of training methods: one module each, one line here."""
+"""Registry of training methods: one module each, one line here.
+
+A method's options are the fields of its dataclass; ``option_flags`` turns them
+into command-line flags (a field's ``metadata`` may give ``help``, ``choices``
+and a ``flag`` name), so a new method needs no CLI edit.
+"""
 
 from __future__ import annotations
 
-from dataclasses import fields
+import argparse
+from dataclasses import MISSING, fields
 
 from ...errors import ConfigError
+from .asgl import ASGL
 from .base import MethodContext, TrainingMethod
 from .cpng import CPNG
+from .dspike import DspikeMethod
+from .gsg import GSG
 from .psg import PSG
 from .sg import FixedSurrogate
 
@@ -14,6 +23,9 @@ METHODS: dict[str, type] = {
     FixedSurrogate.name: FixedSurrogate,
     CPNG.name: CPNG,
     PSG.name: PSG,
+    ASGL.name: ASGL,
+    GSG.name: GSG,
+    DspikeMethod.name: DspikeMethod,
 }
 
 
@@ -28,7 +40,43 @@ def make_method(name: str, options: dict | None = None) -> TrainingMethod:
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"method {name!r} has no option(s) {unknown}; it takes {sorted(known)}")
-    return cls(**options)
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise ConfigError(f"method {name!r}: bad option value ({exc})") from None
 
 
-__all__ = ["METHODS", "MethodContext", "TrainingMethod", "make_method"]
+def option_flags() -> dict[str, tuple[str, dict]]:
+    """``option name -> (flag, argparse kwargs)`` over every registered method's fields.
+
+    The flag is ``--<name with dashes>`` unless the field's metadata names one;
+    booleans get ``--x/--no-x``, tuples take a list of ints. Methods sharing an
+    option name share its flag (their types must agree).
+    """
+    out: dict[str, tuple[str, dict]] = {}
+    for method, cls in METHODS.items():
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+            help_text = f"{f.metadata.get('help', method + ': ' + f.name)} [{method}]"
+            if isinstance(default, bool):
+                kw: dict = dict(action=argparse.BooleanOptionalAction)
+            elif isinstance(default, tuple):
+                kw = dict(type=int, nargs="*")
+            else:
+                kw = dict(type=type(default))
+            if "choices" in f.metadata:
+                kw["choices"] = list(f.metadata["choices"])
+            elif not isinstance(default, bool):
+                kw["metavar"] = {int: "N", float: "X", str: "S"}.get(kw["type"], "V")
+            if f.name in out:
+                old_flag, old = out[f.name]
+                if old_flag != flag or old.get("type") != kw.get("type"):
+                    raise TypeError(f"method option {f.name!r} differs between methods ({old_flag} vs {flag})")
+                old["help"] += "; " + help_text
+            else:
+                out[f.name] = (flag, dict(kw, help=help_text))
+    return out
+
+
+__all__ = ["METHODS", "MethodContext", "TrainingMethod", "make_method", "option_flags"]

@@ -1,0 +1,162 @@
+"""Dspike: the shape's limits (Lemma 4.1), the batched FDG, the choice of b, and TIT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from snn2hw.core.surrogate import Dspike
+from snn2hw.models.config import ModelConfig
+from snn2hw.models.network import build_model
+from snn2hw.train.checkpoint import load_checkpoint
+from snn2hw.train.methods import make_method
+from snn2hw.train.methods.base import MethodContext
+from snn2hw.train.methods.dspike import coordinate_subset, finite_difference_grad, first_weight_name
+from snn2hw.train.trainer import make_loss
+
+from test_methods_contract import _one_thread, digits, run  # noqa: F401
+
+
+def test_lemma_4_1_identity_for_small_b_and_step_for_large_b():
+    x = torch.linspace(-0.5, 0.5, 101, dtype=torch.float64)
+    shape = Dspike()
+    small = torch.tensor(1e-4, dtype=torch.float64)
+    torch.testing.assert_close(shape.primitive(x, small), x + 0.5, atol=1e-8, rtol=0)  # identity (recentred)
+    torch.testing.assert_close(shape.grad(x, small), torch.ones_like(x), atol=1e-8, rtol=0)
+    big = torch.tensor(400.0, dtype=torch.float64)
+    away = x.abs() > 0.02
+    torch.testing.assert_close(shape.primitive(x, big)[away], (x[away] > 0).double(), atol=1e-6, rtol=0)
+    assert float(shape.grad(x, big)[away].abs().max()) < 1e-4
+    # the derivative still integrates to 1 over the window, for any b
+    fine = torch.linspace(-0.5, 0.5, 200001, dtype=torch.float64)
+    for b in (0.1, 1.0, 5.0, 40.0):
+        g = shape.grad(fine, torch.tensor(b, dtype=torch.float64))
+        assert float(torch.trapezoid(g, fine)) == pytest.approx(1.0, abs=1e-6)
+
+
+class _ANN(nn.Module):
+    """A smooth model with the network interface: per-step outputs (1, B, K)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(12, 20), nn.Linear(20, 5)
+
+    def forward_sequence(self, x):
+        return self.fc2(torch.tanh(self.fc1(x))).unsqueeze(0)
+
+
+def test_fdg_equals_the_analytic_gradient_of_a_smooth_model():
+    torch.manual_seed(0)
+    net = _ANN().double()
+    x, y = torch.randn(32, 12, dtype=torch.float64), torch.randint(0, 5, (32,))
+    loss_fn = make_loss("ce")
+    coords = torch.arange(net.fc1.weight.numel())
+    fdg = finite_difference_grad(net, "fc1.weight", x, y, loss_fn, coords, eps=0.1, chunk_size=50)
+    (g,) = torch.autograd.grad(loss_fn(net.forward_sequence(x), y), [net.fc1.weight])
+    cos = torch.nn.functional.cosine_similarity(fdg, g.flatten(), dim=0)
+    assert float(cos) > 0.99
+    fine = finite_difference_grad(net, "fc1.weight", x, y, loss_fn, coords, eps=1e-4)
+    torch.testing.assert_close(fine, g.flatten(), rtol=1e-5, atol=1e-8)
+
+
+def _looped_fdg(model, weight, x, y, loss_fn, coords, eps):
+    """One perturbed forward at a time: the reference for the batched version."""
+    w = dict(model.named_parameters())[weight]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    out = []
+    with torch.no_grad():
+        for i in coords.tolist():
+            losses = []
+            for sign in (1.0, -1.0):
+                model.load_state_dict(state)
+                w.view(-1)[i] += sign * eps
+                losses.append(float(loss_fn(model.forward_sequence(x), y)))
+            out.append((losses[0] - losses[1]) / (2 * eps))
+    model.load_state_dict(state)
+    return torch.tensor(out)
+
+
+def test_batched_fdg_equals_one_pass_at_a_time_on_a_spiking_conv_net_with_bn():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="conv", input_shape=(1, 8, 8), channels=(4, 8), timesteps=3))
+    make_method("dspike").setup(model)
+    model.train()
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    loss_fn = make_loss("tet")
+    coords = torch.arange(model.layers[0].weight.numel())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batched = finite_difference_grad(model, first_weight_name(model), x, y, loss_fn, coords, 0.1, chunk_size=7)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed by the FDG"
+    ref = _looped_fdg(model, first_weight_name(model), x, y, loss_fn, coords, 0.1)
+    torch.testing.assert_close(batched, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_chosen_b_is_the_argmax_of_cosine_similarity():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden=(64,), timesteps=3))
+    method = make_method("dspike", {"b_init": 1.0, "fdg_max_coords": 100})
+    method.setup(model)
+    x, y = digits().x_train[:64].flatten(1), digits().y_train[:64]
+    loss_fn = make_loss("ce")
+    row = method.on_epoch_start(MethodContext(model, 0, 5, x, y, loss_fn))
+    assert all(float(m.shape_param) == pytest.approx(row["b"]) for m in model.modules() if hasattr(m, "shape_param"))
+    # an independent computation of the three cosine similarities
+    coords = coordinate_subset(64 * 64, 100)
+    fdg = _looped_fdg(model, "layers.1.weight", x, y, loss_fn, coords, 0.1)
+    sims = {}
+    for label, b in (("-db", 0.8), ("", 1.0), ("+db", 1.2)):
+        for m in model.modules():
+            if hasattr(m, "shape_param"):
+                m.shape_param.fill_(b)
+        (g,) = torch.autograd.grad(loss_fn(model.forward_sequence(x), y), [model.layers[1].weight])
+        sims[b] = float(torch.nn.functional.cosine_similarity(g.flatten()[coords].double(), fdg.double(), dim=0))
+        assert row[f"cos/b{label}"] == pytest.approx(sims[b], abs=1e-4)
+    assert row["b"] == max(sims, key=sims.get)
+    assert row["fdg_coords"] == 100 and row["fdg_weights"] == 64 * 64
+
+
+def test_large_first_layer_uses_a_fixed_subset_and_records_it():
+    r = run("dspike", epochs=2, hidden=[64])
+    for row in r.history:
+        assert row["fdg_coords"] == 576 and row["fdg_weights"] == 64 * 64
+    assert torch.equal(coordinate_subset(4096, 576), coordinate_subset(4096, 576))
+    assert len(torch.unique(coordinate_subset(4096, 576))) == 576
+    b = [1.0] + [row["b"] for row in r.history]
+    for prev, new in zip(b, b[1:]):
+        assert min(abs(new - (prev + d)) for d in (-0.2, 0.0, 0.2)) < 1e-9
+
+
+def test_state_dict_round_trip():
+    m = make_method("dspike")
+    m.b = 1.6
+    n = make_method("dspike")
+    n.load_state_dict(m.state_dict())
+    assert n.b == 1.6
+
+
+def test_tit_fine_tunes_a_lower_T_run_from_a_higher_T_checkpoint(tmp_path):
+    high = run("dspike", data=digits(), out=tmp_path / "t4", epochs=4, batch_size=64, timesteps=4,
+               method_options={"fdg_max_coords": 64})
+    ckpt = load_checkpoint(tmp_path / "t4" / "last.pt")
+    # lr = 0: the low-T run keeps the inherited weights exactly
+    same = run("dspike", data=digits(), epochs=1, timesteps=2, lr=0.0, init_from=str(tmp_path / "t4" / "last.pt"),
+               method_options={"fdg_max_coords": 64})
+    assert same.model.timesteps == 2
+    for k, v in same.model.state_dict().items():
+        if not k.endswith("shape_param"):
+            torch.testing.assert_close(v, ckpt["model_state"][k], rtol=0, atol=0)
+    tuned = run("dspike", data=digits(), epochs=2, batch_size=64, timesteps=2, init_from=str(tmp_path / "t4" / "last.pt"),
+                method_options={"fdg_max_coords": 64})
+    fresh = run("dspike", data=digits(), epochs=2, batch_size=64, timesteps=2, method_options={"fdg_max_coords": 64})
+    assert high.summary["test_accuracy"] > 0.85
+    assert tuned.summary["test_accuracy"] > 0.85
+    # the inherited weights start far ahead of a fresh low-T run with the same budget
+    assert tuned.history[0]["test_accuracy"] > fresh.history[0]["test_accuracy"] + 0.05
+
+
+@pytest.mark.slow
+def test_trains_digits_mlp_above_90_percent():
+    r = run("dspike", data=digits(), epochs=8, batch_size=64, timesteps=4)
+    assert r.summary["test_accuracy"] > 0.90
