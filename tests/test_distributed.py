@@ -108,6 +108,13 @@ def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
     data, res = small_digits(), {}
+    # RNG: own stream per rank during the batches (ASGL masks), common stream around them
+    par, net = ddp.DataParallel(seed=0), torch.nn.Linear(2, 2)
+    torch.manual_seed(5)
+    par.begin_batches(net, epoch=0)
+    during = torch.rand(3)
+    par.end_batches(net, 0.0, 0, 0)
+    res["rng"] = (during, torch.rand(3))
     for name, cfg in SCENARIOS.items():
         res[name] = trainer.train(build_config(cfg), progress=False, data=data).model.state_dict()
     original = trainer.make_method
@@ -257,6 +264,14 @@ def numeric_leaves(state, prefix: str = "") -> dict[str, torch.Tensor]:
     if isinstance(state, (int, float, torch.Tensor)):
         return {prefix: torch.as_tensor(state, dtype=torch.float64)}
     return {}
+
+
+def test_batches_draw_per_rank_streams_hooks_the_common_one(ranks):
+    r0, r1, _ = ranks
+    assert not torch.equal(r0["rng"][0], r1["rng"][0])  # ASGL masks differ per rank
+    torch.manual_seed(5)
+    common = torch.rand(3)
+    assert torch.equal(r0["rng"][1], common) and torch.equal(r1["rng"][1], common)
 
 
 def test_drifting_method_is_reported(ranks):
