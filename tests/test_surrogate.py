@@ -35,9 +35,11 @@ def test_values_match_formula(name, p):
     assert np.allclose(got.numpy(), want, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", sorted(SURROGATES))
+@pytest.mark.parametrize("name", sorted(FORMULAS))
 @pytest.mark.parametrize("p", PARAMS)
 def test_integrates_to_one(name, p):
+    # the fixed surrogates integrate to 1; the methods' own shapes (PSG rescaled to
+    # peak 1, GSG's a * tanh') do not by design and are pinned in their method tests
     shape = make_surrogate(name, p)
     f = lambda x: float(shape.grad(torch.tensor(x, dtype=torch.float64), torch.tensor(p, dtype=torch.float64)))
     # integrate piecewise around the kinks of the compact shapes
@@ -56,7 +58,8 @@ def test_grad_and_grad_param_equal_autograd_of_primitive(name):
     gx, gp = torch.autograd.grad(prim.sum(), (x, p), create_graph=False)
     assert torch.allclose(shape.grad(x.detach(), p.detach()), gx, atol=1e-10)
     # d primitive / d p summed over x equals the summed pointwise grad_param
-    assert torch.allclose(shape.grad_param(x.detach(), p.detach()).sum(), gp, atol=1e-9)
+    if getattr(shape, "grad_param_from_primitive", True):
+        assert torch.allclose(shape.grad_param(x.detach(), p.detach()).sum(), gp, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", sorted(SURROGATES))

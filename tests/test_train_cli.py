@@ -123,6 +123,7 @@ def test_wrong_shape_data_file_is_a_clear_error_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_rejects_arbitrary_pickles(tmp_path):
     import pickle
 

@@ -15,6 +15,7 @@ VERBS = {
     "env": "env",
     "report": "report",
     "sweep": "sweep",
+    "export": "export",
     "robustness": "robustness",
     "energy": "energy",
 }

@@ -6,6 +6,7 @@ Examples:
   snn2hw train --config run.yaml --lr 1e-3
   snn2hw train --resume runs/digits
   snn2hw train --nproc 2 --model conv --sync-bn --out runs/ddp   (torchrun, docs/distributed.md)
+  snn2hw train --init-from runs/digits --qat loihi --epochs 5 --lr 5e-4 --out runs/digits-qat
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from ..api import resume, train_from_options
 from ..train.methods import METHODS, option_flags
+from ..train.qat import fine_tune_defaults
 
 # flag -> config key; values None are not passed, so the config file or the defaults apply
 FLAGS: list[tuple[str, dict]] = [
@@ -41,6 +43,8 @@ FLAGS: list[tuple[str, dict]] = [
     ("--seed", dict(type=int)),
     ("--init-from", dict(help="start from this checkpoint's weights (TIT: T may differ)")),
     ("--sync-bn", dict(action="store_true", help="several processes: tdBN statistics over the global batch")),
+    ("--qat", dict(help="quantisation-aware fine-tuning on a target's grid (loihi); with --init-from "
+                        "CKPT and no --config, the checkpoint's settings are the defaults")),
 ]
 
 
@@ -97,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         result = resume(args.resume, epochs=options.get("epochs"), progress=not args.no_progress)
     else:
+        if options.get("qat") and options.get("init_from") and not args.config:
+            options = {**fine_tune_defaults(options["init_from"]), **options}
         result = train_from_options(options, config_file=args.config,
                                     overrides=_method_sets(args) + args.set,
                                     out=args.out, progress=not args.no_progress)

@@ -262,6 +262,9 @@ class PsgSoftplus:
     dgamma: str = "analytic"
     name: ClassVar[str] = "psg_softplus"
     param_name: ClassVar[str] = "gamma"
+    # PSG rescales do/du and do/dgamma separately (peak 1, clipped), so
+    # grad_param is not d(primitive)/dgamma; tests pin it to the paper's formula.
+    grad_param_from_primitive: ClassVar[bool] = False
 
     def grad(self, x: Tensor, p: Tensor) -> Tensor:
         return torch.sigmoid(p * x)

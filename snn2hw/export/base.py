@@ -29,6 +29,7 @@ class Samples:
     y: Tensor
     timesteps: int
     temporal: bool = False
+    reference: Any = None  # export.reference.Reference: the float model's spikes and readout
 
 
 @dataclass

@@ -28,6 +28,7 @@ class RunConfig:
     loss: str = "ce"              # ce (on the mean output) | tet (mean over t of per-step CE)
     seed: int = 0
     init_from: str | None = None  # checkpoint to start from (TIT: another T is allowed)
+    qat: str | None = None        # fine-tune on this target's integer grid (train/qat.py GRIDS)
     eval_batch_size: int = 512
     sync_bn: bool = False         # torchrun: tdBN statistics over the global batch (all ranks)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -30,6 +30,7 @@ from .config import RunConfig
 from .ddp import DataParallel
 from .methods import MethodContext, make_method
 from .optim import Adam, CosineSchedule
+from .qat import attach_qat
 
 
 def seed_everything(seed: int) -> None:
@@ -133,6 +134,7 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
     method.setup(model)
     if config.init_from and ckpt is None:
         _load_init(model, config.init_from)
+    qat = attach_qat(model, config.qat)  # forward on the target's integer grid (STE); no-op if None
     optimizer = Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineSchedule(optimizer, config.epochs)
     loss_fn = make_loss(config.loss)
@@ -231,6 +233,7 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
         if bar is not None:
             bar.close()
         par.release_rng()
+    qat.detach()  # the returned model and the checkpoints hold the latent float weights
 
     final = history[-1] if history else {}
     summary = {

@@ -1,0 +1,376 @@
+"""NIR graph -> a torch SpikingNetwork (surrogate-free, eval mode).
+
+Reads our own graphs exactly (node metadata restores lam, V_th and the reset),
+and feed-forward graphs written by other frameworks with NIR 1.0.4 semantics:
+
+* ``LIF``: tau v' = (v_leak - v) + r I, Euler step dt:
+  ``v <- (1 - dt/tau) v + (dt/tau)(r I + v_leak)``, i.e. lam = 1 - dt/tau and the
+  current ``c = (dt r/tau) I + (dt/tau) v_leak`` (a ``Gain`` layer when not 1, 0).
+* ``IF``: per step ``v <- v + r I`` (how NIR consumers read it; no dt).
+* spike ``v > v_threshold``; reset by subtraction unless the metadata says
+  ``reset: zero``. dt comes from the metadata, else 1e-4 with a warning.
+* Affine, Linear, Scale, Conv1d, Conv2d, SumPool2d, AvgPool2d, Flatten (batch
+  excluded from start_dim/end_dim), Input, Output; chains, and residual blocks (two
+  chains from one node summed by a neuron node) as ``core.layers.ResidualBlock``.
+
+The neuron update is ``snn2hw.core.neuron`` (through ``core.layers.LIF``) with the
+exact Heaviside step. The readout is the mean over T of the last node's output.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any, Callable
+
+import nir
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.layers import LIF, Pool, ResidualBlock
+from ..core.surrogate import heaviside
+from ..errors import ExportError
+from ..models.config import ModelConfig
+from ..models.network import SpikingNetwork, record_spikes
+from .to_nir import DT
+
+RESETS = {"zero": "hard", "subtract": "soft"}
+
+
+class Gain(nn.Module):
+    """Per-neuron ``y = g * x + b`` (NIR ``Scale``; LIF input gain and v_leak drive)."""
+
+    def __init__(self, g: np.ndarray, b: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("g", torch.as_tensor(np.asarray(g), dtype=torch.float32))
+        self.register_buffer("b", torch.as_tensor(np.asarray(b), dtype=torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.g + self.b
+
+
+class Pool2d(nn.Module):
+    """Sum or average pooling with any kernel, stride and zero padding (NIR pooling nodes)."""
+
+    def __init__(self, mode: str, kernel: tuple[int, int], stride: tuple[int, int],
+                 padding: tuple[int, int]) -> None:
+        super().__init__()
+        self.mode, self.kernel, self.stride, self.padding = mode, kernel, stride, padding
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.avg_pool2d(x, self.kernel, self.stride, self.padding, count_include_pad=True)
+        return y * (self.kernel[0] * self.kernel[1]) if self.mode == "sum" else y
+
+
+class NIRNetwork(SpikingNetwork):
+    """A SpikingNetwork rebuilt from NIR; ``node_names`` maps module paths of its
+    neuron layers to the NIR node names, ``metadata`` is the graph's."""
+
+    def __init__(self, config: ModelConfig, layers: list[nn.Module], node_names: dict[str, str],
+                 metadata: dict[str, Any]) -> None:
+        super().__init__(config, layers)
+        self.node_names = node_names
+        self.metadata = metadata
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    a = np.atleast_1d(np.asarray(v)).astype(int).tolist()
+    return (a[0], a[0]) if len(a) == 1 else (a[0], a[1])
+
+
+def _padding(v: Any, dims: int) -> Any:
+    if isinstance(v, (str, bytes)):
+        return v.decode() if isinstance(v, bytes) else v
+    a = np.atleast_1d(np.asarray(v)).astype(int).tolist()
+    return a[0] if dims == 1 else (_pair(a))
+
+
+def _scalar_or_tensor(a: np.ndarray) -> float | Tensor:
+    a = np.asarray(a, dtype=np.float64)
+    if a.size and np.all(a == a.flat[0]):
+        return float(a.flat[0])
+    return torch.as_tensor(a, dtype=torch.float32)
+
+
+class _Ctx:
+    def __init__(self, dt: float, reset: str) -> None:
+        self.dt, self.reset = dt, reset
+
+
+def _affine(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
+    w = np.asarray(node.weight, dtype=np.float32)
+    bias = getattr(node, "bias", None)
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        lin.weight.copy_(torch.as_tensor(w))
+        if bias is not None:
+            lin.bias.copy_(torch.as_tensor(np.asarray(bias, dtype=np.float32)).reshape(-1))
+    return [lin]
+
+
+def _conv(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
+    w = np.asarray(node.weight, dtype=np.float32)
+    dims = w.ndim - 2
+    cls = nn.Conv1d if dims == 1 else nn.Conv2d
+    one = (lambda v: int(np.atleast_1d(v)[0])) if dims == 1 else _pair
+    conv = cls(w.shape[1] * int(node.groups), w.shape[0], w.shape[2:], stride=one(node.stride),
+               padding=_padding(node.padding, dims), dilation=one(node.dilation),
+               groups=int(node.groups), bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(torch.as_tensor(w))
+        conv.bias.copy_(torch.as_tensor(np.asarray(node.bias, dtype=np.float32)).reshape(-1))
+    return [conv]
+
+
+def _pool(mode: str) -> Callable[[Any, str, _Ctx], list[nn.Module]]:
+    def convert(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
+        k, s, p = _pair(node.kernel_size), _pair(node.stride), _pair(node.padding)
+        if k[0] == k[1] and k == s and p == (0, 0):
+            return [Pool(mode, k[0], 2)]  # the layer our models train with
+        return [Pool2d(mode, k, s, p)]
+    return convert
+
+
+def _flatten(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
+    start, end = int(node.start_dim), int(node.end_dim)
+    return [nn.Flatten(start + 1 if start >= 0 else start, end + 1 if end >= 0 else end)]
+
+
+def _scale(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
+    return [Gain(node.scale, np.zeros_like(np.asarray(node.scale)))]
+
+
+def _neuron(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
+    meta = dict(getattr(node, "metadata", {}) or {})
+    reset = RESETS.get(str(meta.get("reset", "")), ctx.reset)
+    v_th = _scalar_or_tensor(node.v_threshold)
+    layers: list[nn.Module] = []
+    if "lam" in meta:  # written by snn2hw: the exact floats, input gain 1
+        lam: float | Tensor = float(meta["lam"])
+        v_th = float(meta.get("v_th", v_th))
+    elif isinstance(node, nir.IF):
+        lam, g, b = 1.0, np.asarray(node.r, dtype=np.float64), 0.0
+    else:
+        tau = np.asarray(node.tau, dtype=np.float64)
+        if np.any(tau < ctx.dt):
+            raise ExportError(f"{where(name)} (LIF): tau {tau.min():g} < dt {ctx.dt:g}, so the Euler "
+                              "step is unstable; give the graph metadata {'dt': ...} in the writer's unit")
+        lam = _scalar_or_tensor(1.0 - ctx.dt / tau)
+        g = ctx.dt * np.asarray(node.r, dtype=np.float64) / tau
+        b = ctx.dt / tau * np.asarray(node.v_leak, dtype=np.float64)
+    if "lam" not in meta and not (np.allclose(g, 1.0, rtol=1e-6, atol=0) and np.all(np.asarray(b) == 0)):
+        shape = np.asarray(node.v_threshold).shape
+        layers.append(Gain(np.broadcast_to(g, shape).copy(), np.broadcast_to(b, shape).copy()))
+    lif = LIF(1.0, 1.0, reset)
+    lif.lam, lif.v_th = lam, v_th  # floats or per-neuron tensors (LIFParams broadcasts)
+    lif.spike_strategy = heaviside  # surrogate-free: the exact strict step
+    return layers + [lif]
+
+
+def _unsupported(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
+    raise ExportError(f"{where(name)} is a {type(node).__name__}, which snn2hw cannot run: "
+                      "supported are LIF, IF, Affine, Linear, Scale, Conv1d, Conv2d, SumPool2d, "
+                      "AvgPool2d, Flatten")
+
+
+# NIR node type -> converter (node, name, ctx) -> torch layers; one line per type.
+CONVERTERS: dict[type, Callable[[Any, str, _Ctx], list[nn.Module]]] = {
+    nir.Affine: _affine,
+    nir.Linear: _affine,
+    nir.Conv1d: _conv,
+    nir.Conv2d: _conv,
+    nir.SumPool2d: _pool("sum"),
+    nir.AvgPool2d: _pool("avg"),
+    nir.Flatten: _flatten,
+    nir.Scale: _scale,
+    nir.LIF: _neuron,
+    nir.IF: _neuron,
+}
+
+
+def where(name: str) -> str:
+    """'layer 3 (NIR node 'layers.3.out')' for our node names, else the node name."""
+    m = re.match(r"layers\.(\d+)", name)
+    return f"layer {m.group(1)} (NIR node {name!r})" if m else f"NIR node {name!r}"
+
+
+def chain_order(graph: nir.NIRGraph) -> list[str]:
+    """Node names from Input to Output; ExportError if the graph is not a chain."""
+    succ: dict[str, list[str]] = {}
+    preds: dict[str, int] = {}
+    for a, b in graph.edges:
+        succ.setdefault(a, []).append(b)
+        preds[b] = preds.get(b, 0) + 1
+    for n, k in preds.items():
+        if k > 1:
+            raise ExportError(f"{where(n)} sums {k} inputs (a residual or branching graph); this "
+                              "target runs feed-forward chains only: use an architecture without skip "
+                              "connections (--model mlp or conv)")
+    for n, s in succ.items():
+        if len(s) > 1:
+            raise ExportError(f"{where(n)} feeds {len(s)} nodes (a branching graph); this target "
+                              "runs feed-forward chains only")
+    starts = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    if len(starts) != 1:
+        raise ExportError(f"the NIR graph has {len(starts)} Input nodes; snn2hw needs exactly one")
+    order, cur = [starts[0]], starts[0]
+    while cur in succ:
+        cur = succ[cur][0]
+        if cur in order:
+            raise ExportError(f"the NIR graph has a cycle through node {cur!r} (recurrence is not supported)")
+        order.append(cur)
+    if not isinstance(graph.nodes[order[-1]], nir.Output):
+        raise ExportError(f"the NIR chain ends at {order[-1]!r}, not at an Output node")
+    if len(order) != len(graph.nodes):
+        missing = sorted(set(graph.nodes) - set(order))
+        raise ExportError(f"NIR nodes {missing[:4]} are not on the Input -> Output chain")
+    return order
+
+
+def graph_plan(graph: nir.NIRGraph) -> list:
+    """The graph as steps from Input to Output: a node name, or a residual block
+    ``(branch_a, branch_b, merge)`` where two chains from one node meet in ``merge``
+    (a neuron node, which sums them; a branch may be empty: identity shortcut).
+    ExportError for anything else (nested branches, cycles, several inputs)."""
+    succ: dict[str, list[str]] = {}
+    preds: dict[str, list[str]] = {}
+    for a, b in graph.edges:
+        succ.setdefault(a, []).append(b)
+        preds.setdefault(b, []).append(a)
+    starts = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    if len(starts) != 1:
+        raise ExportError(f"the NIR graph has {len(starts)} Input nodes; snn2hw needs exactly one")
+
+    def branch(first: str, origin: str) -> tuple[list[str], str]:
+        names, cur = [], first
+        while len(preds.get(cur, [])) < 2:
+            if len(succ.get(cur, [])) != 1:
+                raise ExportError(f"{where(cur)} inside a branch from {origin!r} does not lead to a single "
+                                  "merge node; only residual blocks (two chains meeting in a neuron) are rebuilt")
+            names.append(cur)
+            cur = succ[cur][0]
+        return names, cur
+
+    steps: list = []
+    seen: set[str] = set()
+    cur = starts[0]
+    steps.append(cur)
+    while succ.get(cur):
+        nxt = succ[cur]
+        if len(nxt) == 1 and len(preds.get(nxt[0], [])) == 1:
+            cur = nxt[0]
+            step: object = cur
+        elif len(nxt) == 2:  # a residual block: two chains (one may be empty) meeting in one node
+            (a, merge), (b, merge_b) = branch(nxt[0], cur), branch(nxt[1], cur)
+            if merge != merge_b or len(preds[merge]) != 2:
+                raise ExportError(f"the branches from {where(cur)} do not meet in one node with 2 inputs; "
+                                  "only residual blocks are rebuilt")
+            if not isinstance(graph.nodes[merge], (nir.LIF, nir.IF)):
+                raise ExportError(f"{where(merge)} sums 2 inputs but is a {type(graph.nodes[merge]).__name__}; "
+                                  "a residual block must end in a LIF/IF neuron")
+            step, cur = (a, b, merge), merge
+        elif len(nxt) == 1:
+            raise ExportError(f"{where(nxt[0])} sums {len(preds[nxt[0]])} inputs that do not form a residual "
+                              "block with its input; snn2hw rebuilds chains and residual blocks only")
+        else:
+            raise ExportError(f"{where(cur)} feeds {len(nxt)} nodes; snn2hw rebuilds chains and residual blocks only")
+        if cur in seen:
+            raise ExportError(f"the NIR graph has a cycle through node {cur!r} (recurrence is not supported)")
+        seen.add(cur)
+        steps.append(step)
+    if not isinstance(graph.nodes[cur], nir.Output):
+        raise ExportError(f"the NIR graph ends at {cur!r}, not at an Output node")
+    covered = {n for st in steps for n in ([st] if isinstance(st, str) else st[0] + st[1] + [st[2]])}
+    if covered != set(graph.nodes):
+        raise ExportError(f"NIR nodes {sorted(set(graph.nodes) - covered)[:4]} are not on the Input -> Output path")
+    return steps
+
+
+def _convert(graph: nir.NIRGraph, name: str, ctx: _Ctx, names: dict[int, str]) -> list[nn.Module]:
+    node = graph.nodes[name]
+    if isinstance(node, (nir.Input, nir.Output)):
+        return []
+    if isinstance(node, nir.NIRGraph):
+        raise ExportError(f"{where(name)} is a nested graph; flatten it before importing")
+    modules = CONVERTERS.get(type(node), _unsupported)(node, name, ctx)
+    names.update({id(m): name for m in modules if isinstance(m, LIF)})
+    return modules
+
+
+def nir_to_network(graph: nir.NIRGraph, timesteps: int | None = None) -> NIRNetwork:
+    """Rebuild ``graph`` as a NIRNetwork in eval mode (see module docstring).
+
+    ``timesteps`` overrides the metadata's; one of them must exist.
+    """
+    md = dict(graph.metadata or {})
+    if "dt" in md:
+        dt = float(md["dt"])
+    else:
+        dt = DT
+        warnings.warn("NIR graph has no metadata 'dt'; assuming dt = 1e-4 s (snnTorch's convention)",
+                      stacklevel=2)
+    reset = RESETS.get(str(md.get("reset", "subtract")), None)
+    if reset is None:
+        raise ExportError(f"NIR metadata reset={md.get('reset')!r}; expected 'zero' or 'subtract'")
+    T = int(timesteps or md.get("timesteps", 0) or 0)
+    if T < 1:
+        raise ExportError("the NIR graph's metadata gives no 'timesteps': pass --timesteps N")
+    ctx = _Ctx(dt, reset)
+    steps = graph_plan(graph)
+    layers: list[nn.Module] = []
+    by_id: dict[int, str] = {}
+    for step in steps:
+        if isinstance(step, str):
+            layers += _convert(graph, step, ctx, by_id)
+            continue
+        branch_a, branch_b, merge = step
+        out = _convert(graph, merge, ctx, by_id)
+        if len(out) != 1:
+            raise ExportError(f"{where(merge)}: a residual block's neuron must have input gain 1 and no v_leak")
+        body = [m for n in branch_a for m in _convert(graph, n, ctx, by_id)]
+        shortcut = [m for n in branch_b for m in _convert(graph, n, ctx, by_id)]
+        if len(body) < len(shortcut):
+            body, shortcut = shortcut, body
+        layers.append(ResidualBlock(body, shortcut, out[0]))
+    container = nn.ModuleList(layers)
+    node_names = {f"layers.{path}": by_id[id(m)] for path, m in container.named_modules() if id(m) in by_id}
+    input_shape = tuple(int(v) for v in np.asarray(graph.nodes[steps[0]].input_type["input"]).reshape(-1))
+    with torch.no_grad():
+        probe = torch.zeros(1, 1, *input_shape)
+        for m in layers:
+            probe = m(probe) if getattr(m, "temporal", False) else m(probe.flatten(0, 1)).unflatten(0, (1, 1))
+    lifs = [m for m in container.modules() if isinstance(m, LIF)]
+    first = lifs[0] if lifs else None
+    cfg = ModelConfig(
+        arch="conv" if any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in layers) else "mlp",
+        input_shape=input_shape, num_classes=int(np.prod(probe.shape[2:])), timesteps=T,
+        lam=float(first.lam) if first is not None and isinstance(first.lam, float) and 0 < first.lam <= 1 else 1.0,
+        v_th=float(first.v_th) if first is not None and isinstance(first.v_th, float) else 1.0,
+        reset=first.reset if first is not None else "hard", tdbn=False)
+    net = NIRNetwork(cfg, layers, node_names, md)
+    net.eval()
+    return net
+
+
+def node_spikes(model: SpikingNetwork, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """Run ``model`` on ``x``; return spikes per NIR node name (T, B, ...) and the
+    readout (B, K). Works for a NIRNetwork and for a trained SpikingNetwork (whose
+    module paths are its NIR node names); the spike step is the exact Heaviside."""
+    names = getattr(model, "node_names", None)
+    lifs = [m for m in model.modules() if isinstance(m, LIF)]
+    saved = [m.spike_strategy for m in lifs]
+    was_training = model.training
+    model.eval()
+    try:
+        for m in lifs:
+            m.spike_strategy = heaviside
+        with torch.no_grad(), record_spikes(model) as rec:
+            out = model(x)
+    finally:
+        for m, s in zip(lifs, saved):
+            m.spike_strategy = s
+        model.train(was_training)
+    spikes = {(names.get(k, k) if names else k): torch.cat(v, 1) for k, v in rec.items()}
+    return spikes, out

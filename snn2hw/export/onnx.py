@@ -1,0 +1,164 @@
+"""The ``onnx`` target: the Heaviside LIF network unrolled over a fixed T (targets.md D).
+
+The graph is rebuilt in torch (``nir_to_network``, exact step) and traced with the
+legacy exporter (``dynamo=False``, opset 17): the time loop of ``core.neuron`` is
+unrolled, so every step is explicit Gemm/Conv, Mul/Add (leak, reset), Greater + Cast
+(the spike). Only the batch axis is dynamic; T is fixed (a dynamic T with a traced
+loop is silently wrong). Outputs: ``logits`` (B, K) = mean over T of the readout,
+then ``spikes_<node>`` (T, B, ...) per neuron layer.
+
+verify: onnxruntime runs the file on the held-out samples; spikes and logits are
+compared with the torch rebuild (must be identical) and with the trained model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import ClassVar
+
+import nir
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..core.layers import LIF
+from ..core.neuron import LIFState, lif_step
+from ..core.surrogate import heaviside
+from .base import Samples, Verification
+from .from_nir import NIRNetwork, chain_order, nir_to_network, node_spikes
+from .reference import compare
+
+OPSET = 17
+
+
+class _Unrolled(nn.Module):
+    """net -> (logits, spikes per neuron layer), evaluated step by step.
+
+    Each step runs the layers on (B, ...) tensors and calls ``core.neuron.lif_step``;
+    the batched (T*B) path of SpikingNetwork reshapes with traced sizes, which the
+    legacy exporter freezes to the example batch. Same arithmetic per element.
+    """
+
+    def __init__(self, net: NIRNetwork) -> None:
+        super().__init__()
+        self.net = net
+        self.paths = {f"layers.{i}": i for i in range(len(net.layers))}
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        layers = list(self.net.layers)
+        static = x.dim() == len(self.net.config.input_shape) + 1
+        first = next((i for i, m in enumerate(layers) if getattr(m, "temporal", False)), len(layers))
+        if static:  # direct encoding: the stateless prefix sees the same frame every step
+            for layer in layers[:first]:
+                x = layer(x)
+        start = first if static else 0
+        states: dict[int, LIFState] = {}
+        spikes: dict[int, list[Tensor]] = {i: [] for i, m in enumerate(layers) if isinstance(m, LIF)}
+        outputs = []
+        for t in range(self.net.timesteps):
+            h = x if static else x[t]
+            for i in range(start, len(layers)):
+                layer = layers[i]
+                if isinstance(layer, LIF):
+                    state = states.get(i, LIFState(h * 0, h * 0))  # u[0] = s[0] = 0, batch-shaped
+                    h, states[i] = lif_step(h, state, layer.params, heaviside)
+                    spikes[i].append(h)
+                else:
+                    h = layer(h)
+            outputs.append(h)
+        logits = torch.stack(outputs).mean(0)
+        return (logits, *[torch.stack(spikes[self.paths[p]]) for p in self.net.node_names])
+
+
+def output_names(net: NIRNetwork) -> list[str]:
+    return ["logits"] + [f"spikes_{net.node_names[p]}" for p in net.node_names]
+
+
+def export_onnx(graph: nir.NIRGraph, path: Path, temporal: bool = False) -> NIRNetwork:
+    """Write ``graph`` as an unrolled ONNX model at ``path``; return the torch rebuild."""
+    net = nir_to_network(graph)
+    shape = tuple(net.config.input_shape)
+    T = net.timesteps
+    dummy = torch.zeros((T, 2, *shape) if temporal else (2, *shape))
+    batch_axis = 1 if temporal else 0
+    names = output_names(net)
+    axes = {"input": {batch_axis: "batch"}, "logits": {0: "batch"}}
+    axes.update({n: {1: "batch"} for n in names[1:]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter is deprecated; it is the one that unrolls exactly
+        torch.onnx.export(_Unrolled(net), (dummy,), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["input"], output_names=names, dynamic_axes=axes,
+                          do_constant_folding=False)
+    return net
+
+
+def run_onnx(path: Path, x: Tensor, batch_size: int = 256, temporal: bool = False
+             ) -> tuple[dict[str, Tensor], Tensor]:
+    """Run the ONNX file in onnxruntime: (spikes per node name, logits)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    axis = 1 if temporal else 0
+    n = x.shape[axis]
+    chunks: list[list[np.ndarray]] = []
+    for i in range(0, n, batch_size):
+        xb = x.narrow(axis, i, min(batch_size, n - i)).numpy().astype(np.float32)
+        chunks.append(session.run(names, {"input": xb}))
+    logits = torch.from_numpy(np.concatenate([c[0] for c in chunks], 0))
+    spikes = {name[len("spikes_"):]: torch.from_numpy(np.concatenate([c[j] for c in chunks], 1))
+              for j, name in enumerate(names) if j > 0}
+    return spikes, logits
+
+
+class ONNXExporter:
+    name: ClassVar[str] = "onnx"
+    description: ClassVar[str] = f"ONNX (opset {OPSET}), time loop unrolled for fixed T; onnxruntime"
+    filename: ClassVar[str] = "model.onnx"
+
+    def check(self, graph: nir.NIRGraph) -> None:
+        # Refuses residual/branching graphs (the step loop here is for chains), unknown nodes and a
+        # missing T (the loop is unrolled), naming them.
+        chain_order(graph)
+        nir_to_network(graph)
+
+    def write(self, graph: nir.NIRGraph, out_dir: Path) -> list[Path]:
+        path = Path(out_dir) / self.filename
+        export_onnx(graph, path, graph.metadata.get("input_encoding") == "temporal")
+        return [path]
+
+    def verify(self, graph: nir.NIRGraph, out_dir: Path, samples: Samples) -> Verification:
+        path = Path(out_dir) / self.filename
+        spikes, logits = run_onnx(path, samples.x, temporal=samples.temporal)
+        net = nir_to_network(graph)
+        t_spikes, t_logits = node_spikes(net, samples.x)
+        torch_mismatch = {k: int((spikes[k] != v).sum()) for k, v in t_spikes.items()}
+        details = {"opset": OPSET, "timesteps": net.timesteps,
+                   "spike_mismatches_vs_torch": torch_mismatch,
+                   "max_abs_logit_difference_vs_torch": float((logits - t_logits).abs().max())}
+        return compare(self.name, samples.reference, spikes, logits, samples.y, details)
+
+    def readme(self, graph: nir.NIRGraph, files: list[Path]) -> str:
+        md = graph.metadata
+        temporal = md.get("input_encoding") == "temporal"
+        shape = "(T, batch, ...) event frames" if temporal else "(batch, ...) one static frame (direct encoding)"
+        return f"""# ONNX export
+
+`{self.filename}`: the surrogate-free spiking network, opset {OPSET}, with its time loop
+unrolled for T = {md.get('timesteps')} steps (legacy torch exporter). Each step is the
+synapse (Gemm/Conv), the leak and reset (Mul/Sub/Add, lam = {md.get('lam')}, reset
+`{md.get('reset')}`) and the spike `Greater(v, V_th)` + `Cast`. T is fixed; the batch is dynamic.
+
+- input `input`: {shape}, float32
+- output `logits`: (batch, classes), the mean over T of the readout current
+- outputs `spikes_<layer>`: (T, batch, ...) 0/1 spikes of each neuron layer
+
+Run it:
+
+```python
+import onnxruntime as ort
+session = ort.InferenceSession("{self.filename}")
+logits, *spikes = session.run(None, {{"input": x.astype("float32")}})
+```
+"""

@@ -1,0 +1,213 @@
+"""Quantisation-aware fine-tuning on a target's integer grid (``train --qat TARGET``).
+
+While attached, every synapse of the network computes with its weights and
+bias (tdBN folded in with its running statistics, which stay frozen) put on
+the target's grid by straight-through rounding: the forward pass sees exactly
+the values the exporter will write, the backward pass treats rounding as the
+identity (``ste_round``), so the float ("latent") weights keep learning. The
+checkpoint stores the latent weights; the exporter quantises them with the same
+function, so the fine-tuned network is what the chip runs.
+
+Adding a target is one line in ``GRIDS``: ``name -> class`` whose instances
+satisfy ``TargetGrid``:
+
+    class TargetGrid(Protocol):
+        input_levels: int | None            # direct-encoded input becomes round(x L) / L (None: as is)
+        input_range: tuple[float, float]    # ... after clipping to this range
+        def quantise(self, site: Site) -> Quantised: ...
+
+``quantise`` receives one synapse (``Site``: folded float weight and bias,
+the threshold and leak of the neuron it drives or ``None`` for the readout, and
+``input_unit``, the float value of one unit of its input: 1 for spikes, 1/L
+for the quantised input, times 1/k^d after avg pooling) and returns the values
+on the grid in float units, built with ``ste_round`` so gradients pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.layers import LIF, Pool, ResidualBlock, TDBatchNorm
+from ..errors import ConfigError
+
+
+def ste_round(x: Tensor) -> Tensor:
+    """round(x) forward, identity backward (straight-through estimator)."""
+    return x + (torch.round(x) - x).detach()
+
+
+@dataclass
+class Site:
+    """One synapse as a grid sees it."""
+
+    name: str
+    weight: Tensor                 # tdBN-folded float weight (differentiable)
+    bias: Tensor                   # tdBN-folded float bias (differentiable)
+    v_th: float | None             # threshold of the neuron it drives; None: non-spiking readout
+    lam: float | None
+    input_unit: float              # float value of one unit of the synapse's input
+
+
+@dataclass
+class Quantised:
+    """A site's values on the grid, in float units (None: unchanged)."""
+
+    weight: Tensor
+    bias: Tensor
+    v_th: float | None = None
+    lam: float | None = None
+
+
+class TargetGrid(Protocol):
+    input_levels: int | None
+    input_range: tuple[float, float]
+
+    def quantise(self, site: Site) -> Quantised: ...
+
+
+class LoihiGrid:
+    """Loihi 2 via netx (snn2hw.export.loihi_map.loihi_grid): even 8-bit weights, 13-bit
+    bias and an exact threshold per layer; the readout stays float (computed on the host)."""
+
+    def __init__(self) -> None:
+        from ..export.loihi_map import INPUT_LEVELS, INPUT_RANGE
+
+        self.input_levels, self.input_range = INPUT_LEVELS, INPUT_RANGE
+
+    def quantise(self, site: Site) -> Quantised:
+        from ..export.loihi_map import BIAS_MAX, loihi_grid, v_decay_of
+
+        if site.v_th is None:
+            return Quantised(site.weight, site.bias)
+        w, b = site.weight, site.bias
+        grid = loihi_grid(w.detach().double().numpy(), b.detach().double().numpy(), site.v_th,
+                          site.input_unit)
+        s, g = grid.weight_scale, grid.gain
+        w_q = torch.clamp(2 * ste_round(w * (s / 2)), -256, 254) / s
+        b_q = torch.clamp(ste_round(b * g), -BIAS_MAX, BIAS_MAX) / g
+        lam = None if site.lam is None else 1.0 - v_decay_of(site.lam) / 4096
+        return Quantised(w_q, b_q, grid.vth / g, lam)
+
+
+# target name -> grid class (one line per target)
+GRIDS: dict[str, Callable[[], TargetGrid]] = {
+    "loihi": LoihiGrid,
+}
+
+
+@dataclass
+class _Plan:
+    name: str
+    synapse: nn.Module
+    bn: TDBatchNorm | None = None
+    lif: LIF | None = None
+    input_unit: float = 1.0
+    first: bool = False
+
+
+def plan_sites(model: nn.Module, input_unit: float) -> list[_Plan]:
+    """The synapses of a chain network in order, with their BN, neuron and input unit."""
+    plans: list[_Plan] = []
+    pending: _Plan | None = None
+    pool_unit = 1.0
+    for i, m in enumerate(model.layers):
+        name = f"layers.{i}"
+        if isinstance(m, ResidualBlock):
+            raise ConfigError(f"{name}: QAT supports chain networks (mlp, conv), not residual blocks")
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            first = not plans and pending is None
+            pending = _Plan(name, m, input_unit=pool_unit * (input_unit if first else 1.0), first=first)
+            plans.append(pending)
+        elif isinstance(m, TDBatchNorm) and pending is not None:
+            pending.bn = m
+        elif isinstance(m, Pool) and pending is None and m.mode == "avg":
+            pool_unit /= m.k ** m.dims     # avg pooling of spikes, fused into the next synapse
+        elif isinstance(m, LIF) and pending is not None:
+            pending.lif, pending, pool_unit = m, None, 1.0
+    return plans
+
+
+def _folded(p: _Plan) -> tuple[Tensor, Tensor]:
+    w = p.synapse.weight
+    b = p.synapse.bias if p.synapse.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+    if p.bn is None:
+        return w, b
+    gain, offset = p.bn.fold_factors()
+    return w * gain.view(-1, *([1] * (w.dim() - 1))), gain * b + offset
+
+
+def _apply(m: nn.Module, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    if isinstance(m, nn.Linear):
+        return F.linear(x, w, b)
+    conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
+    return conv(x, w, b, m.stride, m.padding, m.dilation, m.groups)
+
+
+@dataclass
+class QATHandle:
+    """Undoes ``attach_qat`` (restores forwards and neuron constants)."""
+
+    modules: list[nn.Module] = field(default_factory=list)
+    constants: list[tuple[LIF, float, float]] = field(default_factory=list)
+
+    def detach(self) -> None:
+        for m in self.modules:
+            m.__dict__.pop("forward", None)
+        for lif, v_th, lam in self.constants:
+            lif.v_th, lif.lam = v_th, lam
+        self.modules, self.constants = [], []
+
+
+def fine_tune_defaults(checkpoint: str) -> dict:
+    """The run config stored in ``checkpoint`` as config values, for fine-tuning it
+    (``train --init-from CKPT --qat TARGET``): same data, model and method."""
+    from .checkpoint import load_checkpoint
+
+    run = dict(load_checkpoint(checkpoint).get("run_config") or {})
+    if not run:
+        raise ConfigError(f"{checkpoint}: no run config stored; pass the model flags or --config")
+    run.pop("init_from", None)
+    return run
+
+
+def make_grid(target: str) -> TargetGrid:
+    if target not in GRIDS:
+        raise ConfigError(f"unknown QAT target {target!r}; choose one of {sorted(GRIDS)}")
+    return GRIDS[target]()
+
+
+def attach_qat(model: nn.Module, target: str | None) -> QATHandle:
+    """Make ``model`` compute on ``target``'s grid (module docstring); ``None`` does nothing."""
+    handle = QATHandle()
+    if not target:
+        return handle
+    grid = make_grid(target)
+    unit = 1.0 / grid.input_levels if grid.input_levels else 1.0
+    for p in plan_sites(model, unit):
+        if p.bn is not None:
+            p.bn.forward = lambda x: x          # folded into the synapse below
+            handle.modules.append(p.bn)
+        v_th = lam = None
+        if p.lif is not None:
+            v_th, lam = p.lif.v_th, p.lif.lam   # the trained constants; the grid's values are derived
+            handle.constants.append((p.lif, v_th, lam))
+
+        def forward(x: Tensor, p: _Plan = p, v_th: float | None = v_th, lam: float | None = lam) -> Tensor:
+            if p.first and grid.input_levels:
+                lo, hi = grid.input_range
+                x = torch.round(x.clamp(lo, hi) * grid.input_levels) / grid.input_levels
+            w, b = _folded(p)
+            q = grid.quantise(Site(p.name, w, b, v_th, lam, p.input_unit))
+            if p.lif is not None:
+                p.lif.v_th = v_th if q.v_th is None else float(q.v_th)
+                p.lif.lam = lam if q.lam is None else float(q.lam)
+            return _apply(p.synapse, x, q.weight, q.bias)
+
+        p.synapse.forward = forward
+        handle.modules.append(p.synapse)
+    return handle
