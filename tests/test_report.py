@@ -139,3 +139,49 @@ def test_report_cli_and_errors(run_dir, tmp_path, monkeypatch, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no history.csv" in err and str(tmp_path) in err
+
+
+def test_fdg_agreement_matches_a_loop_of_single_perturbations(tmp_path):
+    """The Fig. 2b measurement against a second FDG: one weight perturbed at a time."""
+    from snn2hw.reports.fdg_agreement import fdg_agreement, render_fdg_agreement
+    from snn2hw.train.methods.dspike import coordinate_subset
+    from snn2hw.train.trainer import make_loss
+
+    run = tmp_path / "run"
+    snn2hw.train({"dataset": "digits", "hidden": [16], "timesteps": 2, "epochs": 1}, out=run)
+    rows = fdg_agreement(run / "last.pt", eps_values=(0.1, 0.001), temperatures=(1.0,), batches=1,
+                         batch_size=32, max_coords=48)
+    assert [(r.state, r.gradient, r.eps) for r in rows] == [
+        (s, g, e) for s in ("init", "trained") for g in ("own: triangle 1", "dspike b=1") for e in (0.1, 0.001)]
+
+    model, _ = snn2hw.load(run / "last.pt")
+    model.train()
+    data = load_dataset("digits")
+    idx = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(1234))[:32]
+    x, y = data.x_train[idx], data.y_train[idx]
+    loss_fn = make_loss("ce")
+    w = model.layers[1].weight
+    coords = coordinate_subset(w.numel(), 48)
+    loss = loss_fn(model.forward_sequence(x), y)
+    (g,) = torch.autograd.grad(loss, [w])
+    for eps, row in zip((0.1, 0.001), rows[4:6]):
+        fdg = []
+        with torch.no_grad():
+            for i in coords.tolist():
+                w.view(-1)[i] += eps
+                up = float(loss_fn(model.forward_sequence(x), y))
+                w.view(-1)[i] -= 2 * eps
+                down = float(loss_fn(model.forward_sequence(x), y))
+                w.view(-1)[i] += eps
+                fdg.append((up - down) / (2 * eps))
+        fdg_t = torch.tensor(fdg, dtype=torch.float64)
+        sg = g.view(-1)[coords].double()
+        norm = float(sg.norm() * fdg_t.norm())
+        expected = float(sg @ fdg_t) / norm if norm > 0 else 0.0  # no spike flipped: FDG = 0
+        if eps == 0.1:
+            assert norm > 0  # the comparison is not vacuous
+        assert row.cosines[0] == pytest.approx(expected, abs=1e-5)
+        assert row.fdg_zero_fraction == pytest.approx(float((fdg_t == 0).double().mean()))
+    files = render_fdg_agreement(rows, tmp_path / "fdg")
+    assert files[1].read_bytes()[:8] == PNG
+    assert f"{rows[4].mean:.4f}" in files[0].read_text()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -14,6 +16,8 @@ import importlib
 from snn2hw.cli.main import main
 from snn2hw.data.datasets import load_dataset
 from snn2hw.errors import ConfigError
+from snn2hw.train.methods import METHODS
+from snn2hw.train.methods.sg import FixedSurrogate
 from snn2hw.train.sweep import parse_grid, plan_jobs, split_values
 
 trainer = importlib.import_module("snn2hw.train.trainer")
@@ -55,26 +59,48 @@ def md_rows(md: str, header_start: str) -> list[list[str]]:
 def test_parse_grid():
     assert split_values("0.5,1,[8,16], {a: 1, b: 2}") == ["0.5", "1", "[8,16]", "{a: 1, b: 2}"]
     axes = parse_grid(["surrogate=triangle,rectangular", "k_limit=0.1,0.2", "cpng:method_options.x=1,2",
-                       "hidden=[32],[64,32]"])
-    assert [(a.key, a.values, a.method) for a in axes] == [
-        ("surrogate", ("triangle", "rectangular"), None),
-        ("method_options.k_limit", ("0.1", "0.2"), None),
-        ("method_options.x", ("1", "2"), "cpng"),
-        ("hidden", ("[32]", "[64,32]"), None)]
+                       "hidden=[32],[64,32]", "surrogate_param+asgl:alpha_init=(0.1,10),(2,0.5)"])
+    assert [(a.keys, a.values) for a in axes] == [
+        ((("surrogate", None),), (("triangle",), ("rectangular",))),
+        ((("method_options.k_limit", None),), (("0.1",), ("0.2",))),
+        ((("method_options.x", "cpng"),), (("1",), ("2",))),
+        ((("hidden", None),), (("[32]",), ("[64,32]",))),
+        ((("surrogate_param", None), ("method_options.alpha_init", "asgl")), (("0.1", "10"), ("2", "0.5")))]
+    assert axes[4].settings("asgl", 1) == ["surrogate_param=2", "method_options.alpha_init=0.5"]
+    assert axes[4].settings("sg", 1) == ["surrogate_param=2"]
+    assert axes[2].applies("cpng") and not axes[2].applies("sg") and axes[4].applies("sg")
     assert axes[1].label == "k_limit"
-    for bad in (["seed=1,2"], ["method=sg"], ["lr"], ["lr=0.1,,0.2"], ["lr=1,1"], ["lr=1", "lr=2"]):
+    for bad in (["seed=1,2"], ["method=sg"], ["lr"], ["lr=0.1,,0.2"], ["lr=1,1"], ["lr=1", "lr=2"],
+                ["a:lr=1", "lr=2"], ["lr+epochs=1,2"], ["lr+epochs=(1,2),(3)"], ["lr+a:seed=(1,2)"]):
         with pytest.raises(ConfigError):
             parse_grid(bad)
 
 
-def test_plan_jobs_scoped_axes_and_validation(tmp_path, subset):
-    axes = parse_grid(["sg:surrogate=triangle,arctan", "lr=0.001,0.01"])
-    jobs = plan_jobs(["sg"], axes, [0, 1, 2], tmp_path, common(subset))
-    assert len(jobs) == 2 * 2 * 3
-    j = jobs[0]
-    assert j.point == {"surrogate": "triangle", "lr": "0.001"} and j.seed == 0
+@dataclass
+class ToyOption(FixedSurrogate):
+    """sg with one extra option, to test method-scoped grid keys."""
+
+    x: float = 0.0
+    name: ClassVar[str] = "toy_option"
+
+
+def test_plan_jobs_scoped_axes_and_validation(tmp_path, subset, monkeypatch):
+    monkeypatch.setitem(METHODS, ToyOption.name, ToyOption)
+    axes = parse_grid(["sg:surrogate=triangle,arctan", "lr=0.001,0.01",
+                       "surrogate_param+toy_option:x=(0.5,7),(2,9)"])
+    jobs = plan_jobs(["sg", "toy_option"], axes, [0, 1, 2], tmp_path, common(subset))
+    sg = [j for j in jobs if j.method == "sg"]
+    toy = [j for j in jobs if j.method == "toy_option"]
+    assert len(sg) == 2 * 2 * 2 * 3 and len(toy) == 2 * 2 * 3
+    j = sg[0]
+    assert j.point == {"surrogate": "triangle", "lr": "0.001", "surrogate_param": "0.5"} and j.seed == 0
     assert j.config["lr"] == 0.001 and j.config["model"]["surrogate"] == "triangle"
-    assert j.name == "sg__surrogate=triangle__lr=0.001__seed0"
+    assert j.config["model"]["surrogate_param"] == 0.5 and j.config["method_options"] == {}
+    assert j.name == "sg__surrogate=triangle__lr=0.001__surrogate_param=0.5__seed0"
+    t = toy[-1]
+    assert t.point == {"lr": "0.01", "surrogate_param": "2"} and t.seed == 2
+    assert t.config["method_options"] == {"x": 9} and t.config["model"]["surrogate_param"] == 2
+    assert t.config["model"]["surrogate"] == "triangle"  # the sg-only axis leaves it at its default
     with pytest.raises(ConfigError, match="no_such_option"):  # a method option sg lacks
         plan_jobs(["sg"], parse_grid(["no_such_option=1,2"]), [0], tmp_path, common(subset))
     with pytest.raises(ConfigError, match="not in --methods"):

@@ -6,12 +6,15 @@ one row per run, OUT/results.md the mean and spread over seeds per grid point.
 
 Grid: KEY=V1,V2,... per axis (cartesian product). KEY is any config key
 (surrogate, surrogate_param, lr, timesteps, ...), method_options.NAME or a bare
-method option; METHOD:KEY=... varies only that method's runs.
+method option; METHOD:KEY=... varies only that method's runs. Linked keys
+move together: K1+METHOD:K2=(a1,a2),(b1,b2) (the first key labels the points).
 
 Examples:
   snn2hw sweep --methods sg cpng --param-grid surrogate=triangle,rectangular \\
       surrogate_param=0.2,1,5 --seeds 0 1 --dataset mnist1d --model conv --epochs 10 --out runs/sw
   snn2hw sweep --methods cpng --param-grid cpng:k_limit=0.1,0.2,0.3 --seeds 0 --out runs/k
+  snn2hw sweep --methods sg asgl --param-grid "surrogate_param+asgl:alpha_init=(0.1,10),(1,1),(10,0.1)" \
+      --surrogate rectangular --seeds 0 1 --out runs/width
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def plot_sweep(stats: Sequence[GroupStats], axes: Sequence[str], path: Path) -> 
         ax.grid(alpha=0.3, axis="y")
     else:
         cat = next((i for i in range(len(axes)) if i != x_axis and i not in numeric), None)
-        panels = sorted({s.point[cat] for s in stats}) if cat is not None else [None]
+        panels = sorted({s.point[cat] for s in stats} - {""}) if cat is not None else [None]
         fig, axs = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False,
                                 sharey=True)
         xs_all = [_as_number(s.point[x_axis]) for s in stats if s.point[x_axis] != ""]
@@ -87,8 +87,8 @@ def plot_sweep(stats: Sequence[GroupStats], axes: Sequence[str], path: Path) -> 
         for ax, panel in zip(axs[0], panels):
             lines: dict[str, list[GroupStats]] = {}
             for s in stats:
-                if cat is not None and s.point[cat] != panel:
-                    continue
+                if cat is not None and s.point[cat] not in (panel, ""):
+                    continue  # runs the categorical axis does not apply to appear in every panel
                 rest = tuple(v for i, v in enumerate(s.point) if i not in (x_axis, cat))
                 name = s.method + (f" ({_label([a for i, a in enumerate(axes) if i not in (x_axis, cat)], rest)})"
                                    if any(rest) else "")

@@ -9,6 +9,12 @@ makes an axis that only that method's runs vary along (other methods ignore it),
 for options only one method has: ``cpng:k_limit=0.1,0.2``. Runs = methods x
 the cartesian product of the axes that apply x seeds.
 
+Linked keys move together along one axis: ``K1+K2=(a1,a2),(b1,b2)`` sets K1=a1
+and K2=a2 in one run, K1=b1 and K2=b2 in another. Each key may be scoped, so one
+axis can give every method its own start from "the same" shape:
+``surrogate_param+asgl:alpha_init=(0.1,10),(1,1)``. The first key names the axis
+and its values label the grid points (results columns, directory names).
+
 Each run lives in ``OUT/<method>__<key>=<value>...__seed<s>/`` with a
 ``job.json`` (its full config). Re-running the same sweep skips runs that have a
 ``summary.json``, resumes those with only a ``last.pt`` and starts the rest.
@@ -38,16 +44,27 @@ RESERVED = {"method": "--methods", "seed": "--seeds"}
 
 @dataclass(frozen=True)
 class GridAxis:
-    """One swept config key: its values as written (parsed as YAML when applied)."""
+    """One axis of the grid: one or more linked config keys and their values as written
+    (parsed as YAML when applied)."""
 
-    key: str                     # full config key, e.g. "surrogate_param", "method_options.k_limit"
-    values: tuple[str, ...]
-    method: str | None = None    # only runs of this method vary along this axis
+    keys: tuple[tuple[str, str | None], ...]   # (full config key, method scope or None)
+    values: tuple[tuple[str, ...], ...]        # per grid value, one entry per key
 
     @property
     def label(self) -> str:
-        """Column name: the key without the ``method_options.`` prefix."""
-        return self.key.removeprefix("method_options.")
+        """Column name: the first key without the ``method_options.`` prefix."""
+        return self.keys[0][0].removeprefix("method_options.")
+
+    def applies(self, method: str) -> bool:
+        return any(scope in (None, method) for _, scope in self.keys)
+
+    def settings(self, method: str, i: int) -> list[str]:
+        """``KEY=VALUE`` overrides of grid value ``i`` for a run of ``method``."""
+        return [f"{k}={v}" for (k, scope), v in zip(self.keys, self.values[i]) if scope in (None, method)]
+
+    @property
+    def methods(self) -> set[str]:
+        return {scope for _, scope in self.keys if scope}
 
 
 def split_values(text: str) -> list[str]:
@@ -75,26 +92,43 @@ def canonical_key(key: str) -> str:
     return f"method_options.{key}"
 
 
+def _strip_parens(text: str) -> str | None:
+    text = text.strip()
+    return text[1:-1] if text.startswith("(") and text.endswith(")") else None
+
+
 def parse_grid(items: Sequence[str]) -> list[GridAxis]:
-    """Parse ``KEY=V1,V2`` / ``METHOD:KEY=V1,V2`` items (see the module docstring)."""
+    """Parse ``[METHOD:]KEY[+[METHOD:]KEY...]=V1,V2,...`` items (see the module docstring)."""
     axes: list[GridAxis] = []
     for item in items:
         lhs, sep, rhs = item.partition("=")
         if not sep or not lhs.strip() or not rhs.strip():
             raise ConfigError(f"--param-grid expects KEY=V1,V2,... (or METHOD:KEY=...), got {item!r}")
-        method, _, key = lhs.rpartition(":")
-        key = canonical_key(key)
-        if key in RESERVED:
-            raise ConfigError(f"--param-grid: sweep {key!r} with {RESERVED[key]}, not the grid")
-        values = tuple(v for v in split_values(rhs))
-        if any(not v for v in values):
+        keys = []
+        for part in lhs.split("+"):
+            method, _, key = part.rpartition(":")
+            key = canonical_key(key)
+            if key in RESERVED:
+                raise ConfigError(f"--param-grid: sweep {key!r} with {RESERVED[key]}, not the grid")
+            keys.append((key, method.strip() or None))
+        raw = split_values(rhs)
+        if len(keys) == 1:
+            values = [(v,) for v in raw]
+        else:
+            inner = [_strip_parens(v) for v in raw]
+            values = [tuple(split_values(v)) for v in inner if v is not None]
+            if len(values) != len(raw) or any(len(v) != len(keys) for v in values):
+                raise ConfigError(f"--param-grid {item!r}: with {len(keys)} linked keys every value "
+                                  f"is a tuple of {len(keys)}, e.g. ({','.join(['1'] * len(keys))})")
+        if any(not v for t in values for v in t):
             raise ConfigError(f"--param-grid {item!r}: empty value (stray comma?)")
-        if len(set(values)) != len(values):
+        if len({v[0] for v in values}) != len(values):
             raise ConfigError(f"--param-grid {item!r}: repeated value")
-        if any(a.key == key and (a.method is None or not method or a.method == method) for a in axes):
-            raise ConfigError(f"--param-grid: {key!r} given twice; list all its values in one item "
-                              "(METHOD:KEY items may repeat a key only for different methods)")
-        axes.append(GridAxis(key, values, method.strip() or None))
+        for key, scope in keys:
+            if any(k == key and (s is None or scope is None or s == scope) for a in axes for k, s in a.keys):
+                raise ConfigError(f"--param-grid: {key!r} given twice; list all its values in one item "
+                                  "(METHOD:KEY items may repeat a key only for different methods)")
+        axes.append(GridAxis(tuple(keys), tuple(values)))
     return axes
 
 
@@ -138,15 +172,15 @@ def plan_jobs(methods: Sequence[str], axes: Sequence[GridAxis], seeds: Sequence[
         key = canonical_key(item.partition("=")[0])
         if key in RESERVED:
             raise ConfigError(f"--set {item!r}: give {key} with {RESERVED[key]}")
-    unknown = {a.method for a in axes if a.method} - set(methods)
+    unknown = set().union(*(a.methods for a in axes)) - set(methods)
     if unknown:
         raise ConfigError(f"--param-grid names method(s) {sorted(unknown)} not in --methods {list(methods)}")
     jobs = []
     for method in methods:
-        own = [a for a in axes if a.method in (None, method)]
-        for combo in itertools.product(*(a.values for a in own)):
-            point = {a.label: v for a, v in zip(own, combo)}
-            sets = list(overrides) + [f"{a.key}={v}" for a, v in zip(own, combo)]
+        own = [a for a in axes if a.applies(method)]
+        for combo in itertools.product(*(range(len(a.values)) for a in own)):
+            point = {a.label: a.values[i][0] for a, i in zip(own, combo)}
+            sets = list(overrides) + [kv for a, i in zip(own, combo) for kv in a.settings(method, i)]
             for seed in seeds:
                 base = dict(options or {}, method=method, seed=int(seed))
                 try:
