@@ -75,8 +75,8 @@ def _bn_layers(model: nn.Module) -> list[nn.Module]:
 def sync_gradients(params: list[nn.Parameter]) -> None:
     """Replace each gradient by its sum over ranks, in one flat all-reduce.
 
-    A parameter without a gradient on every rank keeps ``grad = None`` (Adam
-    skips it, as in one process); one with a gradient on some rank gets the sum.
+    A parameter with no gradient on any rank keeps ``grad = None`` (Adam skips
+    it, as in one process); one with a gradient on some rank gets the sum.
     """
     if not dist.is_distributed():
         return
