@@ -9,6 +9,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
                         weight_bits=args.weight_bits, state_bits=args.state_bits, dataset=args.dataset,
                         samples=args.samples, out=args.out, progress=not args.no_progress,
                         command=shlex.join(["snn2hw", *getattr(args, "argv", sys.argv[1:])]))
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
+        return 0
     for m in report["models"]:
         parts = [f"{axis} " + " ".join(f"{r['level']:g}:{100 * r['mean']:.1f}" for r in rows)
                  for axis, rows in m["sweeps"].items()]

@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     result = sweep(_methods(args.methods), args.param_grid, args.seeds, args.out, options=options,
                    config_file=args.config, overrides=args.set, workers=args.workers,
                    threads=args.threads, progress=not args.no_progress, command=command_line(args))
+    if not result.files:  # torchrun: a rank other than 0
+        return 0
     print(f"{len(result.rows)} runs, {len(result.failed)} failed; wrote "
           + ", ".join(str(f) for f in result.files))
     return 1 if result.failed else 0

@@ -5,6 +5,7 @@ Examples:
   snn2hw train --dataset mnist1d --model conv --epochs 30 --out runs/m1d
   snn2hw train --config run.yaml --lr 1e-3
   snn2hw train --resume runs/digits
+  snn2hw train --nproc 2 --model conv --sync-bn --out runs/ddp   (torchrun, docs/distributed.md)
   snn2hw train --init-from runs/digits --qat loihi --epochs 5 --lr 5e-4 --out runs/digits-qat
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from ..api import resume, train_from_options
@@ -40,6 +42,7 @@ FLAGS: list[tuple[str, dict]] = [
     ("--pool", dict(choices=["avg", "max", "sum", "none"])),
     ("--seed", dict(type=int)),
     ("--init-from", dict(help="start from this checkpoint's weights (TIT: T may differ)")),
+    ("--sync-bn", dict(action="store_true", help="several processes: tdBN statistics over the global batch")),
     ("--qat", dict(help="quantisation-aware fine-tuning on a target's grid (loihi); with --init-from "
                         "CKPT and no --config, the checkpoint's settings are the defaults")),
 ]
@@ -58,9 +61,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run directory (checkpoints, history.csv, summary.json)")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train data-parallel in N processes on this machine (launches torchrun; "
+                        "--batch-size stays the global batch)")
+
+
+def _method_sets(args: argparse.Namespace) -> list[str]:
+    """Method flags as method_options overrides (an explicit --set still wins)."""
+    return [f"method_options.{name}={json.dumps(getattr(args, f'method_option__{name}'))}"
+            for name in option_flags() if getattr(args, f"method_option__{name}") is not None]
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The command line that reproduces ``args`` (without --nproc), for torchrun."""
+    argv = ["train"]
+    for flag, kw in FLAGS + [("--config", {}), ("--out", {}), ("--resume", {})]:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        else:
+            argv += [flag, *map(str, value if isinstance(value, list) else [value])]
+    for item in _method_sets(args) + args.set:
+        argv += ["--set", item]
+    return argv + (["--no-progress"] if args.no_progress else [])
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        from ..train.ddp import launch
+
+        return launch(args.nproc, _argv(args))
     options = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
                for flag, _ in FLAGS}
     options = {k: v for k, v in options.items() if v is not None}
@@ -71,12 +103,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         if options.get("qat") and options.get("init_from") and not args.config:
             options = {**fine_tune_defaults(options["init_from"]), **options}
-        # method flags become method_options overrides; an explicit --set still wins
-        method_sets = [f"method_options.{name}={json.dumps(getattr(args, f'method_option__{name}'))}"
-                       for name in option_flags() if getattr(args, f"method_option__{name}") is not None]
-        result = train_from_options(options, config_file=args.config, overrides=method_sets + args.set,
+        result = train_from_options(options, config_file=args.config,
+                                    overrides=_method_sets(args) + args.set,
                                     out=args.out, progress=not args.no_progress)
     s = result.summary
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     print(f"test accuracy {s['test_accuracy']:.4f} after {s['epochs']} epochs "
           f"({s['wall_time_s']:.1f} s training)" + (f"; run saved in {Path(result.out_dir)}" if result.out_dir else ""))
     return 0

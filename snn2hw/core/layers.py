@@ -93,6 +93,8 @@ class TDBatchNorm(nn.Module):
 
     Statistics over (T x batch, spatial) per channel; the normalised value is
     multiplied by ``alpha * V_th`` before the affine. ``x`` is (T*B, C, ...).
+    ``norm_strategy`` ((x, self) -> normalised x) may replace the training-mode
+    normalisation, e.g. with statistics synchronised over ranks (sync-BN).
     """
 
     def __init__(self, channels: int, v_th: float = 1.0, alpha: float = 1.0,
@@ -104,10 +106,14 @@ class TDBatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
+        self.norm_strategy = None
 
     def forward(self, x: Tensor) -> Tensor:
-        xn = F.batch_norm(x, self.running_mean, self.running_var, None, None,
-                          self.training, self.momentum, self.eps)
+        if self.training and self.norm_strategy is not None:
+            xn = self.norm_strategy(x, self)
+        else:
+            xn = F.batch_norm(x, self.running_mean, self.running_var, None, None,
+                              self.training, self.momentum, self.eps)
         view = (1, -1) + (1,) * (x.dim() - 2)
         return xn * (self.scale * self.weight).view(view) + self.bias.view(view)
 

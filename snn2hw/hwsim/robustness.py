@@ -16,6 +16,7 @@ from typing import Sequence
 
 from ..data.datasets import load_dataset
 from ..errors import ConfigError
+from ..train import distributed as dist
 from ..train.checkpoint import atomic_write_text
 from ..train.trainer import evaluate_model, load_model
 from .graph import lower
@@ -72,9 +73,12 @@ def robustness(checkpoints: Sequence[str], mismatch: Sequence[float] = (0, 0.05,
         if spec not in cache:
             cache[spec] = load_dataset(spec)
         loaded.append((path, model, ckpt, spec, _label(str(path), ckpt, used)))
-    total = len(loaded) * sum(len(v) for v in axes.values())
+    # Levels are independent jobs: under torchrun each rank simulates its share.
+    dist.init_from_env()
+    levels_all = [(axis, level) for axis, levels in axes.items() for level in levels]
+    total = len(loaded) * len(dist.shard_jobs(levels_all))
     bar = None
-    if progress:
+    if progress and dist.is_main_process():
         from tqdm import tqdm
 
         bar = tqdm(total=total, unit="level", dynamic_ncols=True)
@@ -90,20 +94,22 @@ def robustness(checkpoints: Sequence[str], mismatch: Sequence[float] = (0, 0.05,
             entry = {"label": label, "checkpoint": str(checkpoint_file(path)), "sha256": sha256_of(path),
                      "method": ckpt.get("run_config", {}).get("method"), "dataset": spec,
                      "samples": n, "timesteps": model.timesteps, "float_accuracy": clean, "sweeps": {}}
-            for axis, levels in axes.items():
-                rows = []
-                for level in levels:
-                    if bar is not None:
-                        bar.set_description(f"{label}: {axis}={level:g}")
-                    cond = replace(base, **{AXES[axis][0]: level})
-                    res = simulate(net, x, y, cond, chips, seed, temporal=data.temporal)
-                    n_chip_runs += chips
-                    acc = res.accuracy
-                    rows.append({"level": level, "mean": res.mean, "std": res.std,
-                                 "min": min(acc), "max": max(acc), "chips": acc})
-                    if bar is not None:
-                        bar.update()
-                entry["sweeps"][axis] = rows
+
+            def one_level(job: tuple[str, float]) -> dict:
+                axis, level = job
+                if bar is not None:
+                    bar.set_description(f"{label}: {axis}={level:g}")
+                cond = replace(base, **{AXES[axis][0]: level})
+                res = simulate(net, x, y, cond, chips, seed, temporal=data.temporal)
+                acc = res.accuracy
+                if bar is not None:
+                    bar.update()
+                return {"level": level, "mean": res.mean, "std": res.std,
+                        "min": min(acc), "max": max(acc), "chips": acc}
+
+            for (axis, _), row in zip(levels_all, dist.run_jobs(one_level, levels_all)):
+                entry["sweeps"].setdefault(axis, []).append(row)
+            n_chip_runs += chips * len(levels_all)
             report_models.append(entry)
     finally:
         if bar is not None:
@@ -118,7 +124,7 @@ def robustness(checkpoints: Sequence[str], mismatch: Sequence[float] = (0, 0.05,
         "models": report_models, "wall_time_s": wall,
         "seconds_per_chip": wall / max(n_chip_runs, 1),
     }
-    if out is not None:
+    if out is not None and dist.is_main_process():
         write_report(report, Path(out))
     return report
 

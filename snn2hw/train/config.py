@@ -30,6 +30,7 @@ class RunConfig:
     init_from: str | None = None  # checkpoint to start from (TIT: another T is allowed)
     qat: str | None = None        # fine-tune on this target's integer grid (train/qat.py GRIDS)
     eval_batch_size: int = 512
+    sync_bn: bool = False         # torchrun: tdBN statistics over the global batch (all ranks)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:

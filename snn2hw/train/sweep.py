@@ -20,10 +20,10 @@ Each run lives in ``OUT/<method>__<key>=<value>...__seed<s>/`` with a
 ``summary.json``, resumes those with only a ``last.pt`` and starts the rest.
 
 Parallelism: ``run_jobs(jobs, workers)`` is the one place that decides where jobs
-run (here: local processes). A distributed runner can call it with its shard,
-``run_jobs(shard(jobs, rank, world), workers)``, then let rank 0 call
-``collect_rows`` + ``write_results``: everything is read back from the run
-directories, so nothing needs gathering.
+run (here: local processes). Under torchrun, ``sweep`` gives each rank its
+shard (``distributed.shard_jobs``), gathers the statuses, and rank 0 calls
+``collect_rows`` + ``write_results``: everything else is read back from the run
+directories (on a file system every node sees).
 """
 
 from __future__ import annotations
@@ -211,6 +211,7 @@ _DATA_CACHE: dict[tuple[str, int], Any] = {}
 def run_job(job: SweepJob) -> tuple[str, str]:
     """Train one job in this process: ``(status, error)``, status in skipped/ran/resumed/failed."""
     from ..data.datasets import load_dataset
+    from .distributed import local_only
     from .trainer import train
 
     d = Path(job.run_dir)
@@ -228,7 +229,8 @@ def run_job(job: SweepJob) -> tuple[str, str]:
     try:
         if key not in _DATA_CACHE:
             _DATA_CACHE[key] = load_dataset(*key)
-        train(RunConfig.from_dict(config), d, resume=resume, progress=False, data=_DATA_CACHE[key])
+        with local_only():  # under torchrun each rank trains its own jobs, alone
+            train(RunConfig.from_dict(config), d, resume=resume, progress=False, data=_DATA_CACHE[key])
     except Exception as exc:  # one failed run must not stop the grid; results.csv names it
         return "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     return ("resumed" if resume else "ran"), ""
@@ -242,9 +244,10 @@ def _init_worker(threads: int) -> None:
 
 def available_cores() -> int:
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun: ranks share the node
 
 
 def run_jobs(jobs: Sequence[SweepJob], workers: int | None = None, threads: int | None = None,
@@ -361,11 +364,16 @@ def sweep(methods: Sequence[str], grid: Sequence[str] | dict[str, Sequence[Any]]
     """Plan, run and summarise a grid: ``OUT/results.csv`` (one row per run),
     ``OUT/results.md`` (mean and spread over seeds per grid point) and ``OUT/results.png``."""
     from ..reports.sweep_report import write_results
+    from . import distributed as dist
 
     axes = parse_grid(grid_from_dict(grid) if isinstance(grid, dict) else list(grid))
     jobs = plan_jobs(methods, axes, seeds, out, options, config_file, overrides)
-    status = run_jobs(jobs, workers, threads, progress)
+    dist.init_from_env()  # torchrun: every rank runs its shard of the grid
+    status = run_jobs(dist.shard_jobs(jobs), workers, threads, progress and dist.is_main_process())
+    status = {k: v for part in dist.all_gather_object(status) for k, v in part.items()}
     rows = collect_rows(jobs, status)
+    if not dist.is_main_process():
+        return SweepResult(Path(out), jobs, rows)
     files = write_results(rows, list(dict.fromkeys(a.label for a in axes)), Path(out),
                           command=command, settings=common_settings(jobs))
     return SweepResult(Path(out), jobs, rows, files)

@@ -27,6 +27,7 @@ from ..models.config import ModelConfig
 from ..models.network import SpikingNetwork, build_model
 from .checkpoint import atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RunConfig
+from .ddp import DataParallel
 from .methods import MethodContext, make_method
 from .optim import Adam, CosineSchedule
 from .qat import attach_qat
@@ -110,6 +111,8 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
 
     With ``resume=True`` the run continues from ``out_dir/last.pt`` with the
     config saved there (``config`` is ignored); ``epochs`` may raise its total.
+    Launched by torchrun, the ranks share each global batch (``ddp.DataParallel``,
+    docs/distributed.md) and rank 0 alone writes ``out_dir``.
     """
     out = Path(out_dir) if out_dir is not None else None
     ckpt = None
@@ -135,6 +138,7 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
     optimizer = Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineSchedule(optimizer, config.epochs)
     loss_fn = make_loss(config.loss)
+    par = DataParallel.from_env(config.seed, config.sync_bn)
 
     # One fixed probe batch for the methods that measure the network (CPNG, Dspike).
     probe_idx = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(config.seed))
@@ -154,6 +158,7 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
         best_acc = float(ckpt.get("best_accuracy", -1.0))
         elapsed = float(ckpt.get("wall_time_s", 0.0))
         set_rng_state(ckpt["rng_state"])
+    par.prepare(model)
 
     def payload(epoch: int) -> dict:
         return {
@@ -167,7 +172,7 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
     n = len(data.x_train)
     steps = (n + config.batch_size - 1) // config.batch_size
     bar = None
-    if progress:
+    if progress and par.is_main:
         from tqdm import tqdm
 
         bar = tqdm(total=(config.epochs - start_epoch) * steps, unit="batch", dynamic_ncols=True)
@@ -179,9 +184,12 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
             row.update(method.on_epoch_start(ctx))
             model.train()
             order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-            loss_sum, correct = 0.0, 0
+            loss_sum, correct, seen = 0.0, 0, 0
+            par.begin_batches(model, epoch)
             for i in range(steps):
-                idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+                idx, share = par.shard(order[i * config.batch_size:(i + 1) * config.batch_size])
+                if idx is None:
+                    continue
                 xb, yb = to_time_major(data.x_train[idx], data.temporal), data.y_train[idx]
                 seq = model.forward_sequence(xb)
                 loss = loss_fn(seq, yb)
@@ -189,27 +197,30 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
                 if extra is not None:
                     loss = loss + extra
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * share).backward()  # ranks' shares sum to 1: the global-batch mean
+                par.sync_gradients(model)
                 optimizer.step()
+                seen += len(idx)
                 loss_sum += float(loss.detach()) * len(idx)
                 correct += int((seq.detach().mean(0).argmax(1) == yb).sum())
                 if bar is not None:
                     bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
-                    bar.set_postfix(loss=f"{loss_sum / min(n, (i + 1) * config.batch_size):.3f}",
-                                    acc=f"{correct / min(n, (i + 1) * config.batch_size):.3f}", refresh=False)
+                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
                     bar.update()
+            loss_sum, correct, seen = par.end_batches(model, loss_sum, correct, seen)
             row["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
             row.update(method.on_epoch_end(ctx))
-            test_acc, test_loss = evaluate_model(model, data.x_test, data.y_test, data.temporal,
-                                                 config.eval_batch_size)
+            par.check(model, method.state_dict(), epoch)
+            test_acc, test_loss = par.evaluate(model, data.x_test, data.y_test, data.temporal,
+                                               config.eval_batch_size)
             elapsed += time.perf_counter() - t0
-            row.update(train_loss=loss_sum / n, train_accuracy=correct / n,
+            row.update(train_loss=loss_sum / max(seen, 1), train_accuracy=correct / max(seen, 1),
                        test_loss=test_loss, test_accuracy=test_acc, wall_time_s=elapsed)
             history.append(row)
             improved = test_acc > best_acc
             best_acc = max(best_acc, test_acc)
-            if out is not None:
+            if out is not None and par.is_main:
                 state = payload(epoch)
                 save_checkpoint(out / "last.pt", state)
                 if improved:
@@ -221,6 +232,7 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
     finally:
         if bar is not None:
             bar.close()
+        par.release_rng()
     qat.detach()  # the returned model and the checkpoints hold the latent float weights
 
     final = history[-1] if history else {}
@@ -236,8 +248,9 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
         "seed": config.seed,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    if out is not None:
+    if out is not None and par.is_main:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    par.close()
     return RunResult(model, config, history, summary, out)
 
 
