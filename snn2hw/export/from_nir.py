@@ -196,8 +196,9 @@ def where(name: str) -> str:
     return f"layer {m.group(1)} (NIR node {name!r})" if m else f"NIR node {name!r}"
 
 
-def chain_order(graph: nir.NIRGraph) -> list[str]:
-    """Node names from Input to Output; ExportError if the graph is not a chain."""
+def chain_order(graph: nir.NIRGraph, why: str = "this target runs feed-forward chains only",
+                fix: str = "use an architecture without skip connections (--model mlp or conv)") -> list[str]:
+    """Node names from Input to Output; ExportError (``why``, ``fix``) if the graph is not a chain."""
     succ: dict[str, list[str]] = {}
     preds: dict[str, int] = {}
     for a, b in graph.edges:
@@ -205,13 +206,10 @@ def chain_order(graph: nir.NIRGraph) -> list[str]:
         preds[b] = preds.get(b, 0) + 1
     for n, k in preds.items():
         if k > 1:
-            raise ExportError(f"{where(n)} sums {k} inputs (a residual or branching graph); this "
-                              "target runs feed-forward chains only: use an architecture without skip "
-                              "connections (--model mlp or conv)")
+            raise ExportError(f"{where(n)} sums {k} inputs (a residual or branching graph); {why}: {fix}")
     for n, s in succ.items():
         if len(s) > 1:
-            raise ExportError(f"{where(n)} feeds {len(s)} nodes (a branching graph); this target "
-                              "runs feed-forward chains only")
+            raise ExportError(f"{where(n)} feeds {len(s)} nodes (a branching graph); {why}: {fix}")
     starts = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
     if len(starts) != 1:
         raise ExportError(f"the NIR graph has {len(starts)} Input nodes; snn2hw needs exactly one")

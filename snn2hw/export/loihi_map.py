@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
+from .from_nir import chain_order
 from .loihi_emulator import IntLayer
 
 WEIGHT_MAX = 254          # even 8-bit weights in [-256, 254]
@@ -159,31 +160,8 @@ def _meta(node: Any) -> dict:
 
 def _chain(graph: Any) -> list[str]:
     """Node names from the input to the output; refuses anything that branches."""
-    succ: dict[str, list[str]] = {}
-    pred: dict[str, list[str]] = {}
-    for a, b in graph.edges:
-        succ.setdefault(a, []).append(b)
-        pred.setdefault(b, []).append(a)
-    for name, ins in pred.items():
-        if len(ins) > 1:
-            raise ExportError(
-                f"node {name}: {len(ins)} inputs ({', '.join(ins)}) are summed, a residual or "
-                "branching network; netx 0.6 runs only chains (no add/concat). Fix: train a "
-                "plain --model mlp or --model conv for Loihi")
-    for name, outs in succ.items():
-        if len(outs) > 1:
-            raise ExportError(f"node {name}: feeds {len(outs)} nodes; netx 0.6 runs only chains. "
-                              "Fix: train a plain --model mlp or --model conv for Loihi")
-    starts = [n for n, node in graph.nodes.items() if type(node).__name__ == "Input"]
-    if len(starts) != 1:
-        raise ExportError(f"the graph has {len(starts)} Input nodes; Loihi export needs exactly one")
-    order, cur = [starts[0]], starts[0]
-    while cur in succ:
-        cur = succ[cur][0]
-        order.append(cur)
-    if len(order) != len(graph.nodes):
-        raise ExportError(f"nodes {sorted(set(graph.nodes) - set(order))} are not on the input-output chain")
-    return order
+    return chain_order(graph, why="netx 0.6 runs only chains (no add/concat)",
+                       fix="train a plain --model mlp or --model conv for Loihi")
 
 
 def _neuron_params(name: str, node: Any, meta: dict) -> tuple[float, float, str, float]:
