@@ -38,9 +38,11 @@ FLAGS: list[tuple[str, dict]] = [
     ("--reset", dict(choices=["hard", "soft"])),
     ("--carrier", dict(choices=["spike", "current"], help="between layers: spikes, or currents (ISNM: BN/pooling on currents)")),
     ("--hidden", dict(type=int, nargs="+", help="MLP hidden widths (default 256)")),
-    ("--channels", dict(type=int, nargs="+", help="conv channels per block (default 16 32)")),
+    ("--channels", dict(type=int, nargs="+", help="conv channels per block (default 32 32 32)")),
     ("--pool", dict(choices=["avg", "max", "sum", "none"])),
     ("--seed", dict(type=int)),
+    ("--shape-lr", dict(type=float, help="learning rate of learnable surrogate parameters "
+                                          "(psg gamma, asgl alpha); default: --lr")),
     ("--init-from", dict(help="start from this checkpoint's weights (TIT: T may differ)")),
     ("--sync-bn", dict(action="store_true", help="several processes: tdBN statistics over the global batch")),
     ("--qat", dict(help="quantisation-aware fine-tuning on a target's grid (loihi); with --init-from "

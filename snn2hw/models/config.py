@@ -16,7 +16,7 @@ class ModelConfig:
     num_classes: int = 10
     timesteps: int = 4
     hidden: tuple[int, ...] = (256,)          # mlp: hidden layer widths
-    channels: tuple[int, ...] = (16, 32)      # conv: channels per conv block
+    channels: tuple[int, ...] = (32, 32, 32)  # conv: channels per conv block
     kernel_size: int = 3
     pool: str = "avg"                         # avg | max | sum | none
     fc_hidden: int = 0                        # conv: optional spiking FC layer before the readout

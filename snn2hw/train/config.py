@@ -31,6 +31,8 @@ class RunConfig:
     qat: str | None = None        # fine-tune on this target's integer grid (train/qat.py GRIDS)
     eval_batch_size: int = 512
     sync_bn: bool = False         # torchrun: tdBN statistics over the global batch (all ranks)
+    shape_lr: float | None = None  # learning rate of learnable surrogate parameters (PSG gamma,
+                                   # ASGL alpha); None: same as lr
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:

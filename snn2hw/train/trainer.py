@@ -67,6 +67,20 @@ def evaluate_model(model: SpikingNetwork, x: Tensor, y: Tensor, temporal: bool =
     return correct / max(len(x), 1), loss_sum / max(len(x), 1)
 
 
+def param_groups(model: SpikingNetwork, config: RunConfig) -> list[dict]:
+    """Weights at ``lr``; learnable surrogate parameters at ``shape_lr`` if set.
+
+    A shape parameter moves about one learning rate per Adam step, so at the
+    weights' rate it cannot travel far from a bad start (e.g. a width of 20).
+    """
+    shape = [p for n, p in model.named_parameters() if n.endswith("shape_param")]
+    if config.shape_lr is None or not shape:
+        return [{"params": list(model.parameters())}]
+    ids = {id(p) for p in shape}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest}, {"params": shape, "lr": float(config.shape_lr), "weight_decay": 0.0}]
+
+
 def model_config_for(config: RunConfig, data: DataSplit) -> ModelConfig:
     d = config.model.to_dict()
     d.update(input_shape=list(data.input_shape), num_classes=data.num_classes)
@@ -135,7 +149,7 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
     if config.init_from and ckpt is None:
         _load_init(model, config.init_from)
     qat = attach_qat(model, config.qat)  # forward on the target's integer grid (STE); no-op if None
-    optimizer = Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = Adam(param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineSchedule(optimizer, config.epochs)
     loss_fn = make_loss(config.loss)
     par = DataParallel.from_env(config.seed, config.sync_bn)

@@ -1,0 +1,57 @@
+"""Our Adam against torch.optim.Adam, and the shape-parameter learning rate."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from snn2hw.models import ModelConfig, build_model
+from snn2hw.train.config import build_config
+from snn2hw.train.methods import make_method
+from snn2hw.train.optim import Adam, CosineSchedule
+from snn2hw.train.trainer import param_groups
+
+
+def test_adam_matches_torch_adam_step_by_step():
+    torch.manual_seed(0)
+    a = torch.nn.Linear(5, 3)
+    b = torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    ours = Adam(a.parameters(), lr=1e-2, weight_decay=1e-3)
+    ref = torch.optim.Adam(b.parameters(), lr=1e-2, weight_decay=1e-3)
+    for step in range(20):
+        x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+        for model, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert torch.allclose(p, q, atol=1e-6), step
+
+
+def test_cosine_schedule_values():
+    opt = Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    sched = CosineSchedule(opt, 4)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs == pytest.approx([0.4, 0.4 * (1 + 2 ** -0.5) / 2, 0.2, 0.4 * (1 - 2 ** -0.5) / 2])
+
+
+@pytest.mark.parametrize("method", ["psg", "asgl"])
+def test_shape_lr_sets_the_step_of_learnable_surrogate_parameters(method):
+    torch.manual_seed(1)
+    config = build_config({"method": method, "lr": 1e-3, "shape_lr": 0.1, "hidden": [16]})
+    model = build_model(ModelConfig(input_shape=(64,), hidden=(16,)))
+    make_method(method).setup(model)
+    model.train()
+    opt = Adam(param_groups(model, config), lr=config.lr)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    F.cross_entropy(model(torch.rand(32, 64) * 2), torch.randint(0, 10, (32,))).backward()
+    opt.step()
+    for n, p in model.named_parameters():
+        step = (p.detach() - before[n]).abs().max().item()
+        if p.grad is None or p.grad.abs().max() == 0:
+            continue
+        # Adam's first step moves every coordinate by its group's lr (|m / sqrt(v)| = 1)
+        assert step == pytest.approx(0.1 if n.endswith("shape_param") else 1e-3, rel=1e-3), n
