@@ -55,3 +55,14 @@ def test_shape_lr_sets_the_step_of_learnable_surrogate_parameters(method):
             continue
         # Adam's first step moves every coordinate by its group's lr (|m / sqrt(v)| = 1)
         assert step == pytest.approx(0.1 if n.endswith("shape_param") else 1e-3, rel=1e-3), n
+
+
+def test_learnable_shape_parameters_stay_positive_through_training():
+    from snn2hw.core.layers import LIF
+    from snn2hw.train.trainer import train
+
+    # a huge shape learning rate would drive ASGL's width below zero within a few steps
+    result = train(build_config({"method": "asgl", "epochs": 1, "hidden": [16], "shape_lr": 5.0,
+                                 "method_options": {"alpha_init": 20.0}}), None, progress=False)
+    alphas = [float(m.shape_param) for m in result.model.modules() if isinstance(m, LIF)]
+    assert alphas and min(alphas) >= 1e-3

@@ -67,6 +67,18 @@ def evaluate_model(model: SpikingNetwork, x: Tensor, y: Tensor, temporal: bool =
     return correct / max(len(x), 1), loss_sum / max(len(x), 1)
 
 
+SHAPE_PARAM_MIN = 1e-3
+
+
+@torch.no_grad()
+def keep_shape_params_positive(model: SpikingNetwork) -> None:
+    """Project learnable surrogate parameters (a width, slope or temperature) onto
+    ``>= SHAPE_PARAM_MIN``: a gradient step must not make a width negative."""
+    for name, p in model.named_parameters():
+        if name.endswith("shape_param"):
+            p.clamp_(min=SHAPE_PARAM_MIN)
+
+
 def param_groups(model: SpikingNetwork, config: RunConfig) -> list[dict]:
     """Weights at ``lr``; learnable surrogate parameters at ``shape_lr`` if set.
 
@@ -214,6 +226,7 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
                 (loss * share).backward()  # ranks' shares sum to 1: the global-batch mean
                 par.sync_gradients(model)
                 optimizer.step()
+                keep_shape_params_positive(model)
                 seen += len(idx)
                 loss_sum += float(loss.detach()) * len(idx)
                 correct += int((seq.detach().mean(0).argmax(1) == yb).sum())
