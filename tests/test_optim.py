@@ -64,5 +64,5 @@ def test_learnable_shape_parameters_stay_positive_through_training():
     # a huge shape learning rate would drive ASGL's width below zero within a few steps
     result = train(build_config({"method": "asgl", "epochs": 1, "hidden": [16], "shape_lr": 5.0,
                                  "method_options": {"alpha_init": 20.0}}), None, progress=False)
-    alphas = [float(m.shape_param) for m in result.model.modules() if isinstance(m, LIF)]
+    alphas = [float(m.shape_param.detach()) for m in result.model.modules() if isinstance(m, LIF)]
     assert alphas and min(alphas) >= 1e-3
