@@ -62,6 +62,11 @@ def train_from_options(options: dict[str, Any], config_file: str | None = None,
                        overrides: list[str] = (), out: str | None = None,
                        progress: bool = True) -> RunResult:
     """What ``snn2hw train`` does: defaults < config file < flags < --set."""
+    if options.get("qat") and options.get("init_from") and not config_file:
+        # fine-tuning a checkpoint on a target's grid: its own settings are the defaults
+        from .train.qat import fine_tune_defaults
+
+        options = {**fine_tune_defaults(options["init_from"]), **options}
     config = merge_options(options, config_file, overrides)
     return _train(config, out, progress=progress)
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from ..api import resume, train_from_options
 from ..train.methods import METHODS, option_flags
-from ..train.qat import fine_tune_defaults
 
 # flag -> config key; values None are not passed, so the config file or the defaults apply
 FLAGS: list[tuple[str, dict]] = [
@@ -103,8 +102,6 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         result = resume(args.resume, epochs=options.get("epochs"), progress=not args.no_progress)
     else:
-        if options.get("qat") and options.get("init_from") and not args.config:
-            options = {**fine_tune_defaults(options["init_from"]), **options}
         result = train_from_options(options, config_file=args.config,
                                     overrides=_method_sets(args) + args.set,
                                     out=args.out, progress=not args.no_progress)
