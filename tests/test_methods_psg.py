@@ -54,7 +54,7 @@ def test_analytic_variant_peaks_at_one():
 
 
 def test_setup_gives_conv_layers_arctan_fc_layers_softplus_and_learnable_gamma():
-    model = build_model(ModelConfig(arch="conv", input_shape=(1, 8, 8), fc_hidden=8))
+    model = build_model(ModelConfig(arch="conv", input_shape=(1, 8, 8), channels=(4, 8), fc_hidden=8))
     make_method("psg", {"gamma_init": 2.0}).setup(model)
     lifs = [m for m in model.modules() if isinstance(m, LIF)]
     assert [m.surrogate.name for m in lifs] == ["psg_arctan", "psg_arctan", "psg_softplus"]
