@@ -8,10 +8,11 @@ import nir
 import numpy as np
 import pytest
 import torch
+import snn2hw
 import torch.nn.functional as F
 
 from snn2hw.core.neuron import LIFParams, lif_sequence
-from snn2hw.data.datasets import load_digits
+from snn2hw.data.datasets import load_dataset, load_digits
 from snn2hw.environment import loihi_python
 from snn2hw.errors import ExportError
 from snn2hw.export import loihi_emulator as emu
@@ -275,3 +276,25 @@ def test_export_check_end_to_end_in_lava(mlp, tmp_path):
     assert min(v.spike_agreement.values()) > 0.9 and v.output_agreement > 0.8
     readme = (tmp_path / "out" / "README.md").read_text()
     assert "reset_interval=4" in readme and "Readout" in readme
+
+
+def test_input_range_comes_from_the_training_data(tmp_path):
+    """Signed analog inputs (mnist1d spans about [-5.5, 4.5]) must not be clipped to [0, 1]."""
+    from snn2hw.export.api import _source
+    from snn2hw.export.loihi_map import build_loihi_net
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1.5, 1.5, size=(120, 12)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    np.savez(tmp_path / "signed.npz", x=x, y=y)
+    snn2hw.train({"dataset": f"npz:{tmp_path / 'signed.npz'}", "epochs": 1, "hidden": [8]},
+                 out=tmp_path / "run")
+    graph, _, _ = _source(tmp_path / "run" / "last.pt", None)
+    data = load_dataset(f"npz:{tmp_path / 'signed.npz'}")
+    assert graph.metadata["input_range"] == pytest.approx([float(data.x_train.min()), float(data.x_train.max())])
+    net = build_loihi_net(graph)
+    xt = data.x_test.numpy()
+    assert xt.min() < 0
+    # graded input = round(levels * x): every held-out value within half a level of its float
+    err = np.abs(net.quantise_input(xt).reshape(xt.shape) / net.input_levels - xt)
+    assert err.max() <= 0.5 / net.input_levels + 1e-6

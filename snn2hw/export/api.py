@@ -74,7 +74,14 @@ def _source(source: str | Path | SpikingNetwork | nir.NIRGraph, timesteps: int |
         run = ckpt.get("run_config", {})
     if timesteps:
         model.config.timesteps = int(timesteps)
-    return model_to_nir(model, temporal=_is_temporal(str(run.get("dataset", "")))), model, run
+    spec = str(run.get("dataset", ""))
+    graph = model_to_nir(model, temporal=_is_temporal(spec))
+    if spec and graph.metadata.get("input_encoding") == "direct" and "input_range" not in graph.metadata:
+        # targets that quantise analog input (Loihi's graded spikes) need its range;
+        # the training inputs give it (mnist1d spans about [-5.5, 4.5], not [0, 1])
+        data = load_dataset(spec, int(run.get("seed", 0)))
+        graph.metadata["input_range"] = [float(data.x_train.min()), float(data.x_train.max())]
+    return graph, model, run
 
 
 def _is_temporal(spec: str) -> bool:
