@@ -183,12 +183,19 @@ def make_grid(target: str) -> TargetGrid:
     return GRIDS[target]()
 
 
-def attach_qat(model: nn.Module, target: str | None) -> QATHandle:
-    """Make ``model`` compute on ``target``'s grid (module docstring); ``None`` does nothing."""
+def attach_qat(model: nn.Module, target: str | None,
+               input_range: tuple[float, float] | None = None) -> QATHandle:
+    """Make ``model`` compute on ``target``'s grid (module docstring); ``None`` does nothing.
+
+    ``input_range``: the data's (min, max), as the exporter records it in the NIR
+    metadata, so that QAT quantises the input exactly as the export will.
+    """
     handle = QATHandle()
     if not target:
         return handle
     grid = make_grid(target)
+    if input_range is not None:
+        grid.input_range = (float(input_range[0]), float(input_range[1]))
     unit = 1.0 / grid.input_levels if grid.input_levels else 1.0
     for p in plan_sites(model, unit):
         if p.bn is not None:

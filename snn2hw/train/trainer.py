@@ -160,7 +160,8 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
     method.setup(model)
     if config.init_from and ckpt is None:
         _load_init(model, config.init_from)
-    qat = attach_qat(model, config.qat)  # forward on the target's integer grid (STE); no-op if None
+    data_range = None if data.temporal else (float(data.x_train.min()), float(data.x_train.max()))
+    qat = attach_qat(model, config.qat, data_range)  # the target's integer grid (STE); no-op if None
     optimizer = Adam(param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineSchedule(optimizer, config.epochs)
     loss_fn = make_loss(config.loss)
