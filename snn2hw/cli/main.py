@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, module in VERBS.items():
         mod = importlib.import_module(f".{module}", __package__)
-        p = sub.add_parser(verb, help=mod.__doc__.strip().splitlines()[0], description=mod.__doc__)
+        p = sub.add_parser(verb, help=mod.__doc__.strip().splitlines()[0], description=mod.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # keep examples' lines
         mod.add_arguments(p)
         p.set_defaults(run=mod.run)
     return parser
