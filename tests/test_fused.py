@@ -52,7 +52,7 @@ def _currents(T=6, shape=(3, 5), seed=0, dtype=torch.float64):
     return (torch.randn(T, *shape, generator=g, dtype=dtype) * 1.2 + 0.6).requires_grad_()
 
 
-def _compare(fused_fn, ref_fn, inputs, grad_out):
+def _assert_matches_reference(fused_fn, ref_fn, inputs, grad_out):
     s_ref = ref_fn()
     g_ref = torch.autograd.grad(s_ref, inputs, grad_out)
     s = fused_fn()
@@ -72,7 +72,7 @@ def test_fused_equals_plain_loop(backend, name, reset, lam):
     c = _currents()
     p = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
     go = torch.randn(c.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    g_ref = _compare(lambda: fused_lif(c, p, lam, 1.0, reset, shape),
+    g_ref = _assert_matches_reference(lambda: fused_lif(c, p, lam, 1.0, reset, shape),
                      lambda: lif_sequence(c, LIFParams(lam, 1.0, reset), lambda x: spike(x, shape, p))[0],
                      (c, p), go)
     assert g_ref[0].abs().sum() > 0 and g_ref[1].abs() > 0  # the comparison is not vacuous
@@ -111,7 +111,7 @@ def test_broadcast_input_and_per_neuron_param(backend):
     c0 = (torch.randn(4, 7, dtype=torch.float64) + 0.8).requires_grad_()
     p = torch.linspace(1.0, 6.0, 7, dtype=torch.float64).requires_grad_()
     go = torch.randn(5, 4, 7, dtype=torch.float64)
-    _compare(lambda: fused_lif(c0.unsqueeze(0).expand(5, 4, 7), p, 0.7, 1.0, "hard", shape),
+    _assert_matches_reference(lambda: fused_lif(c0.unsqueeze(0).expand(5, 4, 7), p, 0.7, 1.0, "hard", shape),
              lambda: lif_sequence(c0.unsqueeze(0).expand(5, 4, 7), LIFParams(0.7, 1.0, "hard"),
                                   lambda x: spike(x, shape, p))[0],
              (c0, p), go)
@@ -193,7 +193,7 @@ def test_strategy_with_non_binary_spikes(backend, reset, lam):
             return fused_lif(c, alpha, lam, 1.0, reset, strat, strat.fused_value)
         return lif_sequence(c, LIFParams(lam, 1.0, reset), strat)[0]
 
-    g_ref = _compare(lambda: run(True), lambda: run(False), (c, alpha), go)
+    g_ref = _assert_matches_reference(lambda: run(True), lambda: run(False), (c, alpha), go)
     assert g_ref[1].abs() > 0
 
 
