@@ -122,6 +122,13 @@ class TDBatchNorm(nn.Module):
         gain = self.scale * self.weight / torch.sqrt(self.running_var + self.eps)
         return gain, self.bias - gain * self.running_mean
 
+    def fold_into(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(W', b')`` with ``BN(W x + b) = W' x + b'`` in eval, per output channel,
+        in ``weight``'s dtype (the exporters fold in float64)."""
+        gain, offset = (t.detach().to(weight.dtype) for t in self.fold_factors())
+        bias = bias if bias is not None else torch.zeros_like(gain)
+        return weight * gain.view((-1,) + (1,) * (weight.dim() - 1)), gain * bias + offset
+
 
 class Pool(nn.Module):
     """Average, max or sum pooling (kernel = stride = k), 1-D or 2-D."""

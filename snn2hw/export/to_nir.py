@@ -55,9 +55,7 @@ def _synapse(layer: nn.Module, bn: TDBatchNorm | None, shape: tuple[int, ...]) -
     w = layer.weight.detach().double()
     b = layer.bias.detach().double() if layer.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
     if bn is not None:
-        gain, offset = (t.detach().double() for t in bn.fold_factors())
-        w = w * gain.view(-1, *([1] * (w.dim() - 1)))
-        b = gain * b + offset
+        w, b = bn.fold_into(w, b)
     w_np, b_np = w.numpy().astype(np.float32), b.numpy().astype(np.float32)
     if isinstance(layer, nn.Linear):
         return nir.Affine(weight=w_np, bias=b_np)

@@ -129,11 +129,7 @@ def _synapse(name: str, m: nn.Module) -> Synapse:
 
 def fold_bn(syn: Synapse, bn: TDBatchNorm) -> None:
     """Fold an eval-mode tdBN into the synapse before it: ``BN(Wx + b) = (gW) x + (g b + o)``."""
-    gain, offset = (t.detach() for t in bn.fold_factors())
-    view = (-1,) + (1,) * (syn.weight.dim() - 1)
-    syn.weight = syn.weight * gain.view(view)
-    bias = syn.bias if syn.bias is not None else torch.zeros_like(gain)
-    syn.bias = gain * bias + offset
+    syn.weight, syn.bias = bn.fold_into(syn.weight, syn.bias)
 
 
 def _lower_list(layers, prefix: str) -> list:
