@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import math
 
 import pytest
 import torch
 from torch import nn
 
-from snn2hw.core.layers import LIF, Pool
+from snn2hw.core.layers import LIF
 from snn2hw.errors import ConfigError
 from snn2hw.hwsim import PROFILES, count_energy, fan_out, get_profile, lower
 from snn2hw.models.config import ModelConfig

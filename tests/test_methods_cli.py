@@ -10,7 +10,6 @@ from snn2hw.cli.main import main
 from snn2hw.train.checkpoint import load_checkpoint
 from snn2hw.train.methods import METHODS, option_flags
 
-from test_methods_contract import _one_thread  # noqa: F401
 
 TINY = ["--epochs", "1", "--hidden", "16", "--timesteps", "2", "--no-progress"]
 

@@ -21,15 +21,6 @@ from snn2hw.train.trainer import load_model, train
 RECORDED = {"sg": None, "cpng": "beta/", "psg": "gamma/", "asgl": "alpha/", "gsg": "beta/", "dspike": "b"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread avoids oversubscribing a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @lru_cache(maxsize=None)
 def digits() -> DataSplit:
     return load_dataset("digits")

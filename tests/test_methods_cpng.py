@@ -13,7 +13,7 @@ from snn2hw.train.methods import cpng as cpng_mod
 from snn2hw.train.methods import make_method
 from snn2hw.train.methods.base import MethodContext
 
-from test_methods_contract import _one_thread, digits, run  # noqa: F401
+from test_methods_contract import digits, run
 
 SHAPES = [Triangle(), Rectangular(), Arctan()]
 

@@ -15,7 +15,7 @@ from snn2hw.train.methods.base import MethodContext
 from snn2hw.train.methods.dspike import coordinate_subset, finite_difference_grad, first_weight_name
 from snn2hw.train.trainer import make_loss
 
-from test_methods_contract import _one_thread, digits, run  # noqa: F401
+from test_methods_contract import digits, run
 
 
 def test_lemma_4_1_identity_for_small_b_and_step_for_large_b():

@@ -10,7 +10,7 @@ import torch
 from snn2hw.core.surrogate import GsgTanh
 from snn2hw.train.methods.gsg import gsg_beta
 
-from test_methods_contract import _one_thread, digits, run  # noqa: F401
+from test_methods_contract import digits, run
 
 
 def test_schedule_endpoints_and_log_linearity():

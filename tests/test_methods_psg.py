@@ -14,7 +14,7 @@ from snn2hw.models.network import build_model
 from snn2hw.train.methods import make_method
 from snn2hw.train.methods.psg import pda_loss
 
-from test_methods_contract import _one_thread, digits, run  # noqa: F401
+from test_methods_contract import digits, run
 
 
 def _sigmoid(z):

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from snn2hw.core.layers import LIF, TDBatchNorm, run_layers
 from snn2hw.models import ModelConfig, build_model

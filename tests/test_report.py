@@ -17,6 +17,7 @@ from snn2hw.data.datasets import load_dataset
 from snn2hw.reports.run_report import adaptive_series, read_history
 from snn2hw.train.methods import METHODS
 from snn2hw.train.methods.base import layer_params
+from markdown_tables import markdown_table_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -60,17 +61,6 @@ def run_dir(tmp_path_factory):
     mp.undo()
 
 
-def table_rows(md: str, header_start: str) -> list[list[str]]:
-    """Cells of the markdown table whose header row starts with ``| header_start``."""
-    lines = md.splitlines()
-    i = next(k for k, line in enumerate(lines) if line.startswith(f"| {header_start}"))
-    rows = []
-    for line in lines[i + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
-    return rows
-
 
 def test_report_files_and_numbers(run_dir, monkeypatch):
     monkeypatch.setitem(METHODS, ToyAdaptive.name, ToyAdaptive)
@@ -83,19 +73,19 @@ def test_report_files_and_numbers(run_dir, monkeypatch):
     summary = json.loads((run_dir / "summary.json").read_text())
     history = read_history(run_dir / "history.csv")
 
-    final, best, epochs = table_rows(md, "final test accuracy")[0][:3]
+    final, best, epochs = markdown_table_rows(md, "final test accuracy")[0][:3]
     assert float(final) == round(summary["test_accuracy"], 4)
     assert float(best) == round(summary["best_test_accuracy"], 4)
     assert int(epochs) == 3
 
-    per_epoch = table_rows(md, "epoch |")
+    per_epoch = markdown_table_rows(md, "epoch |")
     assert [int(r[0]) for r in per_epoch] == [1, 2, 3]
     for cells, row in zip(per_epoch, history):
         assert float(cells[2]) == round(row["train_loss"], 4)
         assert float(cells[5]) == round(row["test_accuracy"], 4)
 
     # Adaptive parameters: first/last per layer equal the schedule the toy method applied.
-    params = {(r[0], r[1]): r for r in table_rows(md, "quantity")}
+    params = {(r[0], r[1]): r for r in markdown_table_rows(md, "quantity")}
     assert params[("b", "(global)")][2:4] == ["0.0000", "1.0000"]
     lif_names = ["layers.2", "layers.4"]
     for i, name in enumerate(lif_names):
@@ -112,7 +102,7 @@ def test_report_files_and_numbers(run_dir, monkeypatch):
         model(x)
     for h in hooks:
         h.remove()
-    shown = {r[0]: float(r[1]) for r in table_rows(md, "layer |")}
+    shown = {r[0]: float(r[1]) for r in markdown_table_rows(md, "layer |")}
     assert set(shown) == set(counts) == set(lif_names)
     for name, rate in counts.items():
         assert shown[name] == pytest.approx(rate, abs=5e-5)

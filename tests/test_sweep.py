@@ -19,6 +19,7 @@ from snn2hw.errors import ConfigError
 from snn2hw.train.methods import METHODS
 from snn2hw.train.methods.sg import FixedSurrogate
 from snn2hw.train.sweep import parse_grid, plan_jobs, split_values
+from markdown_tables import markdown_table_rows
 
 trainer = importlib.import_module("snn2hw.train.trainer")
 
@@ -44,16 +45,6 @@ def read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
-
-def md_rows(md: str, header_start: str) -> list[list[str]]:
-    lines = md.splitlines()
-    i = next(k for k, line in enumerate(lines) if line.startswith(f"| {header_start}"))
-    out = []
-    for line in lines[i + 2:]:
-        if not line.startswith("|"):
-            break
-        out.append([c.strip() for c in line.strip("|").split("|")])
-    return out
 
 
 def test_parse_grid():
@@ -131,7 +122,7 @@ def test_sweep_rows_statistics_and_skip(tmp_path, subset):
 
     md = (out / "results.md").read_text()
     assert "snn2hw sweep (test)" in md and (out / "results.png").read_bytes()[:4] == b"\x89PNG"
-    table = {r[1]: r for r in md_rows(md, "method | surrogate_param")}
+    table = {r[1]: r for r in markdown_table_rows(md, "method | surrogate_param")}
     for point, acc in summaries.items():
         cells = table[point]
         assert int(cells[2]) == 2
@@ -139,7 +130,7 @@ def test_sweep_rows_statistics_and_skip(tmp_path, subset):
         assert float(cells[4]) == round(float(np.std(acc, ddof=1)), 4)
         assert float(cells[5]) == round(min(acc), 4) and float(cells[6]) == round(max(acc), 4)
     means = {p: np.mean(a) for p, a in summaries.items()}
-    robust = md_rows(md, "method | points")[0]
+    robust = markdown_table_rows(md, "method | points")[0]
     assert float(robust[6]) == round(100 * (max(means.values()) - min(means.values())), 1)
 
     stamps = {r["run"]: (out / r["run"] / "summary.json").stat().st_mtime_ns for r in rows}

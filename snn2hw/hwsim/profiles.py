@@ -10,11 +10,11 @@ See docs/hwsim.md for the provenance of every number.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..mapping_file import read_mapping_file
 
 
 @dataclass(frozen=True)
@@ -59,24 +59,7 @@ PROFILES: dict[str, EnergyProfile] = {p.name: p for p in (
 def read_profile_file(path: str | Path) -> dict[str, EnergyProfile]:
     """Profiles from a YAML/TOML/JSON mapping ``name -> {ac_pj, mac_pj, ann_mac_pj, source}``."""
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: profile file not found")
-    text = p.read_text()
-    try:
-        if p.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif p.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:
-        raise ConfigError(f"{p}: cannot parse ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of profile name -> fields")
+    data = read_mapping_file(p, "profile name -> fields")
     known = {f.name for f in fields(EnergyProfile)} - {"name"}
     out = {}
     for name, entry in data.items():

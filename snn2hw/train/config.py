@@ -7,12 +7,12 @@ under ``method_options:``. Command-line values override the file.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..mapping_file import read_mapping_file
 from ..models.config import ModelConfig
 
 
@@ -84,22 +84,4 @@ def build_config(values: dict[str, Any]) -> RunConfig:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: config file not found")
-    text = p.read_text()
-    try:
-        if p.suffix == ".toml":
-            import tomllib
-
-            return tomllib.loads(text)
-        if p.suffix == ".json":
-            return json.loads(text)
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    except Exception as exc:
-        raise ConfigError(f"{p}: cannot parse ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of config keys at the top level")
-    return data
+    return read_mapping_file(path, "config keys")

@@ -12,7 +12,7 @@ import math
 from typing import Iterable
 
 import torch
-from torch import Tensor
+
 
 
 class Adam:
