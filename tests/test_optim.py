@@ -45,7 +45,8 @@ def test_shape_lr_sets_the_step_of_learnable_surrogate_parameters(method):
     model = build_model(ModelConfig(input_shape=(64,), hidden=(16,)))
     make_method(method).setup(model)
     model.train()
-    opt = Adam(param_groups(model, config), lr=config.lr)
+    shape = [p for n, p in model.named_parameters() if n.endswith("shape_param")]
+    opt = Adam(param_groups(model, shape, config.shape_lr), lr=config.lr)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     F.cross_entropy(model(torch.rand(32, 64) * 2), torch.randint(0, 10, (32,))).backward()
     opt.step()

@@ -55,13 +55,15 @@ class LIF(nn.Module):
         return spike(x, self.surrogate, self.shape_param)
 
     def forward(self, currents: Tensor) -> Tensor:
+        # membranes are for training-time losses and probes (PDA, CPNG): never kept in eval
+        record = self.record_membrane and self.training
         fused = self._fused_args()
         if fused is not None:
-            out = fused_lif(currents, *fused, membrane=self.record_membrane)
-            s, self.last_membrane = out if self.record_membrane else (out, None)
+            out = fused_lif(currents, *fused, membrane=record)
+            s, self.last_membrane = out if record else (out, None)
             return s
         spike_fn = self.spike_strategy or self.surrogate_spike
-        s, u = lif_sequence(currents, self.params, spike_fn, self.record_membrane)
+        s, u = lif_sequence(currents, self.params, spike_fn, record)
         self.last_membrane = u
         return s
 

@@ -32,6 +32,11 @@ class DataSplit:
     temporal: bool = False  # samples are (T, ...) sequences (event frames)
 
     @property
+    def value_range(self) -> tuple[float, float] | None:
+        """(min, max) of the analog training inputs, which targets quantise; None for events."""
+        return None if self.temporal else (float(self.x_train.min()), float(self.x_train.max()))
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         shape = tuple(self.x_train.shape[1:])
         return shape[1:] if self.temporal else shape

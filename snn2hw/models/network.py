@@ -165,20 +165,6 @@ def record_spikes(model: nn.Module) -> Iterator[dict[str, list[Tensor]]]:
             h.remove()
 
 
-@contextmanager
-def record_membrane(model: nn.Module) -> Iterator[list[LIF]]:
-    """Make every LIF layer keep the membrane potentials of its last forward."""
-    lifs = [m for m in model.modules() if isinstance(m, LIF)]
-    for m in lifs:
-        m.record_membrane = True
-    try:
-        yield lifs
-    finally:
-        for m in lifs:
-            m.record_membrane = False
-            m.last_membrane = None
-
-
 def spike_rates(model: SpikingNetwork, x: Tensor) -> dict[str, float]:
     """Mean firing probability per LIF layer (spikes per neuron per step)."""
     with torch.no_grad(), record_spikes(model) as rec:

@@ -70,27 +70,17 @@ def evaluate_model(model: SpikingNetwork, x: Tensor, y: Tensor, temporal: bool =
 SHAPE_PARAM_MIN = 1e-3
 
 
-@torch.no_grad()
-def keep_shape_params_positive(model: SpikingNetwork) -> None:
-    """Project learnable surrogate parameters (a width, slope or temperature) onto
-    ``>= SHAPE_PARAM_MIN``: a gradient step must not make a width negative."""
-    for name, p in model.named_parameters():
-        if name.endswith("shape_param"):
-            p.clamp_(min=SHAPE_PARAM_MIN)
-
-
-def param_groups(model: SpikingNetwork, config: RunConfig) -> list[dict]:
-    """Weights at ``lr``; learnable surrogate parameters at ``shape_lr`` if set.
+def param_groups(model: SpikingNetwork, shape_params: list[Tensor], shape_lr: float | None) -> list[dict]:
+    """Weights at the optimiser's lr; learnable surrogate parameters at ``shape_lr`` if set.
 
     A shape parameter moves about one learning rate per Adam step, so at the
     weights' rate it cannot travel far from a bad start (e.g. a width of 20).
     """
-    shape = [p for n, p in model.named_parameters() if n.endswith("shape_param")]
-    if config.shape_lr is None or not shape:
+    if shape_lr is None or not shape_params:
         return [{"params": list(model.parameters())}]
-    ids = {id(p) for p in shape}
+    ids = {id(p) for p in shape_params}
     rest = [p for p in model.parameters() if id(p) not in ids]
-    return [{"params": rest}, {"params": shape, "lr": float(config.shape_lr), "weight_decay": 0.0}]
+    return [{"params": rest}, {"params": shape_params, "lr": float(shape_lr), "weight_decay": 0.0}]
 
 
 def model_config_for(config: RunConfig, data: DataSplit) -> ModelConfig:
@@ -160,9 +150,11 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
     method.setup(model)
     if config.init_from and ckpt is None:
         _load_init(model, config.init_from)
-    data_range = None if data.temporal else (float(data.x_train.min()), float(data.x_train.max()))
-    qat = attach_qat(model, config.qat, data_range)  # the target's integer grid (STE); no-op if None
-    optimizer = Adam(param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    # the target's integer grid (STE), input quantised on the data's range; no-op if None
+    qat = attach_qat(model, config.qat, data.value_range if config.qat else None)
+    shape_params = [p for n, p in model.named_parameters() if n.endswith("shape_param")]
+    optimizer = Adam(param_groups(model, shape_params, config.shape_lr),
+                     lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineSchedule(optimizer, config.epochs)
     loss_fn = make_loss(config.loss)
     par = DataParallel.from_env(config.seed, config.sync_bn)
@@ -227,7 +219,9 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
                 (loss * share).backward()  # ranks' shares sum to 1: the global-batch mean
                 par.sync_gradients(model)
                 optimizer.step()
-                keep_shape_params_positive(model)
+                if shape_params:  # a width, slope or temperature must stay positive
+                    with torch.no_grad():
+                        torch._foreach_clamp_min_(shape_params, SHAPE_PARAM_MIN)
                 seen += len(idx)
                 loss_sum += float(loss.detach()) * len(idx)
                 correct += int((seq.detach().mean(0).argmax(1) == yb).sum())
