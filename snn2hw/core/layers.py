@@ -124,10 +124,14 @@ class TDBatchNorm(nn.Module):
         gain = self.scale * self.weight / torch.sqrt(self.running_var + self.eps)
         return gain, self.bias - gain * self.running_mean
 
-    def fold_into(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    def fold_into(self, weight: Tensor, bias: Tensor | None,
+                  detach: bool = True) -> tuple[Tensor, Tensor]:
         """``(W', b')`` with ``BN(W x + b) = W' x + b'`` in eval, per output channel,
-        in ``weight``'s dtype (the exporters fold in float64)."""
-        gain, offset = (t.detach().to(weight.dtype) for t in self.fold_factors())
+        in ``weight``'s dtype (the exporters fold in float64); ``detach=False`` keeps
+        the BN parameters in the graph (QAT)."""
+        gain, offset = (t.to(weight.dtype) for t in self.fold_factors())
+        if detach:
+            gain, offset = gain.detach(), offset.detach()
         bias = bias if bias is not None else torch.zeros_like(gain)
         return weight * gain.view((-1,) + (1,) * (weight.dim() - 1)), gain * bias + offset
 

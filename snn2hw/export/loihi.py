@@ -163,7 +163,7 @@ class LoihiExporter:
             "input_clipped_fraction": float(np.mean((x < lo) | (x > hi))),
             "gains": net.gains, "vThMant": [l.vth for l in net.layers],
             "vDecay": [l.v_decay for l in net.layers],
-            "lam_effective": [1 - l.v_decay / 4096 for l in net.layers],
+            "lam_effective": [1 - l.v_decay / emu.DECAY_UNIT for l in net.layers],
             "weight_bits_used": net.info["weight_bits_used"],
             "emulator_accuracy": float((readout(net, emulated[-1]).argmax(1) == samples.y.numpy()).mean()),
         }

@@ -42,7 +42,7 @@ import numpy as np
 
 from ..errors import ExportError
 from .from_nir import chain_order
-from .loihi_emulator import IntLayer
+from .loihi_emulator import DECAY_UNIT, IntLayer
 
 WEIGHT_MAX = 254          # even 8-bit weights in [-256, 254]
 BIAS_MAX = 4095           # 13-bit signed bias mantissa
@@ -50,7 +50,6 @@ VTH_MAX = 131071          # 17-bit threshold mantissa
 A_LIMIT = 1 << 17         # |a| and |a + bias| must stay below: a << 6 is 24-bit
 INPUT_LEVELS = 16         # direct-encoded input: x_int = round(16 x), graded spikes
 INPUT_RANGE = (0.0, 1.0)  # assumed input range for the fan-in bound (metadata may override)
-DECAY_UNIT = 4096
 
 
 @dataclass
@@ -84,9 +83,26 @@ def loihi_grid(w: np.ndarray, b: np.ndarray | None, v_th: float, input_unit: flo
     theta = max(int(np.floor(v_th * g_max * (1 + 1e-12))), 1)
     gain = theta / v_th
     scale = gain * input_unit
-    w_int = np.clip(2 * np.round(w * scale / 2), -256, WEIGHT_MAX).astype(np.int64)
-    b_int = np.clip(np.round(b * gain), -BIAS_MAX, BIAS_MAX).astype(np.int64)
+    w_int = quantise_weight(w, scale).astype(np.int64)
+    b_int = quantise_bias(b, gain).astype(np.int64)
     return Grid(w_int, b_int, theta - 1 if spike == ">=" else theta, gain, scale)
+
+
+# The integer rounding, written once: numpy arrays with np.round for the export,
+# torch tensors with a straight-through round for QAT (snn2hw.train.qat).
+def quantise_weight(w: Any, scale: float, rnd: Any = np.round) -> Any:
+    """Even weights in [-256, 254]: ``clip(2 round(w S / 2))``."""
+    return (2 * rnd(w * scale / 2)).clip(-256, WEIGHT_MAX)
+
+
+def quantise_bias(b: Any, gain: float, rnd: Any = np.round) -> Any:
+    """13-bit bias mantissa: ``clip(round(b G))``."""
+    return rnd(b * gain).clip(-BIAS_MAX, BIAS_MAX)
+
+
+def lam_effective(lam: float) -> float:
+    """The leak Lava applies: ``1 - vDecay / 4096``."""
+    return 1.0 - v_decay_of(lam) / DECAY_UNIT
 
 
 def v_decay_of(lam: float) -> int:

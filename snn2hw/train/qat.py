@@ -81,7 +81,7 @@ class LoihiGrid:
         self.input_levels, self.input_range = INPUT_LEVELS, INPUT_RANGE
 
     def quantise(self, site: Site) -> Quantised:
-        from ..export.loihi_map import BIAS_MAX, loihi_grid, v_decay_of
+        from ..export.loihi_map import lam_effective, loihi_grid, quantise_bias, quantise_weight
 
         if site.v_th is None:
             return Quantised(site.weight, site.bias)
@@ -89,9 +89,9 @@ class LoihiGrid:
         grid = loihi_grid(w.detach().double().numpy(), b.detach().double().numpy(), site.v_th,
                           site.input_unit)
         s, g = grid.weight_scale, grid.gain
-        w_q = torch.clamp(2 * ste_round(w * (s / 2)), -256, 254) / s
-        b_q = torch.clamp(ste_round(b * g), -BIAS_MAX, BIAS_MAX) / g
-        lam = None if site.lam is None else 1.0 - v_decay_of(site.lam) / 4096
+        w_q = quantise_weight(w, s, ste_round) / s
+        b_q = quantise_bias(b, g, ste_round) / g
+        lam = None if site.lam is None else lam_effective(site.lam)
         return Quantised(w_q, b_q, grid.vth / g, lam)
 
 
@@ -139,8 +139,7 @@ def _folded(p: _Plan) -> tuple[Tensor, Tensor]:
     b = p.synapse.bias if p.synapse.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
     if p.bn is None:
         return w, b
-    gain, offset = p.bn.fold_factors()
-    return w * gain.view(-1, *([1] * (w.dim() - 1))), gain * b + offset
+    return p.bn.fold_into(w, b, detach=False)  # QAT trains through the fold
 
 
 def _apply(m: nn.Module, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
