@@ -36,10 +36,6 @@ DT = 1e-4
 RESET_NAMES = {"hard": "zero", "soft": "subtract"}
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().double().numpy().astype(np.float32)
-
-
 def _out_shape(layer: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
     """Per-sample output shape of ``layer`` (run once on zeros, eval mode)."""
     if isinstance(layer, LIF):
@@ -181,9 +177,3 @@ def model_to_nir(model: SpikingNetwork, dt: float = DT, temporal: bool = False) 
     }
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 
-
-def is_chain(graph: nir.NIRGraph) -> bool:
-    """True if every node has at most one input and one output edge."""
-    outs = [a for a, _ in graph.edges]
-    ins = [b for _, b in graph.edges]
-    return len(set(outs)) == len(outs) and len(set(ins)) == len(ins)

@@ -83,7 +83,6 @@ class Residual:
     out_shape: tuple[int, ...] = ()
 
 
-Op = Synapse | Neuron | Stateless | Residual
 
 
 @dataclass
@@ -127,11 +126,6 @@ def _synapse(name: str, m: nn.Module) -> Synapse:
     return Synapse(name, kind, w, b, tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.groups)
 
 
-def fold_bn(syn: Synapse, bn: TDBatchNorm) -> None:
-    """Fold an eval-mode tdBN into the synapse before it: ``BN(Wx + b) = (gW) x + (g b + o)``."""
-    syn.weight, syn.bias = bn.fold_into(syn.weight, syn.bias)
-
-
 def _lower_list(layers, prefix: str) -> list:
     ops: list = []
     for i, m in enumerate(layers):
@@ -142,7 +136,7 @@ def _lower_list(layers, prefix: str) -> list:
             if not ops or not isinstance(ops[-1], Synapse):
                 raise ExportError(f"{name}: tdBN does not directly follow a Linear/Conv layer, so it "
                                   "cannot be folded into weights; put BN right after the synapse")
-            fold_bn(ops[-1], m)
+            ops[-1].weight, ops[-1].bias = m.fold_into(ops[-1].weight, ops[-1].bias)
         elif isinstance(m, LIF):
             ops.append(Neuron(name, m.lam, m.v_th, m.reset))
         elif isinstance(m, ResidualBlock):

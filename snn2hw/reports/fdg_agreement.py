@@ -26,6 +26,7 @@ import torch
 from ..core.surrogate import Dspike
 from ..models.network import SpikingNetwork, build_model
 from ..train.methods._util import frozen_buffers, install_shape, named_lifs
+from ..train.checkpoint import atomic_write_text
 from ..train.methods.dspike import (coordinate_subset, cosine, finite_difference_grad,
                                     first_weight_name, surrogate_grad)
 from .markdown import md_table
@@ -154,5 +155,5 @@ def render_fdg_agreement(rows: Sequence[AgreementRow], out: Path, title: str = "
                        [[r.state, r.gradient, f"{r.eps:g}", r.mean, r.std, r.fdg_zero_fraction]
                         for r in rows]), "",
               "![cosine similarity per surrogate and eps](fdg_cosine.png)", ""]
-    (out / "fdg_cosine.md").write_text("\n".join(lines))
+    atomic_write_text(out / "fdg_cosine.md", "\n".join(lines))
     return [out / "fdg_cosine.md", out / "fdg_cosine.png"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
+from ..train.checkpoint import atomic_write_text
 from .markdown import fmt, md_table
 from .plots import plot_curves, plot_params, plot_spike_rates
 
@@ -164,5 +165,5 @@ def render_run_report(run_dir: str | Path, spike_rates: bool = True) -> RunRepor
                   "![spike rates](spike_rates.png)", "",
                   md_table(["layer", "spikes / neuron / step"], [[k, v] for k, v in ev["spike_rates"].items()]),
                   ""]
-    report.path.write_text("\n".join(lines))
+    atomic_write_text(report.path, "\n".join(lines))
     return report

@@ -51,11 +51,7 @@ def is_main_process() -> bool:
 
 def all_reduce_mean(t: Tensor) -> Tensor:
     """Mean of ``t`` over ranks (a new tensor; ``t`` itself is not changed)."""
-    if not is_distributed():
-        return t
-    out = t.detach().clone()
-    torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM)
-    return out / world_size()
+    return all_reduce_sum(t) / world_size() if is_distributed() else t
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:

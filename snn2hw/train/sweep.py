@@ -38,6 +38,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
 from .config import MODEL_FIELDS, RUN_FIELDS, RunConfig
+from .checkpoint import atomic_write_text
 
 RESERVED = {"method": "--methods", "seed": "--seeds"}
 
@@ -196,16 +197,11 @@ def plan_jobs(methods: Sequence[str], axes: Sequence[GridAxis], seeds: Sequence[
     return jobs
 
 
-def shard(jobs: Sequence[SweepJob], rank: int, world: int) -> list[SweepJob]:
-    """The jobs of one of ``world`` ranks (round robin, so every rank gets a mix)."""
-    return list(jobs[rank::world])
-
-
 def is_finished(job: SweepJob) -> bool:
     return (Path(job.run_dir) / "summary.json").exists()
 
 
-_DATA_CACHE: dict[tuple[str, int], Any] = {}
+_DATA_CACHE: dict[str, Any] = {}
 
 
 def run_job(job: SweepJob) -> tuple[str, str]:
@@ -223,12 +219,12 @@ def run_job(job: SweepJob) -> tuple[str, str]:
         return "failed", (f"{d} holds a run with another config (job.json differs); "
                           "remove that directory or sweep into another --out")
     d.mkdir(parents=True, exist_ok=True)
-    stored.write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write_text(stored, json.dumps(config, indent=2) + "\n")  # a kill must not leave half a file
     resume = (d / "last.pt").exists()
-    key = (config["dataset"], int(config["seed"]))
+    key = config["dataset"]  # the split does not depend on the run seed: load once per worker
     try:
         if key not in _DATA_CACHE:
-            _DATA_CACHE[key] = load_dataset(*key)
+            _DATA_CACHE[key] = load_dataset(key)
         with local_only():  # under torchrun each rank trains its own jobs, alone
             train(RunConfig.from_dict(config), d, resume=resume, progress=False, data=_DATA_CACHE[key])
     except Exception as exc:  # one failed run must not stop the grid; results.csv names it
