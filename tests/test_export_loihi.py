@@ -292,6 +292,10 @@ def test_input_range_comes_from_the_training_data(tmp_path):
     graph, _, _ = _source(tmp_path / "run" / "last.pt", None)
     data = load_dataset(f"npz:{tmp_path / 'signed.npz'}")
     assert graph.metadata["input_range"] == pytest.approx([float(data.x_train.min()), float(data.x_train.max())])
+    # a model passed from Python, with the dataset named by the caller, gets the same range
+    model, _ = snn2hw.load(tmp_path / "run" / "last.pt")
+    from_python, _, _ = _source(model, None, f"npz:{tmp_path / 'signed.npz'}")
+    assert from_python.metadata["input_range"] == graph.metadata["input_range"]
     net = build_loihi_net(graph)
     xt = data.x_test.numpy()
     assert xt.min() < 0

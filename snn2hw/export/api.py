@@ -19,7 +19,7 @@ from typing import Any
 import nir
 import torch
 
-from ..data.datasets import load_dataset
+from ..data.datasets import DataSplit, load_dataset
 from ..errors import ConfigError, ExportError
 from ..models.network import SpikingNetwork
 from ..train.checkpoint import atomic_write_text
@@ -58,46 +58,38 @@ def read_nir(path: str | Path) -> nir.NIRGraph:
         raise ExportError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from None
 
 
-def _source(source: str | Path | SpikingNetwork | nir.NIRGraph, timesteps: int | None
-            ) -> tuple[nir.NIRGraph, torch.nn.Module, dict]:
-    """(graph, float reference model, checkpoint run config or {})."""
+def _source(source: str | Path | SpikingNetwork | nir.NIRGraph, timesteps: int | None,
+            dataset: str | None = None) -> tuple[nir.NIRGraph, torch.nn.Module, DataSplit | None]:
+    """(graph, float reference model, the data it is checked on or None).
+
+    The dataset is ``dataset`` or the checkpoint's own, loaded once: it says whether
+    inputs are event frames and gives the analog input range that targets quantising
+    the input (Loihi's graded spikes) need (mnist1d spans about [-5.5, 4.5], not [0, 1]).
+    """
+    run: dict = {}
     if isinstance(source, (str, Path)) and Path(source).suffix == ".nir":
         source = read_nir(source)
-    if isinstance(source, nir.NIRGraph):
-        if timesteps:
-            source.metadata["timesteps"] = int(timesteps)
-        return source, nir_to_network(source), {}
-    if isinstance(source, SpikingNetwork):
-        model, run = source, {}
-    else:
-        model, ckpt = load_model(source)
+    if not isinstance(source, (nir.NIRGraph, SpikingNetwork)):
+        source, ckpt = load_model(source)
         run = ckpt.get("run_config", {})
-    if timesteps:
-        model.config.timesteps = int(timesteps)
-    spec = str(run.get("dataset", ""))
-    graph = model_to_nir(model, temporal=_is_temporal(spec))
-    if spec and graph.metadata.get("input_encoding") == "direct" and "input_range" not in graph.metadata:
-        # targets that quantise analog input (Loihi's graded spikes) need its range;
-        # the training inputs give it (mnist1d spans about [-5.5, 4.5], not [0, 1])
-        data = load_dataset(spec, int(run.get("seed", 0)))
-        graph.metadata["input_range"] = [float(data.x_train.min()), float(data.x_train.max())]
-    return graph, model, run
+    spec = dataset or run.get("dataset")
+    data = load_dataset(spec, int(run.get("seed", 0))) if spec else None
+    if isinstance(source, nir.NIRGraph):
+        graph, model = source, None
+        if timesteps:
+            graph.metadata["timesteps"] = int(timesteps)
+    else:
+        model = source
+        if timesteps:
+            model.config.timesteps = int(timesteps)
+        graph = model_to_nir(model, temporal=bool(data and data.temporal))
+    if data is not None and data.value_range and graph.metadata.get("input_encoding", "direct") == "direct":
+        graph.metadata.setdefault("input_range", list(data.value_range))
+    return graph, model if model is not None else nir_to_network(graph), data
 
 
-def _is_temporal(spec: str) -> bool:
-    """Only npz datasets hold event sequences; their flag is read without loading the arrays."""
-    path = spec[4:] if spec.startswith("npz:") else spec if spec.endswith(".npz") else ""
-    if not path or not Path(path).exists():
-        return False
-    import numpy as np
-
-    with np.load(path) as arrays:
-        return bool(arrays["temporal"]) if "temporal" in arrays.files else False
-
-
-def held_out_samples(dataset: str, seed: int, n: int, timesteps: int) -> Samples:
-    """The first ``n`` samples of the dataset's test split, time-major if temporal."""
-    data = load_dataset(dataset, seed)
+def held_out_samples(data: DataSplit, n: int, timesteps: int) -> Samples:
+    """The first ``n`` samples of the test split, time-major if temporal."""
     x, y = data.x_test[:n], data.y_test[:n]
     return Samples(to_time_major(x, data.temporal), y, timesteps, data.temporal)
 
@@ -115,7 +107,7 @@ def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str
     """
     exporter = make_exporter(target)
     try:
-        graph, reference_model, run = _source(source, timesteps)
+        graph, reference_model, data = _source(source, timesteps, dataset)
         exporter.check(graph)
     except ExportError as exc:  # name the target once, whoever raised
         msg = str(exc)
@@ -127,10 +119,9 @@ def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str
         if isinstance(samples, Samples):
             prepared = samples
         else:
-            spec = dataset or run.get("dataset")
-            if not spec:
+            if data is None:
                 raise ConfigError("--check needs held-out samples: give --dataset (the NIR file names none)")
-            prepared = held_out_samples(spec, int(run.get("seed", 0)), int(samples), T)
+            prepared = held_out_samples(data, int(samples), T)
         prepared.reference = run_reference(reference_model, prepared)
 
     out = Path(out_dir)
