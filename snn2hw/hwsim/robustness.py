@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..data.datasets import load_dataset
 from ..errors import ConfigError
@@ -95,12 +95,16 @@ def robustness(checkpoints: Sequence[str], mismatch: Sequence[float] = (0, 0.05,
                      "method": ckpt.get("run_config", {}).get("method"), "dataset": spec,
                      "samples": n, "timesteps": model.timesteps, "float_accuracy": clean, "sweeps": {}}
 
+            simulated: dict[NoiseSpec, Any] = {}  # level 0 of every axis is the same condition
+
             def one_level(job: tuple[str, float]) -> dict:
                 axis, level = job
                 if bar is not None:
                     bar.set_description(f"{label}: {axis}={level:g}")
                 cond = replace(base, **{AXES[axis][0]: level})
-                res = simulate(net, x, y, cond, chips, seed, temporal=data.temporal)
+                if cond not in simulated:
+                    simulated[cond] = simulate(net, x, y, cond, chips, seed, temporal=data.temporal)
+                res = simulated[cond]
                 acc = res.accuracy
                 if bar is not None:
                     bar.update()
@@ -109,7 +113,7 @@ def robustness(checkpoints: Sequence[str], mismatch: Sequence[float] = (0, 0.05,
 
             for (axis, _), row in zip(levels_all, dist.run_jobs(one_level, levels_all)):
                 entry["sweeps"].setdefault(axis, []).append(row)
-            n_chip_runs += chips * len(levels_all)
+            n_chip_runs += chips * len(simulated)  # chips actually simulated (on this rank)
             report_models.append(entry)
     finally:
         if bar is not None:
