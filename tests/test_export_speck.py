@@ -401,3 +401,27 @@ def test_exporter_is_registered():
     from snn2hw.export import EXPORTERS
 
     assert EXPORTERS["speck"] is SpeckExporter
+
+
+def _foreign_graph(neuron: nir.NIRNode) -> nir.NIRGraph:
+    """As another framework writes it: no snn2hw metadata on the neuron or the graph."""
+    nodes = {"input": nir.Input(input_type={"input": np.array([2])}),
+             "fc": nir.Affine(weight=np.array([[0.5, -0.25]], np.float32), bias=np.zeros(1, np.float32)),
+             "lif": neuron,
+             "out": nir.Affine(weight=np.array([[1.0]], np.float32), bias=np.zeros(1, np.float32)),
+             "output": nir.Output(output_type={"output": np.array([1])})}
+    edges = [("input", "fc"), ("fc", "lif"), ("lif", "out"), ("out", "output")]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata={"timesteps": 3})
+
+
+def test_foreign_if_gain_is_folded_into_the_weights():
+    plan = build_plan(_foreign_graph(nir.IF(r=np.full(1, 2.0), v_threshold=np.ones(1))))
+    # v += r * (W s): the chip has no input gain, so the core's weights carry it
+    np.testing.assert_allclose(np.asarray(plan.layers[0].weight).reshape(-1), [1.0, -0.5])
+
+
+def test_foreign_lif_is_read_with_the_importers_leak_and_refused():
+    # tau = 10 dt: lam = 1 - dt/tau = 0.9 (the old reading, 1 - 1/r, gave lam = 0 for r = 1)
+    lif = nir.LIF(tau=np.full(1, 1e-3), r=np.ones(1), v_leak=np.zeros(1), v_threshold=np.ones(1))
+    with pytest.raises(ExportError, match="lam=0.9; Speck neurons are IAF"):
+        build_plan(_foreign_graph(lif))

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import ExportError
 from .from_nir import _pair, chain_order
+from .to_nir import DT
 
 # (kernel memory, neuron memory, bias memory) per core, in words (chips/dynapcnn.py get_constraints)
 CORE_LIMITS: tuple[tuple[int, int, int], ...] = (
@@ -145,14 +146,25 @@ def chain_nodes(graph: nir.NIRGraph) -> list[str]:
         raise ExportError(f"speck: {exc}") from None
 
 
-def _lam(node: nir.NIRNode) -> float:
+def _lam(node: nir.NIRNode, dt: float) -> float:
+    """The per-step leak, read as the hub's importer reads it (Euler step of dt)."""
     meta = getattr(node, "metadata", {}) or {}
     if "lam" in meta:
         return float(meta["lam"])
     if isinstance(node, nir.IF):
         return 1.0
-    r = float(np.asarray(node.r).flat[0])   # snn2hw encoding: r = 1/(1-lam)
-    return 1.0 - 1.0 / r
+    return 1.0 - dt / float(np.min(np.asarray(node.tau, dtype=np.float64)))
+
+
+def _input_gain(name: str, node: nir.NIRNode) -> float:
+    """A foreign IF's input gain r (ours write 1): folded into the core's weights."""
+    if "lam" in (getattr(node, "metadata", {}) or {}) or not isinstance(node, nir.IF):
+        return 1.0
+    r = np.asarray(node.r, dtype=np.float64)
+    if not np.all(r == r.flat[0]):
+        raise ExportError(f"speck: layer {name} has a per-neuron input gain r; a Speck core has "
+                          "one set of weights per channel: fold r into the weights before export")
+    return float(r.flat[0])
 
 
 def _threshold(name: str, node: nir.NIRNode) -> float:
@@ -218,8 +230,12 @@ def build_plan(graph: nir.NIRGraph) -> SpeckPlan:
             if pending is None:
                 raise ExportError(f"speck: neuron layer {name} has no conv/linear layer before it; "
                                   "each Speck core is conv -> IAF")
+            gain = _input_gain(name, node)
+            if gain != 1.0:
+                pending["weight"], pending["weight_flat"] = pending["weight"] * gain, pending["weight_flat"] * gain
+                pending["bias"] = pending["bias"] * gain
             _check_core(pending)
-            lam = _lam(node)
+            lam = _lam(node, float(meta.get("dt", DT)))
             if lam != 1.0:
                 raise ExportError(f"speck: layer {name} has leak lam={lam:g}; Speck neurons are IAF: "
                                   "retrain with --lam 1")
