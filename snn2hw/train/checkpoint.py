@@ -44,6 +44,14 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy a finished file (e.g. last.pt to best.pt) with the same temp-and-rename guarantee."""
+    import shutil
+
+    with open(src, "rb") as f:
+        atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
+
+
 def save_checkpoint(path: Path, payload: dict) -> None:
     payload = {"format": FORMAT, "version": VERSION, **payload}
     atomic_write(path, lambda f: torch.save(payload, f))

@@ -25,7 +25,7 @@ from ..data.datasets import DataSplit, load_dataset
 from ..errors import CheckpointError
 from ..models.config import ModelConfig
 from ..models.network import SpikingNetwork, build_model
-from .checkpoint import atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import atomic_copy, atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RunConfig
 from .ddp import DataParallel
 from .methods import MethodContext, make_method
@@ -246,7 +246,7 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
                 state = payload(epoch)
                 save_checkpoint(out / "last.pt", state)
                 if improved:
-                    save_checkpoint(out / "best.pt", state)
+                    atomic_copy(out / "last.pt", out / "best.pt")  # the same state, serialised once
                 _write_history(out / "history.csv", history)
             if bar is not None:
                 bar.write(f"epoch {epoch + 1}: loss {row['train_loss']:.4f} train {row['train_accuracy']:.4f} "
