@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
-from .from_nir import chain_order
+from .from_nir import _pair, chain_order
+from .to_nir import DT
 from .loihi_emulator import DECAY_UNIT, IntLayer
 
 WEIGHT_MAX = 254          # even 8-bit weights in [-256, 254]
@@ -165,11 +166,6 @@ class LoihiNet:
         return max(int(max(abs(lo), abs(hi))).bit_length() + 1, 2)
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    a = np.atleast_1d(np.asarray(v)).astype(int)
-    return (int(a[0]), int(a[0])) if a.size == 1 else (int(a[0]), int(a[1]))
-
-
 def _meta(node: Any) -> dict:
     return dict(getattr(node, "metadata", None) or {})
 
@@ -200,7 +196,7 @@ def _neuron_params(name: str, node: Any, meta: dict) -> tuple[float, float, str,
     else:
         if np.any(np.asarray(node.v_leak) != 0):
             raise ExportError(f"neuron {name}: v_leak != 0 has no CUBA equivalent. Fix: v_leak = 0")
-        dt = float(meta.get("dt", 1e-4))
+        dt = float(meta.get("dt", DT))
         k = dt / np.asarray(node.tau, np.float64)
         lams, gain = np.unique((1.0 - k).round(12)), np.unique((k * np.asarray(node.r, np.float64)).round(9))
         if lams.size != 1:
