@@ -16,6 +16,7 @@ import torch
 from .data.datasets import load_dataset
 from .errors import ConfigError
 from .models.network import SpikingNetwork, spike_rates
+from .train.checkpoint import checkpoint_file
 from .train.config import RunConfig, build_config, read_config_file
 from .train.trainer import RunResult, evaluate_model, load_model, to_time_major
 from .train.trainer import train as _train
@@ -90,7 +91,7 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None) -> dict[str, An
     acc, loss = evaluate_model(model, data.x_test, data.y_test, data.temporal)
     with torch.inference_mode():
         rates = spike_rates(model, to_time_major(data.x_test[:512], data.temporal))
-    return {"checkpoint": str(checkpoint), "dataset": spec, "samples": len(data.x_test),
+    return {"checkpoint": str(checkpoint_file(checkpoint)), "dataset": spec, "samples": len(data.x_test),
             "timesteps": model.timesteps, "test_accuracy": acc, "test_loss": loss,
             "spike_rates": rates}
 

@@ -35,7 +35,8 @@ from ..data.datasets import load_dataset
 from ..train.trainer import load_model, to_time_major
 from .graph import LoweredNet, Neuron, Residual, Stateless, Synapse, lower, run
 from .profiles import EnergyProfile, get_profile
-from .provenance import checkpoint_file, command_line, sha256_of, versions
+from ..train.checkpoint import checkpoint_file
+from .provenance import command_line, sha256_of, versions
 
 
 def fan_out(op: Synapse) -> Tensor:

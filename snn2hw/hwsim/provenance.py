@@ -7,13 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-
-def checkpoint_file(path: str | Path) -> Path:
-    """The file a checkpoint argument names (a run directory means best.pt, else last.pt)."""
-    p = Path(path)
-    if p.is_dir():
-        return p / "best.pt" if (p / "best.pt").exists() else p / "last.pt"
-    return p
+from ..train.checkpoint import checkpoint_file
 
 
 def sha256_of(path: str | Path) -> str:

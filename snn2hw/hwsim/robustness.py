@@ -21,7 +21,8 @@ from ..train.checkpoint import atomic_write_text
 from ..train.trainer import evaluate_model, load_model
 from .graph import lower
 from .noise import MISMATCH_PARAMS, NoiseSpec, quant_spec, simulate
-from .provenance import checkpoint_file, command_line, sha256_of, versions
+from ..train.checkpoint import checkpoint_file
+from .provenance import command_line, sha256_of, versions
 
 AXES = {  # axis -> (NoiseSpec field, axis label for plots and tables)
     "mismatch": ("mismatch", "device mismatch xi (relative std of each parameter)"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
-from ..train.checkpoint import atomic_write_text
+from ..train.checkpoint import atomic_write_text, checkpoint_file
 from .markdown import fmt, md_table
 from .plots import plot_curves, plot_params, plot_spike_rates
 
@@ -80,13 +80,6 @@ def _evenly(rows: list[dict], n: int) -> list[dict]:
     return [rows[i] for i in idx]
 
 
-def _checkpoint(run_dir: Path) -> Path | None:
-    for name in ("best.pt", "last.pt"):
-        if (run_dir / name).exists():
-            return run_dir / name
-    return None
-
-
 def render_run_report(run_dir: str | Path, spike_rates: bool = True) -> RunReport:
     """Write ``RUN_DIR/report.md``, ``curves.png``, ``params.png`` (if the method logged
     adaptive parameters) and ``spike_rates.png`` (from ``snn2hw.api.evaluate`` on the
@@ -100,7 +93,7 @@ def render_run_report(run_dir: str | Path, spike_rates: bool = True) -> RunRepor
     if not history:
         raise CheckpointError(f"{hist_path}: no epochs recorded yet; train at least one epoch")
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
-    ckpt_path = _checkpoint(run)
+    ckpt_path = checkpoint_file(run) if checkpoint_file(run).exists() else None
     config: dict = {}
     if ckpt_path is not None:
         from ..train.checkpoint import load_checkpoint

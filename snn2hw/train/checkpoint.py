@@ -57,11 +57,17 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load and sanity-check a checkpoint; any problem is one CheckpointError."""
+def checkpoint_file(path: str | Path) -> Path:
+    """The file a checkpoint argument names: a run directory means its best.pt, else last.pt."""
     p = Path(path)
     if p.is_dir():
-        p = p / "best.pt" if (p / "best.pt").exists() else p / "last.pt"
+        return p / "best.pt" if (p / "best.pt").exists() else p / "last.pt"
+    return p
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load and sanity-check a checkpoint; any problem is one CheckpointError."""
+    p = checkpoint_file(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such checkpoint; pass a .pt file or a run directory")
     try:
