@@ -20,7 +20,8 @@ import torch
 from snn2hw.data.datasets import load_dataset
 from snn2hw.hwsim import NoiseSpec, PROFILES, count_energy, lower, run, simulate
 from snn2hw.train.config import build_config
-from snn2hw.train.trainer import load_model, train
+from snn2hw.runs.model import load_model
+from snn2hw.train.trainer import train
 
 
 def _time(fn) -> float:

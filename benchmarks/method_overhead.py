@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from snn2hw.data.datasets import load_dataset  # noqa: E402
 from snn2hw.train.config import build_config  # noqa: E402
-from snn2hw.train.methods import METHODS  # noqa: E402
+from snn2hw.methods import METHODS  # noqa: E402
 from snn2hw.train import trainer  # noqa: E402
 from snn2hw.train.trainer import train  # noqa: E402
 

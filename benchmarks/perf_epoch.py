@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from snn2hw.api import merge_options  # noqa: E402
+from snn2hw.train.config import merge_options  # noqa: E402
 from snn2hw.core import _kernel  # noqa: E402
 from snn2hw.core.layers import LIF  # noqa: E402
 from snn2hw.data.datasets import load_dataset  # noqa: E402

@@ -11,44 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .data.datasets import load_dataset
-from .errors import ConfigError
-from .models.network import SpikingNetwork, spike_rates
-from .train.checkpoint import checkpoint_file
-from .train.config import RunConfig, build_config, read_config_file
-from .train.trainer import RunResult, evaluate_model, load_model, to_time_major
+from .models.network import SpikingNetwork
+from .runs.model import evaluate, load_model
+from .train.config import RunConfig, build_config, merge_options
+from .train.trainer import RunResult
 from .train.trainer import train as _train
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b=value`` -> (["a", "b"], value parsed as YAML: numbers, bools, lists)."""
-    import yaml
-
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def merge_options(options: dict[str, Any], config_file: str | None = None,
-                  overrides: list[str] = ()) -> RunConfig:
-    """defaults < config file < command-line options < --set overrides."""
-    values: dict[str, Any] = read_config_file(config_file) if config_file else {}
-    values = {k.replace("-", "_"): v for k, v in values.items()}
-    values.update(options)
-    for item in overrides:
-        path, value = parse_override(item)
-        target = values
-        for part in path[:-1]:
-            target = target.setdefault(part.replace("-", "_"), {})
-        target[path[-1].replace("-", "_")] = value
-    return build_config(values)
 
 
 def train(config: RunConfig | dict, out: str | Path | None = None,
@@ -82,20 +49,6 @@ def load(checkpoint: str | Path) -> tuple[SpikingNetwork, dict]:
     return load_model(checkpoint)
 
 
-def evaluate(checkpoint: str | Path, dataset: str | None = None) -> dict[str, Any]:
-    """Test accuracy and per-layer spike rates of a checkpoint."""
-    model, ckpt = load_model(checkpoint)
-    run = ckpt.get("run_config", {})
-    spec = dataset or run.get("dataset", "digits")
-    data = load_dataset(spec, run.get("seed", 0))
-    acc, loss = evaluate_model(model, data.x_test, data.y_test, data.temporal)
-    with torch.inference_mode():
-        rates = spike_rates(model, to_time_major(data.x_test[:512], data.temporal))
-    return {"checkpoint": str(checkpoint_file(checkpoint)), "dataset": spec, "samples": len(data.x_test),
-            "timesteps": model.timesteps, "test_accuracy": acc, "test_loss": loss,
-            "spike_rates": rates}
-
-
 def report(run_dir: str | Path, spike_rates: bool = True):
     """Write ``run_dir/report.md`` with PNG plots (see ``snn2hw.reports.run_report``)."""
     from .reports.run_report import render_run_report
@@ -104,7 +57,7 @@ def report(run_dir: str | Path, spike_rates: bool = True):
 
 
 def sweep(methods, grid, seeds, out, **kwargs):
-    """Run a grid of training runs; see ``snn2hw.train.sweep.sweep`` (same arguments)."""
-    from .train.sweep import sweep as _sweep
+    """Run a grid of training runs; see ``snn2hw.sweep.sweep`` (same arguments)."""
+    from .sweep import sweep as _sweep
 
     return _sweep(methods, grid, seeds, out, **kwargs)

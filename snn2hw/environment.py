@@ -65,7 +65,7 @@ def loihi_python() -> Path | None:
 def environment_report() -> dict[str, str]:
     import torch
 
-    from . import __version__
+    from .version import __version__
 
     report = {
         "snn2hw": __version__,

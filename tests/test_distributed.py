@@ -22,10 +22,10 @@ import torch
 
 from snn2hw.data.datasets import DataSplit, load_digits
 from snn2hw.train import ddp
-from snn2hw.train import distributed as dist
+from snn2hw import distributed as dist
 from snn2hw.train import trainer
 from snn2hw.train.config import build_config
-from snn2hw.train.methods import METHODS
+from snn2hw.methods import METHODS
 
 WORLD = 2
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     res["my_jobs"] = dist.shard_jobs(list(range(7)))
     res["jobs"] = dist.run_jobs(_job, list(range(7)))
     # the sweep verb: each rank trains its share of the grid, rank 0 writes the results
-    from snn2hw.train.sweep import sweep
+    from snn2hw.sweep import sweep
 
     options = dict(SWEEP_OPTIONS, dataset=f"npz:{Path(out) / 'small.npz'}")
     result = sweep(["sg"], ["lr=0.002,0.005"], [0], Path(out) / "sweep", options=options,
@@ -352,7 +352,7 @@ def test_cli_nproc_launches_torchrun_and_resumes_with_one_process(tmp_path):
 
 
 def test_nproc_relaunch_reproduces_the_command_line():
-    from snn2hw.api import merge_options
+    from snn2hw.train.config import merge_options
     from snn2hw.cli import train as cli_train
     from snn2hw.cli.main import build_parser
 

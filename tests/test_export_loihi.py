@@ -15,10 +15,10 @@ from snn2hw.core.neuron import LIFParams, lif_sequence
 from snn2hw.data.datasets import load_dataset, load_digits
 from snn2hw.environment import loihi_python
 from snn2hw.errors import ExportError
-from snn2hw.export import loihi_emulator as emu
+from snn2hw.export.loihi import emulator as emu
 from snn2hw.export.api import export_model
 from snn2hw.export.loihi import LoihiExporter, readout, run_lava, write_netx
-from snn2hw.export.loihi_map import A_LIMIT, _fuse_conv_pool, _fuse_dense_pool, build_loihi_net, loihi_grid
+from snn2hw.export.loihi.mapping import A_LIMIT, _fuse_conv_pool, _fuse_dense_pool, build_loihi_net, loihi_grid
 from snn2hw.export.to_nir import model_to_nir
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model, record_spikes
@@ -222,7 +222,7 @@ def test_fan_in_bound_is_the_worst_case():
     layer = net.layers[0]
     # worst input: every positive weight at its maximum graded value
     x = np.where(layer.weight[0] > 0, 16, 0)[None]
-    from snn2hw.export.loihi_map import fan_in_bound
+    from snn2hw.export.loihi.mapping import fan_in_bound
 
     assert fan_in_bound(layer, 0, 16) == int(emu.synapse(layer, x)[0, 0]) < A_LIMIT
 
@@ -281,7 +281,7 @@ def test_export_check_end_to_end_in_lava(mlp, tmp_path):
 def test_input_range_comes_from_the_training_data(tmp_path):
     """Signed analog inputs (mnist1d spans about [-5.5, 4.5]) must not be clipped to [0, 1]."""
     from snn2hw.export.api import _source
-    from snn2hw.export.loihi_map import build_loihi_net
+    from snn2hw.export.loihi.mapping import build_loihi_net
 
     rng = np.random.default_rng(0)
     x = rng.uniform(-1.5, 1.5, size=(120, 12)).astype(np.float32)

@@ -23,8 +23,8 @@ from snn2hw.export.base import Samples
 from snn2hw.export.reference import run_reference
 from snn2hw.export.speck import (SpeckExporter, chip_config, chip_model, float_model,
                                  host_readout, simulate)
-from snn2hw.export.speck_constraints import CORE_LIMITS, build_plan, fitting_cores, layer_memory
-from snn2hw.export.speck_discretize import discretize_core
+from snn2hw.export.speck.constraints import CORE_LIMITS, build_plan, fitting_cores, layer_memory
+from snn2hw.export.speck.discretize import discretize_core
 from snn2hw.export.to_nir import model_to_nir
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model

@@ -19,7 +19,7 @@ from snn2hw.core.neuron import LIFParams, lif_sequence
 from snn2hw.core.surrogate import SURROGATES, spike
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model
-from snn2hw.train.methods import METHODS, make_method
+from snn2hw.methods import METHODS, make_method
 
 TOL = 1e-6
 

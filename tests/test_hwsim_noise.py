@@ -14,7 +14,7 @@ from snn2hw.hwsim import NoiseSpec, QuantSpec, lower, run, sample_chips, simulat
 from snn2hw.hwsim.graph import ChipParams, RunNoise
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import SpikingNetwork, build_model, record_spikes
-from snn2hw.train.trainer import evaluate_model
+from snn2hw.runs.model import evaluate_model
 
 CONFIGS = {
     "mlp": ModelConfig(arch="mlp", input_shape=(1, 8, 8), hidden=(48, 24)),

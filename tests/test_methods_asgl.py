@@ -9,8 +9,8 @@ from snn2hw.core.layers import LIF
 from snn2hw.core.surrogate import AsglRect
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model
-from snn2hw.train.methods import make_method
-from snn2hw.train.methods.asgl import dual_mode_spike, noise_probability
+from snn2hw.methods import make_method
+from snn2hw.methods.asgl import dual_mode_spike, noise_probability
 
 from test_methods_contract import digits, run
 

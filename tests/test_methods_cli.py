@@ -7,8 +7,8 @@ from dataclasses import fields
 import pytest
 
 from snn2hw.cli.main import main
-from snn2hw.train.checkpoint import load_checkpoint
-from snn2hw.train.methods import METHODS, option_flags
+from snn2hw.runs.checkpoint import load_checkpoint
+from snn2hw.methods import METHODS, option_flags
 
 
 TINY = ["--epochs", "1", "--hidden", "16", "--timesteps", "2", "--no-progress"]

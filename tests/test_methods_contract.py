@@ -11,11 +11,12 @@ import torch
 
 from snn2hw.data.datasets import DataSplit, load_dataset
 from snn2hw.models.network import record_spikes
-from snn2hw.train.checkpoint import load_checkpoint
+from snn2hw.runs.checkpoint import load_checkpoint
 from snn2hw.train.config import build_config
-from snn2hw.train.methods import METHODS, make_method
+from snn2hw.methods import METHODS, make_method
 from snn2hw.train import trainer as trainer_mod
-from snn2hw.train.trainer import load_model, train
+from snn2hw.runs.model import load_model
+from snn2hw.train.trainer import train
 
 # The history keys each method must write (prefix of ``<param>/<layer>``).
 RECORDED = {"sg": None, "cpng": "beta/", "psg": "gamma/", "asgl": "alpha/", "gsg": "beta/", "dspike": "b"}

@@ -9,9 +9,9 @@ from scipy.stats import norm
 from snn2hw.core.surrogate import Arctan, Rectangular, Triangle
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model
-from snn2hw.train.methods import cpng as cpng_mod
-from snn2hw.train.methods import make_method
-from snn2hw.train.methods.base import MethodContext
+from snn2hw.methods import cpng as cpng_mod
+from snn2hw.methods import make_method
+from snn2hw.methods.base import MethodContext
 
 from test_methods_contract import digits, run
 

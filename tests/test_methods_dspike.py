@@ -9,10 +9,10 @@ from torch import nn
 from snn2hw.core.surrogate import Dspike
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model
-from snn2hw.train.checkpoint import load_checkpoint
-from snn2hw.train.methods import make_method
-from snn2hw.train.methods.base import MethodContext
-from snn2hw.train.methods.dspike import coordinate_subset, finite_difference_grad, first_weight_name
+from snn2hw.runs.checkpoint import load_checkpoint
+from snn2hw.methods import make_method
+from snn2hw.methods.base import MethodContext
+from snn2hw.methods.dspike import coordinate_subset, finite_difference_grad, first_weight_name
 from snn2hw.train.trainer import make_loss
 
 from test_methods_contract import digits, run

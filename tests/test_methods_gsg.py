@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from snn2hw.core.surrogate import GsgTanh
-from snn2hw.train.methods.gsg import gsg_beta
+from snn2hw.methods.gsg import gsg_beta
 
 from test_methods_contract import digits, run
 

@@ -11,8 +11,8 @@ from snn2hw.core.layers import LIF
 from snn2hw.core.surrogate import make_surrogate, spike
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model
-from snn2hw.train.methods import make_method
-from snn2hw.train.methods.psg import pda_loss
+from snn2hw.methods import make_method
+from snn2hw.methods.psg import pda_loss
 
 from test_methods_contract import digits, run
 

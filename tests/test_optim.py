@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from snn2hw.models import ModelConfig, build_model
 from snn2hw.train.config import build_config
-from snn2hw.train.methods import make_method
+from snn2hw.methods import make_method
 from snn2hw.train.optim import Adam, CosineSchedule
 from snn2hw.train.trainer import param_groups
 

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from snn2hw.data.datasets import load_digits
-from snn2hw.export import loihi_emulator as emu
-from snn2hw.export.loihi_map import build_loihi_net, loihi_grid
+from snn2hw.export.loihi import emulator as emu
+from snn2hw.export.loihi.mapping import build_loihi_net, loihi_grid
 from snn2hw.export.to_nir import model_to_nir
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model, record_spikes
 from snn2hw.train.config import RunConfig
-from snn2hw.train.qat import GRIDS, Site, attach_qat, fine_tune_defaults, make_grid, ste_round
+from snn2hw.export.grid import Site, ste_round
+from snn2hw.train.qat import attach_qat, fine_tune_defaults, make_grid, qat_targets
 from snn2hw.train.trainer import train
 from snn2hw.errors import ConfigError
 
@@ -42,7 +43,7 @@ def test_loihi_grid_values_and_straight_through_gradients():
     torch.testing.assert_close(b.grad, torch.arange(6.0))
 
 
-@pytest.mark.parametrize("target", sorted(GRIDS))
+@pytest.mark.parametrize("target", qat_targets())
 def test_every_grid_keeps_shapes_and_leaves_nothing_unset(target):
     grid = make_grid(target)
     w, b = torch.randn(4, 3, 3, 3), torch.randn(4) * 0.1

@@ -14,9 +14,10 @@ import snn2hw
 from snn2hw.cli.main import main
 from snn2hw.core.layers import LIF
 from snn2hw.data.datasets import load_dataset
-from snn2hw.reports.run_report import adaptive_series, read_history
-from snn2hw.train.methods import METHODS
-from snn2hw.train.methods.base import layer_params
+from snn2hw.reports.run_report import adaptive_series
+from snn2hw.runs.history import read_history
+from snn2hw.methods import METHODS
+from snn2hw.methods.base import layer_params
 from markdown_tables import markdown_table_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -134,7 +135,7 @@ def test_report_cli_and_errors(run_dir, tmp_path, monkeypatch, capsys):
 def test_fdg_agreement_matches_a_loop_of_single_perturbations(tmp_path):
     """The Fig. 2b measurement against a second FDG: one weight perturbed at a time."""
     from snn2hw.reports.fdg_agreement import fdg_agreement, render_fdg_agreement
-    from snn2hw.train.methods.dspike import coordinate_subset
+    from snn2hw.methods.dspike import coordinate_subset
     from snn2hw.train.trainer import make_loss
 
     run = tmp_path / "run"

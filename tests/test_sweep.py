@@ -16,12 +16,12 @@ import importlib
 from snn2hw.cli.main import main
 from snn2hw.data.datasets import load_dataset
 from snn2hw.errors import ConfigError
-from snn2hw.train.methods import METHODS
-from snn2hw.train.methods.sg import FixedSurrogate
-from snn2hw.train.sweep import parse_grid, plan_jobs, split_values
+from snn2hw.methods import METHODS
+from snn2hw.methods.sg import FixedSurrogate
+from snn2hw.sweep import parse_grid, plan_jobs, split_values
 from markdown_tables import markdown_table_rows
 
-trainer = importlib.import_module("snn2hw.train.trainer")
+run_model = importlib.import_module("snn2hw.runs.model")
 
 GRID = ["surrogate_param=0.3,2"]
 SEEDS = [0, 1]
@@ -150,7 +150,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, subset, m
     ref = snn2hw.api.sweep(["sg"], grid, [0], tmp_path / "ref", options=common(subset, 2),
                            workers=1, progress=False)
     calls = {"n": 0}
-    real = trainer.evaluate_model
+    real = run_model.evaluate_model
 
     def stop_in_epoch_two(*a, **k):  # dies after epoch 1's checkpoint, before epoch 2's
         calls["n"] += 1
@@ -158,11 +158,11 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, subset, m
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(trainer, "evaluate_model", stop_in_epoch_two)
+    monkeypatch.setattr(run_model, "evaluate_model", stop_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         snn2hw.api.sweep(["sg"], grid, [0], tmp_path / "cut", options=common(subset, 2),
                          workers=1, progress=False)
-    monkeypatch.setattr(trainer, "evaluate_model", real)
+    monkeypatch.setattr(run_model, "evaluate_model", real)
     run = tmp_path / "cut" / ref.rows[0]["run"]
     assert (run / "last.pt").exists() and not (run / "summary.json").exists()
     res = snn2hw.api.sweep(["sg"], grid, [0], tmp_path / "cut", options=common(subset, 2),

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import snn2hw
-from snn2hw.train.checkpoint import load_checkpoint
+from snn2hw.runs.checkpoint import load_checkpoint
 
 TINY = ["--dataset", "digits", "--hidden", "32", "--epochs", "3", "--no-progress"]
 

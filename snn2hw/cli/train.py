@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from ..api import resume, train_from_options
-from ..train.methods import METHODS, option_flags
+from ..methods import METHODS, option_flags
 
 # flag -> config key; values None are not passed, so the config file or the defaults apply
 FLAGS: list[tuple[str, dict]] = [

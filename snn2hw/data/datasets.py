@@ -42,6 +42,11 @@ class DataSplit:
         return shape[1:] if self.temporal else shape
 
 
+def to_time_major(x: Tensor, temporal: bool) -> Tensor:
+    """Event data is stored (B, T, ...); the network wants (T, B, ...)."""
+    return x.transpose(0, 1) if temporal else x
+
+
 def _split(name: str, x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> DataSplit:
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))

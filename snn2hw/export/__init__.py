@@ -1,4 +1,4 @@
-"""Exporters, one module per target, and their registry (one line each).
+"""Exporters, one package per target, and their registry (one line each).
 
 Every target starts from the NIR graph of ``to_nir.model_to_nir``; see ``base.py``
 for the Exporter protocol and ``api.export_model`` for the driver.
@@ -6,16 +6,16 @@ for the Exporter protocol and ``api.export_model`` for the driver.
 
 from .base import Exporter, Samples, Verification
 from .loihi import LoihiExporter
-from .nir_target import NIRExporter
+from .nir_file import NIRExporter
 from .onnx import ONNXExporter
 from .speck import SpeckExporter
 
-# target name -> Exporter class
-EXPORTERS: dict[str, type] = {
-    "nir": NIRExporter,
-    "loihi": LoihiExporter,
-    "onnx": ONNXExporter,
-    "speck": SpeckExporter,
-}
+# target name -> Exporter class, keyed by each class's own ``name`` (a new target: one line)
+EXPORTERS: dict[str, type] = {cls.name: cls for cls in (
+    NIRExporter,
+    LoihiExporter,
+    ONNXExporter,
+    SpeckExporter,
+)}
 
 __all__ = ["EXPORTERS", "Exporter", "Samples", "Verification"]

@@ -19,11 +19,11 @@ from typing import Any
 import nir
 import torch
 
-from ..data.datasets import DataSplit, load_dataset
+from ..data.datasets import DataSplit, load_dataset, to_time_major
 from ..errors import ConfigError, ExportError
 from ..models.network import SpikingNetwork
-from ..train.checkpoint import atomic_write_text
-from ..train.trainer import load_model, to_time_major
+from ..runs.files import atomic_write_text
+from ..runs.model import load_model
 from . import EXPORTERS
 from .base import Exporter, Samples, Verification
 from .from_nir import nir_to_network

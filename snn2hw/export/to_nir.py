@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
+from ..version import __version__
 from ..core.layers import LIF, Pool, ResidualBlock, TDBatchNorm
 from ..errors import ExportError
 from ..models.network import SpikingNetwork

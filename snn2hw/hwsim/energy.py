@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.layers import Pool
-from ..data.datasets import load_dataset
-from ..train.trainer import load_model, to_time_major
+from ..data.datasets import load_dataset, to_time_major
+from ..runs.model import load_model
 from .graph import LoweredNet, Neuron, Residual, Stateless, Synapse, lower, run
 from .profiles import EnergyProfile, get_profile
-from ..train.checkpoint import checkpoint_file
+from ..runs.checkpoint import checkpoint_file
 from .provenance import command_line, sha256_of, versions
 
 

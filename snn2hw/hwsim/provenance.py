@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..train.checkpoint import checkpoint_file
+from ..runs.checkpoint import checkpoint_file
 
 
 def sha256_of(path: str | Path) -> str:
@@ -29,7 +29,7 @@ def versions() -> dict[str, str]:
     import numpy
     import torch
 
-    from .. import __version__
+    from ..version import __version__
 
     return {"snn2hw": __version__, "python": sys.version.split()[0],
             "torch": torch.__version__, "numpy": numpy.__version__}

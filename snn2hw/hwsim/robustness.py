@@ -16,12 +16,12 @@ from typing import Any, Sequence
 
 from ..data.datasets import load_dataset
 from ..errors import ConfigError
-from ..train import distributed as dist
-from ..train.checkpoint import atomic_write_text
-from ..train.trainer import evaluate_model, load_model
+from .. import distributed as dist
+from ..runs.files import atomic_write_text
+from ..runs.model import evaluate_model, load_model
 from .graph import lower
 from .noise import MISMATCH_PARAMS, NoiseSpec, quant_spec, simulate
-from ..train.checkpoint import checkpoint_file
+from ..runs.checkpoint import checkpoint_file
 from .provenance import command_line, sha256_of, versions
 
 AXES = {  # axis -> (NoiseSpec field, axis label for plots and tables)

@@ -5,7 +5,7 @@ probe batches, the FDG of the loss w.r.t. the first layer's weights,
 ``(L(w + eps e_i) - L(w - eps e_i)) / (2 eps)``, is compared by cosine
 similarity with the backprop gradient under the Dspike surrogate of temperature
 b (and under the run's own surrogate). The FDG and the surrogate gradient are
-those of the ``dspike`` training method (``snn2hw.train.methods.dspike``), in the
+those of the ``dspike`` training method (``snn2hw.methods.dspike``), in the
 same train-mode forward with BN running statistics untouched.
 
 The spiking loss is piecewise constant in w: at eps = 0.001 almost no spike
@@ -25,9 +25,9 @@ import torch
 
 from ..core.surrogate import Dspike
 from ..models.network import SpikingNetwork, build_model
-from ..train.methods._util import frozen_buffers, install_shape, named_lifs
-from ..train.checkpoint import atomic_write_text
-from ..train.methods.dspike import (coordinate_subset, cosine, finite_difference_grad,
+from ..methods._util import frozen_buffers, install_shape, named_lifs
+from ..runs.files import atomic_write_text
+from ..methods.dspike import (coordinate_subset, cosine, finite_difference_grad,
                                     first_weight_name, surrogate_grad)
 from .markdown import md_table
 from .plots import pyplot
@@ -98,8 +98,10 @@ def fdg_agreement(checkpoint: str | Path, eps_values: Sequence[float] = (0.1, 0.
     """Rows for the checkpoint's untrained initialisation (its seed) and for the checkpoint,
     on ``batches`` fixed training batches of ``batch_size``."""
     from ..data.datasets import load_dataset
-    from ..train.methods import make_method
-    from ..train.trainer import load_model, make_loss, seed_everything, to_time_major
+    from ..methods import make_method
+    from ..data.datasets import to_time_major
+    from ..runs.model import load_model
+    from ..train.trainer import make_loss, seed_everything
 
     trained, ckpt = load_model(checkpoint)
     run = ckpt.get("run_config", {})

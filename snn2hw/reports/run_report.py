@@ -9,14 +9,15 @@ the spike rate per layer of the best checkpoint on the test set.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
-from ..train.checkpoint import atomic_write_text, checkpoint_file
+from ..runs.checkpoint import checkpoint_file
+from ..runs.files import atomic_write_text
+from ..runs.history import read_history
 from .markdown import fmt, md_table
 from .plots import plot_curves, plot_params, plot_spike_rates
 
@@ -36,22 +37,6 @@ class RunReport:
     history: list[dict[str, Any]]
     spike_rates: dict[str, float] = field(default_factory=dict)
     checkpoint_accuracy: float | None = None
-
-
-def _number(text: str) -> Any:
-    if text == "":
-        return None
-    try:
-        v = float(text)
-    except ValueError:
-        return text
-    return int(v) if v.is_integer() and "." not in text and "e" not in text.lower() else v
-
-
-def read_history(path: str | Path) -> list[dict[str, Any]]:
-    """``history.csv`` as a list of rows with numbers parsed (empty cells -> None)."""
-    with open(path, newline="") as f:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def adaptive_series(history: list[dict]) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
@@ -96,7 +81,7 @@ def render_run_report(run_dir: str | Path, spike_rates: bool = True) -> RunRepor
     ckpt_path = checkpoint_file(run) if checkpoint_file(run).exists() else None
     config: dict = {}
     if ckpt_path is not None:
-        from ..train.checkpoint import load_checkpoint
+        from ..runs.checkpoint import load_checkpoint
 
         config = load_checkpoint(ckpt_path).get("run_config", {})
 
@@ -147,7 +132,7 @@ def render_run_report(run_dir: str | Path, spike_rates: bool = True) -> RunRepor
 
     report = RunReport(run / "report.md", plots, summary, history)
     if spike_rates and ckpt_path is not None:
-        from ..api import evaluate
+        from ..runs.model import evaluate
 
         ev = evaluate(ckpt_path)
         report.spike_rates, report.checkpoint_accuracy = ev["spike_rates"], ev["test_accuracy"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..train.checkpoint import atomic_write_text
+from ..runs.files import atomic_write_text
 from .markdown import md_table
 from .plots import pyplot
 

@@ -28,7 +28,7 @@ class RunConfig:
     loss: str = "ce"              # ce (on the mean output) | tet (mean over t of per-step CE)
     seed: int = 0
     init_from: str | None = None  # checkpoint to start from (TIT: another T is allowed)
-    qat: str | None = None        # fine-tune on this target's integer grid (train/qat.py GRIDS)
+    qat: str | None = None        # fine-tune on this target's integer grid (an exporter with a grid, train/qat.py)
     eval_batch_size: int = 512
     sync_bn: bool = False         # torchrun: tdBN statistics over the global batch (all ranks)
     shape_lr: float | None = None  # learning rate of learnable surrogate parameters (PSG gamma,
@@ -85,3 +85,32 @@ def build_config(values: dict[str, Any]) -> RunConfig:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     return read_mapping_file(path, "config keys")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value parsed as YAML: numbers, bools, lists)."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def merge_options(options: dict[str, Any], config_file: str | None = None,
+                  overrides: list[str] = ()) -> RunConfig:
+    """defaults < config file < command-line options < --set overrides."""
+    values: dict[str, Any] = read_config_file(config_file) if config_file else {}
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    values.update(options)
+    for item in overrides:
+        path, value = parse_override(item)
+        target = values
+        for part in path[:-1]:
+            target = target.setdefault(part.replace("-", "_"), {})
+        target[path[-1].replace("-", "_")] = value
+    return build_config(values)

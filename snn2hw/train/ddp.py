@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..core.layers import TDBatchNorm
 from ..errors import Snn2hwError
-from . import distributed as dist
+from .. import distributed as dist
 
 
 class OutOfSyncError(Snn2hwError):
@@ -137,7 +137,7 @@ def check_in_sync(model: nn.Module, method_state: dict, where: str) -> None:
     if bad:
         raise OutOfSyncError(
             f"{where}: ranks differ in {bad[:5]}{' ...' if len(bad) > 5 else ''}; the training "
-            "method must all-reduce or broadcast this state (snn2hw.train.distributed)")
+            "method must all-reduce or broadcast this state (snn2hw.distributed)")
 
 
 @dataclass
@@ -222,7 +222,7 @@ class DataParallel:
                  batch_size: int) -> tuple[float, float]:
         """(accuracy, mean loss) over the whole set: each rank takes a contiguous
         part, the (correct, loss sum, count) are summed."""
-        from .trainer import evaluate_model
+        from ..runs.model import evaluate_model
 
         if self.world == 1:
             return evaluate_model(model, x, y, temporal, batch_size)

@@ -8,8 +8,9 @@ identity (``ste_round``), so the float ("latent") weights keep learning. The
 checkpoint stores the latent weights; the exporter quantises them with the same
 function, so the fine-tuned network is what the chip runs.
 
-Adding a target is one line in ``GRIDS``: ``name -> class`` whose instances
-satisfy ``TargetGrid``:
+A target offers QAT by giving its exporter class a ``grid`` attribute (in its
+own package, ``snn2hw/export/<target>/``); its instances satisfy
+``snn2hw.export.grid.TargetGrid``:
 
     class TargetGrid(Protocol):
         input_levels: int | None            # direct-encoded input becomes round(x L) / L (None: as is)
@@ -26,7 +27,6 @@ on the grid in float units, built with ``ste_round`` so gradients pass.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -34,72 +34,8 @@ from torch import Tensor, nn
 
 from ..core.layers import LIF, Pool, ResidualBlock, TDBatchNorm
 from ..errors import ConfigError
-from ..export.speck_discretize import SpeckGrid
-
-
-def ste_round(x: Tensor) -> Tensor:
-    """round(x) forward, identity backward (straight-through estimator)."""
-    return x + (torch.round(x) - x).detach()
-
-
-@dataclass
-class Site:
-    """One synapse as a grid sees it."""
-
-    name: str
-    weight: Tensor                 # tdBN-folded float weight (differentiable)
-    bias: Tensor                   # tdBN-folded float bias (differentiable)
-    v_th: float | None             # threshold of the neuron it drives; None: non-spiking readout
-    lam: float | None
-    input_unit: float              # float value of one unit of the synapse's input
-
-
-@dataclass
-class Quantised:
-    """A site's values on the grid, in float units (None: unchanged)."""
-
-    weight: Tensor
-    bias: Tensor
-    v_th: float | None = None
-    lam: float | None = None
-
-
-class TargetGrid(Protocol):
-    input_levels: int | None
-    input_range: tuple[float, float]
-
-    def quantise(self, site: Site) -> Quantised: ...
-
-
-class LoihiGrid:
-    """Loihi 2 via netx (snn2hw.export.loihi_map.loihi_grid): even 8-bit weights, 13-bit
-    bias and an exact threshold per layer; the readout stays float (computed on the host)."""
-
-    def __init__(self) -> None:
-        from ..export.loihi_map import INPUT_LEVELS, INPUT_RANGE
-
-        self.input_levels, self.input_range = INPUT_LEVELS, INPUT_RANGE
-
-    def quantise(self, site: Site) -> Quantised:
-        from ..export.loihi_map import lam_effective, loihi_grid, quantise_bias, quantise_weight
-
-        if site.v_th is None:
-            return Quantised(site.weight, site.bias)
-        w, b = site.weight, site.bias
-        grid = loihi_grid(w.detach().double().numpy(), b.detach().double().numpy(), site.v_th,
-                          site.input_unit)
-        s, g = grid.weight_scale, grid.gain
-        w_q = quantise_weight(w, s, ste_round) / s
-        b_q = quantise_bias(b, g, ste_round) / g
-        lam = None if site.lam is None else lam_effective(site.lam)
-        return Quantised(w_q, b_q, grid.vth / g, lam)
-
-
-# target name -> grid class (one line per target)
-GRIDS: dict[str, Callable[[], TargetGrid]] = {
-    "loihi": LoihiGrid,
-    "speck": SpeckGrid,
-}
+from ..export import EXPORTERS
+from ..export.grid import Site, TargetGrid
 
 
 @dataclass
@@ -167,7 +103,7 @@ class QATHandle:
 def fine_tune_defaults(checkpoint: str) -> dict:
     """The run config stored in ``checkpoint`` as config values, for fine-tuning it
     (``train --init-from CKPT --qat TARGET``): same data, model and method."""
-    from .checkpoint import load_checkpoint
+    from ..runs.checkpoint import load_checkpoint
 
     run = dict(load_checkpoint(checkpoint).get("run_config") or {})
     if not run:
@@ -176,10 +112,16 @@ def fine_tune_defaults(checkpoint: str) -> dict:
     return run
 
 
+def qat_targets() -> list[str]:
+    """The targets whose exporter offers an integer grid to fine-tune on."""
+    return sorted(name for name, cls in EXPORTERS.items() if getattr(cls, "grid", None) is not None)
+
+
 def make_grid(target: str) -> TargetGrid:
-    if target not in GRIDS:
-        raise ConfigError(f"unknown QAT target {target!r}; choose one of {sorted(GRIDS)}")
-    return GRIDS[target]()
+    """The QAT grid of ``target``, reached through its exporter (one registry for both)."""
+    if target not in qat_targets():
+        raise ConfigError(f"unknown QAT target {target!r}; choose one of {qat_targets()}")
+    return EXPORTERS[target].grid()
 
 
 def attach_qat(model: nn.Module, target: str | None,

@@ -7,8 +7,6 @@ run resumed from ``last.pt`` ends with the same weights as one never stopped.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import random
 import time
@@ -21,14 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.datasets import DataSplit, load_dataset
+from ..data.datasets import DataSplit, load_dataset, to_time_major
 from ..errors import CheckpointError
 from ..models.config import ModelConfig
 from ..models.network import SpikingNetwork, build_model
-from .checkpoint import atomic_copy, atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..runs.checkpoint import load_checkpoint, save_checkpoint
+from ..runs.files import atomic_copy, atomic_write_text
+from ..runs.history import write_history
+from .rng import rng_state, set_rng_state
 from .config import RunConfig
 from .ddp import DataParallel
-from .methods import MethodContext, make_method
+from ..methods import MethodContext, make_method
 from .optim import Adam, CosineSchedule
 from .qat import attach_qat
 
@@ -44,27 +45,6 @@ def make_loss(kind: str) -> Callable[[Tensor, Tensor], Tensor]:
     if kind == "tet":  # TET: mean over t of the per-step cross-entropy
         return lambda seq, y: F.cross_entropy(seq.flatten(0, 1), y.repeat(seq.shape[0]))
     return lambda seq, y: F.cross_entropy(seq.mean(0), y)
-
-
-def to_time_major(x: Tensor, temporal: bool) -> Tensor:
-    """Event data is stored (B, T, ...); the network wants (T, B, ...)."""
-    return x.transpose(0, 1) if temporal else x
-
-
-@torch.inference_mode()
-def evaluate_model(model: SpikingNetwork, x: Tensor, y: Tensor, temporal: bool = False,
-                   batch_size: int = 512) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on (x, y) in eval mode."""
-    was_training = model.training
-    model.eval()
-    correct, loss_sum = 0, 0.0
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        out = model(to_time_major(xb, temporal))
-        correct += int((out.argmax(1) == yb).sum())
-        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
-    model.train(was_training)
-    return correct / max(len(x), 1), loss_sum / max(len(x), 1)
 
 
 SHAPE_PARAM_MIN = 1e-3
@@ -96,17 +76,6 @@ class RunResult:
     history: list[dict]
     summary: dict
     out_dir: Path | None
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    w.writerows(history)
-    atomic_write_text(path, buf.getvalue())
 
 
 def _load_init(model: SpikingNetwork, path: str) -> None:
@@ -247,7 +216,7 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
                 save_checkpoint(out / "last.pt", state)
                 if improved:
                     atomic_copy(out / "last.pt", out / "best.pt")  # the same state, serialised once
-                _write_history(out / "history.csv", history)
+                write_history(out / "history.csv", history)
             if bar is not None:
                 bar.write(f"epoch {epoch + 1}: loss {row['train_loss']:.4f} train {row['train_accuracy']:.4f} "
                           f"test {test_acc:.4f}")
@@ -274,19 +243,3 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     par.close()
     return RunResult(model, config, history, summary, out)
-
-
-def load_model(path: str | Path) -> tuple[SpikingNetwork, dict]:
-    """Rebuild the network a checkpoint holds (eval mode) and return it with the checkpoint."""
-    ckpt = load_checkpoint(path)
-    cfg = ModelConfig.from_dict(ckpt["model_config"])
-    model = build_model(cfg)
-    run = ckpt.get("run_config", {})
-    if run.get("method"):
-        make_method(run["method"], run.get("method_options", {})).setup(model)
-    try:
-        model.load_state_dict(ckpt["model_state"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the stored model config ({str(exc)[:200]})") from None
-    model.eval()
-    return model, ckpt

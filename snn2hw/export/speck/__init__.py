@@ -16,7 +16,7 @@ Neuron settings (ours -> sinabs): IAF, ``reset_fn`` MembraneReset (hard) or Memb
 with ``subtract_value = V_th`` (soft), ``min_v_mem`` None in float (our model has no clamp; a
 finite clamp also rounds v through relu(v - m) + m). sinabs fires on ``v >= threshold``; ours
 on ``v > V_th``: in float32 ``v > V_th`` is ``v >= nextafter(V_th, +inf)``, in integers it is
-``v >= V_th + 1`` (speck_discretize). Never imports samna or sinabs.backend.dynapcnn unless
+``v >= V_th + 1`` (discretize.py). Never imports samna or sinabs.backend.dynapcnn unless
 ``real_samna_available()``.
 """
 
@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..environment import real_samna_available
-from ..errors import ExportError
-from .base import Samples, Verification
-from .speck_constraints import SpeckPlan, build_plan, chain_nodes, mapping_table
-from .speck_discretize import DIRECT_INPUT_GAIN, discretize_core
+from ...environment import real_samna_available
+from ...errors import ExportError
+from ..base import Samples, Verification
+from .constraints import SpeckPlan, build_plan, chain_nodes, mapping_table
+from .discretize import DIRECT_INPUT_GAIN, SpeckGrid, discretize_core
 
 CONFIG = "speck_config.json"
 MAPPING = "speck_mapping.md"
@@ -250,6 +250,7 @@ class SpeckExporter:
     name: ClassVar[str] = "speck"
     description: ClassVar[str] = ("SynSense Speck via sinabs: IAF cores, int8 chip config + mapping "
                                   "report, float and integer sinabs simulation")
+    grid: ClassVar[type | None] = SpeckGrid   # train --qat speck
 
     def __init__(self, input_gain: float | None = None) -> None:
         self.input_gain = input_gain
@@ -279,14 +280,14 @@ class SpeckExporter:
     def verify(self, graph: nir.NIRGraph, out_dir: Path, samples: Samples) -> Verification:
         from sinabs.activation import MultiSpike, SingleSpike
 
-        from .reference import compare
+        from ..reference import compare
         plan = build_plan(graph)
         config = json.loads((Path(out_dir) / CONFIG).read_text())
         T = int(samples.timesteps or plan.timesteps)
         reference = samples.reference
         if reference is None:
-            from .from_nir import nir_to_network
-            from .reference import run_reference
+            from ..from_nir import nir_to_network
+            from ..reference import run_reference
             reference = run_reference(nir_to_network(graph, T), samples)
         x = _time_major(samples, T)
         gain = float(config["input"]["gain"])

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ...models.network import SpikingNetwork
+from ..models.network import SpikingNetwork
 from .base import MethodContext
 
 

@@ -3,7 +3,7 @@
 Executed by the Loihi environment's Python (3.10, lava-dl), never imported by
 snn2hw itself: it needs only numpy and lava, and talks through npz files.
 
-    python loihi_runner.py NET.h5 IN.npz OUT.npz [NET2.h5 IN2.npz OUT2.npz ...]
+    python runner.py NET.h5 IN.npz OUT.npz [NET2.h5 IN2.npz OUT2.npz ...]
 
 IN.npz holds ``stream`` (steps, *input_shape) int32 in PyTorch order (C, H, W)
 or (N,), one input frame per Lava step; ``reset_interval`` and ``reset_offset``

@@ -23,8 +23,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ...errors import ConfigError
-from ...models.network import SpikingNetwork
+from ..errors import ConfigError
+from ..models.network import SpikingNetwork
 from ..distributed import all_reduce_sum
 from ._util import named_lifs, probe_membranes, unwrap
 from .base import MethodContext, layer_params

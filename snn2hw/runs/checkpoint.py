@@ -8,48 +8,15 @@ mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import os
-import random
-import tempfile
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from .files import atomic_write
 
 FORMAT = "snn2hw-checkpoint"
 VERSION = 1
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temp file, fsync, then rename onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def atomic_copy(src: Path, dst: Path) -> None:
-    """Copy a finished file (e.g. last.pt to best.pt) with the same temp-and-rename guarantee."""
-    import shutil
-
-    with open(src, "rb") as f:
-        atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
@@ -85,23 +52,3 @@ def load_checkpoint(path: str | Path) -> dict:
         if key not in ckpt:
             raise CheckpointError(f"{p}: incomplete checkpoint, missing {key!r}")
     return ckpt
-
-
-def rng_state() -> dict:
-    """Python, numpy and torch RNG states as checkpoint-safe values."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached"]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))

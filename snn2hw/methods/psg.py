@@ -25,9 +25,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ...core.surrogate import PSG_DGAMMA, PsgArctan, PsgSoftplus
-from ...errors import ConfigError
-from ...models.network import SpikingNetwork
+from ..core.surrogate import PSG_DGAMMA, PsgArctan, PsgSoftplus
+from ..errors import ConfigError
+from ..models.network import SpikingNetwork
 from ._util import install_shape, named_lifs, unwrap
 from .base import MethodContext, layer_params
 

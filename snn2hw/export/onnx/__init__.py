@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..core.layers import LIF
-from ..core.neuron import LIFState, lif_step
-from ..core.surrogate import heaviside
-from .base import Samples, Verification
-from .from_nir import NIRNetwork, chain_order, nir_to_network, node_spikes
-from .reference import compare
+from ...core.layers import LIF
+from ...core.neuron import LIFState, lif_step
+from ...core.surrogate import heaviside
+from ..base import Samples, Verification
+from ..from_nir import NIRNetwork, chain_order, nir_to_network, node_spikes
+from ..reference import compare
 
 OPSET = 17
 
@@ -116,6 +116,7 @@ class ONNXExporter:
     name: ClassVar[str] = "onnx"
     description: ClassVar[str] = f"ONNX (opset {OPSET}), time loop unrolled for fixed T; onnxruntime"
     filename: ClassVar[str] = "model.onnx"
+    grid: ClassVar[type | None] = None   # float: nothing to fine-tune for
 
     def check(self, graph: nir.NIRGraph) -> None:
         # Refuses residual/branching graphs (the step loop here is for chains), unknown nodes and a

@@ -25,9 +25,9 @@ from typing import Callable, ClassVar, Iterator
 import torch
 from torch import Tensor, nn
 
-from ...core.surrogate import Dspike, heaviside
-from ...errors import ConfigError
-from ...models.network import SpikingNetwork
+from ..core.surrogate import Dspike, heaviside
+from ..errors import ConfigError
+from ..models.network import SpikingNetwork
 from ..distributed import broadcast_object
 from ._util import frozen_buffers, install_shape, named_lifs, unwrap
 from .base import MethodContext

@@ -8,7 +8,7 @@ from typing import Any, Callable, ClassVar, Protocol
 
 from torch import Tensor
 
-from ...models.network import SpikingNetwork
+from ..models.network import SpikingNetwork
 
 
 @dataclass
@@ -51,7 +51,7 @@ class TrainingMethod(Protocol):
 
 def layer_params(model: SpikingNetwork, label: str) -> dict[str, float]:
     """Each LIF layer's current shape parameter, keyed ``label/<layer name>``."""
-    from ...core.layers import LIF
+    from ..core.layers import LIF
 
     return {f"{label}/{name}": float(m.shape_param.detach())
             for name, m in model.named_modules() if isinstance(m, LIF)}

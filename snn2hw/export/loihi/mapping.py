@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ExportError
-from .from_nir import _pair, chain_order
-from .to_nir import DT
-from .loihi_emulator import DECAY_UNIT, IntLayer
+from ...errors import ExportError
+from ..from_nir import _pair, chain_order
+from ..to_nir import DT
+from .emulator import DECAY_UNIT, IntLayer
 
 WEIGHT_MAX = 254          # even 8-bit weights in [-256, 254]
 BIAS_MAX = 4095           # 13-bit signed bias mantissa

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..grid import Quantised, Site, ste_round
+
 WEIGHT_BITS = 8
 STATE_BITS = 16
 STATE_MIN = -(2 ** (STATE_BITS - 1))
@@ -87,7 +89,7 @@ def discretize_core(weight: np.ndarray, bias: np.ndarray, v_th: float,
 
 
 class SpeckGrid:
-    """Speck's grid for ``train --qat speck`` (snn2hw.train.qat TargetGrid): the input as
+    """Speck's grid for ``train --qat speck`` (snn2hw.export.grid.TargetGrid): the input as
     round(16 x) events, each core's weights, bias and threshold on its int8/int16 grid
     (``discretize_core`` with straight-through rounding); the host readout stays float.
 
@@ -98,9 +100,7 @@ class SpeckGrid:
     input_levels: int | None = DIRECT_INPUT_GAIN
     input_range: tuple[float, float] = (0.0, 1.0)
 
-    def quantise(self, site: Any) -> Any:
-        from ..train.qat import Quantised, ste_round
-
+    def quantise(self, site: Site) -> Quantised:
         if site.v_th is None:
             return Quantised(site.weight, site.bias)
         u = float(site.input_unit)

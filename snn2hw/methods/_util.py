@@ -8,8 +8,8 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from ...core.layers import LIF
-from ...core.surrogate import SurrogateShape
+from ..core.layers import LIF
+from ..core.surrogate import SurrogateShape
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -1,6 +1,6 @@
 """The ``loihi`` target: a lava-dl netx HDF5 file for Loihi 2, checked in Lava's simulator.
 
-* ``write``: the integer network of ``loihi_map.build_loihi_net`` as netx HDF5
+* ``write``: the integer network of ``mapping.build_loihi_net`` as netx HDF5
   (``loihi.net``): ``layer/0`` the input (shape only, no neuron group), then one
   ``dense``/``conv`` block per spiking layer in PyTorch order (a ``flatten``
   group before a dense block that follows a conv block), CUBA neurons with
@@ -20,7 +20,7 @@
   Loihi environment (``snn2hw.environment.loihi_python()``; a subprocess with npz
   files, lava is never imported here), all samples in one run with
   ``reset_interval = T``, and compares every block spike for spike with our numpy
-  emulator (``loihi_emulator``) and with the float model. Without the Loihi
+  emulator (``emulator``) and with the float model. Without the Loihi
   environment it says so and verifies the emulator against the float model.
 """
 
@@ -34,13 +34,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..environment import loihi_python
-from ..errors import ExportError
-from . import loihi_emulator as emu
-from .base import Samples, Verification
-from .loihi_map import LoihiNet, build_loihi_net
+from ...environment import loihi_python
+from ...errors import ExportError
+from . import emulator as emu
+from ..base import Samples, Verification
+from .grid import LoihiGrid
+from .mapping import LoihiNet, build_loihi_net
 
-RUNNER = Path(__file__).with_name("loihi_runner.py")
+RUNNER = Path(__file__).with_name("runner.py")
 
 
 def write_netx(net: LoihiNet, path: Path) -> Path:
@@ -96,7 +97,7 @@ def run_lava(jobs: list[tuple[Path, np.ndarray, int, int]], workdir: Path | None
     """Run netx files in Lava's fixed_pt simulator (one subprocess for all jobs).
 
     Each job is (hdf5 path, stream (S, *input_shape) int, input_message_bits, T), run
-    with ``reset_interval = T`` and ``reset_offset = 1`` (``loihi_emulator.make_stream``
+    with ``reset_interval = T`` and ``reset_offset = 1`` (``emulator.make_stream``
     lays samples out that way). Returns per job the
     stream spikes of every block (S, *shape) and the timings (import, build, run s).
     """
@@ -140,6 +141,7 @@ class LoihiExporter:
     name: ClassVar[str] = "loihi"
     description: ClassVar[str] = "Loihi 2 via lava-dl netx HDF5 (8-bit integer CUBA), checked in Lava's simulator"
     filename: ClassVar[str] = "loihi.net"
+    grid: ClassVar[type | None] = LoihiGrid   # train --qat loihi
 
     def check(self, graph: Any) -> None:
         build_loihi_net(graph)
@@ -149,7 +151,7 @@ class LoihiExporter:
         return [write_netx(net, Path(out_dir) / self.filename)]
 
     def verify(self, graph: Any, out_dir: Path, samples: Samples) -> Verification:
-        from .reference import compare
+        from ..reference import compare
 
         net = build_loihi_net(graph)
         T = int(samples.timesteps or net.timesteps)
@@ -232,6 +234,6 @@ net.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fi
 spikes = sink.data.get(); net.stop()
 ```
 
-`snn2hw.export.loihi_runner` does exactly this; `snn2hw.export.loihi_emulator` predicts it bit
+`snn2hw.export.loihi.runner` does exactly this; `snn2hw.export.loihi.emulator` predicts it bit
 for bit in numpy. Not verified on a physical chip (targets.md, risk 1).
 """

@@ -28,9 +28,9 @@ from typing import Any
 import nir
 import numpy as np
 
-from ..errors import ExportError
-from .from_nir import _pair, chain_order
-from .to_nir import DT
+from ...errors import ExportError
+from ..from_nir import _pair, chain_order
+from ..to_nir import DT
 
 # (kernel memory, neuron memory, bias memory) per core, in words (chips/dynapcnn.py get_constraints)
 CORE_LIMITS: tuple[tuple[int, int, int], ...] = (

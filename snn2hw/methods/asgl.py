@@ -21,10 +21,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ...core.layers import LIF
-from ...core.surrogate import AsglRect, heaviside
-from ...errors import ConfigError
-from ...models.network import SpikingNetwork
+from ..core.layers import LIF
+from ..core.surrogate import AsglRect, heaviside
+from ..errors import ConfigError
+from ..models.network import SpikingNetwork
 from ._util import install_shape, named_lifs, unwrap
 from .base import MethodContext, layer_params
 

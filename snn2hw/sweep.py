@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import ConfigError
-from .config import MODEL_FIELDS, RUN_FIELDS, RunConfig
-from .checkpoint import atomic_write_text
+from .errors import ConfigError
+from .train.config import MODEL_FIELDS, RUN_FIELDS, RunConfig
+from .runs.files import atomic_write_text
 
 RESERVED = {"method": "--methods", "seed": "--seeds"}
 
@@ -164,7 +164,7 @@ def plan_jobs(methods: Sequence[str], axes: Sequence[GridAxis], seeds: Sequence[
               config_file: str | None = None, overrides: Sequence[str] = ()) -> list[SweepJob]:
     """Every (method, grid point, seed) as a validated job; config errors surface here,
     before anything runs. ``options``/``config_file``/``overrides`` are common to all runs."""
-    from ..api import merge_options
+    from .train.config import merge_options
     from .methods import make_method
 
     if not methods or not seeds:
@@ -206,9 +206,9 @@ _DATA_CACHE: dict[str, Any] = {}
 
 def run_job(job: SweepJob) -> tuple[str, str]:
     """Train one job in this process: ``(status, error)``, status in skipped/ran/resumed/failed."""
-    from ..data.datasets import load_dataset
+    from .data.datasets import load_dataset
     from .distributed import local_only
-    from .trainer import train
+    from .train.trainer import train
 
     d = Path(job.run_dir)
     if is_finished(job):
@@ -305,7 +305,7 @@ def run_jobs(jobs: Sequence[SweepJob], workers: int | None = None, threads: int 
 def collect_rows(jobs: Sequence[SweepJob], status: dict[str, tuple[str, str]] | None = None
                  ) -> list[dict[str, Any]]:
     """One row per job, read from its run directory (summary.json, history.csv)."""
-    from ..reports.run_report import read_history
+    from .runs.history import read_history
 
     rows = []
     for job in jobs:
@@ -359,7 +359,7 @@ def sweep(methods: Sequence[str], grid: Sequence[str] | dict[str, Sequence[Any]]
           progress: bool = True, command: str | None = None) -> SweepResult:
     """Plan, run and summarise a grid: ``OUT/results.csv`` (one row per run),
     ``OUT/results.md`` (mean and spread over seeds per grid point) and ``OUT/results.png``."""
-    from ..reports.sweep_report import write_results
+    from .reports.sweep_report import write_results
     from . import distributed as dist
 
     axes = parse_grid(grid_from_dict(grid) if isinstance(grid, dict) else list(grid))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields
 
-from ...errors import ConfigError
+from ..errors import ConfigError
 from .asgl import ASGL
 from .base import MethodContext, TrainingMethod
 from .cpng import CPNG

@@ -21,9 +21,9 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ...core.surrogate import GsgTanh
-from ...errors import ConfigError
-from ...models.network import SpikingNetwork
+from ..core.surrogate import GsgTanh
+from ..errors import ConfigError
+from ..models.network import SpikingNetwork
 from ._util import install_shape, named_lifs, unwrap
 from .base import MethodContext, layer_params
 

@@ -11,15 +11,16 @@ from typing import ClassVar
 
 import nir
 
-from .base import Samples, Verification
-from .from_nir import nir_to_network, node_spikes
-from .reference import compare
+from ..base import Samples, Verification
+from ..from_nir import nir_to_network, node_spikes
+from ..reference import compare
 
 
 class NIRExporter:
     name: ClassVar[str] = "nir"
     description: ClassVar[str] = "NIR 1.0.4 graph (HDF5), surrogate-free, tdBN folded"
     filename: ClassVar[str] = "model.nir"
+    grid: ClassVar[type | None] = None   # float: nothing to fine-tune for
 
     def check(self, graph: nir.NIRGraph) -> None:
         # A file we could not rebuild could not be verified either (names the node and why).

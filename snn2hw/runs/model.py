@@ -1,0 +1,67 @@
+"""A run's model: rebuilt from its checkpoint, evaluated on its dataset.
+
+Every verb that reads a run (evaluate, export, robustness, energy, report) comes
+through here, never through the training loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.datasets import load_dataset, to_time_major
+from ..errors import CheckpointError
+from ..methods import make_method
+from ..models.config import ModelConfig
+from ..models.network import SpikingNetwork, build_model, spike_rates
+from .checkpoint import checkpoint_file, load_checkpoint
+
+
+@torch.inference_mode()
+def evaluate_model(model: SpikingNetwork, x: Tensor, y: Tensor, temporal: bool = False,
+                   batch_size: int = 512) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` on (x, y) in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        out = model(to_time_major(xb, temporal))
+        correct += int((out.argmax(1) == yb).sum())
+        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+    model.train(was_training)
+    return correct / max(len(x), 1), loss_sum / max(len(x), 1)
+
+
+def load_model(path: str | Path) -> tuple[SpikingNetwork, dict]:
+    """Rebuild the network a checkpoint holds (eval mode) and return it with the checkpoint."""
+    ckpt = load_checkpoint(path)
+    cfg = ModelConfig.from_dict(ckpt["model_config"])
+    model = build_model(cfg)
+    run = ckpt.get("run_config", {})
+    if run.get("method"):
+        make_method(run["method"], run.get("method_options", {})).setup(model)
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the stored model config ({str(exc)[:200]})") from None
+    model.eval()
+    return model, ckpt
+
+
+def evaluate(checkpoint: str | Path, dataset: str | None = None) -> dict[str, Any]:
+    """Test accuracy and per-layer spike rates of a checkpoint."""
+    model, ckpt = load_model(checkpoint)
+    run = ckpt.get("run_config", {})
+    spec = dataset or run.get("dataset", "digits")
+    data = load_dataset(spec, run.get("seed", 0))
+    acc, loss = evaluate_model(model, data.x_test, data.y_test, data.temporal)
+    with torch.inference_mode():
+        rates = spike_rates(model, to_time_major(data.x_test[:512], data.temporal))
+    return {"checkpoint": str(checkpoint_file(checkpoint)), "dataset": spec, "samples": len(data.x_test),
+            "timesteps": model.timesteps, "test_accuracy": acc, "test_loss": loss,
+            "spike_rates": rates}

@@ -1,0 +1,29 @@
+"""The global RNG states (Python, numpy, torch) as checkpoint-safe values, so a
+resumed run draws exactly what an uninterrupted one would."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch RNG states as checkpoint-safe values."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
