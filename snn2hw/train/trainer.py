@@ -155,6 +155,8 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
             "scheduler_state": scheduler.state_dict(), "method_state": method.state_dict(),
             "rng_state": rng_state(), "history": history, "epoch": epoch,
             "best_accuracy": best_acc, "wall_time_s": elapsed,
+            # what readers of the run need of its data without loading it (export's input range)
+            "data": {"temporal": data.temporal, "value_range": data.value_range},
         }
 
     n = len(data.x_train)
