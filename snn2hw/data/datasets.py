@@ -3,6 +3,12 @@
 A dataset spec is a name or ``kind:PATH``. Everything is loaded into memory as
 float32 tensors; static samples are (N, ...), event data (N, T, ...) is marked
 ``temporal`` and fed to the network time-major.
+
+Every dataset has train / validation / test. The validation split is carved
+from the training data by a fixed generator (``VALIDATION_SEED``), the same
+whatever the run's seed, unless the file brings its own (npz ``x_val``,
+``y_val``). Model selection (best.pt) and anything tuned on held-out data use
+validation; the test split is for reporting only.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import gzip
 import importlib.util
 import pickle
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +36,8 @@ class DataSplit:
     y_test: Tensor
     num_classes: int
     temporal: bool = False  # samples are (T, ...) sequences (event frames)
+    x_val: Tensor | None = None   # carved from the training data (``with_validation``)
+    y_val: Tensor | None = None
 
     @property
     def value_range(self) -> tuple[float, float] | None:
@@ -40,6 +48,31 @@ class DataSplit:
     def input_shape(self) -> tuple[int, ...]:
         shape = tuple(self.x_train.shape[1:])
         return shape[1:] if self.temporal else shape
+
+
+VALIDATION_SEED = 20_231_113   # fixed: the validation split never depends on a run's seed
+DEFAULT_VAL_FRACTION = 0.1
+
+
+def with_validation(split: DataSplit, fraction: float = DEFAULT_VAL_FRACTION) -> DataSplit:
+    """``split`` with a validation set: ``round(fraction * N_train)`` training samples,
+    chosen by a generator seeded with ``VALIDATION_SEED``, moved to ``x_val``/``y_val``.
+
+    A split that already has one is returned as it is; ``fraction = 0`` gives none.
+    """
+    if split.x_val is not None or fraction <= 0:
+        return split
+    if not 0 < fraction < 1:
+        raise DataError(f"validation fraction must be in [0, 1), got {fraction}")
+    n = len(split.x_train)
+    n_val = int(round(n * fraction))
+    if n_val < 1 or n_val >= n:
+        raise DataError(f"{split.name}: {n} training samples cannot give a validation split of "
+                        f"{fraction:.0%}; use another --val-fraction")
+    order = torch.from_numpy(np.random.default_rng(VALIDATION_SEED).permutation(n))
+    val, train = order[:n_val].sort().values, order[n_val:].sort().values
+    return replace(split, x_train=split.x_train[train], y_train=split.y_train[train],
+                   x_val=split.x_train[val], y_val=split.y_train[val])
 
 
 def to_time_major(x: Tensor, temporal: bool) -> Tensor:
@@ -94,8 +127,9 @@ def load_mnist1d(seed: int = 0) -> DataSplit:
 
 
 def load_npz(path: str) -> DataSplit:
-    """``x``, ``y`` and optional ``x_test``, ``y_test``; optional ``temporal`` flag
-    (then x is (N, T, ...) event frames). Without a test set, 20% is held out."""
+    """``x``, ``y`` and optional ``x_test``, ``y_test``, ``x_val``, ``y_val``; optional
+    ``temporal`` flag (then x is (N, T, ...) event frames). Without a test set, 20% is
+    held out; without a validation set, one is carved from x (``with_validation``)."""
     p = _existing(path, "an .npz file with arrays x, y (and optionally x_test, y_test)")
     try:
         with np.load(p, allow_pickle=False) as z:
@@ -114,9 +148,17 @@ def load_npz(path: str) -> DataSplit:
         if arrays["x_test"].shape[1:] != x.shape[1:]:
             raise DataError(f"{p}: x_test samples have shape {arrays['x_test'].shape[1:]}, "
                             f"x samples {x.shape[1:]}; they must match")
-        return _make(p.name, x, y, arrays["x_test"], arrays["y_test"], temporal)
-    split = _split(p.name, x, y, 0.2, 0)
-    split.temporal = temporal
+        split = _make(p.name, x, y, arrays["x_test"], arrays["y_test"], temporal)
+    else:
+        split = _split(p.name, x, y, 0.2, 0)
+        split.temporal = temporal
+    if "x_val" in arrays and "y_val" in arrays:
+        _check_xy(p, "x_val", "y_val", arrays["x_val"], arrays["y_val"], temporal)
+        if arrays["x_val"].shape[1:] != x.shape[1:]:
+            raise DataError(f"{p}: x_val samples have shape {arrays['x_val'].shape[1:]}, "
+                            f"x samples {x.shape[1:]}; they must match")
+        split.x_val = torch.as_tensor(np.ascontiguousarray(arrays["x_val"]), dtype=torch.float32)
+        split.y_val = torch.as_tensor(arrays["y_val"].astype(np.int64))
     return split
 
 
@@ -205,8 +247,13 @@ EMBEDDED = {"digits": load_digits, "mnist1d": load_mnist1d}
 FROM_PATH = {"npz": load_npz, "mnist-idx": load_mnist_idx, "cifar10": load_cifar10}
 
 
-def load_dataset(spec: str, seed: int = 0) -> DataSplit:
-    """Load ``digits``, ``mnist1d``, or ``npz:PATH``, ``mnist-idx:DIR``, ``cifar10:DIR``."""
+def load_dataset(spec: str, seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION) -> DataSplit:
+    """Load ``digits``, ``mnist1d``, or ``npz:PATH``, ``mnist-idx:DIR``, ``cifar10:DIR``,
+    with a validation split (``with_validation``) unless the file brings one."""
+    return with_validation(_load_split(spec, seed), val_fraction)
+
+
+def _load_split(spec: str, seed: int) -> DataSplit:
     if spec in EMBEDDED:
         return EMBEDDED[spec](seed)
     kind, sep, path = spec.partition(":")
