@@ -103,3 +103,15 @@ def test_tensor_params_broadcast_per_neuron():
 def test_unknown_reset_is_an_error():
     with pytest.raises(ValueError, match="reset"):
         lif_sequence(torch.ones(2, 1), LIFParams(0.5, 1.0, "bogus"))
+
+
+def test_reset_names_are_one_table_with_nir_spellings():
+    from snn2hw.core.neuron import NIR_RESET_NAMES, RESET_BY_NAME, RESET_FROM_NIR, RESETS
+
+    assert NIR_RESET_NAMES == {"hard": "zero", "soft": "subtract"}  # NIR's names for our two resets
+    assert RESETS == ("hard", "soft")
+    for ours in RESETS:
+        assert RESET_FROM_NIR[NIR_RESET_NAMES[ours]] == ours
+        assert RESET_BY_NAME[ours] == RESET_BY_NAME[NIR_RESET_NAMES[ours]] == ours
+        run([0.6, 0.6], reset=ours)  # every name in the table is a reset lif_step runs
+    assert set(RESET_FROM_NIR) == {"zero", "subtract"}

@@ -20,7 +20,12 @@ from torch import Tensor
 
 from .surrogate import heaviside
 
-RESETS = ("hard", "soft")
+# Our reset names and NIR's (graph metadata; nir 1.0.4 has no v_reset field): the one
+# table that the exporters, importers and target mappings read.
+NIR_RESET_NAMES = {"hard": "zero", "soft": "subtract"}
+RESET_FROM_NIR = {nir_name: ours for ours, nir_name in NIR_RESET_NAMES.items()}
+RESETS = tuple(NIR_RESET_NAMES)
+RESET_BY_NAME = {**RESET_FROM_NIR, **{r: r for r in RESETS}}  # either spelling -> ours
 
 SpikeFn = Callable[[Tensor], Tensor]
 

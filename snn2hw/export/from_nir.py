@@ -30,13 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.layers import LIF, Pool, ResidualBlock
+from ..core.neuron import RESET_FROM_NIR
 from ..core.surrogate import heaviside
 from ..errors import ExportError
 from ..models.config import ModelConfig
 from ..models.network import SpikingNetwork, record_spikes
 from .to_nir import DT
-
-RESETS = {"zero": "hard", "subtract": "soft"}
 
 
 class Gain(nn.Module):
@@ -144,7 +143,7 @@ def _scale(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
 
 def _neuron(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
     meta = dict(getattr(node, "metadata", {}) or {})
-    reset = RESETS.get(str(meta.get("reset", "")), ctx.reset)
+    reset = RESET_FROM_NIR.get(str(meta.get("reset", "")), ctx.reset)
     v_th = _scalar_or_tensor(node.v_threshold)
     layers: list[nn.Module] = []
     if "lam" in meta:  # written by snn2hw: the exact floats, input gain 1
@@ -309,7 +308,7 @@ def nir_to_network(graph: nir.NIRGraph, timesteps: int | None = None) -> NIRNetw
         dt = DT
         warnings.warn("NIR graph has no metadata 'dt'; assuming dt = 1e-4 s (snnTorch's convention)",
                       stacklevel=2)
-    reset = RESETS.get(str(md.get("reset", "subtract")), None)
+    reset = RESET_FROM_NIR.get(str(md.get("reset", "subtract")), None)
     if reset is None:
         raise ExportError(f"NIR metadata reset={md.get('reset')!r}; expected 'zero' or 'subtract'")
     T = int(timesteps or md.get("timesteps", 0) or 0)

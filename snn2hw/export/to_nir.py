@@ -20,6 +20,7 @@ What the graph says (targets.md C):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import nir
@@ -28,12 +29,29 @@ import torch
 from torch import nn
 
 from ..version import __version__
-from ..core.layers import LIF, Pool, ResidualBlock, TDBatchNorm
+from ..core.layers import LIF, Pool, ResidualBlock
+from ..core.neuron import NIR_RESET_NAMES
 from ..errors import ExportError
 from ..models.network import SpikingNetwork
+from ..models.walk import Rule, Step, walk
 
 DT = 1e-4
-RESET_NAMES = {"hard": "zero", "soft": "subtract"}
+
+
+@dataclass
+class _Chain:
+    """The graph being built and where the walk stands in it."""
+
+    dt: float
+    nodes: dict[str, nir.NIRNode]
+    edges: list[tuple[str, str]]
+    src: str                        # the node the next layer reads from
+    shape: tuple[int, ...]          # its per-sample output shape
+
+    def append(self, step: Step, node: nir.NIRNode) -> None:
+        self.nodes[step.name] = node
+        self.edges.append((self.src, step.name))
+        self.src, self.shape = step.name, _out_shape(step.module, self.shape)
 
 
 def _out_shape(layer: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -46,100 +64,100 @@ def _out_shape(layer: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(layer(torch.zeros(1, *shape)).shape[1:])
 
 
-def _synapse(layer: nn.Module, bn: TDBatchNorm | None, shape: tuple[int, ...]) -> nir.NIRNode:
+def _synapse(step: Step, chain: _Chain) -> None:
     """Affine / Conv node with the following tdBN folded in (float64 arithmetic)."""
-    w = layer.weight.detach().double()
-    b = layer.bias.detach().double() if layer.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-    if bn is not None:
-        w, b = bn.fold_into(w, b)
+    layer, shape = step.module, chain.shape
+    w, b = step.folded(torch.float64)
+    b = b if b is not None else torch.zeros(w.shape[0], dtype=torch.float64)
     w_np, b_np = w.numpy().astype(np.float32), b.numpy().astype(np.float32)
     if isinstance(layer, nn.Linear):
-        return nir.Affine(weight=w_np, bias=b_np)
-    if isinstance(layer, nn.Conv1d):
-        return nir.Conv1d(input_shape=int(shape[1]), weight=w_np, stride=int(layer.stride[0]),
+        node = nir.Affine(weight=w_np, bias=b_np)
+    elif isinstance(layer, nn.Conv1d):
+        node = nir.Conv1d(input_shape=int(shape[1]), weight=w_np, stride=int(layer.stride[0]),
                           padding=layer.padding if isinstance(layer.padding, str) else int(layer.padding[0]),
                           dilation=int(layer.dilation[0]), groups=int(layer.groups), bias=b_np)
-    return nir.Conv2d(input_shape=tuple(int(s) for s in shape[1:]), weight=w_np,
-                      stride=tuple(int(s) for s in layer.stride),
-                      padding=layer.padding if isinstance(layer.padding, str) else tuple(int(p) for p in layer.padding),
-                      dilation=tuple(int(d) for d in layer.dilation), groups=int(layer.groups), bias=b_np)
+    else:
+        node = nir.Conv2d(input_shape=tuple(int(s) for s in shape[1:]), weight=w_np,
+                          stride=tuple(int(s) for s in layer.stride),
+                          padding=layer.padding if isinstance(layer.padding, str) else tuple(int(p) for p in layer.padding),
+                          dilation=tuple(int(d) for d in layer.dilation), groups=int(layer.groups), bias=b_np)
+    chain.append(step, node)
 
 
-def _neuron(lif: LIF, shape: tuple[int, ...], dt: float) -> nir.NIRNode:
+def _neuron_node(lif: LIF, shape: tuple[int, ...], dt: float) -> nir.NIRNode:
     ones = np.ones(shape, dtype=np.float64)
-    meta = {"lam": float(lif.lam), "v_th": float(lif.v_th), "reset": RESET_NAMES[lif.reset]}
+    meta = {"lam": float(lif.lam), "v_th": float(lif.v_th), "reset": NIR_RESET_NAMES[lif.reset]}
     if lif.lam == 1.0:
         return nir.IF(r=ones, v_threshold=lif.v_th * ones, metadata=meta)
     return nir.LIF(tau=dt / (1.0 - lif.lam) * ones, r=ones / (1.0 - lif.lam), v_leak=0.0 * ones,
                    v_threshold=lif.v_th * ones, metadata=meta)
 
 
-def _pool(layer: nn.Module, shape: tuple[int, ...], where: str) -> nir.NIRNode:
-    if isinstance(layer, nn.AdaptiveAvgPool2d):
-        out = layer.output_size if isinstance(layer.output_size, tuple) else (layer.output_size,) * 2
-        if tuple(out) != (1, 1):
-            raise ExportError(f"{where}: AdaptiveAvgPool2d to {out} has no NIR node; only global pooling (1, 1) maps")
-        k = np.array(shape[1:], dtype=np.int64)
-        return nir.AvgPool2d(kernel_size=k, stride=k, padding=np.zeros(2, dtype=np.int64))
+def _neuron(step: Step, chain: _Chain) -> None:
+    chain.append(step, _neuron_node(step.module, chain.shape, chain.dt))
+
+
+def _global_pool(step: Step, chain: _Chain) -> None:
+    layer, shape = step.module, chain.shape
+    out = layer.output_size if isinstance(layer.output_size, tuple) else (layer.output_size,) * 2
+    if tuple(out) != (1, 1):
+        raise ExportError(f"{step.where}: AdaptiveAvgPool2d to {out} has no NIR node; "
+                          "only global pooling (1, 1) maps")
+    k = np.array(shape[1:], dtype=np.int64)
+    chain.append(step, nir.AvgPool2d(kernel_size=k, stride=k, padding=np.zeros(2, dtype=np.int64)))
+
+
+def _pool(step: Step, chain: _Chain) -> None:
+    layer, shape = step.module, chain.shape
     if layer.mode == "max":
-        raise ExportError(f"{where}: max pooling has no NIR node and no neuromorphic target runs it; "
+        raise ExportError(f"{step.where}: max pooling has no NIR node and no neuromorphic target runs it; "
                           "retrain with --pool avg or --pool sum")
     if layer.dims == 1:
         # NIR has no 1-D pooling: a depthwise Conv1d with kernel 1/k (avg) or 1 (sum) is the same map.
         c = shape[0]
         w = np.full((c, 1, layer.k), 1.0 / layer.k if layer.mode == "avg" else 1.0, dtype=np.float32)
-        return nir.Conv1d(input_shape=int(shape[1]), weight=w, stride=layer.k, padding=0, dilation=1,
+        node = nir.Conv1d(input_shape=int(shape[1]), weight=w, stride=layer.k, padding=0, dilation=1,
                           groups=c, bias=np.zeros(c, dtype=np.float32), metadata={"pool": layer.mode})
-    k = np.array([layer.k, layer.k], dtype=np.int64)
-    cls = nir.AvgPool2d if layer.mode == "avg" else nir.SumPool2d
-    return cls(kernel_size=k, stride=k, padding=np.zeros(2, dtype=np.int64))
+    else:
+        k = np.array([layer.k, layer.k], dtype=np.int64)
+        cls = nir.AvgPool2d if layer.mode == "avg" else nir.SumPool2d
+        node = cls(kernel_size=k, stride=k, padding=np.zeros(2, dtype=np.int64))
+    chain.append(step, node)
 
 
-def _chain(layers: list[nn.Module], prefix: str, shape: tuple[int, ...], dt: float,
-           nodes: dict[str, nir.NIRNode], edges: list[tuple[str, str]], src: str
-           ) -> tuple[str, tuple[int, ...]]:
-    """Append ``layers`` after node ``src``; return the last node's name and output shape."""
-    i = 0
-    while i < len(layers):
-        layer, name = layers[i], f"{prefix}{i}"
-        where = f"layer {i} ({name}, {type(layer).__name__})"
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
-        bn = nxt if isinstance(nxt, TDBatchNorm) else None
-        if isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            node = _synapse(layer, bn, shape)
-            i += 1 if bn is not None else 0
-        elif isinstance(layer, LIF):
-            node = _neuron(layer, shape, dt)
-        elif isinstance(layer, (Pool, nn.AdaptiveAvgPool2d)):
-            node = _pool(layer, shape, where)
-        elif isinstance(layer, nn.Flatten):
-            if layer.start_dim != 1:
-                raise ExportError(f"{where}: only Flatten(start_dim=1) maps to NIR")
-            node = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0,
-                               end_dim=layer.end_dim - 1 if layer.end_dim > 0 else layer.end_dim)
-        elif isinstance(layer, ResidualBlock):
-            # NIR sums the inputs of a node: body and shortcut both feed the block's neuron.
-            body, _ = _chain(list(layer.body), f"{name}.body.", shape, dt, nodes, edges, src)
-            short, _ = _chain(list(layer.shortcut), f"{name}.shortcut.", shape, dt, nodes, edges, src)
-            out_shape = _out_shape(layer, shape)
-            nodes[f"{name}.out"] = _neuron(layer.out, out_shape, dt)
-            edges += [(body, f"{name}.out"), (short, f"{name}.out")]
-            src, shape = f"{name}.out", out_shape
-            i += 1
-            continue
-        elif isinstance(layer, TDBatchNorm):
-            raise ExportError(f"{where}: tdBN that does not follow a conv/linear layer cannot be folded")
-        elif isinstance(layer, nn.Identity):
-            i += 1
-            continue
-        else:
-            raise ExportError(f"{where}: no NIR mapping for {type(layer).__name__}")
-        nodes[name] = node
-        edges.append((src, name))
-        shape = _out_shape(layer, shape)
-        src = name
-        i += 1
-    return src, shape
+def _flatten(step: Step, chain: _Chain) -> None:
+    layer = step.module
+    if layer.start_dim != 1:
+        raise ExportError(f"{step.where}: only Flatten(start_dim=1) maps to NIR")
+    chain.append(step, nir.Flatten(input_type={"input": np.array(chain.shape)}, start_dim=0,
+                                   end_dim=layer.end_dim - 1 if layer.end_dim > 0 else layer.end_dim))
+
+
+def _residual(step: Step, chain: _Chain) -> None:
+    # NIR sums the inputs of a node: body and shortcut both feed the block's neuron.
+    src, shape = chain.src, chain.shape
+    step.walk_inside("body", chain)
+    body = chain.src
+    chain.src, chain.shape = src, shape
+    step.walk_inside("shortcut", chain)
+    short = chain.src
+    out, out_shape = f"{step.name}.out", _out_shape(step.module, shape)
+    chain.nodes[out] = _neuron_node(step.module.out, out_shape, chain.dt)
+    chain.edges += [(body, out), (short, out)]
+    chain.src, chain.shape = out, out_shape
+
+
+# torch layer type -> rule appending its NIR node (tdBN is folded by the walk; Identity is skipped).
+TO_NIR: dict[type, Rule] = {
+    nn.Linear: _synapse,
+    nn.Conv1d: _synapse,
+    nn.Conv2d: _synapse,
+    LIF: _neuron,
+    Pool: _pool,
+    nn.AdaptiveAvgPool2d: _global_pool,
+    nn.Flatten: _flatten,
+    ResidualBlock: _residual,
+}
 
 
 def model_to_nir(model: SpikingNetwork, dt: float = DT, temporal: bool = False) -> nir.NIRGraph:
@@ -154,13 +172,13 @@ def model_to_nir(model: SpikingNetwork, dt: float = DT, temporal: bool = False) 
     model.eval()  # shape probing must not touch BN running statistics
     try:
         shape = tuple(int(s) for s in cfg.input_shape)
-        nodes: dict[str, nir.NIRNode] = {"input": nir.Input(input_type={"input": np.array(shape)})}
-        edges: list[tuple[str, str]] = []
-        last, out_shape = _chain(list(model.layers), "layers.", shape, dt, nodes, edges, "input")
+        chain = _Chain(dt, {"input": nir.Input(input_type={"input": np.array(shape)})}, [], "input", shape)
+        walk(model.layers, TO_NIR, chain, rules_name="snn2hw.export.to_nir.TO_NIR")
     finally:
         model.train(was_training)
-    nodes["output"] = nir.Output(output_type={"output": np.array(out_shape)})
-    edges.append((last, "output"))
+    nodes, edges = chain.nodes, chain.edges
+    nodes["output"] = nir.Output(output_type={"output": np.array(chain.shape)})
+    edges.append((chain.src, "output"))
     lifs = model.lif_layers()
     lams = {float(m.lam) for m in lifs}
     metadata: dict[str, Any] = {
@@ -168,7 +186,7 @@ def model_to_nir(model: SpikingNetwork, dt: float = DT, temporal: bool = False) 
         "dt": float(dt),
         "lam": lams.pop() if len(lams) == 1 else -1.0,  # -1: differs per layer (see node metadata)
         "v_th": float(cfg.v_th),
-        "reset": RESET_NAMES[cfg.reset],
+        "reset": NIR_RESET_NAMES[cfg.reset],
         "spike": ">",
         "timesteps": int(cfg.timesteps),
         "readout": "mean_current",

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.layers import LIF, ResidualBlock, TDBatchNorm
+from ..core.layers import LIF, ResidualBlock
 from ..core.neuron import LIFParams, LIFState, initial_state, lif_sequence, lif_step
 from ..errors import ExportError
+from ..models.walk import Rule, Step, walk
 
 
 @dataclass
@@ -114,44 +115,46 @@ class LoweredNet:
         return [op for op in self.walk() if isinstance(op, Neuron)]
 
 
-def _synapse(name: str, m: nn.Module) -> Synapse:
-    w = m.weight.detach().clone()
-    b = m.bias.detach().clone() if m.bias is not None else None
+def _synapse(step: Step, _: None) -> Synapse:
+    m, name = step.module, step.name
     if isinstance(m, nn.Linear):
-        return Synapse(name, "linear", w, b)
+        return Synapse(name, "linear", *step.folded())
     kind = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d"}.get(type(m))
     if kind is None or m.padding_mode != "zeros" or isinstance(m.padding, str):
         raise ExportError(f"{name}: {type(m).__name__} with padding {m.padding!r} is not supported "
                           "by hwsim; use Linear, Conv1d or Conv2d with zero, numeric padding")
+    w, b = step.folded()
     return Synapse(name, kind, w, b, tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.groups)
 
 
-def _lower_list(layers, prefix: str) -> list:
-    ops: list = []
-    for i, m in enumerate(layers):
-        name = f"{prefix}{i}"
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            ops.append(_synapse(name, m))
-        elif isinstance(m, TDBatchNorm):
-            if not ops or not isinstance(ops[-1], Synapse):
-                raise ExportError(f"{name}: tdBN does not directly follow a Linear/Conv layer, so it "
-                                  "cannot be folded into weights; put BN right after the synapse")
-            ops[-1].weight, ops[-1].bias = m.fold_into(ops[-1].weight, ops[-1].bias)
-        elif isinstance(m, LIF):
-            ops.append(Neuron(name, m.lam, m.v_th, m.reset))
-        elif isinstance(m, ResidualBlock):
-            out = Neuron(f"{name}.out", m.out.lam, m.out.v_th, m.out.reset)
-            ops.append(Residual(name, _lower_list(m.body, f"{name}.body."),
-                                _lower_list(m.shortcut, f"{name}.shortcut."), out))
-        elif getattr(m, "temporal", False):
-            raise ExportError(f"{name}: temporal layer {type(m).__name__} is unknown to hwsim; "
-                              "add a lowering rule in snn2hw/hwsim/graph.py")
-        elif any(True for _ in m.parameters()):
-            raise ExportError(f"{name}: {type(m).__name__} has parameters hwsim cannot map; "
-                              "supported: Linear, Conv1d/2d, tdBN, LIF, pooling, flatten")
-        else:
-            ops.append(Stateless(name, m))
-    return ops
+def _neuron(step: Step, _: None) -> Neuron:
+    m = step.module
+    return Neuron(step.name, m.lam, m.v_th, m.reset)
+
+
+def _residual(step: Step, _: None) -> Residual:
+    out = step.module.out
+    return Residual(step.name, step.walk_inside("body", None), step.walk_inside("shortcut", None),
+                    Neuron(f"{step.name}.out", out.lam, out.v_th, out.reset))
+
+
+def _stateless(step: Step, _: None) -> Stateless:
+    """Any other layer runs as is on every chip, if it has no parameters and no state."""
+    m = step.module
+    if getattr(m, "temporal", False) or any(True for _ in m.parameters()):
+        raise step.unsupported("other layers run only if they have no parameters and no state")
+    return Stateless(step.name, m)
+
+
+# torch layer type -> rule making its op (tdBN is folded into the synapse by the walk).
+LOWERING: dict[type, Rule] = {
+    nn.Linear: _synapse,
+    nn.Conv1d: _synapse,
+    nn.Conv2d: _synapse,
+    LIF: _neuron,
+    ResidualBlock: _residual,
+    nn.Module: _stateless,
+}
 
 
 def _link_sources(ops: list, last: str = "") -> str:
@@ -170,7 +173,7 @@ def _link_sources(ops: list, last: str = "") -> str:
 
 def lower(model) -> LoweredNet:
     """The eval-mode, surrogate-free network as a list of ops with tdBN folded."""
-    ops = _lower_list(model.layers, "layers.")
+    ops = walk(model.layers, LOWERING, rules_name="snn2hw.hwsim.graph.LOWERING")
     _link_sources(ops)
     net = LoweredNet(ops, tuple(model.config.input_shape), model.timesteps)
     with torch.inference_mode():  # dry run: record shapes

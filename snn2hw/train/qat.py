@@ -36,6 +36,7 @@ from ..core.layers import LIF, Pool, ResidualBlock, TDBatchNorm
 from ..errors import ConfigError
 from ..export import EXPORTERS
 from ..export.grid import Site, TargetGrid
+from ..models.walk import Rule, Step, fold_synapse, skip, walk
 
 
 @dataclass
@@ -48,34 +49,59 @@ class _Plan:
     first: bool = False
 
 
+@dataclass
+class _Units:
+    """What the walk knows about the value of one unit of the next synapse's input."""
+
+    input_unit: float               # of the network's input
+    pool_unit: float = 1.0          # avg pooling of spikes since the last neuron
+    planned: int = 0                # synapses seen
+    open: bool = False              # the last synapse's neuron is not reached yet
+
+
+def _site(step: Step, units: _Units) -> _Plan:
+    first = units.planned == 0
+    units.planned += 1
+    units.open = True
+    return _Plan(step.name, step.module, step.bn, step.neuron,
+                 input_unit=units.pool_unit * (units.input_unit if first else 1.0), first=first)
+
+
+def _neuron(step: Step, units: _Units) -> None:
+    if units.open:
+        units.open, units.pool_unit = False, 1.0
+
+
+def _pool(step: Step, units: _Units) -> None:
+    m = step.module
+    if not units.open and m.mode == "avg":
+        units.pool_unit /= m.k ** m.dims     # avg pooling of spikes, fused into the next synapse
+
+
+def _refuse_residual(step: Step, units: _Units) -> None:
+    raise ConfigError(f"{step.name}: QAT supports chain networks (mlp, conv), not residual blocks")
+
+
+# torch layer type -> rule; QAT rewrites synapses only, every other layer passes as is.
+QAT_SITES: dict[type, Rule] = {
+    nn.Linear: _site,
+    nn.Conv1d: _site,
+    nn.Conv2d: _site,
+    LIF: _neuron,
+    Pool: _pool,
+    ResidualBlock: _refuse_residual,
+    nn.Module: skip,
+}
+
+
 def plan_sites(model: nn.Module, input_unit: float) -> list[_Plan]:
     """The synapses of a chain network in order, with their BN, neuron and input unit."""
-    plans: list[_Plan] = []
-    pending: _Plan | None = None
-    pool_unit = 1.0
-    for i, m in enumerate(model.layers):
-        name = f"layers.{i}"
-        if isinstance(m, ResidualBlock):
-            raise ConfigError(f"{name}: QAT supports chain networks (mlp, conv), not residual blocks")
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            first = not plans and pending is None
-            pending = _Plan(name, m, input_unit=pool_unit * (input_unit if first else 1.0), first=first)
-            plans.append(pending)
-        elif isinstance(m, TDBatchNorm) and pending is not None:
-            pending.bn = m
-        elif isinstance(m, Pool) and pending is None and m.mode == "avg":
-            pool_unit /= m.k ** m.dims     # avg pooling of spikes, fused into the next synapse
-        elif isinstance(m, LIF) and pending is not None:
-            pending.lif, pending, pool_unit = m, None, 1.0
-    return plans
+    return walk(model.layers, QAT_SITES, _Units(input_unit), rules_name="snn2hw.train.qat.QAT_SITES")
 
 
 def _folded(p: _Plan) -> tuple[Tensor, Tensor]:
-    w = p.synapse.weight
-    b = p.synapse.bias if p.synapse.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
-    if p.bn is None:
-        return w, b
-    return p.bn.fold_into(w, b, detach=False)  # QAT trains through the fold
+    w, b = fold_synapse(p.synapse, p.bn, detach=False)  # QAT trains through the fold
+    return w, b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype)
 
 
 def _apply(m: nn.Module, x: Tensor, w: Tensor, b: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ from typing import Any
 import nir
 import numpy as np
 
+from ...core.neuron import RESET_BY_NAME
 from ...errors import ExportError
 from ..from_nir import _pair, chain_order
 from ..to_nir import DT
@@ -51,7 +52,6 @@ MAX_PADDING = 7
 POOLS = (1, 2, 4)
 MAX_INPUT = 128
 MAX_OUTPUT = 64
-RESETS = {"zero": "hard", "hard": "hard", "subtract": "soft", "soft": "soft"}
 
 
 @dataclass
@@ -240,7 +240,7 @@ def build_plan(graph: nir.NIRGraph) -> SpeckPlan:
                 raise ExportError(f"speck: layer {name} has leak lam={lam:g}; Speck neurons are IAF: "
                                   "retrain with --lam 1")
             nmeta = getattr(node, "metadata", {}) or {}
-            reset = RESETS.get(str(nmeta.get("reset", meta.get("reset", "subtract"))), "soft")
+            reset = RESET_BY_NAME.get(str(nmeta.get("reset", meta.get("reset", "subtract"))), "soft")
             layers.append(SpeckLayer(len(layers), pending["name"], name, pending["linear"],
                                      pending["weight"], pending["bias"], pending["stride"],
                                      pending["padding"], pending["in_shape"], pending["out"], 1,
