@@ -61,3 +61,17 @@ def sweep(methods, grid, seeds, out, **kwargs):
     from .sweep import sweep as _sweep
 
     return _sweep(methods, grid, seeds, out, **kwargs)
+
+
+def robustness(checkpoints, out: str | Path | None = None, **kwargs) -> dict:
+    """Accuracy under simulated hardware noise (``snn2hw.hwsim.robustness``, same
+    arguments); with ``out``, also writes report.json, report.md and one PNG per
+    noise axis there (rank 0 alone under torchrun)."""
+    from . import distributed as dist
+    from .hwsim.robustness import robustness as _robustness
+    from .reports.hwsim_report import write_robustness_report
+
+    result = _robustness(checkpoints, **kwargs)
+    if out is not None and dist.is_main_process():
+        write_robustness_report(result, out)
+    return result

@@ -176,6 +176,16 @@ def gather_results(local: Sequence[R], n_jobs: int) -> list[R]:
     return out
 
 
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask, not the machine's count),
+    shared evenly with the other torchrun ranks on this node (``LOCAL_WORLD_SIZE``)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def _init_worker(threads: int) -> None:
     # A spawned worker inherits torchrun's RANK/WORLD_SIZE; it must never join the group.
     global _local_depth
@@ -188,40 +198,73 @@ def _call_alone(fn: Callable[[J], R], job: J) -> R:
         return fn(job)
 
 
-def run_jobs(fn: Callable[[J], R], jobs: Sequence[J], workers: int = 1,
-             progress: bool = False, desc: str = "jobs") -> list[R]:
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def run_jobs(fn: Callable[[J], R], jobs: Sequence[J], workers: int | None = 1,
+             threads: int | None = None, progress: bool = False, desc: str = "jobs",
+             unit: str = "job", skip: Callable[[J], R | None] | None = None,
+             on_done: Callable[[J, R], None] | None = None) -> list[R]:
     """``[fn(job) for job in jobs]``, spread over torchrun ranks and, on each rank,
     over ``workers`` spawned processes; every rank returns the full list in order.
 
+    * ``workers``: processes per rank (``None``: one per available core), never
+      more than this rank's jobs left to run. With more than one, ``fn`` and the
+      jobs must be picklable (a module-level function, plain data).
+    * ``threads``: torch threads of each process that runs jobs, this one
+      included when ``workers`` is 1 (restored afterwards); default
+      ``available_cores() // workers``, so workers x threads <= cores.
+    * ``skip(job)``: a result known without running (e.g. a finished sweep run),
+      or None; such a job takes no worker and is counted as done.
+    * ``on_done(job, result)``: called here as each job that ran finishes (in
+      completion order), e.g. to report a failure while the others continue.
+
     Each call runs as if alone (``local_only``), so a job that trains a network
-    never all-reduces with another rank's job. With ``workers > 1``, ``fn`` and
-    the jobs must be picklable (a module-level function, plain data); each
-    worker gets ``cpu_count // workers`` torch threads.
+    never all-reduces with another rank's job. A job that raises stops the run;
+    one whose failure must not stop its siblings returns a failure result
+    instead (``sweep.run_job`` does).
     """
     mine = shard_jobs(jobs)
+    known = [skip(job) if skip is not None else None for job in mine]
+    pending = [i for i, r in enumerate(known) if r is None]
+    results: list[Any] = list(known)
+    cores = available_cores()
+    workers = max(1, min(workers or cores, len(pending) or 1))
+    threads = threads or max(1, cores // workers)
     bar = None
     if progress and is_main_process():
         from tqdm import tqdm
 
-        bar = tqdm(total=len(mine), desc=desc, unit="job", dynamic_ncols=True)
-    results: list[Any] = []
+        bar = tqdm(total=len(mine), initial=len(mine) - len(pending), unit=unit, dynamic_ncols=True,
+                   desc=f"{desc} ({_plural(workers, 'worker')} x {_plural(threads, 'thread')})")
+
+    def finished(i: int, result: Any) -> None:
+        results[i] = result
+        if on_done is not None:
+            on_done(mine[i], result)
+        if bar is not None:
+            bar.update()
+
     try:
-        if workers <= 1 or len(mine) <= 1:
-            for job in mine:
-                results.append(_call_alone(fn, job))
-                if bar is not None:
-                    bar.update()
+        if workers == 1:
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                for i in pending:
+                    finished(i, _call_alone(fn, mine[i]))
+            finally:
+                torch.set_num_threads(before)
         else:
             import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
+            from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            threads = max(1, (os.cpu_count() or 1) // workers)
+            # spawn: a forked child would inherit the parent's torch thread pool state
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
                                      initializer=_init_worker, initargs=(threads,)) as pool:
-                for res in pool.map(_call_alone, [fn] * len(mine), mine):
-                    results.append(res)
-                    if bar is not None:
-                        bar.update()
+                futures = {pool.submit(_call_alone, fn, mine[i]): i for i in pending}
+                for fut in as_completed(futures):
+                    finished(futures[fut], fut.result())
     finally:
         if bar is not None:
             bar.close()

@@ -19,18 +19,17 @@ Each run lives in ``OUT/<method>__<key>=<value>...__seed<s>/`` with a
 ``job.json`` (its full config). Re-running the same sweep skips runs that have a
 ``summary.json``, resumes those with only a ``last.pt`` and starts the rest.
 
-Parallelism: ``run_jobs(jobs, workers)`` is the one place that decides where jobs
-run (here: local processes). Under torchrun, ``sweep`` gives each rank its
-shard (``distributed.shard_jobs``), gathers the statuses, and rank 0 calls
-``collect_rows`` + ``write_results``: everything else is read back from the run
-directories (on a file system every node sees).
+Parallelism: ``distributed.run_jobs`` decides where jobs run, as for every
+other set of independent jobs: under torchrun each rank trains its shard of the
+grid, on each rank in up to ``workers`` local processes; the statuses come back
+to every rank, and rank 0 calls ``collect_rows`` + ``write_results``: everything
+else is read back from the run directories (on a file system every node sees).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,74 +231,28 @@ def run_job(job: SweepJob) -> tuple[str, str]:
     return ("resumed" if resume else "ran"), ""
 
 
-def _init_worker(threads: int) -> None:
-    import torch
+def _report_failure(progress: bool) -> Callable[[SweepJob, tuple[str, str]], None]:
+    """An ``on_done`` that names a failed run as soon as it fails (the grid goes on)."""
+    def on_done(job: SweepJob, result: tuple[str, str]) -> None:
+        if progress and result[0] == "failed":
+            from tqdm import tqdm
 
-    torch.set_num_threads(threads)
-
-
-def available_cores() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun: ranks share the node
+            tqdm.write(f"{job.name}: FAILED: {result[1]}")
+    return on_done
 
 
 def run_jobs(jobs: Sequence[SweepJob], workers: int | None = None, threads: int | None = None,
-             progress: bool = True, on_done: Callable[[SweepJob, str, str], None] | None = None
-             ) -> dict[str, tuple[str, str]]:
-    """Run ``jobs`` with up to ``workers`` local processes of ``threads`` torch threads each
-    (defaults: workers = min(cores, unfinished jobs), threads = cores // workers, so
-    workers x threads <= cores). Finished jobs are skipped. Returns name -> (status, error).
-    This is the seam a distributed runner replaces or calls per rank (module docstring)."""
-    import torch
+             progress: bool = True) -> dict[str, tuple[str, str]]:
+    """Train ``jobs`` with ``distributed.run_jobs`` (torchrun ranks x local processes;
+    default one worker per core, threads = cores // workers); finished runs are skipped
+    without taking a worker. Returns name -> (status, error) on every rank."""
+    from . import distributed as dist
 
-    status: dict[str, tuple[str, str]] = {j.name: ("skipped", "") for j in jobs if is_finished(j)}
-    pending = [j for j in jobs if j.name not in status]
-    cores = available_cores()
-    workers = max(1, min(workers or cores, len(pending) or 1))
-    threads = threads or max(1, cores // workers)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), initial=len(status), unit="run", dynamic_ncols=True,
-                   desc=f"sweep ({workers} worker{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)})")
-
-    def done(job: SweepJob, result: tuple[str, str]) -> None:
-        status[job.name] = result
-        if bar is not None:
-            if result[0] == "failed":
-                bar.write(f"{job.name}: FAILED: {result[1]}")
-            bar.set_postfix_str(job.name[-40:], refresh=False)
-            bar.update()
-        if on_done is not None:
-            on_done(job, *result)
-
-    try:
-        if workers == 1:
-            before = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
-                for job in pending:
-                    done(job, run_job(job))
-            finally:
-                torch.set_num_threads(before)
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            # spawn: a forked child would inherit the parent's torch thread pool state
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(threads,)) as pool:
-                futures = {pool.submit(run_job, job): job for job in pending}
-                for fut in as_completed(futures):
-                    done(futures[fut], fut.result())
-    finally:
-        if bar is not None:
-            bar.close()
-    return {j.name: status.get(j.name, ("missing", "")) for j in jobs}
+    results = dist.run_jobs(run_job, jobs, workers=workers, threads=threads, progress=progress,
+                            desc="sweep", unit="run",
+                            skip=lambda job: ("skipped", "") if is_finished(job) else None,
+                            on_done=_report_failure(progress and dist.is_main_process()))
+    return {job.name: result for job, result in zip(jobs, results)}
 
 
 def collect_rows(jobs: Sequence[SweepJob], status: dict[str, tuple[str, str]] | None = None
@@ -365,8 +318,7 @@ def sweep(methods: Sequence[str], grid: Sequence[str] | dict[str, Sequence[Any]]
     axes = parse_grid(grid_from_dict(grid) if isinstance(grid, dict) else list(grid))
     jobs = plan_jobs(methods, axes, seeds, out, options, config_file, overrides)
     dist.init_from_env()  # torchrun: every rank runs its shard of the grid
-    status = run_jobs(dist.shard_jobs(jobs), workers, threads, progress and dist.is_main_process())
-    status = {k: v for part in dist.all_gather_object(status) for k, v in part.items()}
+    status = run_jobs(jobs, workers, threads, progress)
     rows = collect_rows(jobs, status)
     if not dist.is_main_process():
         return SweepResult(Path(out), jobs, rows)

@@ -372,3 +372,30 @@ def test_nproc_relaunch_reproduces_the_command_line():
     args2, config2 = config_of(relaunched)
     assert config2.to_dict() == config.to_dict()
     assert config.sync_bn and config.method_options == {"k_limit": 0.3} and config.model.hidden == (16, 8)
+
+
+def test_run_jobs_skips_known_results_reports_each_job_and_sets_threads(monkeypatch):
+    monkeypatch.setattr(dist.os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    ran, done = [], []
+    before = torch.get_num_threads()
+
+    def fn(job: int) -> tuple[int, int]:
+        ran.append(job)
+        return job * 10, torch.get_num_threads()
+
+    out = dist.run_jobs(fn, [1, 2, 3, 4], skip=lambda j: (j, -1) if j % 2 else None,
+                        on_done=lambda job, res: done.append((job, res)))
+    assert out == [(1, -1), (20, 6), (3, -1), (40, 6)]  # in job order; odd jobs never ran
+    assert ran == [2, 4] and done == [(2, (20, 6)), (4, (40, 6))]
+    assert torch.get_num_threads() == before  # the caller's thread count is restored
+    assert dist.run_jobs(fn, [5], threads=2) == [(50, 2)]
+
+
+def test_available_cores_is_the_affinity_shared_by_local_ranks(monkeypatch):
+    monkeypatch.setattr(dist.os, "sched_getaffinity", lambda pid: {0, 3, 5, 7, 9}, raising=False)
+    monkeypatch.setattr(dist.os, "cpu_count", lambda: 64)
+    assert dist.available_cores() == 5  # the affinity mask, not the machine's 64 cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert dist.available_cores() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert dist.available_cores() == 1

@@ -13,7 +13,8 @@ import json
 import shlex
 import sys
 
-from ..hwsim import PROFILES, energy, render_energy_markdown
+from ..hwsim import PROFILES, energy
+from ..reports.hwsim_report import render_energy_markdown
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -13,8 +13,9 @@ import os
 import shlex
 import sys
 
+from ..api import robustness
 from ..errors import ConfigError
-from ..hwsim import MISMATCH_PARAMS, robustness
+from ..hwsim import MISMATCH_PARAMS
 
 
 def _levels(text: str) -> list[float]:
@@ -50,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     params = tuple(v.strip() for v in args.mismatch_params.split(",") if v.strip())
     if not params:
         raise ConfigError("--mismatch-params is empty; give e.g. weights,thresholds,decays")
-    report = robustness(args.checkpoints, args.mismatch, args.thermal, args.spike_loss, args.dead,
-                        chips=args.chips, seed=args.seed, mismatch_params=params, quant=args.quant,
+    report = robustness(args.checkpoints, mismatch=args.mismatch, thermal=args.thermal,
+                        spike_loss=args.spike_loss, dead=args.dead, chips=args.chips, seed=args.seed, mismatch_params=params, quant=args.quant,
                         weight_bits=args.weight_bits, state_bits=args.state_bits, dataset=args.dataset,
                         samples=args.samples, out=args.out, progress=not args.no_progress,
                         command=shlex.join(["snn2hw", *getattr(args, "argv", sys.argv[1:])]))

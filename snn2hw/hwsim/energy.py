@@ -182,7 +182,9 @@ def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size:
 
 def energy(checkpoint: str | Path, profile: str = "45nm-fp32", profile_file: str | Path | None = None,
            samples: int | None = 512, dataset: str | None = None, command: str | None = None) -> dict:
-    """Energy report of a checkpoint on ``samples`` test samples (all if None)."""
+    """Energy report of a checkpoint on ``samples`` test samples (all if None), as a dict:
+    ``count_energy``'s counts plus provenance (command, versions, checkpoint sha256);
+    ``reports.hwsim_report.render_energy_markdown`` lays it out as a table."""
     prof = get_profile(profile, profile_file)
     model, ckpt = load_model(checkpoint)
     spec = dataset or ckpt.get("run_config", {}).get("dataset", "digits")
@@ -195,42 +197,3 @@ def energy(checkpoint: str | Path, profile: str = "45nm-fp32", profile_file: str
                    "method": ckpt.get("run_config", {}).get("method"), "dataset": spec,
                    "wall_time_s": time.perf_counter() - t0})
     return report
-
-
-def _si(v: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(v) >= div:
-            return f"{v / div:.3g}{unit}"
-    return f"{v:.3g}"
-
-
-def render_energy_markdown(report: dict) -> str:
-    """The per-layer table a reviewer can check, with provenance."""
-    p, tot = report["profile"], report["total"]
-    lines = [f"Checkpoint `{report['checkpoint']}` (sha256 `{report['sha256'][:16]}`, method "
-             f"{report['method']}), {report['samples']} samples of {report['dataset']}, T = {report['timesteps']}.  ",
-             f"Command: `{report['command']}`  ",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + "  ",
-             f"Profile **{p['name']}**: {p['ac_pj']} pJ/AC, {p['mac_pj']} pJ/MAC, ANN "
-             f"{p['ann_mac_pj'] if p['ann_mac_pj'] is not None else p['mac_pj']} pJ/MAC ({p['source']}).",
-             "", "Per sample. AC = spike events x real fan-out; MAC = non-binary input, once per step.", "",
-             "| layer | op | in -> out | input | input rate | AC | MAC | ANN MAC | SNN energy | ANN energy |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in report["layers"]:
-        rate = f"{r['source_rate']:.4f}" if r["source_rate"] is not None else "-"
-        src = f"spikes of {r['source']}" if r["input"] == "spikes" else (
-            "direct input" if r["input"] == "input" else "currents")
-        lines.append(f"| {r['layer']} | {r['kind']} | {'x'.join(map(str, r['in_shape']))} -> "
-                     f"{'x'.join(map(str, r['out_shape']))} | {src} | {rate} | {_si(r['ac'])} | "
-                     f"{_si(r['mac'])} | {_si(r['ann_mac'])} | {r['snn_pj'] / 1e3:.3g} nJ | "
-                     f"{r['ann_pj'] / 1e3:.3g} nJ |")
-    lines.append(f"| **total** | | | | | {_si(tot['ac'])} | {_si(tot['mac'])} | {_si(tot['ann_mac'])} | "
-                 f"{tot['snn_pj'] / 1e3:.3g} nJ | {tot['ann_pj'] / 1e3:.3g} nJ |")
-    lines += ["", "| spiking layer | neurons | firing rate (spikes/neuron/step) | spikes per sample |",
-              "|---|---|---|---|"]
-    for nrow in report["neurons"]:
-        lines.append(f"| {nrow['layer']} | {nrow['neurons']} | {nrow['firing_rate']:.4f} | "
-                     f"{nrow['spikes_per_sample']:.1f} |")
-    lines += ["", f"**SNN / ANN energy = {tot['ratio']:.4f}** "
-              f"({tot['snn_pj'] / 1e3:.4g} nJ vs {tot['ann_pj'] / 1e3:.4g} nJ per sample)."]
-    return "\n".join(lines) + "\n"

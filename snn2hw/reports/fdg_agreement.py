@@ -29,8 +29,8 @@ from ..methods._util import frozen_buffers, install_shape, named_lifs
 from ..runs.files import atomic_write_text
 from ..methods.dspike import (coordinate_subset, cosine, finite_difference_grad,
                                     first_weight_name, surrogate_grad)
-from .markdown import md_table
-from .plots import pyplot
+from .markdown import command_block, md_table
+from .plots import pyplot, save_figure
 
 
 @dataclass
@@ -140,15 +140,12 @@ def render_fdg_agreement(rows: Sequence[AgreementRow], out: Path, title: str = "
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
     axs[0][0].set_ylabel("cosine(FDG, surrogate gradient)")
-    fig.tight_layout()
-    fig.savefig(out / "fdg_cosine.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "fdg_cosine.png")
 
     lines = ["# Finite-difference vs surrogate gradients (Dspike Fig. 2b)", ""]
     if title:
         lines += [title, ""]
-    if command:
-        lines += ["Produced by:", "", "```", command, "```", ""]
+    lines += command_block(command)
     lines += ["Cosine similarity between the finite-difference gradient (FDG) of the loss w.r.t. the "
               "first layer's weights and the backprop gradient with each surrogate; mean and "
               "standard deviation over probe batches. `FDG zeros` is the share of FDG coordinates "

@@ -1,4 +1,4 @@
-"""Small markdown helpers shared by the run report and the sweep report."""
+"""Small markdown helpers shared by the reports (run, sweep, hwsim, FDG)."""
 
 from __future__ import annotations
 
@@ -25,3 +25,15 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int 
              "| " + " | ".join(align(i) for i in range(len(headers))) + " |"]
     lines += ["| " + " | ".join(fmt(v, digits) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def command_block(command: str | None) -> list[str]:
+    """Lines naming the command that produced a page, as a code block (none without one)."""
+    return ["Produced by:", "", "```", command, "```", ""] if command else []
+
+
+def provenance_lines(command: str, versions: dict[str, str]) -> list[str]:
+    """The two header lines of a hwsim report: the command and the package versions
+    (each ending in a markdown line break)."""
+    return [f"Command: `{command}`  ",
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "  "]

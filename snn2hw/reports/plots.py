@@ -16,9 +16,10 @@ def pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Lay out ``fig``, write it to ``path`` as PNG at ``dpi`` and free it; returns ``path``."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     pyplot().close(fig)
     return path
 
@@ -42,7 +43,7 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     for ax in (ax_l, ax_a):
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_params(groups: dict[str, dict[str, tuple[list[float], list[float]]]], path: Path) -> Path:
@@ -68,7 +69,7 @@ def plot_params(groups: dict[str, dict[str, tuple[list[float], list[float]]]], p
             ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_spike_rates(rates: dict[str, float], path: Path) -> Path:
@@ -79,4 +80,4 @@ def plot_spike_rates(rates: dict[str, float], path: Path) -> Path:
     ax.set_xticks(range(len(rates)), list(rates), rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="spikes / neuron / step", title="spike rate per layer")
     ax.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
+    return save_figure(fig, path)

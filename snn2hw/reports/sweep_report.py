@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..runs.files import atomic_write_text
-from .markdown import md_table
-from .plots import pyplot
+from .markdown import command_block, md_table
+from .plots import pyplot, save_figure
 
 METRICS = ("test_accuracy", "best_test_accuracy", "train_loss", "epochs", "wall_time_s")
 
@@ -107,10 +107,7 @@ def plot_sweep(stats: Sequence[GroupStats], axes: Sequence[str], path: Path) -> 
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         axs[0][0].set_ylabel("final test accuracy (mean ± std over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_results(rows: Sequence[dict[str, Any]], axes: Sequence[str], out: Path,
@@ -128,8 +125,7 @@ def write_results(rows: Sequence[dict[str, Any]], axes: Sequence[str], out: Path
     stats = group_stats(rows, axes)
     finished = sum(r.get("test_accuracy") is not None for r in rows)
     lines = ["# Sweep results", ""]
-    if command:
-        lines += ["Produced by:", "", "```", command, "```", ""]
+    lines += command_block(command)
     lines += [f"{len(rows)} runs, {finished} finished"
               + (f", {len(rows) - finished} failed or unfinished" if finished < len(rows) else "") + "."]
     if settings:
