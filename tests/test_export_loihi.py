@@ -205,7 +205,7 @@ def test_refusals_raise_before_writing(graph, message, tmp_path):
     with pytest.raises(ExportError, match=message):
         exporter.check(g)
     with pytest.raises(ExportError, match=message):
-        exporter.write(g, tmp_path)
+        exporter.write(exporter.check(g), tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -228,7 +228,8 @@ def test_fan_in_bound_is_the_worst_case():
 
 
 def test_hdf5_layout(conv, tmp_path):
-    files = LoihiExporter().write(model_to_nir(conv), tmp_path)
+    exporter = LoihiExporter()
+    files = exporter.write(exporter.check(model_to_nir(conv)), tmp_path)
     net = build_loihi_net(model_to_nir(conv))
     with h5py.File(files[0], "r") as f:
         layers = f["layer"]
@@ -289,12 +290,12 @@ def test_input_range_comes_from_the_training_data(tmp_path):
     np.savez(tmp_path / "signed.npz", x=x, y=y)
     snn2hw.train({"dataset": f"npz:{tmp_path / 'signed.npz'}", "epochs": 1, "hidden": [8]},
                  out=tmp_path / "run")
-    graph, _, _ = _source(tmp_path / "run" / "last.pt", None)
+    graph = _source(tmp_path / "run" / "last.pt", None).graph
     data = load_dataset(f"npz:{tmp_path / 'signed.npz'}")
     assert graph.metadata["input_range"] == pytest.approx([float(data.x_train.min()), float(data.x_train.max())])
     # a model passed from Python, with the dataset named by the caller, gets the same range
     model, _ = snn2hw.load(tmp_path / "run" / "last.pt")
-    from_python, _, _ = _source(model, None, f"npz:{tmp_path / 'signed.npz'}")
+    from_python = _source(model, None, f"npz:{tmp_path / 'signed.npz'}").graph
     assert from_python.metadata["input_range"] == graph.metadata["input_range"]
     net = build_loihi_net(graph)
     xt = data.x_test.numpy()
