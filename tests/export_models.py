@@ -17,6 +17,8 @@ CONFIGS = {
     # IAF with subtract reset and average pooling
     "conv_if": {"arch": "conv", "channels": [4, 6], "lam": 1.0, "reset": "soft", "pool": "avg",
                 "timesteps": 4},
+    # what every target runs (IAF, hard reset, a chain): the exporters' contract test, 1 epoch
+    "mlp_iaf": {"arch": "mlp", "hidden": [16], "lam": 1.0, "reset": "hard", "timesteps": 3, "epochs": 1},
 }
 
 

@@ -205,7 +205,7 @@ def test_refusals_raise_before_writing(graph, message, tmp_path):
     with pytest.raises(ExportError, match=message):
         exporter.check(g)
     with pytest.raises(ExportError, match=message):
-        exporter.write(g, tmp_path)
+        exporter.write(exporter.check(g), tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -228,7 +228,8 @@ def test_fan_in_bound_is_the_worst_case():
 
 
 def test_hdf5_layout(conv, tmp_path):
-    files = LoihiExporter().write(model_to_nir(conv), tmp_path)
+    exporter = LoihiExporter()
+    files = exporter.write(exporter.check(model_to_nir(conv)), tmp_path)
     net = build_loihi_net(model_to_nir(conv))
     with h5py.File(files[0], "r") as f:
         layers = f["layer"]
@@ -289,12 +290,12 @@ def test_input_range_comes_from_the_training_data(tmp_path):
     np.savez(tmp_path / "signed.npz", x=x, y=y)
     snn2hw.train({"dataset": f"npz:{tmp_path / 'signed.npz'}", "epochs": 1, "hidden": [8]},
                  out=tmp_path / "run")
-    graph, _, _ = _source(tmp_path / "run" / "last.pt", None)
+    graph = _source(tmp_path / "run" / "last.pt", None).graph
     data = load_dataset(f"npz:{tmp_path / 'signed.npz'}")
     assert graph.metadata["input_range"] == pytest.approx([float(data.x_train.min()), float(data.x_train.max())])
     # a model passed from Python, with the dataset named by the caller, gets the same range
     model, _ = snn2hw.load(tmp_path / "run" / "last.pt")
-    from_python, _, _ = _source(model, None, f"npz:{tmp_path / 'signed.npz'}")
+    from_python = _source(model, None, f"npz:{tmp_path / 'signed.npz'}").graph
     assert from_python.metadata["input_range"] == graph.metadata["input_range"]
     net = build_loihi_net(graph)
     xt = data.x_test.numpy()
@@ -302,3 +303,46 @@ def test_input_range_comes_from_the_training_data(tmp_path):
     # graded input = round(levels * x): every held-out value within half a level of its float
     err = np.abs(net.quantise_input(xt).reshape(xt.shape) / net.input_levels - xt)
     assert err.max() <= 0.5 / net.input_levels + 1e-6
+
+
+def _h5_contents(path):
+    """Every dataset of an HDF5 file by its path, as numpy arrays."""
+    items = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: items.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return items
+
+
+def test_export_without_check_reads_the_data_layout_from_the_checkpoint(tmp_path, monkeypatch):
+    """A checkpoint records its data's layout and input range: exporting it without --check
+    loads no dataset and writes the same file as when the dataset is loaded (named
+    explicitly, or for an old checkpoint without that record). --check still loads it."""
+    from snn2hw.runs.checkpoint import load_checkpoint, save_checkpoint
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1.5, 1.5, size=(120, 12)).astype(np.float32)   # signed: the range matters
+    np.savez(tmp_path / "signed.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    spec = f"npz:{tmp_path / 'signed.npz'}"
+    snn2hw.train({"dataset": spec, "epochs": 1, "hidden": [8]}, out=tmp_path / "run")
+    ckpt = tmp_path / "run" / "last.pt"
+    old = load_checkpoint(ckpt)
+    assert old.pop("data")["value_range"][0] < 0
+    save_checkpoint(tmp_path / "old.pt", old)
+    export_model(ckpt, "loihi", tmp_path / "named", dataset=spec)
+    export_model(tmp_path / "old.pt", "loihi", tmp_path / "old")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_dataset was called")
+
+    monkeypatch.setattr("snn2hw.export.api.load_dataset", refuse)
+    export_model(ckpt, "loihi", tmp_path / "lazy")
+    lazy = _h5_contents(tmp_path / "lazy" / "loihi.net")
+    assert lazy["host/input_range"][0] < 0
+    for other in ("named", "old"):
+        got = _h5_contents(tmp_path / other / "loihi.net")
+        assert set(got) == set(lazy)
+        for key, value in lazy.items():
+            np.testing.assert_array_equal(got[key], value, err_msg=f"{other}: {key}")
+        assert (tmp_path / other / "README.md").read_text() == (tmp_path / "lazy" / "README.md").read_text()
+    with pytest.raises(AssertionError, match="load_dataset was called"):
+        export_model(ckpt, "loihi", tmp_path / "checked", check=True, samples=5)

@@ -353,7 +353,7 @@ def test_samna_config_path_runs_under_fake_samna(fake_samna, conv_graph, tmp_pat
     sc.to_json.return_value = '{"stand-in": true}'
     chips.samna.speck2f.validate_configuration.return_value = (True, "")
     monkeypatch.setattr(speck, "real_samna_available", lambda: True)
-    files = SpeckExporter().write(conv_graph, tmp_path)
+    files = SpeckExporter().write(build_plan(conv_graph), tmp_path)
     assert [p.name for p in files] == ["speck_config.json", "speck_mapping.md", "samna_config.json"]
     assert json.loads(files[2].read_text()) == {"stand-in": True}
     assert sc.cnn_layers.__getitem__.call_count >= 3          # one core configured per layer

@@ -1,11 +1,14 @@
 """``export_model``: checkpoint (or NIR file) -> target artefact, the same way for every target.
 
     graph = model_to_nir(model)             # or nir.read(FILE) for --from-nir
-    exporter.check(graph)                   # ExportError before anything is written
+    plan = exporter.check(graph)            # ExportError before anything is written
     samples = held-out test split + the float reference run on it   (check=True)
-    files = exporter.write(graph, out_dir)
-    verification = exporter.verify(graph, out_dir, samples)         (check=True)
-    out_dir/verification.json, out_dir/README.md
+    files = exporter.write(plan, out_dir)
+    verification = exporter.verify(plan, out_dir, samples)          (check=True)
+    out_dir/verification.json, out_dir/README.md (exporter.readme(plan, files))
+
+The dataset is loaded only to draw the ``--check`` samples: a checkpoint records the data
+layout and input range the graph needs (``ckpt["data"]``).
 """
 
 from __future__ import annotations
@@ -58,22 +61,49 @@ def read_nir(path: str | Path) -> nir.NIRGraph:
         raise ExportError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from None
 
 
-def _source(source: str | Path | SpikingNetwork | nir.NIRGraph, timesteps: int | None,
-            dataset: str | None = None) -> tuple[nir.NIRGraph, torch.nn.Module, DataSplit | None]:
-    """(graph, float reference model, the data it is checked on or None).
+@dataclass
+class Source:
+    """What an export starts from: the NIR graph, the float model it is checked against and
+    where held-out samples come from."""
 
-    The dataset is ``dataset`` or the checkpoint's own, loaded once: it says whether
-    inputs are event frames and gives the analog input range that targets quantising
-    the input (Loihi's graded spikes) need (mnist1d spans about [-5.5, 4.5], not [0, 1]).
+    graph: nir.NIRGraph
+    reference_model: torch.nn.Module
+    dataset: str | None = None      # the dataset spec held-out samples are drawn from
+    seed: int = 0                   # its split seed (the run's)
+    data: DataSplit | None = None   # already loaded (``dataset=`` given, or an old checkpoint)
+
+    def held_out_data(self) -> DataSplit | None:
+        """The dataset, loaded on first use; None when no dataset is known."""
+        if self.data is None and self.dataset:
+            self.data = load_dataset(self.dataset, self.seed)
+        return self.data
+
+
+def _source(source: str | Path | SpikingNetwork | nir.NIRGraph, timesteps: int | None,
+            dataset: str | None = None) -> Source:
+    """The graph to export, its float reference model and the dataset to check it on.
+
+    Whether inputs are event frames and the analog input range that targets quantising the
+    input need (Loihi's graded spikes; mnist1d spans about [-5.5, 4.5], not [0, 1]) come from
+    the checkpoint's ``data`` record. The dataset is loaded here only when ``dataset`` is
+    given (its layout then wins) or the checkpoint predates that record.
     """
     run: dict = {}
+    layout: dict | None = None
     if isinstance(source, (str, Path)) and Path(source).suffix == ".nir":
         source = read_nir(source)
     if not isinstance(source, (nir.NIRGraph, SpikingNetwork)):
         source, ckpt = load_model(source)
         run = ckpt.get("run_config", {})
+        layout = ckpt.get("data")
     spec = dataset or run.get("dataset")
-    data = load_dataset(spec, int(run.get("seed", 0))) if spec else None
+    seed = int(run.get("seed", 0))
+    data = None
+    if spec and (dataset or layout is None):
+        data = load_dataset(spec, seed)
+        layout = {"temporal": data.temporal, "value_range": data.value_range}
+    layout = layout or {}
+    value_range = layout.get("value_range")
     if isinstance(source, nir.NIRGraph):
         graph, model = source, None
         if timesteps:
@@ -82,10 +112,12 @@ def _source(source: str | Path | SpikingNetwork | nir.NIRGraph, timesteps: int |
         model = source
         if timesteps:
             model.config.timesteps = int(timesteps)
-        graph = model_to_nir(model, temporal=bool(data and data.temporal))
-    if data is not None and data.value_range and graph.metadata.get("input_encoding", "direct") == "direct":
-        graph.metadata.setdefault("input_range", list(data.value_range))
-    return graph, model if model is not None else nir_to_network(graph), data
+        graph = model_to_nir(model, temporal=bool(layout.get("temporal")))
+    if value_range and graph.metadata.get("input_encoding", "direct") == "direct":
+        graph.metadata.setdefault("input_range", [float(v) for v in value_range])
+    # built now even without --check: it refuses a NIR graph we cannot run, naming the node
+    reference = model if model is not None else nir_to_network(graph)
+    return Source(graph, reference, spec, seed, data)
 
 
 def held_out_samples(data: DataSplit, n: int, timesteps: int) -> Samples:
@@ -107,35 +139,36 @@ def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str
     """
     exporter = make_exporter(target)
     try:
-        graph, reference_model, data = _source(source, timesteps, dataset)
-        exporter.check(graph)
+        src = _source(source, timesteps, dataset)
+        plan = exporter.check(src.graph)
     except ExportError as exc:  # name the target once, whoever raised
         msg = str(exc)
         raise ExportError(msg if msg.startswith(f"{target}:") else f"{target}: {msg}") from None
 
     prepared: Samples | None = None
     if check:
-        T = int(graph.metadata.get("timesteps", 0) or 0)
+        T = int(src.graph.metadata.get("timesteps", 0) or 0)
         if isinstance(samples, Samples):
             prepared = samples
         else:
+            data = src.held_out_data()
             if data is None:
                 raise ConfigError("--check needs held-out samples: give --dataset (the NIR file names none)")
             prepared = held_out_samples(data, int(samples), T)
-        prepared.reference = run_reference(reference_model, prepared)
+        prepared.reference = run_reference(src.reference_model, prepared)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = exporter.write(graph, out)
+    files = exporter.write(plan, out)
     verification = None
     if prepared is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            verification = exporter.verify(graph, out, prepared)
+            verification = exporter.verify(plan, out, prepared)
         payload: dict[str, Any] = asdict(verification)
         payload["files"] = [p.name for p in files]
         atomic_write_text(out / "verification.json", json.dumps(payload, indent=2) + "\n")
-    readme = exporter.readme(graph, files)
+    readme = exporter.readme(plan, files)
     if verification is not None:
         readme += "\n" + verification_markdown(verification)
     atomic_write_text(out / "README.md", readme)

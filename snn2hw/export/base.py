@@ -1,13 +1,15 @@
 """The exporter interface: every target starts from the NIR graph (the hub).
 
-An exporter is one module in ``snn2hw/export/`` with a class satisfying
-``Exporter`` and one line in the registry (``snn2hw/export/__init__.py``).
-``export_model`` in ``snn2hw/export/api.py`` drives them all the same way:
+An exporter is one package in ``snn2hw/export/`` (``loihi/``, ``speck/``, ...) whose
+``__init__`` holds a class satisfying ``Exporter``, and one line in the registry
+(``snn2hw/export/__init__.py``). ``export_model`` in ``snn2hw/export/api.py`` drives them
+all the same way; the target's plan is built once, by ``check``:
 
-    graph = model_to_nir(model)            # surrogate-free Heaviside LIF, BN folded
-    exporter.check(graph)                  # raise ExportError before writing anything
-    files = exporter.write(graph, out_dir)  # the target's artefact(s)
-    report = exporter.verify(graph, out_dir, samples)   # when --check
+    graph = model_to_nir(model)                  # surrogate-free Heaviside LIF, BN folded
+    plan = exporter.check(graph)                 # ExportError before writing anything
+    files = exporter.write(plan, out_dir)        # the target's artefact(s)
+    report = exporter.verify(plan, out_dir, samples)   # when --check
+    text = exporter.readme(plan, files)
     -> out_dir/verification.json, out_dir/README.md
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from torch import Tensor
 
@@ -45,18 +47,29 @@ class Verification:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class Exporter(Protocol):
-    name: ClassVar[str]
-    description: ClassVar[str]
+# What a target makes of the graph before writing: e.g. Loihi's quantised LoihiNet, Speck's
+# SpeckPlan of chip layers, ONNX's torch rebuild, the NIR graph itself.
+Plan = TypeVar("Plan")
 
-    def check(self, graph: Any) -> None:
-        """Raise ExportError naming the first layer the target cannot run, the reason and the fix."""
 
-    def write(self, graph: Any, out_dir: Path) -> list[Path]:
-        """Write the artefact(s); return their paths."""
+class Exporter(Protocol[Plan]):
+    """A target. ``check`` does all the reading of the graph (and every refusal); ``write``,
+    ``verify`` and ``readme`` work from its plan, so one export reads the graph once."""
 
-    def verify(self, graph: Any, out_dir: Path, samples: Samples) -> Verification:
-        """Run the artefact on ``samples`` and compare with the float reference."""
+    name: ClassVar[str]                 # the registry key and ``--target`` choice
+    description: ClassVar[str]          # one line for ``--help``
+    grid: ClassVar[type | None]         # the QAT grid class (``train --qat NAME``), None: float target
 
-    def readme(self, graph: Any, files: list[Path]) -> str:
-        """Markdown: what the artefact is and how to run it on the target."""
+    def check(self, graph: Any) -> Plan:
+        """The target's plan of the NIR ``graph``; raise ExportError naming the first layer the
+        target cannot run, the reason and the fix. Writes nothing."""
+
+    def write(self, plan: Plan, out_dir: Path) -> list[Path]:
+        """Write the artefact(s) of ``plan`` into the existing ``out_dir``; return their paths."""
+
+    def verify(self, plan: Plan, out_dir: Path, samples: Samples) -> Verification:
+        """Run the written artefact on ``samples`` and compare with ``samples.reference``
+        (``reference.compare``): spike agreement per neuron node, outputs, accuracies."""
+
+    def readme(self, plan: Plan, files: list[Path]) -> str:
+        """Markdown naming ``files``: what the artefact is and how to run it on the target."""

@@ -1,19 +1,43 @@
-"""The float reference every exporter's verify() compares against, and the comparison.
+"""The float reference every exporter's verify() compares against, the comparison, and
+the batched run every verify uses.
 
 ``export_model`` runs the trained model (exact Heaviside step, eval mode) on the
 held-out samples once and attaches the result to ``Samples.reference``; an
-exporter runs its artefact and calls ``compare`` to fill ``Verification``.
+exporter runs its artefact (``run_batched`` when it goes batch by batch) and calls
+``compare`` to fill ``Verification``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from .base import Samples, Verification
+
+
+# What a batched function returns per output: a tensor, or a tensor per layer name
+Batched = Tensor | dict[str, Tensor]
+
+
+def run_batched(fn: Callable[[Tensor], Sequence[Batched]], x: Tensor, axis: int, batch_size: int,
+                cat_axes: Sequence[int]) -> tuple[Batched, ...]:
+    """``fn`` over consecutive slices of at most ``batch_size`` samples of ``x`` (the sample
+    axis is ``axis``), its outputs joined back: output ``j`` (a tensor, or a dict of tensors
+    joined key by key) is concatenated along ``cat_axes[j]`` (e.g. 1 for time-major spikes
+    (T, B, ...), 0 for logits (B, K)). Keys come from the first batch."""
+    n = x.shape[axis]
+    parts = [fn(x.narrow(axis, i, min(batch_size, n - i))) for i in range(0, n, batch_size)]
+    joined: list[Batched] = []
+    for j, dim in enumerate(cat_axes):
+        first = parts[0][j]
+        if isinstance(first, dict):
+            joined.append({k: torch.cat([p[j][k] for p in parts], dim) for k in first})
+        else:
+            joined.append(torch.cat([p[j] for p in parts], dim))
+    return tuple(joined)
 
 
 @dataclass
@@ -28,13 +52,9 @@ def run_reference(model: torch.nn.Module, samples: Samples, batch_size: int = 25
     """Run ``model`` (a trained SpikingNetwork or a NIRNetwork) on ``samples.x`` in batches."""
     from .from_nir import node_spikes
 
-    axis = 1 if samples.temporal else 0
-    n = samples.x.shape[axis]
-    parts: list[tuple[dict[str, Tensor], Tensor]] = []
-    for i in range(0, n, batch_size):
-        parts.append(node_spikes(model, samples.x.narrow(axis, i, min(batch_size, n - i))))
-    spikes = {k: torch.cat([p[0][k] for p in parts], 1) for k in parts[0][0]}
-    return Reference(spikes, torch.cat([p[1] for p in parts], 0))
+    spikes, output = run_batched(lambda xb: node_spikes(model, xb), samples.x,
+                                 1 if samples.temporal else 0, batch_size, cat_axes=(1, 0))
+    return Reference(spikes, output)
 
 
 def compare(target: str, reference: Reference, spikes: dict[str, Tensor], output: Tensor,

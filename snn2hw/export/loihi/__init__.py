@@ -38,6 +38,7 @@ from ...environment import loihi_python
 from ...errors import ExportError
 from . import emulator as emu
 from ..base import Samples, Verification
+from ..reference import compare
 from .grid import LoihiGrid
 from .mapping import LoihiNet, build_loihi_net
 
@@ -143,31 +144,28 @@ class LoihiExporter:
     filename: ClassVar[str] = "loihi.net"
     grid: ClassVar[type | None] = LoihiGrid   # train --qat loihi
 
-    def check(self, graph: Any) -> None:
-        build_loihi_net(graph)
+    def check(self, graph: Any) -> LoihiNet:
+        """The plan is the quantised integer network (``mapping.build_loihi_net``)."""
+        return build_loihi_net(graph)
 
-    def write(self, graph: Any, out_dir: Path) -> list[Path]:
-        net = build_loihi_net(graph)
-        return [write_netx(net, Path(out_dir) / self.filename)]
+    def write(self, plan: LoihiNet, out_dir: Path) -> list[Path]:
+        return [write_netx(plan, Path(out_dir) / self.filename)]
 
-    def verify(self, graph: Any, out_dir: Path, samples: Samples) -> Verification:
-        from ..reference import compare
-
-        net = build_loihi_net(graph)
-        T = int(samples.timesteps or net.timesteps)
-        xi = sample_input(net, samples, T)
+    def verify(self, plan: LoihiNet, out_dir: Path, samples: Samples) -> Verification:
+        T = int(samples.timesteps or plan.timesteps)
+        xi = sample_input(plan, samples, T)
         N = xi.shape[1]
-        emulated = emu.run_samples(net.layers, xi)
+        emulated = emu.run_samples(plan.layers, xi)
         x = samples.x.detach().cpu().numpy()
-        lo, hi = net.input_range
+        lo, hi = plan.input_range
         details: dict[str, Any] = {
-            "input_levels": net.input_levels, "input_message_bits": net.input_bits(),
+            "input_levels": plan.input_levels, "input_message_bits": plan.input_bits(),
             "input_clipped_fraction": float(np.mean((x < lo) | (x > hi))),
-            "gains": net.gains, "vThMant": [l.vth for l in net.layers],
-            "vDecay": [l.v_decay for l in net.layers],
-            "lam_effective": [1 - l.v_decay / emu.DECAY_UNIT for l in net.layers],
-            "weight_bits_used": net.info["weight_bits_used"],
-            "emulator_accuracy": float((readout(net, emulated[-1]).argmax(1) == samples.y.numpy()).mean()),
+            "gains": plan.gains, "vThMant": [l.vth for l in plan.layers],
+            "vDecay": [l.v_decay for l in plan.layers],
+            "lam_effective": [1 - l.v_decay / emu.DECAY_UNIT for l in plan.layers],
+            "weight_bits_used": plan.info["weight_bits_used"],
+            "emulator_accuracy": float((readout(plan, emulated[-1]).argmax(1) == samples.y.numpy()).mean()),
         }
         target = emulated
         python = loihi_python()
@@ -175,25 +173,24 @@ class LoihiExporter:
             details["loihi_simulator"] = ("NOT RUN: the Loihi environment (.venv-loihi) is missing; "
                                           "the numbers below are the emulator's. Run scripts/setup.")
         else:
-            stream, _, _ = emu.make_stream(xi, len(net.layers))
-            (lava_stream, timing), = run_lava([(Path(out_dir) / self.filename, stream, net.input_bits(), T)])
+            stream, _, _ = emu.make_stream(xi, len(plan.layers))
+            (lava_stream, timing), = run_lava([(Path(out_dir) / self.filename, stream, plan.input_bits(), T)])
             target = [emu.unstream(s, k, T, N) for k, s in enumerate(lava_stream)]
             details["loihi_simulator"] = "lava fixed_pt (Loihi2SimCfg), bit-accurate CPU model"
             details["lava_vs_emulator_mismatches"] = {
-                name: int((a != b).sum()) for name, a, b in zip(net.neuron_names, target, emulated)}
+                name: int((a != b).sum()) for name, a, b in zip(plan.neuron_names, target, emulated)}
             details["lava_timing_s"] = {"import": float(timing[0]), "build": float(timing[1]),
                                         "run": float(timing[2]), "steps": int(stream.shape[0])}
-        spikes = {name: torch.from_numpy(s.astype(np.float32)) for name, s in zip(net.neuron_names, target)}
-        output = torch.from_numpy(readout(net, target[-1]))
+        spikes = {name: torch.from_numpy(s.astype(np.float32)) for name, s in zip(plan.neuron_names, target)}
+        output = torch.from_numpy(readout(plan, target[-1]))
         return compare(self.name, samples.reference, spikes, output, samples.y, details)
 
-    def readme(self, graph: Any, files: list[Path]) -> str:
-        net = build_loihi_net(graph)
+    def readme(self, plan: LoihiNet, files: list[Path]) -> str:
         rows = "".join(
             f"| {i + 1} | {l.name} / {n} | {l.kind} | {tuple(l.weight.shape)} | {l.out_shape} | "
             f"{l.stride if l.kind == 'conv' else ''} | {l.vth} | {l.v_decay} | {g:.4g} |\n"
-            for i, (l, n, g) in enumerate(zip(net.layers, net.neuron_names, net.gains)))
-        T, bits = net.timesteps, net.input_bits()
+            for i, (l, n, g) in enumerate(zip(plan.layers, plan.neuron_names, plan.gains)))
+        T, bits = plan.timesteps, plan.input_bits()
         return f"""# Loihi 2 export (lava-dl netx)
 
 `{self.filename}`: HDF5 for `lava.lib.dl.netx.hdf5.Network`, integer CUBA blocks
@@ -207,8 +204,8 @@ Weights are even integers in [-256, 254] (8-bit, scale S = G g per layer), so
 `v > V_th` of the float model is `v_int > 64 vThMant` with vThMant = V_th G exactly.
 Avg/sum pooling is fused into the next layer (kernel repeated, stride times k).
 
-**Input** (host): `x_int = round({net.input_levels} * clip(x, {net.input_range[0]}, {net.input_range[1]}))`,
-sent as graded spikes (`input_message_bits={bits}`), shape {net.input_shape} in PyTorch order
+**Input** (host): `x_int = round({plan.input_levels} * clip(x, {plan.input_range[0]}, {plan.input_range[1]}))`,
+sent as graded spikes (`input_message_bits={bits}`), shape {plan.input_shape} in PyTorch order
 (Lava wants `(W, H, C, T)`: `x.transpose(3, 2, 1, 0)` of `(T, C, H, W)`).
 
 **Readout** (host): the last Affine has no neuron; the chip streams out the spikes of the

@@ -22,24 +22,27 @@ class NIRExporter:
     filename: ClassVar[str] = "model.nir"
     grid: ClassVar[type | None] = None   # float: nothing to fine-tune for
 
-    def check(self, graph: nir.NIRGraph) -> None:
-        # A file we could not rebuild could not be verified either (names the node and why).
+    def check(self, graph: nir.NIRGraph) -> nir.NIRGraph:
+        """The plan is the graph itself, as written; refused if we could not rebuild it
+        (a file we could not rebuild could not be verified either; names the node and why)."""
         nir_to_network(graph)
+        return graph
 
-    def write(self, graph: nir.NIRGraph, out_dir: Path) -> list[Path]:
+    def write(self, plan: nir.NIRGraph, out_dir: Path) -> list[Path]:
         path = Path(out_dir) / self.filename
-        nir.write(path, graph)
+        nir.write(path, plan)
         return [path]
 
-    def verify(self, graph: nir.NIRGraph, out_dir: Path, samples: Samples) -> Verification:
+    def verify(self, plan: nir.NIRGraph, out_dir: Path, samples: Samples) -> Verification:
+        # the file read back, not the plan: the round trip through HDF5 is what is verified
         back = nir.read(Path(out_dir) / self.filename)
         net = nir_to_network(back, samples.timesteps or None)
         spikes, output = node_spikes(net, samples.x)
         return compare(self.name, samples.reference, spikes, output, samples.y,
                        {"nodes": len(back.nodes), "edges": len(back.edges)})
 
-    def readme(self, graph: nir.NIRGraph, files: list[Path]) -> str:
-        md = graph.metadata
+    def readme(self, plan: nir.NIRGraph, files: list[Path]) -> str:
+        md = plan.metadata
         return f"""# NIR export
 
 `{self.filename}`: the trained network as a NIR {nir.version} graph (HDF5), written by

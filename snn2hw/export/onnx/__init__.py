@@ -27,7 +27,7 @@ from ...core.neuron import LIFState, lif_step
 from ...core.surrogate import heaviside
 from ..base import Samples, Verification
 from ..from_nir import NIRNetwork, chain_order, nir_to_network, node_spikes
-from ..reference import compare
+from ..reference import compare, run_batched
 
 OPSET = 17
 
@@ -75,9 +75,8 @@ def output_names(net: NIRNetwork) -> list[str]:
     return ["logits"] + [f"spikes_{net.node_names[p]}" for p in net.node_names]
 
 
-def export_onnx(graph: nir.NIRGraph, path: Path, temporal: bool = False) -> NIRNetwork:
-    """Write ``graph`` as an unrolled ONNX model at ``path``; return the torch rebuild."""
-    net = nir_to_network(graph)
+def write_onnx(net: NIRNetwork, path: Path, temporal: bool = False) -> Path:
+    """Write the rebuilt network ``net`` as an unrolled ONNX model at ``path``."""
     shape = tuple(net.config.input_shape)
     T = net.timesteps
     dummy = torch.zeros((T, 2, *shape) if temporal else (2, *shape))
@@ -90,6 +89,13 @@ def export_onnx(graph: nir.NIRGraph, path: Path, temporal: bool = False) -> NIRN
         torch.onnx.export(_Unrolled(net), (dummy,), str(path), dynamo=False, opset_version=OPSET,
                           input_names=["input"], output_names=names, dynamic_axes=axes,
                           do_constant_folding=False)
+    return path
+
+
+def export_onnx(graph: nir.NIRGraph, path: Path, temporal: bool = False) -> NIRNetwork:
+    """Write ``graph`` as an unrolled ONNX model at ``path``; return the torch rebuild."""
+    net = nir_to_network(graph)
+    write_onnx(net, path, temporal)
     return net
 
 
@@ -100,15 +106,12 @@ def run_onnx(path: Path, x: Tensor, batch_size: int = 256, temporal: bool = Fals
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    axis = 1 if temporal else 0
-    n = x.shape[axis]
-    chunks: list[list[np.ndarray]] = []
-    for i in range(0, n, batch_size):
-        xb = x.narrow(axis, i, min(batch_size, n - i)).numpy().astype(np.float32)
-        chunks.append(session.run(names, {"input": xb}))
-    logits = torch.from_numpy(np.concatenate([c[0] for c in chunks], 0))
-    spikes = {name[len("spikes_"):]: torch.from_numpy(np.concatenate([c[j] for c in chunks], 1))
-              for j, name in enumerate(names) if j > 0}
+
+    def run(xb: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        out = [torch.from_numpy(a) for a in session.run(names, {"input": xb.numpy().astype(np.float32)})]
+        return {name[len("spikes_"):]: out[j] for j, name in enumerate(names) if j > 0}, out[0]
+
+    spikes, logits = run_batched(run, x, 1 if temporal else 0, batch_size, cat_axes=(1, 0))
     return spikes, logits
 
 
@@ -118,30 +121,30 @@ class ONNXExporter:
     filename: ClassVar[str] = "model.onnx"
     grid: ClassVar[type | None] = None   # float: nothing to fine-tune for
 
-    def check(self, graph: nir.NIRGraph) -> None:
-        # Refuses residual/branching graphs (the step loop here is for chains), unknown nodes and a
-        # missing T (the loop is unrolled), naming them.
+    def check(self, graph: nir.NIRGraph) -> NIRNetwork:
+        """The plan is the torch rebuild of ``graph`` (what is traced and what the file must equal).
+
+        Refuses residual/branching graphs (the step loop here is for chains), unknown nodes and a
+        missing T (the loop is unrolled), naming them."""
         chain_order(graph)
-        nir_to_network(graph)
+        return nir_to_network(graph)
 
-    def write(self, graph: nir.NIRGraph, out_dir: Path) -> list[Path]:
+    def write(self, plan: NIRNetwork, out_dir: Path) -> list[Path]:
         path = Path(out_dir) / self.filename
-        export_onnx(graph, path, graph.metadata.get("input_encoding") == "temporal")
-        return [path]
+        return [write_onnx(plan, path, plan.metadata.get("input_encoding") == "temporal")]
 
-    def verify(self, graph: nir.NIRGraph, out_dir: Path, samples: Samples) -> Verification:
+    def verify(self, plan: NIRNetwork, out_dir: Path, samples: Samples) -> Verification:
         path = Path(out_dir) / self.filename
         spikes, logits = run_onnx(path, samples.x, temporal=samples.temporal)
-        net = nir_to_network(graph)
-        t_spikes, t_logits = node_spikes(net, samples.x)
+        t_spikes, t_logits = node_spikes(plan, samples.x)
         torch_mismatch = {k: int((spikes[k] != v).sum()) for k, v in t_spikes.items()}
-        details = {"opset": OPSET, "timesteps": net.timesteps,
+        details = {"opset": OPSET, "timesteps": plan.timesteps,
                    "spike_mismatches_vs_torch": torch_mismatch,
                    "max_abs_logit_difference_vs_torch": float((logits - t_logits).abs().max())}
         return compare(self.name, samples.reference, spikes, logits, samples.y, details)
 
-    def readme(self, graph: nir.NIRGraph, files: list[Path]) -> str:
-        md = graph.metadata
+    def readme(self, plan: NIRNetwork, files: list[Path]) -> str:
+        md = plan.metadata
         temporal = md.get("input_encoding") == "temporal"
         shape = "(T, batch, ...) event frames" if temporal else "(batch, ...) one static frame (direct encoding)"
         return f"""# ONNX export

@@ -37,6 +37,8 @@ from torch import Tensor, nn
 from ...environment import real_samna_available
 from ...errors import ExportError
 from ..base import Samples, Verification
+from ..from_nir import nir_to_network
+from ..reference import compare, run_batched, run_reference
 from .constraints import SpeckPlan, build_plan, chain_nodes, mapping_table
 from .discretize import DIRECT_INPUT_GAIN, SpeckGrid, discretize_core
 
@@ -237,11 +239,14 @@ def _time_major(samples: Samples, T: int) -> Tensor:
 
 def simulate(model: nn.Sequential, x: Tensor, T: int, batch: int = BATCH
              ) -> tuple[dict[str, Tensor], Tensor, dict[str, float]]:
-    """``run_sinabs`` over batches of the second axis of ``x`` (T, N, ...)."""
-    parts = [run_sinabs(model, x[:, i:i + batch], T) for i in range(0, x.shape[1], batch)]
-    spikes = {k: torch.cat([p[0][k] for p in parts], 1) for k in parts[0][0]}
-    vmax = {k: max(p[2].get(k, 0.0) for p in parts) for k in parts[0][0]}
-    return spikes, torch.cat([p[1] for p in parts], 1), vmax
+    """``run_sinabs`` over batches of the second axis of ``x`` (T, N, ...); the largest |v|
+    is over all batches (0 for a node whose states are not recorded)."""
+    def run(xb: Tensor) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:
+        spikes, out, vmax = run_sinabs(model, xb, T)
+        return spikes, out, {k: torch.tensor([v], dtype=torch.float64) for k, v in vmax.items()}
+
+    spikes, out, vmax = run_batched(run, x, 1, batch, cat_axes=(1, 1, 0))
+    return spikes, out, {k: float(vmax[k].max()) if k in vmax else 0.0 for k in spikes}
 
 
 class SpeckExporter:
@@ -260,13 +265,15 @@ class SpeckExporter:
             return float(self.input_gain)
         return 1.0 if plan.temporal else float(DIRECT_INPUT_GAIN)
 
-    def check(self, graph: nir.NIRGraph) -> None:
+    def check(self, graph: nir.NIRGraph) -> SpeckPlan:
+        """The plan is the chain of chip layers (``constraints.build_plan``); what the chip
+        runs differently without refusing it is warned about."""
         plan = build_plan(graph)
         for w in plan.warnings:
             warnings.warn(f"speck: {w}", stacklevel=2)
+        return plan
 
-    def write(self, graph: nir.NIRGraph, out_dir: Path) -> list[Path]:
-        plan = build_plan(graph)
+    def write(self, plan: SpeckPlan, out_dir: Path) -> list[Path]:
         config = chip_config(plan, self._gain(plan))
         out_dir = Path(out_dir)
         files = [out_dir / CONFIG, out_dir / MAPPING]
@@ -277,17 +284,14 @@ class SpeckExporter:
             files.append(write_samna_config(config, plan, out_dir / SAMNA_CONFIG))
         return files
 
-    def verify(self, graph: nir.NIRGraph, out_dir: Path, samples: Samples) -> Verification:
+    def verify(self, plan: SpeckPlan, out_dir: Path, samples: Samples) -> Verification:
         from sinabs.activation import MultiSpike, SingleSpike
 
-        from ..reference import compare
-        plan = build_plan(graph)
+        graph = plan.graph
         config = json.loads((Path(out_dir) / CONFIG).read_text())
         T = int(samples.timesteps or plan.timesteps)
         reference = samples.reference
         if reference is None:
-            from ..from_nir import nir_to_network
-            from ..reference import run_reference
             reference = run_reference(nir_to_network(graph, T), samples)
         x = _time_major(samples, T)
         gain = float(config["input"]["gain"])
@@ -331,8 +335,7 @@ class SpeckExporter:
         }
         return main
 
-    def readme(self, graph: nir.NIRGraph, files: list[Path]) -> str:
-        plan = build_plan(graph)
+    def readme(self, plan: SpeckPlan, files: list[Path]) -> str:
         names = ", ".join(f"`{p.name}`" for p in files)
         return f"""# Speck (SynSense DynapCNN) export
 

@@ -23,7 +23,7 @@ its current) is computed on the host from the spike counts the chip sends out:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import nir
 import numpy as np
@@ -33,17 +33,29 @@ from ...errors import ExportError
 from ..from_nir import _pair, chain_order
 from ..to_nir import DT
 
-# (kernel memory, neuron memory, bias memory) per core, in words (chips/dynapcnn.py get_constraints)
-CORE_LIMITS: tuple[tuple[int, int, int], ...] = (
-    (16 * 1024, 64 * 1024, 1024),
-    (16 * 1024, 64 * 1024, 1024),
-    (16 * 1024, 64 * 1024, 1024),
-    (32 * 1024, 32 * 1024, 1024),
-    (32 * 1024, 32 * 1024, 1024),
-    (64 * 1024, 16 * 1024, 1024),
-    (64 * 1024, 16 * 1024, 1024),
-    (16 * 1024, 16 * 1024, 1024),
-    (16 * 1024, 16 * 1024, 1024),
+class CoreLimits(NamedTuple):
+    """The memories of one core, in words (sinabs ``chips/dynapcnn.py`` get_constraints)."""
+
+    kernel_memory: int
+    neuron_memory: int
+    bias_memory: int
+
+    def fits(self, memory: dict[str, int]) -> bool:
+        """Whether a layer needing ``memory`` (``layer_memory``) fits this core."""
+        return (memory["kernel"] <= self.kernel_memory and memory["neuron"] <= self.neuron_memory
+                and memory["bias"] <= self.bias_memory)
+
+
+CORE_LIMITS: tuple[CoreLimits, ...] = (
+    CoreLimits(16 * 1024, 64 * 1024, 1024),
+    CoreLimits(16 * 1024, 64 * 1024, 1024),
+    CoreLimits(16 * 1024, 64 * 1024, 1024),
+    CoreLimits(32 * 1024, 32 * 1024, 1024),
+    CoreLimits(32 * 1024, 32 * 1024, 1024),
+    CoreLimits(64 * 1024, 16 * 1024, 1024),
+    CoreLimits(64 * 1024, 16 * 1024, 1024),
+    CoreLimits(16 * 1024, 16 * 1024, 1024),
+    CoreLimits(16 * 1024, 16 * 1024, 1024),
 )
 MAX_KERNEL = 16
 MAX_FEATURES = 1024
@@ -94,6 +106,7 @@ class SpeckPlan:
     temporal: bool
     mapping: dict[int, int] = field(default_factory=dict)   # layer index -> core
     warnings: list[str] = field(default_factory=list)
+    graph: nir.NIRGraph | None = None   # what it was read from: verify's float sinabs model imports it
 
 
 def _clog2(n: int) -> int:
@@ -112,8 +125,7 @@ def layer_memory(weight_shape: tuple[int, ...], neuron_shape: tuple[int, int, in
 
 def fitting_cores(memory: dict[str, int]) -> list[int]:
     """Cores whose kernel, neuron and bias memories all hold this layer."""
-    return [i for i, (k, n, b) in enumerate(CORE_LIMITS)
-            if memory["kernel"] <= k and memory["neuron"] <= n and memory["bias"] <= b]
+    return [i for i, core in enumerate(CORE_LIMITS) if core.fits(memory)]
 
 
 def assign_cores(options: list[list[int]]) -> dict[int, int] | None:
@@ -194,78 +206,126 @@ def _conv_out(size: int, k: int, s: int, p: int) -> int:
     return (size + 2 * p - k) // s + 1
 
 
+WEIGHT_NODES = (nir.Conv2d, nir.Affine, nir.Linear)
+NEURON_NODES = (nir.IF, nir.LIF)
+POOL_NODES = (nir.SumPool2d, nir.AvgPool2d)
+
+
 def build_plan(graph: nir.NIRGraph) -> SpeckPlan:
     """Read the graph as chip layers; raise ExportError (layer, reason, fix) at the first
-    construct Speck cannot run. Nothing here depends on samna."""
+    construct Speck cannot run. Nothing here depends on samna.
+
+    Steps, in the order their refusals come: the chain and its input, the cores node by
+    node, the host readout, the chip-wide limits, the layer -> core assignment."""
     meta = dict(getattr(graph, "metadata", {}) or {})
     order = chain_nodes(graph)
     shape: tuple[int, ...] = _in_shape(graph, order[0])
+    input_shape = _chip_input(shape)
+    layers, trailing = _read_cores(graph, order[1:], shape, meta)
+    readout, readout_node = _host_readout(trailing)
+    _check_chip(layers)
+    mapping = _map_cores(layers)
+    return SpeckPlan(input_shape, layers, readout, readout_node, int(meta.get("timesteps", 1)),
+                     meta.get("input_encoding") == "temporal", mapping, _bias_warnings(layers), graph)
+
+
+def _chip_input(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """The model input as the chip's (C, H, W) input, within its size."""
     input_shape = _as_chw(shape)
     if input_shape[1] > MAX_INPUT or input_shape[2] > MAX_INPUT:
         raise ExportError(f"speck: input {input_shape[1]}x{input_shape[2]} exceeds the chip's "
                           f"{MAX_INPUT}x{MAX_INPUT}: downsample the input")
+    return input_shape
+
+
+def _read_cores(graph: nir.NIRGraph, names: list[str], shape: tuple[int, ...], meta: dict[str, Any]
+                ) -> tuple[list[SpeckLayer], dict[str, Any] | None]:
+    """The chain ``names`` as chip layers (weight -> neuron -> pooling each), and the weight
+    layer left without a neuron at its end (the host readout's candidate) or None."""
     layers: list[SpeckLayer] = []
     pending: dict[str, Any] | None = None    # a weight node waiting for its neuron
     pool_gain = 1.0                          # 1/k^2 of avg pools, folded into the next weights
-    readout = readout_node = None
-    warnings: list[str] = []
-    for name in order[1:]:
+    for name in names:
         node = graph.nodes[name]
         if isinstance(node, (nir.Input, nir.Output)):
             continue
-        if readout is not None:
-            raise ExportError(f"speck: layer {name} ({type(node).__name__}) follows the non-spiking "
-                              f"readout {readout_node}; only the last weight layer may lack a neuron")
-        if pending is not None and not isinstance(node, (nir.IF, nir.LIF)):
-            if isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):
-                raise ExportError(f"speck: layer {name} pools before the neuron of {pending['name']}; "
-                                  "a Speck core pools the spikes after its neuron: retrain with "
-                                  "--carrier spike")
-            raise ExportError(f"speck: layer {name} ({type(node).__name__}) follows {pending['name']} "
-                              "without a neuron in between; each Speck core is conv -> IAF")
-        if isinstance(node, (nir.Conv2d, nir.Affine, nir.Linear)):
+        if pending is not None and not isinstance(node, NEURON_NODES):
+            _refuse_after_weight(name, node, pending)
+        if isinstance(node, WEIGHT_NODES):
             pending = _weight(name, node, shape, pool_gain)
             pool_gain = 1.0
-        elif isinstance(node, (nir.IF, nir.LIF)):
-            if pending is None:
-                raise ExportError(f"speck: neuron layer {name} has no conv/linear layer before it; "
-                                  "each Speck core is conv -> IAF")
-            gain = _input_gain(name, node)
-            if gain != 1.0:
-                pending["weight"], pending["weight_flat"] = pending["weight"] * gain, pending["weight_flat"] * gain
-                pending["bias"] = pending["bias"] * gain
-            _check_core(pending)
-            lam = _lam(node, float(meta.get("dt", DT)))
-            if lam != 1.0:
-                raise ExportError(f"speck: layer {name} has leak lam={lam:g}; Speck neurons are IAF: "
-                                  "retrain with --lam 1")
-            nmeta = getattr(node, "metadata", {}) or {}
-            reset = RESET_BY_NAME.get(str(nmeta.get("reset", meta.get("reset", "subtract"))), "soft")
-            layers.append(SpeckLayer(len(layers), pending["name"], name, pending["linear"],
-                                     pending["weight"], pending["bias"], pending["stride"],
-                                     pending["padding"], pending["in_shape"], pending["out"], 1,
-                                     float(nmeta.get("v_th", _threshold(name, node))), reset))
-            shape = pending["out"]
+        elif isinstance(node, NEURON_NODES):
+            layers.append(_core(name, node, pending, len(layers), meta))
+            shape = layers[-1].neuron_shape
             pending = None
-        elif isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):
-            k = _pool(name, node, layers)
-            layers[-1].pool *= k
-            if layers[-1].pool not in POOLS:
-                raise ExportError(f"speck: pooling after {layers[-1].neuron_node} adds up to "
-                                  f"{layers[-1].pool}x{layers[-1].pool}; the chip pools by 1, 2 or 4")
-            if isinstance(node, nir.AvgPool2d):
-                pool_gain /= k * k
+        elif isinstance(node, POOL_NODES):
+            pool_gain /= _add_pool(name, node, layers)
             shape = layers[-1].out_shape
         elif isinstance(node, nir.Flatten):
             pass   # the chip keeps (C, H, W); a linear layer after it reads the map whole
         else:
             raise ExportError(f"speck: layer {name} is a {type(node).__name__}, which Speck cannot run "
                               "(supported: Conv2d, Affine, IF, SumPool2d/AvgPool2d, Flatten)")
-    if pending is not None:
-        if not pending["linear"]:
-            raise ExportError(f"speck: the last layer {pending['name']} is a conv without a neuron; "
-                              "only a linear readout can run on the host")
-        readout, readout_node = (pending["weight_flat"], pending["bias"]), pending["name"]
+    return layers, pending
+
+
+def _refuse_after_weight(name: str, node: nir.NIRNode, pending: dict[str, Any]) -> None:
+    """A weight layer must feed a neuron directly: each core is conv -> IAF -> pool."""
+    if isinstance(node, POOL_NODES):
+        raise ExportError(f"speck: layer {name} pools before the neuron of {pending['name']}; "
+                          "a Speck core pools the spikes after its neuron: retrain with "
+                          "--carrier spike")
+    raise ExportError(f"speck: layer {name} ({type(node).__name__}) follows {pending['name']} "
+                      "without a neuron in between; each Speck core is conv -> IAF")
+
+
+def _core(name: str, node: nir.NIRNode, pending: dict[str, Any] | None, index: int,
+          meta: dict[str, Any]) -> SpeckLayer:
+    """The chip layer of the weight layer ``pending`` and its neuron ``node``: an IAF with
+    one threshold, the weights within the core's limits (a foreign IF's gain r folded in)."""
+    if pending is None:
+        raise ExportError(f"speck: neuron layer {name} has no conv/linear layer before it; "
+                          "each Speck core is conv -> IAF")
+    gain = _input_gain(name, node)
+    if gain != 1.0:
+        pending["weight"], pending["weight_flat"] = pending["weight"] * gain, pending["weight_flat"] * gain
+        pending["bias"] = pending["bias"] * gain
+    _check_core(pending)
+    lam = _lam(node, float(meta.get("dt", DT)))
+    if lam != 1.0:
+        raise ExportError(f"speck: layer {name} has leak lam={lam:g}; Speck neurons are IAF: "
+                          "retrain with --lam 1")
+    nmeta = getattr(node, "metadata", {}) or {}
+    reset = RESET_BY_NAME.get(str(nmeta.get("reset", meta.get("reset", "subtract"))), "soft")
+    return SpeckLayer(index, pending["name"], name, pending["linear"], pending["weight"], pending["bias"],
+                      pending["stride"], pending["padding"], pending["in_shape"], pending["out"], 1,
+                      float(nmeta.get("v_th", _threshold(name, node))), reset)
+
+
+def _add_pool(name: str, node: nir.NIRNode, layers: list[SpeckLayer]) -> int:
+    """Pool the spikes of the last core by ``node``; return what the next weights are divided
+    by (k^2 for an average pool, which the chip runs as a sum pool; 1 for a sum pool)."""
+    k = _pool(name, node, layers)
+    layers[-1].pool *= k
+    if layers[-1].pool not in POOLS:
+        raise ExportError(f"speck: pooling after {layers[-1].neuron_node} adds up to "
+                          f"{layers[-1].pool}x{layers[-1].pool}; the chip pools by 1, 2 or 4")
+    return k * k if isinstance(node, nir.AvgPool2d) else 1
+
+
+def _host_readout(trailing: dict[str, Any] | None) -> tuple[tuple[np.ndarray, np.ndarray] | None, str | None]:
+    """(W, b) and the node name of the readout the host computes, or (None, None); only a
+    linear layer can run there."""
+    if trailing is None:
+        return None, None
+    if not trailing["linear"]:
+        raise ExportError(f"speck: the last layer {trailing['name']} is a conv without a neuron; "
+                          "only a linear readout can run on the host")
+    return (trailing["weight_flat"], trailing["bias"]), trailing["name"]
+
+
+def _check_chip(layers: list[SpeckLayer]) -> None:
+    """The chip-wide limits: at least one and at most one core per layer, the output map size."""
     if not layers:
         raise ExportError("speck: the graph has no spiking layer to put on the chip")
     if len(layers) > len(CORE_LIMITS):
@@ -275,28 +335,37 @@ def build_plan(graph: nir.NIRGraph) -> SpeckPlan:
     if last[1] > MAX_OUTPUT or last[2] > MAX_OUTPUT:
         raise ExportError(f"speck: layer {layers[-1].neuron_node} sends a {last[1]}x{last[2]} map to the "
                           f"host; the chip's output is at most {MAX_OUTPUT}x{MAX_OUTPUT}: pool or stride more")
+
+
+def _map_cores(layers: list[SpeckLayer]) -> dict[int, int]:
+    """Layer index -> core: the cores each layer fits, then one core per layer."""
     options = []
     for lay in layers:
         mem = lay.memory
         fits = fitting_cores(mem)
         if not fits:
-            best = min(CORE_LIMITS, key=lambda c: max(mem["kernel"] / c[0], mem["neuron"] / c[1]))
+            best = min(CORE_LIMITS, key=lambda c: max(mem["kernel"] / c.kernel_memory,
+                                                      mem["neuron"] / c.neuron_memory))
             raise ExportError(
                 f"speck: layer {lay.weight_node} needs kernel memory {mem['kernel']} and neuron memory "
                 f"{mem['neuron']} (bias {mem['bias']}); no core holds it (the closest has "
-                f"{best[0]}/{best[1]}): reduce its channels, kernel or map size")
+                f"{best.kernel_memory}/{best.neuron_memory}): reduce its channels, kernel or map size")
         options.append(fits)
     mapping = assign_cores(options)
     if mapping is None:
         raise ExportError(f"speck: each of the {len(layers)} layers fits some core ({options}) but no "
                           "assignment gives every layer its own core: shrink the largest layers")
+    return mapping
+
+
+def _bias_warnings(layers: list[SpeckLayer]) -> list[str]:
+    """What the chip runs differently from the model without refusing it: biases."""
     biased = [lay.weight_node for lay in layers if np.any(lay.bias != 0)]
-    if biased:
-        warnings.append(f"layers {', '.join(biased)} have biases (folded BN offsets); Speck adds a bias "
-                        "as a leak on its own clock, not once per time step (vendor docs advise against "
-                        "biases): the simulation adds it per step")
-    return SpeckPlan(input_shape, layers, readout, readout_node, int(meta.get("timesteps", 1)),
-                     meta.get("input_encoding") == "temporal", mapping, warnings)
+    if not biased:
+        return []
+    return [f"layers {', '.join(biased)} have biases (folded BN offsets); Speck adds a bias "
+            "as a leak on its own clock, not once per time step (vendor docs advise against "
+            "biases): the simulation adds it per step"]
 
 
 def _pool(name: str, node: nir.NIRNode, layers: list[SpeckLayer]) -> int:
