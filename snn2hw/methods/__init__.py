@@ -11,6 +11,7 @@ import argparse
 from dataclasses import MISSING, fields
 
 from ..errors import ConfigError
+from ..registry import lookup
 from .asgl import ASGL
 from .base import MethodContext, TrainingMethod
 from .cpng import CPNG
@@ -31,10 +32,7 @@ METHODS: dict[str, type] = {
 
 def make_method(name: str, options: dict | None = None) -> TrainingMethod:
     """Build a registered method with its options (dataclass fields)."""
-    try:
-        cls = METHODS[name]
-    except KeyError:
-        raise ConfigError(f"unknown method {name!r}; choose one of {sorted(METHODS)}") from None
+    cls = lookup(METHODS, name, "method")
     options = dict(options or {})
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(options) - known)
