@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 from pathlib import Path
-
 from typing import Any
 
 from ..api import resume, train_from_options
@@ -26,11 +25,13 @@ from ..train.qat import qat_targets
 
 
 def _names(names) -> str:
+    """A registry's names for a help text, sorted."""
     return ", ".join(sorted(names))
 
 
 # Registry names are not argparse choices: an unknown one is refused when the run
 # config is built (one line naming the choices), as it is in a config file.
+# Methods that install their own surrogate shape, for the --surrogate help:
 _OWN_SHAPES = "; ".join(f"{n}: {'/'.join(c.surrogates)}" for n, c in sorted(METHODS.items())
                         if getattr(c, "surrogates", ()))
 
