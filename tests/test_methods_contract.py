@@ -1,6 +1,9 @@
-"""Contract tests over every registered training method (the METHODS registry):
-each trains every architecture with both losses, records its adaptive parameters
-in the history, gives exactly binary spikes in eval mode, and resumes exactly."""
+"""Contract tests over every registered training method (the METHODS registry, so a
+new method is tested as soon as it is registered): each trains every architecture
+with both losses, records its adaptive parameters in the history, gives exactly
+binary spikes in eval mode, has its hooks called in order, round-trips its state
+through a checkpoint, resumes exactly, and its checkpoint names the surrogate shape
+its layers ran with."""
 
 from __future__ import annotations
 
@@ -122,3 +125,51 @@ def test_state_dict_round_trip_through_a_checkpoint(method, tmp_path):
     model, _ = load_model(tmp_path / "last.pt")
     x = digits_subset().x_test[:32]
     torch.testing.assert_close(model(x), r.model.eval()(x), rtol=0, atol=0)
+
+
+class _CallLog:
+    """Delegates to a method and logs each hook call as (hook, epoch or None)."""
+
+    def __init__(self, inner, log: list) -> None:
+        self.inner, self.log = inner, log
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def setup(self, model):
+        self.log.append(("setup", None))
+        return self.inner.setup(model)
+
+    def on_epoch_start(self, ctx):
+        self.log.append(("on_epoch_start", ctx.epoch))
+        return self.inner.on_epoch_start(ctx)
+
+    def extra_loss(self, model):
+        self.log.append(("extra_loss", None))
+        return self.inner.extra_loss(model)
+
+    def on_epoch_end(self, ctx):
+        self.log.append(("on_epoch_end", ctx.epoch))
+        return self.inner.on_epoch_end(ctx)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_the_trainer_calls_every_hook_in_order(method, monkeypatch):
+    log: list = []
+    monkeypatch.setattr(trainer_mod, "make_method", lambda n, o=None: _CallLog(make_method(n, o), log))
+    data = digits_subset(n_train=96)
+    run(method, data=data, epochs=2, batch_size=32)  # 3 batches per epoch
+    per_epoch = lambda e: [("on_epoch_start", e)] + [("extra_loss", None)] * 3 + [("on_epoch_end", e)]  # noqa: E731
+    assert log == [("setup", None)] + per_epoch(0) + per_epoch(1)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_the_checkpoint_names_the_surrogate_every_layer_ran(method, tmp_path):
+    r = run(method, out=tmp_path, epochs=1)
+    installed = {m.surrogate.name for m in r.model.lif_layers()}
+    own = METHODS[method].surrogates
+    assert installed <= set(own) if own else installed == {r.config.model.surrogate}
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert {ckpt["model_config"]["surrogate"]} == installed  # an MLP: one shape in every layer
+    model, _ = load_model(tmp_path / "last.pt")
+    assert {m.surrogate.name for m in model.lif_layers()} == installed

@@ -14,7 +14,10 @@ Examples:
       surrogate_param=0.2,1,5 --seeds 0 1 --dataset mnist1d --model conv --epochs 10 --out runs/sw
   snn2hw sweep --methods cpng --param-grid cpng:k_limit=0.1,0.2,0.3 --seeds 0 --out runs/k
   snn2hw sweep --methods sg asgl --param-grid "surrogate_param+asgl:alpha_init=(0.1,10),(1,1),(10,0.1)" \
-      --surrogate rectangular --seeds 0 1 --out runs/width
+      sg:surrogate=rectangular --seeds 0 1 --out runs/width
+
+A method that installs its own surrogate (psg, asgl, gsg, dspike) refuses another
+--surrogate; scope the shape to the methods that take it (sg:surrogate=...).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import argparse
 import shlex
 
 from ..api import sweep
-from .train import FLAGS
+from .train import FLAGS, dest, options_from_args
 
 # Per-run flags shared with `train`, except those the sweep itself varies.
 COMMON = [(flag, kw) for flag, kw in FLAGS if flag not in ("--method", "--seed")]
@@ -56,7 +59,7 @@ def command_line(args: argparse.Namespace) -> str:
         words += ["--param-grid", *args.param_grid]
     words += ["--seeds", *map(str, args.seeds)]
     for flag, _ in COMMON:
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        value = getattr(args, dest(flag))
         if value is not None:
             words += [flag, *map(str, value if isinstance(value, list) else [value])]
     if args.config:
@@ -71,11 +74,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
-               for flag, _ in COMMON}
-    options = {k: v for k, v in options.items() if v is not None}
-    if "model" in options:
-        options["arch"] = options.pop("model")
+    options = options_from_args(args, COMMON)
     result = sweep(_methods(args.methods), args.param_grid, args.seeds, args.out, options=options,
                    config_file=args.config, overrides=args.set, workers=args.workers,
                    threads=args.threads, progress=not args.no_progress, command=command_line(args))

@@ -15,22 +15,40 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from ..api import resume, train_from_options
+from ..core.surrogate import DEFAULT_SURROGATE, SURROGATES
 from ..methods import METHODS, option_flags
+from ..models.config import ARCHS
+from ..train.qat import qat_targets
+
+
+def _names(names) -> str:
+    """A registry's names for a help text, sorted."""
+    return ", ".join(sorted(names))
+
+
+# Registry names are not argparse choices: an unknown one is refused when the run
+# config is built (one line naming the choices), as it is in a config file.
+# Methods that install their own surrogate shape, for the --surrogate help:
+_OWN_SHAPES = "; ".join(f"{n}: {'/'.join(c.surrogates)}" for n, c in sorted(METHODS.items())
+                        if getattr(c, "surrogates", ()))
 
 # flag -> config key; values None are not passed, so the config file or the defaults apply
 FLAGS: list[tuple[str, dict]] = [
     ("--dataset", dict(help="digits (default), mnist1d, npz:PATH, mnist-idx:DIR, cifar10:DIR")),
-    ("--model", dict(choices=["mlp", "conv", "resnet18", "resnet19"], help="architecture (default mlp)")),
+    ("--model", dict(metavar="ARCH", help=f"architecture: {_names(ARCHS)} (default mlp)")),
     ("--timesteps", dict(type=int, help="time steps T (default 4)")),
     ("--epochs", dict(type=int, help="epochs (default 30)")),
     ("--batch-size", dict(type=int, help="batch size (default 64)")),
     ("--lr", dict(type=float, help="Adam learning rate (default 2e-3), cosine schedule")),
     ("--weight-decay", dict(type=float)),
-    ("--surrogate", dict(help="surrogate shape: triangle, rectangular, arctan, sigmoid, dspike")),
+    ("--surrogate", dict(metavar="SHAPE", help=f"surrogate shape: {_names(SURROGATES)} (default "
+                         f"{DEFAULT_SURROGATE}; methods that install their own use it: {_OWN_SHAPES})")),
     ("--surrogate-param", dict(type=float, help="its shape parameter (default: the shape's)")),
-    ("--method", dict(help=f"training method: {', '.join(METHODS)} (default sg: fixed surrogate)")),
+    ("--method", dict(metavar="METHOD", help=f"training method: {_names(METHODS)} "
+                      "(default sg: fixed surrogate)")),
     ("--loss", dict(choices=["ce", "tet"], help="ce on the mean output, or TET")),
     ("--lam", dict(type=float, help="membrane leak lambda, 1 = IAF (default 0.5)")),
     ("--v-th", dict(type=float, help="threshold (default 1.0)")),
@@ -44,9 +62,26 @@ FLAGS: list[tuple[str, dict]] = [
                                           "(psg gamma, asgl alpha); default: --lr")),
     ("--init-from", dict(help="start from this checkpoint's weights (TIT: T may differ)")),
     ("--sync-bn", dict(action="store_true", help="several processes: tdBN statistics over the global batch")),
-    ("--qat", dict(help="quantisation-aware fine-tuning on a target's grid (loihi); with --init-from "
-                        "CKPT and no --config, the checkpoint's settings are the defaults")),
+    ("--qat", dict(metavar="TARGET", help=f"quantisation-aware fine-tuning on a target's grid "
+                   f"({_names(qat_targets())}); with --init-from CKPT and no --config, the "
+                   "checkpoint's settings are the defaults")),
 ]
+
+
+def dest(flag: str) -> str:
+    """The argparse attribute of ``flag`` (``--batch-size`` -> ``batch_size``)."""
+    return flag.lstrip("-").replace("-", "_")
+
+
+def options_from_args(args: argparse.Namespace, flags: list[tuple[str, dict]]) -> dict[str, Any]:
+    """Config values of the ``flags`` given on the command line (those not given are left
+    out, so the config file or the defaults apply). ``--model`` is the config's
+    ``arch``: under the key ``model`` it would replace a config file's ``model:`` section."""
+    options = {dest(flag): getattr(args, dest(flag)) for flag, _ in flags}
+    options = {k: v for k, v in options.items() if v is not None}
+    if "model" in options:
+        options["arch"] = options.pop("model")
+    return options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,7 +112,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
     """The command line that reproduces ``args`` (without --nproc), for torchrun."""
     argv = ["train"]
     for flag, kw in FLAGS + [("--config", {}), ("--out", {}), ("--resume", {})]:
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        value = getattr(args, dest(flag))
         if value is None or value is False:
             continue
         if value is True:
@@ -94,11 +129,7 @@ def run(args: argparse.Namespace) -> int:
         from ..train.ddp import launch
 
         return launch(args.nproc, _argv(args))
-    options = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
-               for flag, _ in FLAGS}
-    options = {k: v for k, v in options.items() if v is not None}
-    if "model" in options:
-        options["arch"] = options.pop("model")
+    options = options_from_args(args, FLAGS)
     if args.resume:
         result = resume(args.resume, epochs=options.get("epochs"), progress=not args.no_progress)
     else:

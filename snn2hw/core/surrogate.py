@@ -18,6 +18,8 @@ from typing import ClassVar, Protocol
 import torch
 from torch import Tensor
 
+from ..registry import lookup
+
 
 class SurrogateShape(Protocol):
     """What every surrogate shape provides."""
@@ -163,14 +165,13 @@ def register_surrogate(cls: type) -> type:
     return cls
 
 
-def make_surrogate(name: str, param: float | None = None) -> SurrogateShape:
-    """Build a registered shape by name, with its parameter or its default."""
-    try:
-        cls = SURROGATES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown surrogate {name!r}; choose one of {sorted(SURROGATES)}"
-        ) from None
+# The shape a network gets when neither its config nor its training method names one.
+DEFAULT_SURROGATE = "triangle"
+
+
+def make_surrogate(name: str | None, param: float | None = None) -> SurrogateShape:
+    """Build a registered shape by name (None: DEFAULT_SURROGATE), with its parameter or its default."""
+    cls = lookup(SURROGATES, DEFAULT_SURROGATE if name is None else name, "surrogate")
     return cls() if param is None else cls(float(param))
 
 

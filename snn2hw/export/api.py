@@ -24,6 +24,7 @@ import torch
 
 from ..data.datasets import DataSplit, load_dataset, to_time_major
 from ..errors import ConfigError, ExportError
+from ..registry import lookup
 from ..models.network import SpikingNetwork
 from ..runs.files import atomic_write_text
 from ..runs.model import load_model
@@ -45,9 +46,7 @@ class ExportResult:
 
 
 def make_exporter(target: str) -> Exporter:
-    if target not in EXPORTERS:
-        raise ConfigError(f"unknown target {target!r}; choose one of {sorted(EXPORTERS)}")
-    return EXPORTERS[target]()
+    return lookup(EXPORTERS, target, "target")()
 
 
 def read_nir(path: str | Path) -> nir.NIRGraph:

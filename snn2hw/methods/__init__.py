@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields
 
+from ..core.surrogate import DEFAULT_SURROGATE
 from ..errors import ConfigError
+from ..registry import lookup
 from .asgl import ASGL
 from .base import MethodContext, TrainingMethod
 from .cpng import CPNG
@@ -31,10 +33,7 @@ METHODS: dict[str, type] = {
 
 def make_method(name: str, options: dict | None = None) -> TrainingMethod:
     """Build a registered method with its options (dataclass fields)."""
-    try:
-        cls = METHODS[name]
-    except KeyError:
-        raise ConfigError(f"unknown method {name!r}; choose one of {sorted(METHODS)}") from None
+    cls = lookup(METHODS, name, "method")
     options = dict(options or {})
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(options) - known)
@@ -44,6 +43,22 @@ def make_method(name: str, options: dict | None = None) -> TrainingMethod:
         return cls(**options)
     except TypeError as exc:
         raise ConfigError(f"method {name!r}: bad option value ({exc})") from None
+
+
+def resolve_surrogate(method: str, requested: str | None) -> str:
+    """The surrogate shape a run of ``method`` trains with, given the config's ``requested``
+    shape (None: not given). A method that installs its own shape (its ``surrogates``)
+    uses that one, and refuses another: it would be ignored and the run mislabelled.
+    A method without the attribute trains with the config's shape.
+    """
+    own = tuple(getattr(lookup(METHODS, method, "method"), "surrogates", ()))
+    if not own:
+        return DEFAULT_SURROGATE if requested is None else requested
+    if requested is not None and requested not in own:
+        raise ConfigError(f"method {method!r} trains with its own surrogate shape "
+                          f"({' / '.join(own)}), not {requested!r}: drop --surrogate "
+                          f"(or use --method sg to train with {requested!r})")
+    return own[0] if requested is None else requested
 
 
 def option_flags() -> dict[str, tuple[str, dict]]:
@@ -79,4 +94,5 @@ def option_flags() -> dict[str, tuple[str, dict]]:
     return out
 
 
-__all__ = ["METHODS", "MethodContext", "TrainingMethod", "make_method", "option_flags"]
+__all__ = ["METHODS", "MethodContext", "TrainingMethod", "make_method", "option_flags",
+           "resolve_surrogate"]

@@ -97,6 +97,7 @@ class ASGL:
     milestones: tuple[int, ...] = field(default=(), metadata={"help": "ASGL: epochs at which p <- 1 - (1 - p) zeta"})
     zeta: float = field(default=1.0, metadata={"help": "ASGL: milestone factor (default 1: p fixed)"})
     name: ClassVar[str] = "asgl"
+    surrogates: ClassVar[tuple[str, ...]] = (AsglRect.name,)
 
     def __post_init__(self) -> None:
         self.milestones = tuple(int(m) for m in (self.milestones or ()))

@@ -35,6 +35,10 @@ class TrainingMethod(Protocol):
     """
 
     name: ClassVar[str]
+    # The surrogate shapes ``setup`` installs (registry names, core/surrogate.py), or
+    # () when the method trains with the config's shape. A run of a method that
+    # installs its own refuses another --surrogate (methods.resolve_surrogate).
+    surrogates: ClassVar[tuple[str, ...]]
 
     def setup(self, model: SpikingNetwork) -> None: ...
 

@@ -88,6 +88,7 @@ class CPNG:
 
     k_limit: float = field(default=0.2, metadata={"help": "CPNG: lowest effective-domain indicator k (default 0.2)"})
     name: ClassVar[str] = "cpng"
+    surrogates: ClassVar[tuple[str, ...]] = ()  # adapts the config's shape (one of SHAPES)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.k_limit < 1.0:

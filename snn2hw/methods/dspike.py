@@ -127,6 +127,7 @@ class DspikeMethod:
     fdg_max_coords: int = field(default=576, metadata={"help": "Dspike: most W1 coordinates in the FDG (default 576)"})
     fdg_chunk: int = field(default=64, metadata={"help": "Dspike: perturbed copies per batched pass (memory)"})
     name: ClassVar[str] = "dspike"
+    surrogates: ClassVar[tuple[str, ...]] = (Dspike.name,)
 
     def __post_init__(self) -> None:
         if self.b_init <= 0 or self.db <= 0 or self.fdg_eps <= 0 or self.fdg_max_coords < 1:

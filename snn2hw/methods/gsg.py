@@ -41,6 +41,7 @@ class GSG:
     beta_min: float = field(default=0.5, metadata={"help": "GSG: beta at the first epoch (default 0.5)"})
     beta_max: float = field(default=10.0, metadata={"help": "GSG: beta reached at the last epoch (default 10)"})
     name: ClassVar[str] = "gsg"
+    surrogates: ClassVar[tuple[str, ...]] = (GsgTanh.name,)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.beta_min <= self.beta_max:

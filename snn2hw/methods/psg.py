@@ -99,6 +99,7 @@ class PSG:
     pda_target: str = field(default="standard", metadata={
         "choices": ("standard", "matched"), "help": "PSG: PDA target N(0,1) or the layer's own mean/std"})
     name: ClassVar[str] = "psg"
+    surrogates: ClassVar[tuple[str, ...]] = (PsgArctan.name, PsgSoftplus.name)  # conv, fc layers
 
     def __post_init__(self) -> None:
         if self.dgamma not in PSG_DGAMMA:

@@ -14,6 +14,7 @@ from .base import MethodContext
 @dataclass
 class FixedSurrogate:
     name: ClassVar[str] = "sg"
+    surrogates: ClassVar[tuple[str, ...]] = ()
 
     def setup(self, model: SpikingNetwork) -> None:
         pass

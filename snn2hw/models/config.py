@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ..core.surrogate import SURROGATES
+from ..registry import lookup
+
+# The architectures build_model knows (models/network.py); the CLI's --model lists these.
 ARCHS = ("mlp", "conv", "resnet18", "resnet19")
 
 
@@ -23,7 +27,7 @@ class ModelConfig:
     lam: float = 0.5                          # leak; 1.0 is IAF
     v_th: float = 1.0
     reset: str = "hard"                       # hard | soft
-    surrogate: str = "triangle"
+    surrogate: str | None = None              # None: the training method's shape, else triangle
     surrogate_param: float | None = None      # None: the shape's default
     tdbn: bool | None = None                  # None: on for conv/resnet, off for mlp
     tdbn_alpha: float = 1.0
@@ -36,6 +40,8 @@ class ModelConfig:
         self.channels = tuple(int(v) for v in self.channels)
         if self.arch not in ARCHS:
             raise ValueError(f"model must be one of {ARCHS}, got {self.arch!r}")
+        if self.surrogate is not None:
+            lookup(SURROGATES, self.surrogate, "surrogate")
         if self.reset not in ("hard", "soft"):
             raise ValueError(f"reset must be 'hard' or 'soft', got {self.reset!r}")
         if self.carrier not in ("spike", "current"):

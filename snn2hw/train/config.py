@@ -13,7 +13,10 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..mapping_file import read_mapping_file
+from ..methods import make_method, resolve_surrogate
 from ..models.config import ModelConfig
+from ..registry import lookup
+from .qat import qat_targets
 
 
 @dataclass
@@ -43,6 +46,11 @@ class RunConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        # Names and options are checked here, before any data loads: a typo costs nothing.
+        make_method(self.method, self.method_options)
+        self.model.surrogate = resolve_surrogate(self.method, self.model.surrogate)
+        if self.qat is not None:
+            lookup(dict.fromkeys(qat_targets()), self.qat, "QAT target")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -37,6 +37,7 @@ from ..errors import ConfigError
 from ..export import EXPORTERS
 from ..export.grid import Site, TargetGrid
 from ..models.walk import Rule, Step, fold_synapse, skip, walk
+from ..registry import lookup
 
 
 @dataclass
@@ -145,9 +146,7 @@ def qat_targets() -> list[str]:
 
 def make_grid(target: str) -> TargetGrid:
     """The QAT grid of ``target``, reached through its exporter (one registry for both)."""
-    if target not in qat_targets():
-        raise ConfigError(f"unknown QAT target {target!r}; choose one of {qat_targets()}")
-    return EXPORTERS[target].grid()
+    return lookup({t: EXPORTERS[t] for t in qat_targets()}, target, "QAT target").grid()
 
 
 def attach_qat(model: nn.Module, target: str | None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -29,9 +29,9 @@ from ..runs.history import write_history
 from .rng import rng_state, set_rng_state
 from .config import RunConfig
 from .ddp import DataParallel
-from ..methods import MethodContext, make_method
+from ..methods import MethodContext, TrainingMethod, make_method
 from .optim import Adam, CosineSchedule
-from .qat import attach_qat
+from .qat import QATHandle, attach_qat
 
 
 def seed_everything(seed: int) -> None:
@@ -89,18 +89,58 @@ def _load_init(model: SpikingNetwork, path: str) -> None:
     model.load_state_dict(ckpt["model_state"], strict=False)
 
 
-def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: bool = False,
-          progress: bool = True, data: DataSplit | None = None,
-          epochs: int | None = None) -> RunResult:
-    """Train a model as ``config`` says; checkpoints and history go to ``out_dir``.
+def _installed_shape(model: SpikingNetwork, configured: str | None) -> str | None:
+    """The surrogate shape the network's spiking layers train with after the method's
+    setup: what the run records (a method may install its own); ``configured`` where
+    the layers differ (PSG on a conv net with an FC layer)."""
+    names = {m.surrogate.name for m in model.lif_layers()}
+    return names.pop() if len(names) == 1 else configured
 
-    With ``resume=True`` the run continues from ``out_dir/last.pt`` with the
-    config saved there (``config`` is ignored); ``epochs`` may raise its total.
-    Launched by torchrun, the ranks share each global batch (``ddp.DataParallel``,
-    docs/distributed.md) and rank 0 alone writes ``out_dir``.
-    """
-    out = Path(out_dir) if out_dir is not None else None
-    ckpt = None
+
+@dataclass
+class _Run:
+    """What one training run carries from epoch to epoch (and writes to its checkpoints)."""
+
+    config: RunConfig
+    data: DataSplit
+    out: Path | None
+    model: SpikingNetwork
+    method: TrainingMethod
+    optimizer: Adam
+    scheduler: CosineSchedule
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    par: DataParallel
+    qat: QATHandle
+    shape_params: list[Tensor]
+    probe_x: Tensor               # one fixed probe batch for the methods that measure the network
+    probe_y: Tensor
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+    best_acc: float = -1.0
+    elapsed: float = 0.0
+
+    @property
+    def steps(self) -> int:
+        """Batches per epoch (of the global batch)."""
+        return (len(self.data.x_train) + self.config.batch_size - 1) // self.config.batch_size
+
+    def payload(self, epoch: int) -> dict:
+        """The checkpoint after ``epoch``: everything a resume needs to continue bit-identically."""
+        config = self.config
+        return {
+            "run_config": config.to_dict(), "model_config": config.model.to_dict(),
+            "model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict(), "method_state": self.method.state_dict(),
+            "rng_state": rng_state(), "history": self.history, "epoch": epoch,
+            "best_accuracy": self.best_acc, "wall_time_s": self.elapsed,
+            # what readers of the run need of its data without loading it (export's input range)
+            "data": {"temporal": self.data.temporal, "value_range": self.data.value_range},
+        }
+
+
+def _run_config(config: RunConfig | None, out: Path | None, resume: bool,
+                epochs: int | None) -> tuple[RunConfig, dict | None]:
+    """The config to train with and, when resuming, the checkpoint it comes from."""
     if resume:
         if out is None:
             raise CheckpointError("resume needs the run directory")
@@ -108,15 +148,21 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
         config = RunConfig.from_dict(ckpt["run_config"])
         if epochs is not None:
             config.epochs = max(int(epochs), config.epochs)
-    elif config is None:
+        return config, ckpt
+    if config is None:
         raise ValueError("train needs a config unless resuming")
+    return config, None
 
-    data = data if data is not None else load_dataset(config.dataset, config.seed)
+
+def _start_run(config: RunConfig, ckpt: dict | None, out: Path | None, data: DataSplit) -> _Run:
+    """Build model, method, optimiser and probe batch (in this order: the RNG draws are
+    part of the run's numbers); with ``ckpt``, restore the interrupted run's state."""
     seed_everything(config.seed)
     config.model = model_config_for(config, data)
     model = build_model(config.model)
     method = make_method(config.method, config.method_options)
     method.setup(model)
+    config.model.surrogate = _installed_shape(model, config.model.surrogate)
     if config.init_from and ckpt is None:
         _load_init(model, config.init_from)
     # the target's integer grid (STE), input quantised on the data's range; no-op if None
@@ -128,120 +174,145 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
     loss_fn = make_loss(config.loss)
     par = DataParallel.from_env(config.seed, config.sync_bn)
 
-    # One fixed probe batch for the methods that measure the network (CPNG, Dspike).
     probe_idx = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(config.seed))
     probe_idx = probe_idx[: min(config.batch_size, len(probe_idx))]
-    probe_x = to_time_major(data.x_train[probe_idx], data.temporal)
-    probe_y = data.y_train[probe_idx]
-
-    history: list[dict] = []
-    start_epoch, best_acc, elapsed = 0, -1.0, 0.0
+    run = _Run(config, data, out, model, method, optimizer, scheduler, loss_fn, par, qat, shape_params,
+               to_time_major(data.x_train[probe_idx], data.temporal), data.y_train[probe_idx])
     if ckpt is not None:
         model.load_state_dict(ckpt["model_state"])
         optimizer.load_state_dict(ckpt["optimizer_state"])
         scheduler.load_state_dict(ckpt["scheduler_state"])  # keeps this run's total epochs
         method.load_state_dict(ckpt.get("method_state", {}))
-        history = list(ckpt.get("history", []))
-        start_epoch = int(ckpt["epoch"]) + 1
-        best_acc = float(ckpt.get("best_accuracy", -1.0))
-        elapsed = float(ckpt.get("wall_time_s", 0.0))
+        run.history = list(ckpt.get("history", []))
+        run.start_epoch = int(ckpt["epoch"]) + 1
+        run.best_acc = float(ckpt.get("best_accuracy", -1.0))
+        run.elapsed = float(ckpt.get("wall_time_s", 0.0))
         set_rng_state(ckpt["rng_state"])
     par.prepare(model)
+    return run
 
-    def payload(epoch: int) -> dict:
-        return {
-            "run_config": config.to_dict(), "model_config": config.model.to_dict(),
-            "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-            "scheduler_state": scheduler.state_dict(), "method_state": method.state_dict(),
-            "rng_state": rng_state(), "history": history, "epoch": epoch,
-            "best_accuracy": best_acc, "wall_time_s": elapsed,
-            # what readers of the run need of its data without loading it (export's input range)
-            "data": {"temporal": data.temporal, "value_range": data.value_range},
-        }
 
-    n = len(data.x_train)
-    steps = (n + config.batch_size - 1) // config.batch_size
-    bar = None
-    if progress and par.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=(config.epochs - start_epoch) * steps, unit="batch", dynamic_ncols=True)
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            t0 = time.perf_counter()
-            ctx = MethodContext(model, epoch, config.epochs, probe_x, probe_y, loss_fn)
-            row: dict = {"epoch": epoch + 1}
-            row.update(method.on_epoch_start(ctx))
-            model.train()
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-            loss_sum, correct, seen = 0.0, 0, 0
-            par.begin_batches(model, epoch)
-            for i in range(steps):
-                idx, share = par.shard(order[i * config.batch_size:(i + 1) * config.batch_size])
-                if idx is None:
-                    continue
-                xb, yb = to_time_major(data.x_train[idx], data.temporal), data.y_train[idx]
-                seq = model.forward_sequence(xb)
-                loss = loss_fn(seq, yb)
-                extra = method.extra_loss(model)
-                if extra is not None:
-                    loss = loss + extra
-                optimizer.zero_grad(set_to_none=True)
-                (loss * share).backward()  # ranks' shares sum to 1: the global-batch mean
-                par.sync_gradients(model)
-                optimizer.step()
-                if shape_params:  # a width, slope or temperature must stay positive
-                    with torch.no_grad():
-                        torch._foreach_clamp_min_(shape_params, SHAPE_PARAM_MIN)
-                seen += len(idx)
-                loss_sum += float(loss.detach()) * len(idx)
-                correct += int((seq.detach().mean(0).argmax(1) == yb).sum())
-                if bar is not None:
-                    bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
-                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
-                    bar.update()
-            loss_sum, correct, seen = par.end_batches(model, loss_sum, correct, seen)
-            row["lr"] = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            row.update(method.on_epoch_end(ctx))
-            par.check(model, method.state_dict(), epoch)
-            test_acc, test_loss = par.evaluate(model, data.x_test, data.y_test, data.temporal,
-                                               config.eval_batch_size)
-            elapsed += time.perf_counter() - t0
-            row.update(train_loss=loss_sum / max(seen, 1), train_accuracy=correct / max(seen, 1),
-                       test_loss=test_loss, test_accuracy=test_acc, wall_time_s=elapsed)
-            history.append(row)
-            improved = test_acc > best_acc
-            best_acc = max(best_acc, test_acc)
-            if out is not None and par.is_main:
-                state = payload(epoch)
-                save_checkpoint(out / "last.pt", state)
-                if improved:
-                    atomic_copy(out / "last.pt", out / "best.pt")  # the same state, serialised once
-                write_history(out / "history.csv", history)
-            if bar is not None:
-                bar.write(f"epoch {epoch + 1}: loss {row['train_loss']:.4f} train {row['train_accuracy']:.4f} "
-                          f"test {test_acc:.4f}")
-    finally:
+def _run_batches(run: _Run, epoch: int, bar) -> tuple[float, int, int]:
+    """One pass over the training data in the epoch's order: (loss sum, correct, seen)
+    over all ranks."""
+    config, data, model, par = run.config, run.data, run.model, run.par
+    order = torch.randperm(len(data.x_train),
+                           generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+    loss_sum, correct, seen = 0.0, 0, 0
+    par.begin_batches(model, epoch)
+    for i in range(run.steps):
+        idx, share = par.shard(order[i * config.batch_size:(i + 1) * config.batch_size])
+        if idx is None:
+            continue
+        xb, yb = to_time_major(data.x_train[idx], data.temporal), data.y_train[idx]
+        seq = model.forward_sequence(xb)
+        loss = run.loss_fn(seq, yb)
+        extra = run.method.extra_loss(model)
+        if extra is not None:
+            loss = loss + extra
+        run.optimizer.zero_grad(set_to_none=True)
+        (loss * share).backward()  # ranks' shares sum to 1: the global-batch mean
+        par.sync_gradients(model)
+        run.optimizer.step()
+        if run.shape_params:  # a width, slope or temperature must stay positive
+            with torch.no_grad():
+                torch._foreach_clamp_min_(run.shape_params, SHAPE_PARAM_MIN)
+        seen += len(idx)
+        loss_sum += float(loss.detach()) * len(idx)
+        correct += int((seq.detach().mean(0).argmax(1) == yb).sum())
         if bar is not None:
-            bar.close()
-        par.release_rng()
-    qat.detach()  # the returned model and the checkpoints hold the latent float weights
+            bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+            bar.update()
+    return par.end_batches(model, loss_sum, correct, seen)
 
+
+def _train_epoch(run: _Run, epoch: int, bar) -> dict:
+    """Method hooks around one pass over the data, then the test evaluation: the
+    epoch's history row."""
+    t0 = time.perf_counter()
+    model, method, data = run.model, run.method, run.data
+    ctx = MethodContext(model, epoch, run.config.epochs, run.probe_x, run.probe_y, run.loss_fn)
+    row: dict = {"epoch": epoch + 1}
+    row.update(method.on_epoch_start(ctx))
+    model.train()
+    loss_sum, correct, seen = _run_batches(run, epoch, bar)
+    row["lr"] = run.optimizer.param_groups[0]["lr"]
+    run.scheduler.step()
+    row.update(method.on_epoch_end(ctx))
+    run.par.check(model, method.state_dict(), epoch)
+    test_acc, test_loss = run.par.evaluate(model, data.x_test, data.y_test, data.temporal,
+                                           run.config.eval_batch_size)
+    run.elapsed += time.perf_counter() - t0
+    row.update(train_loss=loss_sum / max(seen, 1), train_accuracy=correct / max(seen, 1),
+               test_loss=test_loss, test_accuracy=test_acc, wall_time_s=run.elapsed)
+    return row
+
+
+def _end_epoch(run: _Run, epoch: int, row: dict, bar) -> None:
+    """Record the epoch: history, best accuracy, ``last.pt`` (and ``best.pt`` if it improved)."""
+    run.history.append(row)
+    improved = row["test_accuracy"] > run.best_acc
+    run.best_acc = max(run.best_acc, row["test_accuracy"])
+    out = run.out
+    if out is not None and run.par.is_main:
+        save_checkpoint(out / "last.pt", run.payload(epoch))
+        if improved:
+            atomic_copy(out / "last.pt", out / "best.pt")  # the same state, serialised once
+        write_history(out / "history.csv", run.history)
+    if bar is not None:
+        bar.write(f"epoch {epoch + 1}: loss {row['train_loss']:.4f} train {row['train_accuracy']:.4f} "
+                  f"test {row['test_accuracy']:.4f}")
+
+
+def _summary(run: _Run) -> dict:
+    """summary.json: the run's outcome in a few numbers."""
+    config, history = run.config, run.history
     final = history[-1] if history else {}
-    summary = {
+    return {
         "test_accuracy": final.get("test_accuracy"),
-        "best_test_accuracy": best_acc if history else None,
+        "best_test_accuracy": run.best_acc if history else None,
         "epochs": config.epochs,
-        "wall_time_s": elapsed,
+        "wall_time_s": run.elapsed,
         "timesteps": config.model.timesteps,
         "method": config.method,
         "model": config.model.arch,
         "dataset": config.dataset,
         "seed": config.seed,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in run.model.parameters()),
     }
-    if out is not None and par.is_main:
+
+
+def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: bool = False,
+          progress: bool = True, data: DataSplit | None = None,
+          epochs: int | None = None) -> RunResult:
+    """Train a model as ``config`` says; checkpoints and history go to ``out_dir``.
+
+    With ``resume=True`` the run continues from ``out_dir/last.pt`` with the
+    config saved there (``config`` is ignored); ``epochs`` may raise its total.
+    Launched by torchrun, the ranks share each global batch (``ddp.DataParallel``,
+    docs/distributed.md) and rank 0 alone writes ``out_dir``.
+    """
+    out = Path(out_dir) if out_dir is not None else None
+    config, ckpt = _run_config(config, out, resume, epochs)
+    data = data if data is not None else load_dataset(config.dataset, config.seed)
+    run = _start_run(config, ckpt, out, data)
+    bar = None
+    if progress and run.par.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=(config.epochs - run.start_epoch) * run.steps, unit="batch", dynamic_ncols=True)
+    try:
+        for epoch in range(run.start_epoch, config.epochs):
+            _end_epoch(run, epoch, _train_epoch(run, epoch, bar), bar)
+    finally:
+        if bar is not None:
+            bar.close()
+        run.par.release_rng()
+    run.qat.detach()  # the returned model and the checkpoints hold the latent float weights
+
+    summary = _summary(run)
+    if out is not None and run.par.is_main:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    par.close()
-    return RunResult(model, config, history, summary, out)
+    run.par.close()
+    return RunResult(run.model, config, run.history, summary, out)
