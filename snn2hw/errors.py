@@ -19,3 +19,16 @@ class ConfigError(Snn2hwError):
 
 class ExportError(Snn2hwError):
     """A target cannot run part of the network (the message names layer and fix)."""
+
+
+class Notice(UserWarning):
+    """Something the user should know that is not an error (an assumption made, a
+    value adjusted). The CLI prints each as one line ``snn2hw: note: ...``, once per
+    run; ``--quiet`` silences them, ``-v`` adds where they came from."""
+
+
+def notice(message: str) -> None:
+    """Tell the user ``message`` (see ``Notice``); library callers get a ``Notice`` warning."""
+    import warnings
+
+    warnings.warn(message, Notice, stacklevel=2)

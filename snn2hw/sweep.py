@@ -220,10 +220,11 @@ def run_job(job: SweepJob) -> tuple[str, str]:
     d.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stored, json.dumps(config, indent=2) + "\n")  # a kill must not leave half a file
     resume = (d / "last.pt").exists()
-    key = config["dataset"]  # the split does not depend on the run seed: load once per worker
+    # the splits do not depend on the run seed: load once per worker
+    key = (config["dataset"], float(config.get("val_fraction", 0.1)))
     try:
         if key not in _DATA_CACHE:
-            _DATA_CACHE[key] = load_dataset(key)
+            _DATA_CACHE[key] = load_dataset(key[0], val_fraction=key[1])
         with local_only():  # under torchrun each rank trains its own jobs, alone
             train(RunConfig.from_dict(config), d, resume=resume, progress=False, data=_DATA_CACHE[key])
     except Exception as exc:  # one failed run must not stop the grid; results.csv names it
@@ -269,7 +270,7 @@ def collect_rows(jobs: Sequence[SweepJob], status: dict[str, tuple[str, str]] | 
         if is_finished(job):
             s = json.loads((d / "summary.json").read_text())
             hist = read_history(d / "history.csv") if (d / "history.csv").exists() else []
-            row.update(test_accuracy=s["test_accuracy"], best_test_accuracy=s["best_test_accuracy"],
+            row.update(test_accuracy=s["test_accuracy"], test_accuracy_at_best=s.get("test_accuracy_at_best"),
                        train_loss=hist[-1]["train_loss"] if hist else None,
                        epochs=s["epochs"], wall_time_s=s["wall_time_s"])
         row["error"] = err

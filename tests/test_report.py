@@ -74,16 +74,18 @@ def test_report_files_and_numbers(run_dir, monkeypatch):
     summary = json.loads((run_dir / "summary.json").read_text())
     history = read_history(run_dir / "history.csv")
 
-    final, best, epochs = markdown_table_rows(md, "final test accuracy")[0][:3]
-    assert float(final) == round(summary["test_accuracy"], 4)
-    assert float(best) == round(summary["best_test_accuracy"], 4)
+    final, chosen, at_best, epochs = markdown_table_rows(md, "final test accuracy")[0][:4]
+    assert float(final) == round(summary["final_test_accuracy"], 4)
+    assert chosen == f"{summary['best_epoch']} (validation)"
+    assert float(at_best) == round(summary["test_accuracy_at_best"], 4)
     assert int(epochs) == 3
 
     per_epoch = markdown_table_rows(md, "epoch |")
     assert [int(r[0]) for r in per_epoch] == [1, 2, 3]
     for cells, row in zip(per_epoch, history):
         assert float(cells[2]) == round(row["train_loss"], 4)
-        assert float(cells[5]) == round(row["test_accuracy"], 4)
+        assert float(cells[4]) == round(row["val_accuracy"], 4)
+        assert float(cells[6]) == round(row["test_accuracy"], 4)
 
     # Adaptive parameters: first/last per layer equal the schedule the toy method applied.
     params = {(r[0], r[1]): r for r in markdown_table_rows(md, "quantity")}
@@ -109,7 +111,7 @@ def test_report_files_and_numbers(run_dir, monkeypatch):
         assert shown[name] == pytest.approx(rate, abs=5e-5)
         assert rep.spike_rates[name] == pytest.approx(rate, abs=1e-6)
     m = re.search(r"test accuracy of this checkpoint: ([0-9.]+)", md)
-    assert float(m.group(1)) == round(summary["best_test_accuracy"], 4)
+    assert float(m.group(1)) == round(summary["test_accuracy_at_best"], 4)
 
 
 def test_adaptive_series_groups_by_quantity_and_layer():

@@ -154,7 +154,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, subset, m
 
     def stop_in_epoch_two(*a, **k):  # dies after epoch 1's checkpoint, before epoch 2's
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 3:   # per epoch: validation, then test
             raise KeyboardInterrupt
         return real(*a, **k)
 

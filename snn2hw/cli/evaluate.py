@@ -19,8 +19,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{result['checkpoint']}: test accuracy {result['test_accuracy']:.4f} "
-          f"on {result['samples']} samples of {result['dataset']} (T={result['timesteps']})")
+    epoch = f", epoch {result['epoch']}" if result.get("epoch") else ""
+    print(f"{result['checkpoint']}{epoch}: test accuracy {result['test_accuracy']:.4f} "
+          f"on {result['samples']} test samples of {result['dataset']} (T={result['timesteps']})")
     print("spike rate per layer (spikes per neuron per step):")
     for name, rate in result["spike_rates"].items():
         print(f"  {name:<24} {rate:.4f}")

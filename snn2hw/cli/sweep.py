@@ -43,7 +43,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds per grid point (default 0)")
     p.add_argument("--out", required=True, help="sweep directory")
     p.add_argument("--workers", type=int, help="parallel runs (default min(cores, runs))")
-    p.add_argument("--threads", type=int, help="torch threads per run (default cores // workers)")
     g = p.add_argument_group("settings common to every run (as for `snn2hw train`)")
     for flag, kw in COMMON:
         g.add_argument(flag, default=None, **kw)

@@ -139,6 +139,11 @@ def run(args: argparse.Namespace) -> int:
     s = result.summary
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    print(f"test accuracy {s['test_accuracy']:.4f} after {s['epochs']} epochs "
-          f"({s['wall_time_s']:.1f} s training)" + (f"; run saved in {Path(result.out_dir)}" if result.out_dir else ""))
+    best = ""
+    if s.get("best_epoch") and s.get("val_accuracy_at_best") is not None:
+        best = (f"; best.pt = epoch {s['best_epoch']} (chosen on validation, {s['val_accuracy_at_best']:.4f}): "
+                f"test accuracy {s['test_accuracy_at_best']:.4f}")
+    print(f"final test accuracy {s['final_test_accuracy']:.4f} after {s['epochs']} epochs "
+          f"({s['wall_time_s']:.1f} s training){best}"
+          + (f"; run saved in {Path(result.out_dir)}" if result.out_dir else ""))
     return 0

@@ -20,7 +20,6 @@ exact Heaviside step. The readout is the mean over T of the last node's output.
 from __future__ import annotations
 
 import re
-import warnings
 from typing import Any, Callable
 
 import nir
@@ -32,7 +31,7 @@ from torch import Tensor, nn
 from ..core.layers import LIF, Pool, ResidualBlock
 from ..core.neuron import RESET_FROM_NIR
 from ..core.surrogate import heaviside
-from ..errors import ExportError
+from ..errors import ExportError, notice
 from ..models.config import ModelConfig
 from ..models.network import SpikingNetwork, record_spikes
 from .to_nir import DT
@@ -306,8 +305,7 @@ def nir_to_network(graph: nir.NIRGraph, timesteps: int | None = None) -> NIRNetw
         dt = float(md["dt"])
     else:
         dt = DT
-        warnings.warn("NIR graph has no metadata 'dt'; assuming dt = 1e-4 s (snnTorch's convention)",
-                      stacklevel=2)
+        notice("NIR graph has no metadata 'dt'; assuming dt = 1e-4 s (snnTorch's convention)")
     reset = RESET_FROM_NIR.get(str(md.get("reset", "subtract")), None)
     if reset is None:
         raise ExportError(f"NIR metadata reset={md.get('reset')!r}; expected 'zero' or 'subtract'")

@@ -31,11 +31,12 @@ def _wide_range(values: Sequence[float]) -> bool:
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
-    """Loss and accuracy (train and test) over epochs."""
+    """Loss and accuracy (train, validation where recorded, and test) over epochs."""
     plt = pyplot()
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.4))
     epochs = [r["epoch"] for r in history]
-    for key, style in (("train", "-"), ("test", "--")):
+    keys = [("train", "-"), ("val", ":"), ("test", "--")]
+    for key, style in (k for k in keys if any(r.get(f"{k[0]}_loss") is not None for r in history)):
         ax_l.plot(epochs, [r.get(f"{key}_loss") for r in history], style, marker=".", label=key)
         ax_a.plot(epochs, [r.get(f"{key}_accuracy") for r in history], style, marker=".", label=key)
     ax_l.set(xlabel="epoch", ylabel="cross-entropy", title="loss")

@@ -22,8 +22,8 @@ from .markdown import fmt, md_table
 from .plots import plot_curves, plot_params, plot_spike_rates
 
 # Columns every run has; anything else in history.csv was logged by the method.
-BASE_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-                "wall_time_s")
+BASE_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                "test_loss", "test_accuracy", "wall_time_s")
 MAX_HISTORY_ROWS = 30
 
 
@@ -86,7 +86,6 @@ def render_run_report(run_dir: str | Path, spike_rates: bool = True) -> RunRepor
         config = load_checkpoint(ckpt_path).get("run_config", {})
 
     last = history[-1]
-    best = max(r["test_accuracy"] for r in history)
     lines = [f"# Run report: `{run.name}`", ""]
     if not summary:
         lines += ["**Unfinished run** (no summary.json): numbers below are from the last "
@@ -101,21 +100,26 @@ def render_run_report(run_dir: str | Path, spike_rates: bool = True) -> RunRepor
         ["timesteps", model.get("timesteps", summary.get("timesteps", "-"))],
         ["seed", config.get("seed", summary.get("seed", "-"))],
     ]), "", "## Summary", ""]
-    lines += [md_table(["final test accuracy", "best test accuracy", "epochs", "training time (s)",
-                        "parameters"],
-                       [[float(summary.get("test_accuracy", last["test_accuracy"])),
-                         float(summary.get("best_test_accuracy", best)),
+    lines += [md_table(["final test accuracy", "best epoch (chosen on)", "test accuracy at best",
+                        "epochs", "training time (s)", "parameters"],
+                       [[float(summary.get("final_test_accuracy", last["test_accuracy"])),
+                         f"{summary.get('best_epoch', '-')} ({summary.get('selected_on', '-')})",
+                         summary.get("test_accuracy_at_best"),
                          len(history), float(last.get("wall_time_s") or 0.0),
-                         summary.get("parameters", "-")]]), ""]
+                         summary.get("parameters", "-")]]), "",
+              "best.pt is the epoch of highest validation accuracy; the test split is only "
+              "reported, never used to choose.", ""]
 
     plots = [plot_curves(history, run / "curves.png")]
     lines += ["## Loss and accuracy", "", "![loss and accuracy](curves.png)", ""]
     shown = _evenly(history, MAX_HISTORY_ROWS)
     if len(shown) < len(history):
         lines += [f"{len(shown)} of {len(history)} epochs, evenly spaced:", ""]
-    lines += [md_table(["epoch", "lr", "train loss", "train accuracy", "test loss", "test accuracy"],
-                       [[r["epoch"], f"{r['lr']:.3g}" if r.get("lr") is not None else None, r.get("train_loss"), r.get("train_accuracy"),
-                         r.get("test_loss"), r.get("test_accuracy")] for r in shown]), ""]
+    lines += [md_table(["epoch", "lr", "train loss", "train accuracy", "val accuracy", "test loss",
+                        "test accuracy"],
+                       [[r["epoch"], f"{r['lr']:.3g}" if r.get("lr") is not None else None, r.get("train_loss"),
+                         r.get("train_accuracy"), r.get("val_accuracy"), r.get("test_loss"),
+                         r.get("test_accuracy")] for r in shown]), ""]
 
     groups = adaptive_series(history)
     lines += ["## Adaptive parameters", ""]

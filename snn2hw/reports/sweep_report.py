@@ -14,7 +14,7 @@ from ..runs.files import atomic_write_text
 from .markdown import command_block, md_table
 from .plots import pyplot, save_figure
 
-METRICS = ("test_accuracy", "best_test_accuracy", "train_loss", "epochs", "wall_time_s")
+METRICS = ("test_accuracy", "test_accuracy_at_best", "train_loss", "epochs", "wall_time_s")
 
 
 @dataclass
@@ -28,7 +28,7 @@ class GroupStats:
     std: float                    # sample std (n - 1); 0 for a single run
     min: float
     max: float
-    best_mean: float              # mean over seeds of the best epoch's test accuracy
+    best_mean: float              # mean over seeds of the test accuracy at the epoch chosen on validation
 
 
 def group_stats(rows: Sequence[dict[str, Any]], axes: Sequence[str]) -> list[GroupStats]:
@@ -46,7 +46,7 @@ def group_stats(rows: Sequence[dict[str, Any]], axes: Sequence[str]) -> list[Gro
             continue
         out.append(GroupStats(method, point, len(acc), statistics.fmean(acc),
                               statistics.stdev(acc) if len(acc) > 1 else 0.0, min(acc), max(acc),
-                              statistics.fmean(float(r["best_test_accuracy"]) for r in runs)))
+                              statistics.fmean(float(r["test_accuracy_at_best"]) for r in runs)))
     return out
 
 
@@ -132,7 +132,7 @@ def write_results(rows: Sequence[dict[str, Any]], axes: Sequence[str], out: Path
         lines += ["", md_table(["setting (all runs)", "value"], [[k, v] for k, v in settings.items()])]
     lines += ["", "## Final test accuracy per grid point", "",
               "Mean, sample standard deviation (n-1), min and max over seeds of the last epoch's "
-              "test accuracy; the last column averages each run's best epoch.", "",
+              "test accuracy; the last column averages each run's test accuracy at its best epoch, chosen on validation.", "",
               md_table(["method", *axes, "runs", "mean", "std", "min", "max", "best-epoch mean"],
                        [[s.method, *s.point, s.n, s.mean, s.std, s.min, s.max, s.best_mean]
                         for s in stats]), ""]

@@ -64,4 +64,6 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None) -> dict[str, An
         rates = spike_rates(model, to_time_major(data.x_test[:512], data.temporal))
     return {"checkpoint": str(checkpoint_file(checkpoint)), "dataset": spec, "samples": len(data.x_test),
             "timesteps": model.timesteps, "test_accuracy": acc, "test_loss": loss,
+            "epoch": int(ckpt["epoch"]) + 1 if "epoch" in ckpt else None,
+            "selected_on": "validation" if "best_val_accuracy" in ckpt else "unknown (older checkpoint)",
             "spike_rates": rates}

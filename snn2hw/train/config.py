@@ -33,6 +33,7 @@ class RunConfig:
     init_from: str | None = None  # checkpoint to start from (TIT: another T is allowed)
     qat: str | None = None        # fine-tune on this target's integer grid (an exporter with a grid, train/qat.py)
     eval_batch_size: int = 512
+    val_fraction: float = 0.1     # of the training data, held out to choose best.pt (data.with_validation)
     sync_bn: bool = False         # torchrun: tdBN statistics over the global batch (all ranks)
     shape_lr: float | None = None  # learning rate of learnable surrogate parameters (PSG gamma,
                                    # ASGL alpha); None: same as lr
@@ -46,6 +47,8 @@ class RunConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= float(self.val_fraction) < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         # Names and options are checked here, before any data loads: a typo costs nothing.
         make_method(self.method, self.method_options)
         self.model.surrogate = resolve_surrogate(self.method, self.model.surrogate)

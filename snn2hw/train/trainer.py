@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.datasets import DataSplit, load_dataset, to_time_major
+from ..data.datasets import DataSplit, load_dataset, to_time_major, with_validation
 from ..errors import CheckpointError
 from ..models.config import ModelConfig
 from ..models.network import SpikingNetwork, build_model
@@ -116,7 +116,8 @@ class _Run:
     probe_y: Tensor
     history: list[dict] = field(default_factory=list)
     start_epoch: int = 0
-    best_acc: float = -1.0
+    best_val: float = -1.0        # the validation accuracy best.pt was chosen on
+    best_epoch: int = 0
     elapsed: float = 0.0
 
     @property
@@ -132,7 +133,8 @@ class _Run:
             "model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict(), "method_state": self.method.state_dict(),
             "rng_state": rng_state(), "history": self.history, "epoch": epoch,
-            "best_accuracy": self.best_acc, "wall_time_s": self.elapsed,
+            "best_val_accuracy": self.best_val, "best_epoch": self.best_epoch,
+            "wall_time_s": self.elapsed,
             # what readers of the run need of its data without loading it (export's input range)
             "data": {"temporal": self.data.temporal, "value_range": self.data.value_range},
         }
@@ -185,7 +187,8 @@ def _start_run(config: RunConfig, ckpt: dict | None, out: Path | None, data: Dat
         method.load_state_dict(ckpt.get("method_state", {}))
         run.history = list(ckpt.get("history", []))
         run.start_epoch = int(ckpt["epoch"]) + 1
-        run.best_acc = float(ckpt.get("best_accuracy", -1.0))
+        run.best_val = float(ckpt.get("best_val_accuracy", -1.0))
+        run.best_epoch = int(ckpt.get("best_epoch", 0))
         run.elapsed = float(ckpt.get("wall_time_s", 0.0))
         set_rng_state(ckpt["rng_state"])
     par.prepare(model)
@@ -228,8 +231,8 @@ def _run_batches(run: _Run, epoch: int, bar) -> tuple[float, int, int]:
 
 
 def _train_epoch(run: _Run, epoch: int, bar) -> dict:
-    """Method hooks around one pass over the data, then the test evaluation: the
-    epoch's history row."""
+    """Method hooks around one pass over the data, then the evaluations: the epoch's
+    history row. Validation chooses best.pt; the test split is only reported."""
     t0 = time.perf_counter()
     model, method, data = run.model, run.method, run.data
     ctx = MethodContext(model, epoch, run.config.epochs, run.probe_x, run.probe_y, run.loss_fn)
@@ -241,19 +244,28 @@ def _train_epoch(run: _Run, epoch: int, bar) -> dict:
     run.scheduler.step()
     row.update(method.on_epoch_end(ctx))
     run.par.check(model, method.state_dict(), epoch)
+    row.update(train_loss=loss_sum / max(seen, 1), train_accuracy=correct / max(seen, 1))
+    if data.x_val is not None:
+        val_acc, val_loss = run.par.evaluate(model, data.x_val, data.y_val, data.temporal,
+                                             run.config.eval_batch_size)
+        row.update(val_loss=val_loss, val_accuracy=val_acc)
     test_acc, test_loss = run.par.evaluate(model, data.x_test, data.y_test, data.temporal,
                                            run.config.eval_batch_size)
     run.elapsed += time.perf_counter() - t0
-    row.update(train_loss=loss_sum / max(seen, 1), train_accuracy=correct / max(seen, 1),
-               test_loss=test_loss, test_accuracy=test_acc, wall_time_s=run.elapsed)
+    row.update(test_loss=test_loss, test_accuracy=test_acc, wall_time_s=run.elapsed)
     return row
 
 
 def _end_epoch(run: _Run, epoch: int, row: dict, bar) -> None:
-    """Record the epoch: history, best accuracy, ``last.pt`` (and ``best.pt`` if it improved)."""
+    """Record the epoch: history, ``last.pt``, and ``best.pt`` when the validation accuracy
+    improved (never the test accuracy: that would select on the reported number). Without
+    a validation split best.pt follows the last epoch."""
     run.history.append(row)
-    improved = row["test_accuracy"] > run.best_acc
-    run.best_acc = max(run.best_acc, row["test_accuracy"])
+    val = row.get("val_accuracy")
+    improved = val is None or val > run.best_val
+    if improved:
+        run.best_val = -1.0 if val is None else val
+        run.best_epoch = epoch + 1
     out = run.out
     if out is not None and run.par.is_main:
         save_checkpoint(out / "last.pt", run.payload(epoch))
@@ -261,17 +273,28 @@ def _end_epoch(run: _Run, epoch: int, row: dict, bar) -> None:
             atomic_copy(out / "last.pt", out / "best.pt")  # the same state, serialised once
         write_history(out / "history.csv", run.history)
     if bar is not None:
-        bar.write(f"epoch {epoch + 1}: loss {row['train_loss']:.4f} train {row['train_accuracy']:.4f} "
-                  f"test {row['test_accuracy']:.4f}")
+        val = f" val {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
+        bar.write(f"epoch {epoch + 1}: loss {row['train_loss']:.4f} train {row['train_accuracy']:.4f}"
+                  f"{val} test {row['test_accuracy']:.4f}")
 
 
 def _summary(run: _Run) -> dict:
-    """summary.json: the run's outcome in a few numbers."""
+    """summary.json: the run's outcome in a few numbers. ``best_epoch`` (1-based) is chosen
+    on the validation split; ``test_accuracy_at_best`` is best.pt's test accuracy,
+    ``final_test_accuracy`` (also ``test_accuracy``) the last epoch's."""
     config, history = run.config, run.history
     final = history[-1] if history else {}
+    at_best = history[run.best_epoch - 1] if history and run.best_epoch else {}
     return {
         "test_accuracy": final.get("test_accuracy"),
-        "best_test_accuracy": run.best_acc if history else None,
+        "final_test_accuracy": final.get("test_accuracy"),
+        "final_val_accuracy": final.get("val_accuracy"),
+        "best_epoch": run.best_epoch if history else None,
+        "selected_on": "validation" if "val_accuracy" in final else "last epoch (no validation split)",
+        "val_accuracy_at_best": at_best.get("val_accuracy"),
+        "test_accuracy_at_best": at_best.get("test_accuracy"),
+        "val_fraction": config.val_fraction,
+        "threads": torch.get_num_threads(),
         "epochs": config.epochs,
         "wall_time_s": run.elapsed,
         "timesteps": config.model.timesteps,
@@ -295,7 +318,8 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
     """
     out = Path(out_dir) if out_dir is not None else None
     config, ckpt = _run_config(config, out, resume, epochs)
-    data = data if data is not None else load_dataset(config.dataset, config.seed)
+    data = with_validation(data if data is not None else load_dataset(config.dataset, config.seed, config.val_fraction),
+                           config.val_fraction)
     run = _start_run(config, ckpt, out, data)
     bar = None
     if progress and run.par.is_main:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...environment import real_samna_available
-from ...errors import ExportError
+from ...errors import ExportError, notice
 from ..base import Samples, Verification
 from ..from_nir import nir_to_network
 from ..reference import compare, run_batched, run_reference
@@ -270,7 +270,7 @@ class SpeckExporter:
         runs differently without refusing it is warned about."""
         plan = build_plan(graph)
         for w in plan.warnings:
-            warnings.warn(f"speck: {w}", stacklevel=2)
+            notice(f"speck: {w}")
         return plan
 
     def write(self, plan: SpeckPlan, out_dir: Path) -> list[Path]:
