@@ -342,7 +342,7 @@ def test_cli_nproc_launches_torchrun_and_resumes_with_one_process(tmp_path):
                                  "--out", str(run)], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stdout.count("test accuracy") == 1  # rank 0 alone reports
+    assert p.stdout.count("final test accuracy") == 1  # rank 0 alone reports
     p = subprocess.run(common + ["--resume", str(run), "--epochs", "2"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]

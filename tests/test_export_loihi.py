@@ -35,7 +35,7 @@ def _subset(n_train=400, n_test=40):
 
 
 def _train(arch, **model):
-    cfg = RunConfig(dataset="digits", epochs=2, batch_size=32,
+    cfg = RunConfig(dataset="digits", epochs=2, batch_size=32, val_fraction=0,  # no selection here
                     model=ModelConfig(arch=arch, timesteps=T, **model))
     return train(cfg, progress=False, data=_subset()).model.eval()
 
