@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from ..errors import Snn2hwError
+from ..errors import Snn2hwError, VerificationError
 
 # verb -> module in snn2hw.cli defining add_arguments(parser) and run(args) -> int
 VERBS = {
@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for reports that record their command
     try:
         return int(args.run(args) or 0)
+    except VerificationError as exc:  # written, but the check failed: not a refusal (2)
+        print(f"snn2hw {args.verb}: check failed: {exc}", file=sys.stderr)
+        return 3
     except Snn2hwError as exc:
         print(f"snn2hw {args.verb}: error: {exc}", file=sys.stderr)
         return 2
