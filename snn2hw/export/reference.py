@@ -1,10 +1,11 @@
-"""The float reference every exporter's verify() compares against, the comparison, and
-the batched run every verify uses.
+"""The float reference every exporter's verify() compares against, the comparison, the
+gate that judges it, and the batched run every verify uses.
 
 ``export_model`` runs the trained model (exact Heaviside step, eval mode) on the
 held-out samples once and attaches the result to ``Samples.reference``; an
-exporter runs its artefact (``run_batched`` when it goes batch by batch) and calls
-``compare`` to fill ``Verification``.
+exporter runs its artefact (``run_batched`` when it goes batch by batch), calls
+``compare`` to fill ``Verification`` and ``must_equal`` where its runtime must equal
+our model of it; ``export_model`` then calls ``gate`` (docs/export.md "The gate").
 """
 
 from __future__ import annotations
