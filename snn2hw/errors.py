@@ -21,6 +21,17 @@ class ExportError(Snn2hwError):
     """A target cannot run part of the network (the message names layer and fix)."""
 
 
+class VerificationError(Snn2hwError):
+    """An export was written but its ``--check`` failed (the CLI exits with 3, not 2): the
+    message lists ``failures``, one line each; ``result`` is what was written (the caller's
+    ExportResult), so the artefact, verification.json and README can still be inspected."""
+
+    def __init__(self, message: str, failures: list[str], result: object = None) -> None:
+        super().__init__(message)
+        self.failures = list(failures)
+        self.result = result
+
+
 class Notice(UserWarning):
     """Something the user should know that is not an error (an assumption made, a
     value adjusted). The CLI prints each as one line ``snn2hw: note: ...``, once per

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from export_models import trained
-from snn2hw.errors import ExportError
+from snn2hw.errors import ExportError, VerificationError
 from snn2hw.core.layers import TDBatchNorm
 from snn2hw.export.api import export_model
 from snn2hw.export.base import Samples
@@ -197,7 +197,14 @@ def test_residual_network_exports_to_nir_and_rebuilds(arch, tmp_path):
     model.eval()
     x = torch.rand(24, 3, 8, 8) * 3
     samples = Samples(x, torch.randint(0, 10, (24,)), 3)
-    result = export_model(model, "nir", tmp_path / "out", check=True, samples=samples)
+    # untrained: some layers never spike on these inputs, which fails the gate (it proves
+    # nothing there) but writes and verifies everything
+    with pytest.raises(VerificationError) as err:
+        export_model(model, "nir", tmp_path / "out", check=True, samples=samples)
+    result = err.value.result
+    silent = [k for k, c in result.verification.details["spike_counts"].items() if c["reference"] == 0]
+    assert silent and len(err.value.failures) == len(silent)
+    assert all(f.startswith(f"{k}: the float model's layer is silent") for f, k in zip(err.value.failures, silent))
     graph = nir.read(tmp_path / "out" / "model.nir")
     merges = [b for b in graph.nodes if sum(e[1] == b for e in graph.edges) == 2]
     assert len(merges) == 8  # 2-2-2-2 or 3-3-2 BasicBlocks: each block neuron sums two inputs

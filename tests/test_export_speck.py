@@ -307,9 +307,12 @@ def test_unsupported_constructs_refused_before_writing(tmp_path, case):
 
 def test_export_check_writes_config_and_verification(tmp_path, conv, digits):
     out = tmp_path / "speck"
+    # this 2-epoch fixture agrees on 0.86 of the classes, below the default floor (0.9, measured
+    # on trained models): what is checked here is the content, with the floor this test asserts
     with pytest.warns(UserWarning, match="biases"):
-        result = export_model(conv, "speck", out, check=True, samples=_samples(digits, 96))
+        result = export_model(conv, "speck", out, check=True, samples=_samples(digits, 96), min_agreement=0.7)
     v = result.verification
+    assert v.passed and v.failures == []
     assert [p.name for p in result.files] == ["speck_config.json", "speck_mapping.md"]
     config = json.loads((out / "speck_config.json").read_text())
     assert len(config["cores"]) == 3 and config["readout"] is not None

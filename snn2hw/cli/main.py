@@ -7,7 +7,7 @@ import importlib
 import sys
 import warnings
 
-from ..errors import Notice, Snn2hwError
+from ..errors import Notice, Snn2hwError, VerificationError
 
 # verb -> module in snn2hw.cli defining add_arguments(parser) and run(args) -> int
 VERBS = {
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return int(args.run(args) or 0)
+    except VerificationError as exc:  # written, but the check failed: not a refusal (2)
+        print(f"snn2hw {args.verb}: check failed: {exc}", file=sys.stderr)
+        return 3
     except Snn2hwError as exc:
         print(f"snn2hw {args.verb}: error: {exc}", file=sys.stderr)
         return 2

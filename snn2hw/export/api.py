@@ -5,7 +5,9 @@
     samples = held-out test split + the float reference run on it   (check=True)
     files = exporter.write(plan, out_dir)
     verification = exporter.verify(plan, out_dir, samples)          (check=True)
+    gate(verification, floor, allow_emulator)                       (check=True)
     out_dir/verification.json, out_dir/README.md (exporter.readme(plan, files))
+    raise VerificationError if the gate failed                      (after writing)
 
 The dataset is loaded only to draw the ``--check`` samples: a checkpoint records the data
 layout and input range the graph needs (``ckpt["data"]``).
@@ -23,15 +25,15 @@ import nir
 import torch
 
 from ..data.datasets import DataSplit, load_dataset, to_time_major
-from ..errors import ConfigError, ExportError
+from ..errors import ConfigError, ExportError, VerificationError
 from ..registry import lookup
 from ..models.network import SpikingNetwork
 from ..runs.files import atomic_write_text
 from ..runs.model import load_model
 from . import EXPORTERS
-from .base import Exporter, Samples, Verification
+from .base import Exporter, MinAgreement, Samples, Verification
 from .from_nir import nir_to_network
-from .reference import run_reference
+from .reference import gate, run_reference
 from .to_nir import model_to_nir
 
 DEFAULT_SAMPLES = 200
@@ -125,9 +127,20 @@ def held_out_samples(data: DataSplit, n: int, timesteps: int) -> Samples:
     return Samples(to_time_major(x, data.temporal), y, timesteps, data.temporal)
 
 
+def agreement_floor(exporter: Exporter, min_agreement: float | None) -> MinAgreement:
+    """The gate's floor: the target's default (``exporter.min_agreement``) or ``min_agreement``
+    for both class and per-layer spike agreement; ConfigError outside [0, 1]."""
+    if min_agreement is None:
+        return exporter.min_agreement
+    if not 0.0 <= float(min_agreement) <= 1.0:
+        raise ConfigError(f"--min-agreement {min_agreement} is not a fraction: give a value in [0, 1]")
+    return MinAgreement(classes=float(min_agreement), spikes=float(min_agreement))
+
+
 def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str,
                  out_dir: str | Path, check: bool = False, samples: int | Samples = DEFAULT_SAMPLES,
-                 dataset: str | None = None, timesteps: int | None = None) -> ExportResult:
+                 dataset: str | None = None, timesteps: int | None = None,
+                 min_agreement: float | None = None, allow_emulator: bool = False) -> ExportResult:
     """Export a checkpoint / run directory / model / NIR graph or ``.nir`` file to ``target``.
 
     Refusals (ExportError naming the layer, the reason and the fix) happen before
@@ -135,8 +148,18 @@ def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str
     test samples (or a given Samples) and compared with the float model; the result
     is written to ``out_dir/verification.json``. ``dataset`` overrides the checkpoint's
     (needed with a NIR source); ``timesteps`` overrides the graph's.
+
+    The check is a gate (``reference.gate``; docs/export.md "The gate"): class and per-layer
+    spike agreement at least ``min_agreement`` (default: the target's ``min_agreement``), the
+    target's runtime equal to our model of it spike for spike, no silent or saturated layer,
+    matching shapes, and the target's own runtime run (a stand-in such as Loihi's emulator
+    only with ``allow_emulator``). When it fails, the artefact, verification.json and README
+    are still written, then VerificationError lists the failures.
     """
     exporter = make_exporter(target)
+    if not check and (min_agreement is not None or allow_emulator):
+        raise ConfigError("--min-agreement and --allow-emulator set the --check gate: add --check")
+    floor = agreement_floor(exporter, min_agreement) if check else None
     try:
         src = _source(source, timesteps, dataset)
         plan = exporter.check(src.graph)
@@ -160,26 +183,41 @@ def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str
     out.mkdir(parents=True, exist_ok=True)
     files = exporter.write(plan, out)
     verification = None
-    if prepared is not None:
+    if prepared is not None and floor is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            verification = exporter.verify(plan, out, prepared)
-        payload: dict[str, Any] = asdict(verification)
-        payload["files"] = [p.name for p in files]
+            verification = gate(exporter.verify(plan, out, prepared), floor, allow_emulator)
+        body = asdict(verification)
+        # the verdict first, then the numbers it was judged on
+        payload: dict[str, Any] = {"passed": body.pop("passed"), "failures": body.pop("failures"),
+                                   "stand_in": body.pop("stand_in"), "min_agreement": asdict(floor),
+                                   **body, "files": [p.name for p in files]}
         atomic_write_text(out / "verification.json", json.dumps(payload, indent=2) + "\n")
     readme = exporter.readme(plan, files)
     if verification is not None:
         readme += "\n" + verification_markdown(verification)
     atomic_write_text(out / "README.md", readme)
-    return ExportResult(target, out, files, verification)
+    result = ExportResult(target, out, files, verification)
+    if verification is not None and not verification.passed:
+        n = len(verification.failures)
+        raise VerificationError(
+            f"{target}: the check FAILED ({n} failure{'s' * (n != 1)}; written anyway, see "
+            f"{out / 'verification.json'}):\n" + "\n".join(f"  - {f}" for f in verification.failures),
+            verification.failures, result)
+    return result
 
 
 def verification_markdown(v: Verification) -> str:
-    """A short markdown table of a Verification (appended to the README)."""
-    lines = [f"## Verification on {v.samples} held-out samples", "",
-             f"- accuracy, float reference: {v.accuracy_reference:.4f}",
-             f"- accuracy, {v.target}: {v.accuracy_target:.4f}",
-             f"- predicted class agreement: {v.output_agreement:.4f}", "",
-             "| neuron layer | spike agreement |", "|---|---|"]
+    """A short markdown section of a Verification (appended to the README): the verdict and
+    its failures, then the numbers."""
+    verdict = "PASSED" if v.passed else "FAILED"
+    ran = f" ({v.stand_in})" if v.stand_in else ""
+    lines = [f"## Verification on {v.samples} held-out samples{ran}: {verdict}", ""]
+    if v.failures:
+        lines += ["The check failed:", ""] + [f"- {f}" for f in v.failures] + [""]
+    lines += [f"- accuracy, float reference: {v.accuracy_reference:.4f}",
+              f"- accuracy, {v.target}{ran}: {v.accuracy_target:.4f}",
+              f"- predicted class agreement: {v.output_agreement:.4f}", "",
+              "| neuron layer | spike agreement |", "|---|---|"]
     lines += [f"| {k} | {a:.6f} |" for k, a in v.spike_agreement.items()]
     return "\n".join(lines) + "\n"

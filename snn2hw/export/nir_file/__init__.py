@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import nir
 
-from ..base import Samples, Verification
+from ..base import EXACT, MinAgreement, Samples, Verification
 from ..from_nir import nir_to_network, node_spikes
 from ..reference import compare
 
@@ -21,6 +21,7 @@ class NIRExporter:
     description: ClassVar[str] = "NIR 1.0.4 graph (HDF5), surrogate-free, tdBN folded"
     filename: ClassVar[str] = "model.nir"
     grid: ClassVar[type | None] = None   # float: nothing to fine-tune for
+    min_agreement: ClassVar[MinAgreement] = EXACT   # the same graph read back: exact
 
     def check(self, graph: nir.NIRGraph) -> nir.NIRGraph:
         """The plan is the graph itself, as written; refused if we could not rebuild it
