@@ -29,7 +29,7 @@ def test_train_export_nir_check_then_onnx_from_the_nir_file(tmp_path):
         "--lam", "0.8", "--no-progress", "--out", str(run))
     out = tmp_path / "nir"
     proc = cli("export", str(run), "--target", "nir", "--out", str(out), "--check", "--samples", "150")
-    assert "checked on 150 held-out samples" in proc.stdout
+    assert "checked on 150 test-split samples" in proc.stdout
     v = json.loads((out / "verification.json").read_text())
     assert v["target"] == "nir" and v["samples"] == 150 and v["files"] == ["model.nir"]
     assert v["spike_agreement"] == {"layers.2": 1.0}
@@ -44,7 +44,7 @@ def test_train_export_nir_check_then_onnx_from_the_nir_file(tmp_path):
     graph = nir.read(out / "model.nir")
     assert graph.metadata["timesteps"] == 3 and graph.metadata["lam"] == pytest.approx(0.8)
     readme = (out / "README.md").read_text()
-    assert "model.nir" in readme and "Verification on 150 held-out samples" in readme
+    assert "model.nir" in readme and "Verification on 150 samples of the test split" in readme
 
     onnx_out = tmp_path / "onnx"
     cli("export", "--from-nir", str(out / "model.nir"), "--target", "onnx", "--out", str(onnx_out),

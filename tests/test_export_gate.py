@@ -122,7 +122,7 @@ def test_a_silent_or_saturated_layer_fails_the_check(v_th, word, tmp_path):
     assert v["failures"][0].startswith(f"layers.2: the float model's layer is {word} on the {SAMPLES} check "
                                        "samples") and "proves nothing" in v["failures"][0]
     readme = (tmp_path / "out" / "README.md").read_text()
-    assert f"held-out samples: FAILED" in readme and v["failures"][0] in readme
+    assert "samples of the test split: FAILED" in readme and v["failures"][0] in readme
     assert (tmp_path / "out" / "model.nir").is_file()      # written anyway, to be inspected
 
 
@@ -187,9 +187,9 @@ def test_without_lava_the_check_fails_unless_the_emulator_is_allowed(nir_file, t
     v = json.loads((tmp_path / "allowed" / "verification.json").read_text())
     assert v["passed"] is True and v["failures"] == [] and v["stand_in"] == "emulator; Lava not run"
     assert v["details"]["loihi_simulator"].startswith("emulator; Lava not run")
-    assert "checked on 40 held-out samples (emulator; Lava not run): " in out and "PASSED" in out
+    assert "checked on 40 test-split samples (emulator; Lava not run): " in out and "PASSED" in out
     readme = (tmp_path / "allowed" / "README.md").read_text()
-    assert "## Verification on 40 held-out samples (emulator; Lava not run): PASSED" in readme
+    assert "## Verification on 40 samples of the test split (emulator; Lava not run): PASSED" in readme
 
 
 def test_onnxruntime_differing_from_torch_fails(tmp_path, monkeypatch):
@@ -300,7 +300,7 @@ def test_an_honest_export_passes_on_every_target(name, nir_file, tmp_path, monke
     assert v["passed"] is True and v["failures"] == [] and "PASSED" in out
     floor = EXPORTERS[name].min_agreement
     assert v["output_agreement"] >= floor.classes
-    assert "held-out samples" in (tmp_path / "out" / "README.md").read_text()
+    assert "samples of the test split" in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_bad_inputs_are_still_refusals_exit_2_and_write_nothing(tmp_path, capsys):

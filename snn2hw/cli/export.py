@@ -71,7 +71,7 @@ def _summary(result: ExportResult) -> None:
     if v is not None:
         worst = min(v.spike_agreement.values()) if v.spike_agreement else float("nan")
         ran = f" ({v.stand_in})" if v.stand_in else ""
-        print(f"checked on {v.samples} held-out samples{ran}: accuracy {v.accuracy_reference:.4f} (float) -> "
+        print(f"checked on {v.samples} test-split samples{ran}: accuracy {v.accuracy_reference:.4f} (float) -> "
               f"{v.accuracy_target:.4f} ({v.target}); class agreement {v.output_agreement:.4f}; "
               f"lowest per-layer spike agreement {worst:.6f}: {'PASSED' if v.passed else 'FAILED'}; "
               f"see {result.out_dir / 'verification.json'}")

@@ -212,7 +212,7 @@ def verification_markdown(v: Verification) -> str:
     its failures, then the numbers."""
     verdict = "PASSED" if v.passed else "FAILED"
     ran = f" ({v.stand_in})" if v.stand_in else ""
-    lines = [f"## Verification on {v.samples} held-out samples{ran}: {verdict}", ""]
+    lines = [f"## Verification on {v.samples} samples of the test split{ran}: {verdict}", ""]
     if v.failures:
         lines += ["The check failed:", ""] + [f"- {f}" for f in v.failures] + [""]
     lines += [f"- accuracy, float reference: {v.accuracy_reference:.4f}",

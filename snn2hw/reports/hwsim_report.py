@@ -61,7 +61,7 @@ def render_robustness_markdown(report: dict, images: Sequence[str] = ()) -> str:
              f"{', '.join(s['mismatch_params'])} ({s['mismatch_model']}); thermal noise: {s['thermal_unit']}.  ",
              f"Quantisation: {s['quantisation']['name'] if s['quantisation'] else 'none (float)'}.  ",
              f"Wall time {report['wall_time_s']:.1f} s ({report['seconds_per_chip'] * 1000:.1f} ms per simulated chip).",
-             "", "| model | checkpoint sha256 | dataset | samples | T | float accuracy |", "|---|---|---|---|---|---|"]
+             "", "| model | checkpoint sha256 | dataset | test-split samples | T | float accuracy |", "|---|---|---|---|---|---|"]
     for m in report["models"]:
         lines.append(f"| {m['label']} | `{m['sha256'][:16]}` | {m['dataset']} | {m['samples']} | "
                      f"{m['timesteps']} | {100 * m['float_accuracy']:.2f} % |")
@@ -91,7 +91,7 @@ def render_energy_markdown(report: dict) -> str:
     """The per-layer table of ``hwsim.energy``'s report a reviewer can check, with provenance."""
     p, tot = report["profile"], report["total"]
     lines = [f"Checkpoint `{report['checkpoint']}` (sha256 `{report['sha256'][:16]}`, method "
-             f"{report['method']}), {report['samples']} samples of {report['dataset']}, T = {report['timesteps']}.  ",
+             f"{report['method']}), {report['samples']} test-split samples of {report['dataset']}, T = {report['timesteps']}.  ",
              *provenance_lines(report["command"], report["versions"]),
              f"Profile **{p['name']}**: {p['ac_pj']} pJ/AC, {p['mac_pj']} pJ/MAC, ANN "
              f"{p['ann_mac_pj'] if p['ann_mac_pj'] is not None else p['mac_pj']} pJ/MAC ({p['source']}).",
