@@ -17,6 +17,7 @@ import argparse
 from ..errors import ConfigError
 from ..export import EXPORTERS
 from ..export.api import DEFAULT_SAMPLES, export_model, read_nir
+from ..export.nir_reading import INPUT_ENCODINGS, PRODUCERS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,14 +32,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"held-out test samples for --check (default {DEFAULT_SAMPLES})")
     p.add_argument("--dataset", help="dataset for --check (default: the checkpoint's; needed with --from-nir)")
     p.add_argument("--timesteps", type=int, help="time steps T (default: the model's / the graph's metadata)")
+    p.add_argument("--producer", choices=PRODUCERS,
+                   help="with --from-nir: read the graph as this framework meant it (tau, reset, spike "
+                        "rule; docs/export.md 'Foreign graphs'); default: the graph's metadata, else NIR's "
+                        "equations (sinabs' layout is recognised)")
+    p.add_argument("--input-encoding", choices=sorted(INPUT_ENCODINGS),
+                   help="with --from-nir, for graphs without snn2hw metadata: direct (the same frame at "
+                        "every step) or events (a (T, B, ...) stream)")
+    p.add_argument("--approximate", action="store_true",
+                   help="deploy a graph the target cannot run exactly with the target's nearest semantics "
+                        "(listed as 'approximations'); --check then measures the loss")
 
 
 def run(args: argparse.Namespace) -> int:
     if bool(args.checkpoint) == bool(args.from_nir):
         raise ConfigError("give either a checkpoint or --from-nir FILE")
     result = export_model(read_nir(args.from_nir) if args.from_nir else args.checkpoint, args.target, args.out, check=args.check,
-                          samples=args.samples, dataset=args.dataset, timesteps=args.timesteps)
+                          samples=args.samples, dataset=args.dataset, timesteps=args.timesteps,
+                          producer=args.producer, input_encoding=args.input_encoding,
+                          approximate=args.approximate)
     print(f"{args.target}: wrote " + ", ".join(str(f) for f in result.files))
+    for n in result.notes:
+        print(f"note: {n}")
+    for a in result.approximations:
+        print(f"approximated: {a}")
     v = result.verification
     if v is not None:
         worst = min(v.spike_agreement.values()) if v.spike_agreement else float("nan")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from ..runs.model import load_model
 from . import EXPORTERS
 from .base import Exporter, Samples, Verification
 from .from_nir import nir_to_network
+from .nir_reading import INPUT_ENCODINGS, PRODUCERS, read_input
 from .reference import run_reference
 from .to_nir import model_to_nir
 
@@ -42,6 +43,8 @@ class ExportResult:
     out_dir: Path
     files: list[Path]
     verification: Verification | None
+    approximations: list[str] = field(default_factory=list)   # what --approximate changed
+    notes: list[str] = field(default_factory=list)            # how a foreign graph was read
 
 
 def make_exporter(target: str) -> Exporter:
@@ -71,6 +74,7 @@ class Source:
     dataset: str | None = None      # the dataset spec held-out samples are drawn from
     seed: int = 0                   # its split seed (the run's)
     data: DataSplit | None = None   # already loaded (``dataset=`` given, or an old checkpoint)
+    notes: list[str] = field(default_factory=list)   # how a foreign graph was read
 
     def held_out_data(self) -> DataSplit | None:
         """The dataset, loaded on first use; None when no dataset is known."""
@@ -79,19 +83,51 @@ class Source:
         return self.data
 
 
+def _reading_options(graph: nir.NIRGraph, producer: str | None, input_encoding: str | None) -> None:
+    """Record ``--producer`` / ``--input-encoding`` in the graph's metadata, where the reader
+    (``nir_reading``) and every target find them; a graph written by snn2hw says both itself."""
+    ours = str(graph.metadata.get("producer", "")).startswith("snn2hw")
+    if producer is not None:
+        if producer not in PRODUCERS:
+            raise ConfigError(f"unknown producer {producer!r}; choose one of {list(PRODUCERS)}")
+        if ours:
+            raise ConfigError(f"--producer {producer}: the graph was written by "
+                              f"{graph.metadata['producer']}, which says how to read it; drop --producer")
+        graph.metadata["producer"] = producer
+    if input_encoding is not None:
+        if input_encoding not in INPUT_ENCODINGS:
+            raise ConfigError(f"unknown input encoding {input_encoding!r}; choose one of {list(INPUT_ENCODINGS)}")
+        said = graph.metadata.get("input_encoding")
+        if ours and said != INPUT_ENCODINGS[input_encoding]:
+            raise ConfigError(f"--input-encoding {input_encoding}: the graph was written by snn2hw with "
+                              f"input encoding {said!r}; drop --input-encoding")
+        graph.metadata["input_encoding"] = INPUT_ENCODINGS[input_encoding]
+    found = read_input(graph).timesteps   # a time axis in the Input shape (events)
+    if found and not graph.metadata.get("timesteps"):
+        graph.metadata["timesteps"] = int(found)
+
+
 def _source(source: str | Path | SpikingNetwork | nir.NIRGraph, timesteps: int | None,
-            dataset: str | None = None) -> Source:
+            dataset: str | None = None, producer: str | None = None,
+            input_encoding: str | None = None) -> Source:
     """The graph to export, its float reference model and the dataset to check it on.
 
     Whether inputs are event frames and the analog input range that targets quantising the
     input need (Loihi's graded spikes; mnist1d spans about [-5.5, 4.5], not [0, 1]) come from
     the checkpoint's ``data`` record. The dataset is loaded here only when ``dataset`` is
-    given (its layout then wins) or the checkpoint predates that record.
+    given (its layout then wins) or the checkpoint predates that record. ``producer`` and
+    ``input_encoding`` say how to read a NIR graph written by another framework
+    (``nir_reading``); a checkpoint refuses them.
     """
     run: dict = {}
     layout: dict | None = None
     if isinstance(source, (str, Path)) and Path(source).suffix == ".nir":
         source = read_nir(source)
+    if (producer or input_encoding) and not isinstance(source, nir.NIRGraph):
+        raise ConfigError("--producer and --input-encoding say how to read a NIR graph written by "
+                          "another framework: use them with --from-nir")
+    if isinstance(source, nir.NIRGraph):
+        _reading_options(source, producer, input_encoding)
     if not isinstance(source, (nir.NIRGraph, SpikingNetwork)):
         source, ckpt = load_model(source)
         run = ckpt.get("run_config", {})
@@ -117,7 +153,7 @@ def _source(source: str | Path | SpikingNetwork | nir.NIRGraph, timesteps: int |
         graph.metadata.setdefault("input_range", [float(v) for v in value_range])
     # built now even without --check: it refuses a NIR graph we cannot run, naming the node
     reference = model if model is not None else nir_to_network(graph)
-    return Source(graph, reference, spec, seed, data)
+    return Source(graph, reference, spec, seed, data, list(getattr(reference, "notes", [])))
 
 
 def held_out_samples(data: DataSplit, n: int, timesteps: int) -> Samples:
@@ -128,7 +164,9 @@ def held_out_samples(data: DataSplit, n: int, timesteps: int) -> Samples:
 
 def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str,
                  out_dir: str | Path, check: bool = False, samples: int | Samples = DEFAULT_SAMPLES,
-                 dataset: str | None = None, timesteps: int | None = None) -> ExportResult:
+                 dataset: str | None = None, timesteps: int | None = None,
+                 producer: str | None = None, input_encoding: str | None = None,
+                 approximate: bool = False) -> ExportResult:
     """Export a checkpoint / run directory / model / NIR graph or ``.nir`` file to ``target``.
 
     Refusals (ExportError naming the layer, the reason and the fix) happen before
@@ -136,15 +174,24 @@ def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str
     test samples (or a given Samples) and compared with the float model; the result
     is written to ``out_dir/verification.json``. ``dataset`` overrides the checkpoint's
     (needed with a NIR source); ``timesteps`` overrides the graph's.
+
+    A foreign NIR graph is read as ``producer`` ("nir", "snntorch", "sinabs") meant it, with
+    inputs arriving as ``input_encoding`` ("direct" frames or "events"). A graph the target
+    cannot run exactly is refused with the reason; with ``approximate`` it is deployed with
+    the target's nearest semantics, the verification still compares with the graph's own
+    (so the agreement shows the loss) and ``approximations`` lists what changed.
     """
     exporter = make_exporter(target)
+    if hasattr(exporter, "approximate"):
+        exporter.approximate = bool(approximate)
     try:
-        src = _source(source, timesteps, dataset)
+        src = _source(source, timesteps, dataset, producer, input_encoding)
         plan = exporter.check(src.graph)
     except ExportError as exc:  # name the target once, whoever raised
         msg = str(exc)
         raise ExportError(msg if msg.startswith(f"{target}:") else f"{target}: {msg}") from None
 
+    approximations = list(getattr(plan, "approximations", None) or [])
     prepared: Samples | None = None
     if check:
         T = int(src.graph.metadata.get("timesteps", 0) or 0)
@@ -165,14 +212,15 @@ def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             verification = exporter.verify(plan, out, prepared)
+        verification.details["approximations"] = approximations
         payload: dict[str, Any] = asdict(verification)
         payload["files"] = [p.name for p in files]
         atomic_write_text(out / "verification.json", json.dumps(payload, indent=2) + "\n")
-    readme = exporter.readme(plan, files)
+    readme = exporter.readme(plan, files) + reading_markdown(src.notes, approximations)
     if verification is not None:
         readme += "\n" + verification_markdown(verification)
     atomic_write_text(out / "README.md", readme)
-    return ExportResult(target, out, files, verification)
+    return ExportResult(target, out, files, verification, approximations, src.notes)
 
 
 def verification_markdown(v: Verification) -> str:
@@ -184,3 +232,15 @@ def verification_markdown(v: Verification) -> str:
              "| neuron layer | spike agreement |", "|---|---|"]
     lines += [f"| {k} | {a:.6f} |" for k, a in v.spike_agreement.items()]
     return "\n".join(lines) + "\n"
+
+
+def reading_markdown(notes: list[str], approximations: list[str]) -> str:
+    """README lines on how a foreign graph was read and what ``--approximate`` changed."""
+    text = ""
+    if notes:
+        text += "\n## Reading of the source graph\n\n" + "".join(f"- {n}\n" for n in notes)
+    if approximations:
+        text += ("\n## Approximations (--approximate)\n\nThe target runs the nearest semantics it has; "
+                 "the verification compares with the graph's own, so its agreement is the loss.\n\n"
+                 + "".join(f"- {a}\n" for a in approximations))
+    return text

@@ -143,10 +143,11 @@ class LoihiExporter:
     description: ClassVar[str] = "Loihi 2 via lava-dl netx HDF5 (8-bit integer CUBA), checked in Lava's simulator"
     filename: ClassVar[str] = "loihi.net"
     grid: ClassVar[type | None] = LoihiGrid   # train --qat loihi
+    approximate: bool = False                 # --approximate: the nearest CUBA neuron (mapping.py)
 
     def check(self, graph: Any) -> LoihiNet:
         """The plan is the quantised integer network (``mapping.build_loihi_net``)."""
-        return build_loihi_net(graph)
+        return build_loihi_net(graph, approximate=self.approximate)
 
     def write(self, plan: LoihiNet, out_dir: Path) -> list[Path]:
         return [write_netx(plan, Path(out_dir) / self.filename)]
