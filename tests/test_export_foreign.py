@@ -362,7 +362,12 @@ def test_multispike_is_refused_on_speck_unless_approximate():
     graph.metadata["producer"] = "sinabs"
     with pytest.raises(ExportError, match=r"speck: layer 1: several spikes per step.*--approximate"):
         build_plan(graph)
-    assert len(build_plan(graph, approximate=True).approximations) == 2
+    plan = build_plan(graph, approximate=True)
+    assert len(plan.approximations) == 2
+    assert [lay.v_min for lay in plan.layers] == [-1.0, -1.0] and all(lay.spike_geq for lay in plan.layers)
+    from snn2hw.export.speck import chip_config
+    cores = chip_config(plan, 1.0)["cores"]   # sinabs' IF clip at -V_th is the chip's threshold_low
+    assert [c["threshold_low"] for c in cores] == [-c["threshold_high"] for c in cores]
 
 
 # ---- --approximate -------------------------------------------------------------------------------
