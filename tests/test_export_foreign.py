@@ -91,6 +91,37 @@ def test_snntorch_leaky_beta1_reads_with_snntorchs_spike_count():
     assert net.config.input_shape == (8,)
 
 
+def test_snntorch_file_with_v_reset_reads_with_snntorchs_spikes(tmp_path):
+    """snnTorch 1.0 writes ``v_reset`` (newer NIR), which nir 1.0.4's reader rejects; the file
+    is read anyway and ``v_reset`` means a reset to that value, without --producer."""
+    snn = pytest.importorskip("snntorch")
+    import h5py
+    graph, (w1, b1, w2) = _snntorch_beta1_graph()
+    path = tmp_path / "snntorch.nir"
+    nir.write(path, graph)
+    with h5py.File(path, "a") as f:   # the file as snnTorch 1.0 + nir 1.0.8 lays it out
+        for name, n in (("1", 6), ("3", 3)):
+            f["node/nodes"][name].create_dataset("v_reset", data=np.zeros(n))
+    with pytest.raises(TypeError, match="v_reset"):
+        nir.read(path)
+    from snn2hw.export.api import read_nir
+    back = read_nir(path)
+    assert np.array_equal(back.nodes["1"].v_reset, np.zeros(6))
+    x = torch.rand(16, 8, generator=torch.Generator().manual_seed(2)) * 2
+    with pytest.warns(UserWarning, match="no metadata 'dt'"):
+        ours, _ = node_spikes(nir_to_network(back, timesteps=12), x)
+    lin1 = nn.Linear(8, 6)
+    with torch.no_grad():
+        lin1.weight.copy_(torch.tensor(w1)), lin1.bias.copy_(torch.tensor(b1))
+    leaky = snn.Leaky(beta=1.0, reset_mechanism="zero")
+    mem, spikes = leaky.init_leaky(), []
+    with torch.no_grad():
+        for _ in range(12):
+            s, mem = leaky(lin1(x), mem)
+            spikes.append(s)
+    assert torch.equal(ours["1"], torch.stack(spikes)) and ours["1"].sum() > 50
+
+
 def test_snntorch_leaky_beta1_on_loihi_gives_register_integers():
     full, _ = _snntorch_beta1_graph()   # Loihi runs a readout Affine on the host: end with one
     graph = _graph({k: full.nodes[k] for k in ("input", "0", "1", "2")}

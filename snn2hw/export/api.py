@@ -60,8 +60,32 @@ def read_nir(path: str | Path) -> nir.NIRGraph:
         raise ExportError(f"{path}: no such NIR file")
     try:
         return nir.read(path)
+    except TypeError as exc:
+        if "v_reset" not in str(exc):
+            raise ExportError(f"{path}: not a readable NIR file (TypeError: {exc})") from None
     except Exception as exc:  # h5py and nir raise many kinds; the user needs the file name
         raise ExportError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from None
+    try:
+        return _read_with_v_reset(path)
+    except Exception as exc:
+        raise ExportError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from None
+
+
+def _read_with_v_reset(path: Path) -> nir.NIRGraph:
+    """nir 1.0.4 rejects the ``v_reset`` field newer NIR writes (snnTorch 1.0 does): read it
+    aside and keep it as the node attribute ``nir_reading`` honours (a reset to v_reset)."""
+    import h5py
+    import numpy as np
+    from nir.serialization import hdf2dict
+
+    with h5py.File(path, "r") as f:
+        data = hdf2dict(f["node"])
+    resets = {name: node.pop("v_reset") for name, node in data.get("nodes", {}).items()
+              if isinstance(node, dict) and "v_reset" in node}
+    graph = nir.dict2NIRNode(data)
+    for name, value in resets.items():
+        graph.nodes[name].v_reset = np.asarray(value, dtype=np.float64)
+    return graph
 
 
 @dataclass
