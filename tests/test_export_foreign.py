@@ -26,7 +26,6 @@ from snn2hw.export.base import Samples
 from snn2hw.export.from_nir import nir_to_network, node_spikes
 from snn2hw.export.loihi import emulator as emu
 from snn2hw.export.loihi.mapping import build_loihi_net
-from snn2hw.export.speck import SpeckExporter
 from snn2hw.export.speck.constraints import build_plan
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model
@@ -45,25 +44,28 @@ def _mlp(w1, b1, neuron1, w2, neuron2, input_shape, metadata=None) -> nir.NIRGra
                    "output": nir.Output(output_type={"output": np.array([w2.shape[0]])})}, metadata)
 
 
-def _leaky_beta1(n: int) -> nir.LIF:
-    """What snnTorch 1.0.0's exporter writes for Leaky(beta=1): tau = dt/(1-beta), r = tau/dt."""
-    inf = np.full(n, np.inf)
-    return nir.LIF(tau=inf, r=inf, v_leak=np.zeros(n), v_threshold=np.ones(n))
+def _leaky(n: int, beta: float = 1.0) -> nir.LIF:
+    """What snnTorch 1.0.0's exporter writes for Leaky(beta): tau = dt/(1-beta), r = tau/dt
+    (beta = 1: tau = r = inf)."""
+    with np.errstate(divide="ignore"):
+        tau = np.full(n, 1e-4 / (1 - beta) if beta < 1 else np.inf)
+    return nir.LIF(tau=tau, r=tau / 1e-4, v_leak=np.zeros(n), v_threshold=np.ones(n))
 
 
 # ---- snnTorch ----------------------------------------------------------------------------
 
-def _snntorch_beta1_graph(seed=0, n=8, h=6, k=3):
+def _snntorch_beta1_graph(seed=0, n=8, h=6, k=3, beta=1.0):
     rng = np.random.default_rng(seed)
     w1, b1 = rng.normal(size=(h, n)).astype(np.float32), (0.1 * rng.normal(size=h)).astype(np.float32)
     w2 = rng.normal(size=(k, h)).astype(np.float32)
     # snnTorch writes the sample's shape with its batch axis: (1, n)
-    return _mlp(w1, b1, _leaky_beta1(h), w2, _leaky_beta1(k), (1, n)), (w1, b1, w2)
+    return _mlp(w1, b1, _leaky(h, beta), w2, _leaky(k, beta), (1, n)), (w1, b1, w2)
 
 
-def test_snntorch_leaky_beta1_reads_with_snntorchs_spike_count():
+@pytest.mark.parametrize("beta", [1.0, 0.9])
+def test_snntorch_leaky_reads_with_snntorchs_spike_count(beta):
     snn = pytest.importorskip("snntorch")
-    graph, (w1, b1, w2) = _snntorch_beta1_graph()
+    graph, (w1, b1, w2) = _snntorch_beta1_graph(beta=beta)
     with pytest.warns(UserWarning, match="no metadata 'dt'"):
         net = nir_to_network(graph, timesteps=20)
     T, B = 20, 16
@@ -73,7 +75,7 @@ def test_snntorch_leaky_beta1_reads_with_snntorchs_spike_count():
     lin1, lin2 = nn.Linear(8, 6), nn.Linear(6, 3, bias=False)
     with torch.no_grad():
         lin1.weight.copy_(torch.tensor(w1)), lin1.bias.copy_(torch.tensor(b1)), lin2.weight.copy_(torch.tensor(w2))
-    l1, l2 = snn.Leaky(beta=1.0, reset_mechanism="zero"), snn.Leaky(beta=1.0, reset_mechanism="zero")
+    l1, l2 = snn.Leaky(beta=beta, reset_mechanism="zero"), snn.Leaky(beta=beta, reset_mechanism="zero")
     m1, m2, s1s, s2s = l1.init_leaky(), l2.init_leaky(), [], []
     with torch.no_grad():
         for _ in range(T):
@@ -87,7 +89,8 @@ def test_snntorch_leaky_beta1_reads_with_snntorchs_spike_count():
     ours, _ = node_spikes(nir_to_network(graph, timesteps=T), x)
     assert int(theirs[0].sum()) > 100 and int(theirs[1].sum()) > 20
     assert torch.equal(ours["1"], theirs[0]) and torch.equal(ours["3"], theirs[1])
-    assert any("tau = r = inf" in n for n in net.notes) and any("batch axis" in n for n in net.notes)
+    assert any("tau = r = inf" in n for n in net.notes) == (beta == 1.0)
+    assert any("batch axis" in n for n in net.notes)
     assert net.config.input_shape == (8,)
 
 
@@ -156,6 +159,7 @@ W1, W2 = np.ones((4, 3), np.float32), np.ones((2, 4), np.float32)
     (lambda: _mlp(W1, np.zeros(4), _lif(4), W2, _lif(2), (5, 3)), r"NIR node 'input'.*leading dim 5.*--input-encoding events"),
 ])
 @pytest.mark.parametrize("target", ["nir", "loihi", "speck"])
+@pytest.mark.filterwarnings("ignore:NIR graph has no metadata 'dt'")
 def test_values_without_meaning_are_refused_naming_the_node(graph, message, target, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(ExportError, match=message):
@@ -299,6 +303,18 @@ def test_sinabs_iaf_net_equals_sinabs_spike_for_spike(producer):
     assert producer or any("read as a sinabs graph" in n for n in ours.notes)
 
 
+def test_sinabs_detection_is_conservative():
+    from snn2hw.export.nir_reading import detect_producer
+    graph = _sinabs_iaf_graph(4, 2)
+    assert detect_producer(graph) == "sinabs"
+    renamed = nir.NIRGraph(nodes={("fc" + k if k[0].isdigit() else k): n for k, n in graph.nodes.items()},
+                           edges=[tuple(("fc" + x if x[0].isdigit() else x) for x in e) for e in graph.edges])
+    assert detect_producer(renamed) == "nir"
+    said = nir.NIRGraph(nodes=graph.nodes, edges=graph.edges, metadata={"dt": 1.0})
+    assert detect_producer(said) == "nir"
+    assert detect_producer(_tie_graph(">")) == "nir"
+
+
 def test_sinabs_lif_tau_in_steps():
     """sinabs' LIF: tau in steps (lam = exp(-1/tau) in float32), r written 1 and ignored."""
     sl = _sinabs_layers()
@@ -350,6 +366,11 @@ def test_spike_geq_is_the_hand_computed_step():
     assert hard.flatten().tolist() == [1.0, 0.0, 0.0]
     _, u_all = lif_sequence(torch.tensor([[1.5], [0.0]]), LIFParams(0.5, 1.0, "hard", v_reset=0.8), record_membrane=True)
     assert u_all.flatten().tolist() == pytest.approx([1.5, 0.4])   # 0.5 * v_reset
+    # the clip as sinabs computes it, relu(v - m) + m, which rounds v (max(v, m) would not)
+    _, u_all = lif_sequence(torch.tensor([[0.1], [0.0]]), LIFParams(1.0, 1.0, "soft", v_min=-1.0),
+                            record_membrane=True)
+    sinabs_clip = torch.relu(torch.tensor(0.1) + 1.0) - 1.0
+    assert u_all[1, 0] == sinabs_clip and sinabs_clip != torch.tensor(0.1)
 
 
 def test_spike_geq_on_loihi_emulator_equals_the_graph():

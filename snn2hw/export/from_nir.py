@@ -22,7 +22,6 @@ exact Heaviside step. The readout is the mean over T of the last node's output.
 
 from __future__ import annotations
 
-import re
 import warnings
 from typing import Any, Callable
 

@@ -63,11 +63,17 @@ def producer_of(graph: nir.NIRGraph) -> str:
 
 
 def detect_producer(graph: nir.NIRGraph) -> str:
-    """'sinabs' for a graph without metadata on its neurons whose neurons are laid out as sinabs writes
-    them (at least one IF, which snnTorch never writes; every r == 1, v_leak == 0 and
-    tau >= 1, a time constant in steps); else 'nir'. Conservative: --producer wins."""
+    """'sinabs' for a graph without reading metadata laid out as sinabs writes it (nodes
+    named 'input', 'output' and by torch module path '0', '1.2'; at least one IF, which
+    snnTorch never writes; every r == 1, v_leak == 0 and tau >= 1, a time constant in
+    steps); else 'nir'. Conservative: --producer wins."""
     if any(k in (graph.metadata or {}) for k in ("producer", "dt", "reset", "spike", "lam")):
         return "nir"   # the writer said how to read it
+    for name, node in graph.nodes.items():   # sinabs names nodes by torch module path
+        io_name = {nir.Input: "input", nir.Output: "output"}.get(type(node))
+        sinabs_name = name == io_name if io_name else re.fullmatch(r"\d+(\.\w+)*", name) is not None
+        if not sinabs_name:
+            return "nir"
     neurons = [n for n in graph.nodes.values() if isinstance(n, (nir.IF, nir.LIF))]
     if not any(isinstance(n, nir.IF) for n in neurons) or not all(isinstance(n, (nir.IF, nir.LIF)) for n in neurons):
         return "nir"
