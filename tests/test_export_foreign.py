@@ -157,6 +157,8 @@ W1, W2 = np.ones((4, 3), np.float32), np.ones((2, 4), np.float32)
     (lambda: _mlp(W1 * np.nan, np.zeros(4), _lif(4), W2, _lif(2), (3,)), r"NIR node '0' \(Affine\): weight = nan"),
     (lambda: _mlp(W1, np.full(4, np.inf), _lif(4), W2, _lif(2), (3,)), r"NIR node '0' \(Affine\): bias = inf"),
     (lambda: _mlp(W1, np.zeros(4), _lif(4), W2, _lif(2), (5, 3)), r"NIR node 'input'.*leading dim 5.*--input-encoding events"),
+    (lambda: _mlp(W1, np.zeros(4), nir.IF(r=np.ones(4), v_threshold=np.ones(4), metadata={"lam": float("nan")}),
+                  W2, _lif(2), (3,)), r"NIR node '1' \(IF\): node metadata lam = nan"),
 ])
 @pytest.mark.parametrize("target", ["nir", "loihi", "speck"])
 @pytest.mark.filterwarnings("ignore:NIR graph has no metadata 'dt'")

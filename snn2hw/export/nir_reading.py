@@ -180,9 +180,9 @@ def read_neuron(name: str, node: Any, graph_meta: dict[str, Any], producer: str)
     if np.any(v_th_a <= 0):
         raise ExportError(f"{where(name)} ({kind}): v_threshold = {v_th_a.min():g} <= 0 fires on no "
                           "input at all; give a threshold > 0")
-    if np.any(lam_a < 0) or np.any(lam_a > 1):
-        raise ExportError(f"{where(name)} ({kind}): leak per step lam = {lam_a.ravel()[0]:g} is outside "
-                          "[0, 1] (tau < dt); give the graph metadata {'dt': ...} in the writer's unit")
+    if not np.all((lam_a >= 0) & (lam_a <= 1)):   # NaN included; tau < dt was refused before
+        raise ExportError(f"{where(name)} ({kind}): node metadata lam = {lam_a.ravel()[0]:g} is not a "
+                          "leak per step in [0, 1]; fix the metadata 'lam'")
     for attr, a in (("input gain", gain), ("v_leak drive", drive)):
         _refuse_nonfinite(name, kind, attr, a, "give finite r and v_leak")
     rule = str(local.get("spike", graph_meta.get("spike", spike_default)))
