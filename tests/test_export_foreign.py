@@ -194,6 +194,13 @@ def test_cli_refusal_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_rebuilt_foreign_network_is_not_rewritten_without_its_neuron(tmp_path):
+    graph = _sinabs_iaf_graph(4, 2)
+    with pytest.raises(ExportError, match=r"^nir: layers.1: a neuron read from a foreign graph"):
+        export_model(nir_to_network(graph, timesteps=2), "nir", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_reading_options_cannot_contradict_an_snn2hw_graph():
     graph = model_to_nir(build_model(ModelConfig(arch="mlp", input_shape=(4,), hidden=(3,), num_classes=2)))
     with pytest.raises(ConfigError, match="drop --producer"):

@@ -22,6 +22,7 @@ from typing import Any
 import nir
 import torch
 
+from ..core.layers import LIF
 from ..data.datasets import DataSplit, load_dataset, to_time_major
 from ..errors import ConfigError, ExportError
 from ..models.network import SpikingNetwork
@@ -172,6 +173,11 @@ def _source(source: str | Path | SpikingNetwork | nir.NIRGraph, timesteps: int |
         model = source
         if timesteps:
             model.config.timesteps = int(timesteps)
+        foreign = [n for n, m in model.named_modules() if isinstance(m, LIF) and not m.params.native]
+        if foreign:   # the writer has no field for them: the graph it wrote would run another neuron
+            raise ExportError(f"{foreign[0]}: a neuron read from a foreign graph (>=, MultiSpike, v_reset "
+                              "or a clip), which model_to_nir cannot write; export that graph itself "
+                              "with --from-nir")
         graph = model_to_nir(model, temporal=bool(layout.get("temporal")))
     if value_range and graph.metadata.get("input_encoding", "direct") == "direct":
         graph.metadata.setdefault("input_range", [float(v) for v in value_range])
