@@ -25,6 +25,7 @@ import argparse
 from ..errors import ConfigError, VerificationError
 from ..export import EXPORTERS
 from ..export.api import DEFAULT_SAMPLES, ExportResult, export_model, read_nir
+from ..export.nir_reading import INPUT_ENCODINGS, PRODUCERS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +48,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-emulator", action="store_true",
                    help="let --check pass on a stand-in when the target's runtime is missing "
                         "(Loihi without .venv-loihi: our emulator; Lava not run)")
+    p.add_argument("--producer", choices=PRODUCERS,
+                   help="with --from-nir: read the graph as this framework meant it (tau, reset, spike "
+                        "rule; docs/export.md 'Foreign graphs'); default: the graph's metadata, else NIR's "
+                        "equations (sinabs' layout is recognised)")
+    p.add_argument("--input-encoding", choices=sorted(INPUT_ENCODINGS),
+                   help="with --from-nir, for graphs without snn2hw metadata: direct (the same frame at "
+                        "every step) or events (a (T, B, ...) stream)")
+    p.add_argument("--approximate", action="store_true",
+                   help="deploy a graph the target cannot run exactly with the target's nearest semantics "
+                        "(listed as 'approximations'); --check then measures the loss")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         result = export_model(read_nir(args.from_nir) if args.from_nir else args.checkpoint, args.target,
                               args.out, check=args.check, samples=args.samples, dataset=args.dataset,
                               timesteps=args.timesteps, min_agreement=args.min_agreement,
-                              allow_emulator=args.allow_emulator)
+                              allow_emulator=args.allow_emulator, producer=args.producer,
+                              input_encoding=args.input_encoding, approximate=args.approximate)
     except VerificationError as exc:   # written: say what, then main exits with 3
         if exc.result is not None:
             _summary(exc.result)
@@ -67,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _summary(result: ExportResult) -> None:
     print(f"{result.target}: wrote " + ", ".join(str(f) for f in result.files))
+    for n in result.notes:
+        print(f"note: {n}")
+    for a in result.approximations:
+        print(f"approximated: {a}")
     v = result.verification
     if v is not None:
         worst = min(v.spike_agreement.values()) if v.spike_agreement else float("nan")

@@ -44,12 +44,17 @@ class LIF(nn.Module):
         self.kind = kind
         self.register_buffer("shape_param", torch.tensor(default_param(self.surrogate)))
         self.spike_strategy = None
+        # neurons read from other frameworks (core.neuron.LIFParams); the defaults are ours
+        self.v_reset: float | Tensor = 0.0
+        self.spike_geq = self.multi_spike = False
+        self.v_min: float | Tensor | None = None
         self.record_membrane = False
         self.last_membrane: Tensor | None = None
 
     @property
     def params(self) -> LIFParams:
-        return LIFParams(self.lam, self.v_th, self.reset)
+        return LIFParams(self.lam, self.v_th, self.reset, self.v_reset, self.spike_geq,
+                         self.multi_spike, self.v_min)
 
     def surrogate_spike(self, x: Tensor) -> Tensor:
         return spike(x, self.surrogate, self.shape_param)
@@ -71,7 +76,7 @@ class LIF(nn.Module):
         """Arguments of ``fused_lif`` (same numbers as lif_sequence), or None where it
         does not apply: per-neuron constants, a strategy that offers no fused
         interface (``fused.FusedStrategy``)."""
-        if not self.use_fused:
+        if not self.use_fused or not self.params.native:
             return None
         if not (isinstance(self.lam, float) and isinstance(self.v_th, float)):
             return None
@@ -84,9 +89,13 @@ class LIF(nn.Module):
                 strategy.fused_value)
 
     def extra_repr(self) -> str:
+        p = self.params
+        foreign = "" if p.native else (f", v_reset={p.v_reset}, spike_geq={p.spike_geq}, "
+                                       f"multi_spike={p.multi_spike}, v_min={p.v_min}")
         return (
             f"lam={self.lam}, v_th={self.v_th}, reset={self.reset}, "
             f"surrogate={self.surrogate.name}({float(self.shape_param):.4g}), kind={self.kind}"
+            + foreign
         )
 
 

@@ -9,6 +9,16 @@ Per step, with synaptic current ``c[t]`` (methods.md):
 
 ``lam = 1`` is IAF. ``u[0] = 0``. The spike function maps ``x = u - V_th`` to
 ``s``; the default is the exact step, training passes a surrogate spike.
+
+Neurons read from other frameworks' graphs (``export.from_nir``) may differ in four
+ways, each an option of ``LIFParams`` whose default is the neuron above:
+
+    v_reset      hard reset sets u to v_reset, not 0:  u[t] = lam * (u[t-1] (1 - f) + v_reset f) + c[t]
+    spike_geq    fire on u >= V_th (sinabs, Speck) instead of u > V_th
+    multi_spike  s = floor(u / V_th) where u > 0 (sinabs' MultiSpike: several spikes per
+                 step, soft reset removes s V_th); f = [s > 0] in the hard reset
+    v_min        after the reset, u is clipped from below: relu(u - v_min) + v_min,
+                 written as sinabs computes it (min_v_mem) so that its graphs read bit for bit
 """
 
 from __future__ import annotations
@@ -36,6 +46,17 @@ class LIFParams(NamedTuple):
     lam: float | Tensor = 0.5
     v_th: float | Tensor = 1.0
     reset: str = "hard"
+    v_reset: float | Tensor = 0.0          # hard reset value (NIR v_reset)
+    spike_geq: bool = False                # fire on u >= V_th instead of u > V_th
+    multi_spike: bool = False              # s = floor(u / V_th) spikes per step where u > 0
+    v_min: float | Tensor | None = None    # clip after the reset (sinabs min_v_mem)
+
+    @property
+    def native(self) -> bool:
+        """True for snn2hw's own neuron (the module docstring's first equations): the
+        options at their defaults, so the fused kernel and every target apply."""
+        return (not self.spike_geq and not self.multi_spike and self.v_min is None
+                and isinstance(self.v_reset, (int, float)) and self.v_reset == 0)
 
 
 class LIFState(NamedTuple):
@@ -52,14 +73,34 @@ def lif_step(
     c: Tensor, state: LIFState, p: LIFParams, spike_fn: SpikeFn = heaviside
 ) -> tuple[Tensor, LIFState]:
     """One LIF update; returns the spikes and the new state."""
-    if p.reset == "hard":
-        u = p.lam * state.u * (1.0 - state.s) + c
-    elif p.reset == "soft":
-        u = p.lam * (state.u - p.v_th * state.s) + c
-    else:
+    if p.reset not in RESETS:
         raise ValueError(f"reset must be one of {RESETS}, got {p.reset!r}")
-    s = spike_fn(u - p.v_th)
+    if not p.native:
+        u = p.lam * _carried(state, p) + c
+    elif p.reset == "hard":
+        u = p.lam * state.u * (1.0 - state.s) + c
+    else:
+        u = p.lam * (state.u - p.v_th * state.s) + c
+    x = u - p.v_th
+    if p.multi_spike:  # sinabs' MultiSpike, its exact expression (no surrogate gradient)
+        s = (u > 0) * torch.div(u, p.v_th, rounding_mode="trunc")
+    else:
+        s = spike_fn(x)
+        if p.spike_geq:  # x == 0 exactly when u == V_th: the tie the strict step leaves out
+            s = torch.where(x == 0, torch.ones_like(s), s)
     return s, LIFState(u, s)
+
+
+def _carried(state: LIFState, p: LIFParams) -> Tensor:
+    """The membrane after the reset of the last step, before the leak (module docstring)."""
+    if p.reset == "soft":
+        kept = state.u - p.v_th * state.s
+    else:
+        fired = (state.s > 0).to(state.s.dtype) if p.multi_spike else state.s
+        kept = state.u * (1.0 - fired) + p.v_reset * fired
+    if p.v_min is not None:
+        kept = torch.relu(kept - p.v_min) + p.v_min
+    return kept
 
 
 def lif_sequence(

@@ -9,6 +9,9 @@ and feed-forward graphs written by other frameworks with NIR 1.0.4 semantics:
 * ``IF``: per step ``v <- v + r I`` (how NIR consumers read it; no dt).
 * spike ``v > v_threshold``; reset by subtraction unless the metadata says
   ``reset: zero``. dt comes from the metadata, else 1e-4 with a warning.
+* Graphs of other producers (snnTorch, sinabs; ``--producer``) are read as they meant
+  them, every parameter checked, and a batch (or, for events, time) axis in the Input
+  shape is dropped: ``nir_reading`` says how, for this module and every target.
 * Affine, Linear, Scale, Conv1d, Conv2d, SumPool2d, AvgPool2d, Flatten (batch
   excluded from start_dim/end_dim), Input, Output; chains, and residual blocks (two
   chains from one node summed by a neuron node) as ``core.layers.ResidualBlock``.
@@ -19,7 +22,6 @@ exact Heaviside step. The readout is the mean over T of the last node's output.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
 
 import nir
@@ -34,7 +36,7 @@ from ..core.surrogate import heaviside
 from ..errors import ExportError, notice
 from ..models.config import ModelConfig
 from ..models.network import SpikingNetwork, record_spikes
-from .to_nir import DT
+from .nir_reading import check_weights, producer_of, read_input, read_neuron, where
 
 
 class Gain(nn.Module):
@@ -67,10 +69,11 @@ class NIRNetwork(SpikingNetwork):
     neuron layers to the NIR node names, ``metadata`` is the graph's."""
 
     def __init__(self, config: ModelConfig, layers: list[nn.Module], node_names: dict[str, str],
-                 metadata: dict[str, Any]) -> None:
+                 metadata: dict[str, Any], notes: list[str] | None = None) -> None:
         super().__init__(config, layers)
         self.node_names = node_names
         self.metadata = metadata
+        self.notes = list(notes or [])   # how the graph was read (nir_reading), for the user
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -85,19 +88,14 @@ def _padding(v: Any, dims: int) -> Any:
     return a[0] if dims == 1 else (_pair(a))
 
 
-def _scalar_or_tensor(a: np.ndarray) -> float | Tensor:
-    a = np.asarray(a, dtype=np.float64)
-    if a.size and np.all(a == a.flat[0]):
-        return float(a.flat[0])
-    return torch.as_tensor(a, dtype=torch.float32)
-
-
 class _Ctx:
-    def __init__(self, dt: float, reset: str) -> None:
-        self.dt, self.reset = dt, reset
+    def __init__(self, meta: dict[str, Any], producer: str) -> None:
+        self.meta, self.producer = meta, producer
+        self.notes: list[str] = []
 
 
 def _affine(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
+    check_weights(name, node)
     w = np.asarray(node.weight, dtype=np.float32)
     bias = getattr(node, "bias", None)
     lin = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
@@ -109,6 +107,7 @@ def _affine(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
 
 
 def _conv(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
+    check_weights(name, node)
     w = np.asarray(node.weight, dtype=np.float32)
     dims = w.ndim - 2
     cls = nn.Conv1d if dims == 1 else nn.Conv2d
@@ -137,33 +136,22 @@ def _flatten(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
 
 
 def _scale(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
+    check_weights(name, node)
     return [Gain(node.scale, np.zeros_like(np.asarray(node.scale)))]
 
 
 def _neuron(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
-    meta = dict(getattr(node, "metadata", {}) or {})
-    reset = RESET_FROM_NIR.get(str(meta.get("reset", "")), ctx.reset)
-    v_th = _scalar_or_tensor(node.v_threshold)
+    """A Gain (when the input gain is not 1 or v_leak drives) and the LIF of ``nir_reading``."""
+    rd = read_neuron(name, node, ctx.meta, ctx.producer)
+    ctx.notes += rd.notes
     layers: list[nn.Module] = []
-    if "lam" in meta:  # written by snn2hw: the exact floats, input gain 1
-        lam: float | Tensor = float(meta["lam"])
-        v_th = float(meta.get("v_th", v_th))
-    elif isinstance(node, nir.IF):
-        lam, g, b = 1.0, np.asarray(node.r, dtype=np.float64), 0.0
-    else:
-        tau = np.asarray(node.tau, dtype=np.float64)
-        if np.any(tau < ctx.dt):
-            raise ExportError(f"{where(name)} (LIF): tau {tau.min():g} < dt {ctx.dt:g}, so the Euler "
-                              "step is unstable; give the graph metadata {'dt': ...} in the writer's unit")
-        lam = _scalar_or_tensor(1.0 - ctx.dt / tau)
-        g = ctx.dt * np.asarray(node.r, dtype=np.float64) / tau
-        b = ctx.dt / tau * np.asarray(node.v_leak, dtype=np.float64)
-    if "lam" not in meta and not (np.allclose(g, 1.0, rtol=1e-6, atol=0) and np.all(np.asarray(b) == 0)):
+    if not rd.unit_input:
         shape = np.asarray(node.v_threshold).shape
-        layers.append(Gain(np.broadcast_to(g, shape).copy(), np.broadcast_to(b, shape).copy()))
-    lif = LIF(1.0, 1.0, reset)
-    lif.lam, lif.v_th = lam, v_th  # floats or per-neuron tensors (LIFParams broadcasts)
-    lif.spike_strategy = heaviside  # surrogate-free: the exact strict step
+        layers.append(Gain(np.broadcast_to(rd.gain, shape).copy(), np.broadcast_to(rd.drive, shape).copy()))
+    lif = LIF(1.0, 1.0, rd.reset)
+    lif.lam, lif.v_th = rd.lam, rd.v_th  # floats or per-neuron tensors (LIFParams broadcasts)
+    lif.v_reset, lif.spike_geq, lif.multi_spike, lif.v_min = rd.v_reset, rd.spike_geq, rd.multi_spike, rd.v_min
+    lif.spike_strategy = heaviside  # surrogate-free: the exact step
     return layers + [lif]
 
 
@@ -186,12 +174,6 @@ CONVERTERS: dict[type, Callable[[Any, str, _Ctx], list[nn.Module]]] = {
     nir.LIF: _neuron,
     nir.IF: _neuron,
 }
-
-
-def where(name: str) -> str:
-    """'layer 3 (NIR node 'layers.3.out')' for our node names, else the node name."""
-    m = re.match(r"layers\.(\d+)", name)
-    return f"layer {m.group(1)} (NIR node {name!r})" if m else f"NIR node {name!r}"
 
 
 def chain_order(graph: nir.NIRGraph, why: str = "this target runs feed-forward chains only",
@@ -301,18 +283,20 @@ def nir_to_network(graph: nir.NIRGraph, timesteps: int | None = None) -> NIRNetw
     ``timesteps`` overrides the metadata's; one of them must exist.
     """
     md = dict(graph.metadata or {})
-    if "dt" in md:
-        dt = float(md["dt"])
-    else:
-        dt = DT
+    producer = producer_of(graph)
+    if "dt" not in md and producer == "nir" and any(isinstance(n, nir.LIF) for n in graph.nodes.values()):
         notice("NIR graph has no metadata 'dt'; assuming dt = 1e-4 s (snnTorch's convention)")
-    reset = RESET_FROM_NIR.get(str(md.get("reset", "subtract")), None)
-    if reset is None:
+    if RESET_FROM_NIR.get(str(md.get("reset", "subtract"))) is None:
         raise ExportError(f"NIR metadata reset={md.get('reset')!r}; expected 'zero' or 'subtract'")
-    T = int(timesteps or md.get("timesteps", 0) or 0)
+    source_input = read_input(graph)
+    T = int(timesteps or md.get("timesteps", 0) or source_input.timesteps or 0)
     if T < 1:
         raise ExportError("the NIR graph's metadata gives no 'timesteps': pass --timesteps N")
-    ctx = _Ctx(dt, reset)
+    ctx = _Ctx(md, producer)
+    ctx.notes += source_input.notes
+    if producer == "sinabs" and "producer" not in md:
+        ctx.notes.append("read as a sinabs graph (its layout: IF nodes with r = 1, no metadata): tau in "
+                         "steps, MultiSpike, IF clipped at -v_threshold; --producer nir reads it by NIR's equations")
     steps = graph_plan(graph)
     layers: list[nn.Module] = []
     by_id: dict[int, str] = {}
@@ -331,7 +315,7 @@ def nir_to_network(graph: nir.NIRGraph, timesteps: int | None = None) -> NIRNetw
         layers.append(ResidualBlock(body, shortcut, out[0]))
     container = nn.ModuleList(layers)
     node_names = {f"layers.{path}": by_id[id(m)] for path, m in container.named_modules() if id(m) in by_id}
-    input_shape = tuple(int(v) for v in np.asarray(graph.nodes[steps[0]].input_type["input"]).reshape(-1))
+    input_shape = source_input.shape
     with torch.no_grad():
         probe = torch.zeros(1, 1, *input_shape)
         for m in layers:
@@ -344,7 +328,7 @@ def nir_to_network(graph: nir.NIRGraph, timesteps: int | None = None) -> NIRNetw
         lam=float(first.lam) if first is not None and isinstance(first.lam, float) and 0 < first.lam <= 1 else 1.0,
         v_th=float(first.v_th) if first is not None and isinstance(first.v_th, float) else 1.0,
         reset=first.reset if first is not None else "hard", tdbn=False)
-    net = NIRNetwork(cfg, layers, node_names, md)
+    net = NIRNetwork(cfg, layers, node_names, md, ctx.notes)
     net.eval()
     return net
 

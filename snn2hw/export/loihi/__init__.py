@@ -151,10 +151,11 @@ class LoihiExporter:
     # float model vs the chip's integers (Lava vs our emulator must agree exactly, always);
     # measured in docs/export.md "The gate"
     min_agreement: ClassVar[MinAgreement] = MinAgreement(classes=0.9, spikes=0.85)
+    approximate: bool = False                 # --approximate: the nearest CUBA neuron (mapping.py)
 
     def check(self, graph: Any) -> LoihiNet:
         """The plan is the quantised integer network (``mapping.build_loihi_net``)."""
-        return build_loihi_net(graph)
+        return build_loihi_net(graph, approximate=self.approximate)
 
     def write(self, plan: LoihiNet, out_dir: Path) -> list[Path]:
         return [write_netx(plan, Path(out_dir) / self.filename)]

@@ -30,7 +30,11 @@ exact when the pooled sizes divide by k; otherwise it is refused.
 Refused (ExportError before anything is written): branches (residual
 blocks), soft reset, max pooling, pooling of currents, fan-in whose worst-case
 synaptic sum reaches 2^17 (u would wrap at 24 bits), and node kinds netx
-cannot run.
+cannot run. Neurons are read by ``nir_reading`` (the producer's meaning, every
+parameter finite); what a CUBA neuron cannot do (reset by subtraction, a
+reset value other than 0, several spikes per step, a membrane clip) is refused,
+or with ``approximate`` replaced by the nearest CUBA neuron (reset to 0, one
+spike, no clip) and listed in ``LoihiNet.approximations``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import numpy as np
 
 from ...errors import ExportError
 from ..from_nir import _pair, chain_order
-from ..to_nir import DT
+from ..nir_reading import check_weights, producer_of, read_input, read_neuron
 from .emulator import DECAY_UNIT, IntLayer
 
 WEIGHT_MAX = 254          # even 8-bit weights in [-256, 254]
@@ -73,6 +77,9 @@ def loihi_grid(w: np.ndarray, b: np.ndarray | None, v_th: float, input_unit: flo
     """
     w = np.asarray(w, np.float64)
     b = np.zeros(w.shape[0]) if b is None else np.asarray(b, np.float64)
+    if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b)) and np.isfinite(v_th)):
+        raise ValueError("weights, biases and the threshold must be finite numbers (the integer "
+                         "registers have no NaN or inf)")
     if v_th <= 0:
         raise ValueError(f"threshold must be > 0, got {v_th}")
     wmax = float(np.abs(w).max())
@@ -152,6 +159,7 @@ class LoihiNet:
     lams: list[float]
     timesteps: int
     info: dict[str, Any] = field(default_factory=dict)
+    approximations: list[str] = field(default_factory=list)   # what --approximate changed
 
     def quantise_input(self, x: np.ndarray) -> np.ndarray:
         """Float input (..., *model input shape) -> graded integers round(Q clip(x))."""
@@ -176,35 +184,34 @@ def _chain(graph: Any) -> list[str]:
                        fix="train a plain --model mlp or --model conv for Loihi")
 
 
-def _neuron_params(name: str, node: Any, meta: dict) -> tuple[float, float, str, float]:
-    """(lam, V_th, spike rule, input gain) of a LIF / IF node, or refuse."""
-    kind = type(node).__name__
-    local = _meta(node)
-    reset = local.get("reset", meta.get("reset"))
-    if reset in ("subtract", "soft"):
-        raise ExportError(f"neuron {name}: reset by subtraction (soft reset); every Lava LIF resets "
-                          "v to 0. Fix: retrain with --reset hard")
-    if reset not in ("zero", "hard"):
-        raise ExportError(f"neuron {name}: the graph does not say the reset is 'zero' (NIR 1.0.4 "
-                          "LIF/IF reset by subtraction, which Lava cannot run). Fix: export from a "
-                          "snn2hw checkpoint or add metadata reset='zero'")
-    th = np.unique(np.asarray(node.v_threshold, np.float64))
-    if th.size != 1:
+def _neuron_params(name: str, node: Any, meta: dict, producer: str, approximate: bool,
+                   approximations: list[str]) -> tuple[float, float, str, float]:
+    """(lam, V_th, spike rule, input gain) of a LIF / IF node (``nir_reading``), or refuse;
+    with ``approximate``, what CUBA lacks is replaced and recorded in ``approximations``."""
+    rd = read_neuron(name, node, meta, producer)
+    missing = rd.differences()
+    if missing and not approximate:
+        said = _meta(node).get("reset", meta.get("reset"))
+        fix = ("retrain with --reset hard" if rd.reset == "soft" and said is not None
+               else "if the writer meant a reset to 0 (snnTorch does), pass --producer snntorch or add "
+                    "metadata reset='zero'" if rd.reset == "soft" and len(missing) == 1
+               else "use a graph of snn2hw's neuron")
+        raise ExportError(f"neuron {name}: {', '.join(missing)}, which no Lava CUBA neuron has (it fires "
+                          f"once and resets v to 0). Fix: {fix}, or pass --approximate to deploy the "
+                          "nearest CUBA neuron and measure the loss")
+    if missing:
+        approximations.append(f"neuron {name}: {', '.join(missing)} -> one spike per step, reset to 0, "
+                              "no clip (Lava CUBA)")
+    lams, v_th, gain = (np.unique(np.asarray(a, np.float64).round(12)) for a in (rd.lam, rd.v_th, rd.gain))
+    if v_th.size != 1:
         raise ExportError(f"neuron {name}: thresholds differ per neuron; netx has one vThMant per layer")
-    if kind == "IF":
-        lam, gain = 1.0, np.unique(np.asarray(node.r, np.float64).round(9))
-    else:
-        if np.any(np.asarray(node.v_leak) != 0):
-            raise ExportError(f"neuron {name}: v_leak != 0 has no CUBA equivalent. Fix: v_leak = 0")
-        dt = float(meta.get("dt", DT))
-        k = dt / np.asarray(node.tau, np.float64)
-        lams, gain = np.unique((1.0 - k).round(12)), np.unique((k * np.asarray(node.r, np.float64)).round(9))
-        if lams.size != 1:
-            raise ExportError(f"neuron {name}: leaks differ per neuron; netx has one vDecay per layer")
-        lam = float(local.get("lam", lams[0]))
+    if lams.size != 1:
+        raise ExportError(f"neuron {name}: leaks differ per neuron; netx has one vDecay per layer")
     if gain.size != 1:
         raise ExportError(f"neuron {name}: input gains differ per neuron; netx has one per layer")
-    return lam, float(local.get("v_th", th[0])), str(meta.get("spike", ">")), float(gain[0])
+    if np.any(rd.drive != 0):
+        raise ExportError(f"neuron {name}: v_leak != 0 has no CUBA equivalent. Fix: v_leak = 0")
+    return float(lams[0]), float(v_th[0]), ">=" if rd.spike_geq else ">", float(gain[0])
 
 
 def _pool_of(name: str, node: Any) -> tuple[int, float, int]:
@@ -256,12 +263,16 @@ def _conv_geometry(name: str, node: Any, in_shape: tuple[int, ...]) -> tuple:
     return w, stride, padding, (int(w.shape[0]), int(oh), int(ow))
 
 
-def read_blocks(graph: Any) -> tuple[list[Block], Readout, tuple[int, ...]]:
-    """Walk the chain into blocks and the readout; every refusal happens here."""
+def read_blocks(graph: Any, approximate: bool = False, approximations: list[str] | None = None
+                ) -> tuple[list[Block], Readout, tuple[int, ...]]:
+    """Walk the chain into blocks and the readout; every refusal happens here.
+    ``approximate``: see the module docstring; what it changed is appended to ``approximations``."""
     meta = dict(graph.metadata or {})
+    producer = producer_of(graph)
+    approximations = [] if approximations is None else approximations
     order = _chain(graph)
     nodes = graph.nodes
-    shape = tuple(int(s) for s in np.asarray(nodes[order[0]].input_type["input"]).ravel())
+    shape = read_input(graph).shape
     input_shape = shape
     blocks: list[Block] = []
     pool_k, pool_scale, pool_dims = 1, 1.0, 2
@@ -289,6 +300,7 @@ def read_blocks(graph: Any) -> tuple[list[Block], Readout, tuple[int, ...]]:
             unflat = unflat or shape
             shape = (int(np.prod(shape)),)
         elif kind in ("Affine", "Linear", "Conv1d", "Conv2d"):
+            check_weights(name, node)
             if pending is not None:
                 raise ExportError(f"node {name}: two synapses in a row ({pending[0]}, {name}) without a neuron")
             if kind in ("Affine", "Linear"):
@@ -302,7 +314,7 @@ def read_blocks(graph: Any) -> tuple[list[Block], Readout, tuple[int, ...]]:
         elif kind in ("LIF", "IF"):
             if pending is None:
                 raise ExportError(f"neuron {name}: no synapse before it; netx blocks are synapse + neuron")
-            lam, v_th, spike, gain = _neuron_params(name, node, meta)
+            lam, v_th, spike, gain = _neuron_params(name, node, meta, producer, approximate, approximations)
             syn, skind, w, b, st, pd, in_shape, out = pending
             blocks.append(Block(syn, name, skind, w * gain, b * gain, st, pd, in_shape,
                                 (pool_k, pool_scale), pool_dims, lam, v_th, spike, out))
@@ -351,13 +363,15 @@ def fan_in_bound(layer: IntLayer, lo: int, hi: int) -> int:
 
 
 def build_loihi_net(graph: Any, input_levels: int | None = None,
-                    input_range: tuple[float, float] | None = None) -> LoihiNet:
-    """The quantised integer network of ``graph`` (module docstring); raises ExportError."""
+                    input_range: tuple[float, float] | None = None, approximate: bool = False) -> LoihiNet:
+    """The quantised integer network of ``graph`` (module docstring); raises ExportError.
+    ``approximate``: deploy the nearest CUBA neuron where the graph's cannot run exactly."""
     meta = dict(graph.metadata or {})
     temporal = meta.get("input_encoding") == "temporal"
     levels = int(input_levels or meta.get("loihi_input_levels", 1 if temporal else INPUT_LEVELS))
     rng = tuple(input_range or meta.get("input_range", INPUT_RANGE))
-    blocks, readout, model_in = read_blocks(graph)
+    approximations: list[str] = []
+    blocks, readout, model_in = read_blocks(graph, approximate, approximations)
     layers, gains = [], []
     lo, hi = (int(round(v * levels)) for v in rng)
     unit = 1.0 / levels
@@ -387,4 +401,5 @@ def build_loihi_net(graph: Any, input_levels: int | None = None,
     info = {"model_input_shape": tuple(model_in),
             "weight_bits_used": [round(float(np.log2(max(np.abs(l.weight).max(), 1)) + 1), 2) for l in layers]}
     return LoihiNet(layers, [b.neuron for b in blocks], in_shape, levels, (float(rng[0]), float(rng[1])),
-                    readout, gains, [b.lam for b in blocks], int(meta.get("timesteps", 0) or 0), info)
+                    readout, gains, [b.lam for b in blocks], int(meta.get("timesteps", 0) or 0), info,
+                    approximations)

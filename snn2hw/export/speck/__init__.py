@@ -104,7 +104,7 @@ def float_model(graph: nir.NIRGraph, plan: SpeckPlan, timesteps: int) -> nn.Sequ
             continue
         if name in by_neuron:
             lay = by_neuron[name]
-            _set_neuron(m, lay.v_th, lay.reset, SingleSpike, None, "float")
+            _set_neuron(m, lay.v_th, lay.reset, SingleSpike, lay.v_min, "int" if lay.spike_geq else "float")
             m.speck_node = name
         modules.append(m)
     return nn.Sequential(*modules).float()
@@ -114,7 +114,10 @@ def chip_config(plan: SpeckPlan, input_gain: float) -> dict[str, Any]:
     """The integer chip configuration (samna's CNNLayerConfig fields per core)."""
     layers = []
     for lay in plan.layers:
-        d = discretize_core(lay.weight, lay.bias, lay.v_th, input_gain if lay.index == 0 else 1.0)
+        try:
+            d = discretize_core(lay.weight, lay.bias, lay.v_th, input_gain if lay.index == 0 else 1.0, lay.v_min)
+        except ValueError as exc:
+            raise ExportError(f"speck: layer {lay.weight_node}: {exc}") from None
         last = lay.index == len(plan.layers) - 1
         c_in, h, w = lay.in_shape
         f, ho, wo = lay.neuron_shape
@@ -130,7 +133,7 @@ def chip_config(plan: SpeckPlan, input_gain: float) -> dict[str, Any]:
             "weights": np.swapaxes(d["weight"], 2, 3).tolist(),
             "biases": d["bias"].tolist(),
             "leak_enable": bool(np.any(d["bias"] != 0)),
-            "threshold_high": d["v_th"] + 1,       # strict v > V_th on integers
+            "threshold_high": d["v_th"] + (0 if lay.spike_geq else 1),   # strict v > V_th: + 1
             "threshold_low": d["min_v"],
             "return_to_zero": lay.reset == "hard",
             "destinations": [] if last else [{"layer": plan.mapping[lay.index + 1], "enable": True,
@@ -259,6 +262,7 @@ class SpeckExporter:
     grid: ClassVar[type | None] = SpeckGrid   # train --qat speck
     # float model vs the int8 SingleSpike simulation; measured in docs/export.md "The gate"
     min_agreement: ClassVar[MinAgreement] = MinAgreement(classes=0.9, spikes=0.8)
+    approximate: bool = False                 # --approximate: one spike, reset to 0 (constraints.py)
 
     def __init__(self, input_gain: float | None = None) -> None:
         self.input_gain = input_gain
@@ -271,7 +275,7 @@ class SpeckExporter:
     def check(self, graph: nir.NIRGraph) -> SpeckPlan:
         """The plan is the chain of chip layers (``constraints.build_plan``); what the chip
         runs differently without refusing it is warned about."""
-        plan = build_plan(graph)
+        plan = build_plan(graph, self.approximate)
         for w in plan.warnings:
             notice(f"speck: {w}")
         return plan

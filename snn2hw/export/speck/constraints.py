@@ -13,7 +13,12 @@ The chip is 9 cores; each core is one ``Conv -> IAF -> SumPool`` layer (targets.
       bias   = C_out
   against the per-core limits in ``CORE_LIMITS``; layers are assigned to cores by a
   bipartite matching (any assignment where every layer fits its core);
-* <= 9 layers, input <= 128 x 128; the network must be a chain (no residual branches).
+* <= 9 layers, input <= 128 x 128; the network must be a chain (no residual branches);
+* neurons are read by ``nir_reading`` (the producer's meaning). The chip fires on
+  ``v >= threshold_high`` (so both ``>`` and ``>=`` are exact on integers), resets to 0 or
+  by subtraction and clips at ``threshold_low``; it cannot reset to another value or, as
+  we map it, emit several spikes per step: refused, or with ``approximate`` replaced by
+  one spike and a reset to 0 (listed in ``SpeckPlan.approximations``).
 
 The last weight layer without a neuron after it (our non-spiking readout, the mean over T of
 its current) is computed on the host from the spike counts the chip sends out:
@@ -28,10 +33,9 @@ from typing import Any, NamedTuple
 import nir
 import numpy as np
 
-from ...core.neuron import RESET_BY_NAME
 from ...errors import ExportError
 from ..from_nir import _pair, chain_order
-from ..to_nir import DT
+from ..nir_reading import check_weights, producer_of, read_input, read_neuron
 
 class CoreLimits(NamedTuple):
     """The memories of one core, in words (sinabs ``chips/dynapcnn.py`` get_constraints)."""
@@ -83,6 +87,8 @@ class SpeckLayer:
     pool: int                        # sum pooling applied to the spikes (1: none)
     v_th: float
     reset: str                       # "hard" | "soft"
+    spike_geq: bool = False          # fires on v >= V_th (the chip's own rule), else v > V_th
+    v_min: float | None = None       # the graph's membrane clip (threshold_low), None: ours
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
@@ -107,6 +113,7 @@ class SpeckPlan:
     mapping: dict[int, int] = field(default_factory=dict)   # layer index -> core
     warnings: list[str] = field(default_factory=list)
     graph: nir.NIRGraph | None = None   # what it was read from: verify's float sinabs model imports it
+    approximations: list[str] = field(default_factory=list)   # what --approximate changed
 
 
 def _clog2(n: int) -> int:
@@ -158,41 +165,6 @@ def chain_nodes(graph: nir.NIRGraph) -> list[str]:
         raise ExportError(f"speck: {exc}") from None
 
 
-def _lam(node: nir.NIRNode, dt: float) -> float:
-    """The per-step leak, read as the hub's importer reads it (Euler step of dt)."""
-    meta = getattr(node, "metadata", {}) or {}
-    if "lam" in meta:
-        return float(meta["lam"])
-    if isinstance(node, nir.IF):
-        return 1.0
-    return 1.0 - dt / float(np.min(np.asarray(node.tau, dtype=np.float64)))
-
-
-def _input_gain(name: str, node: nir.NIRNode) -> float:
-    """A foreign IF's input gain r (ours write 1): folded into the core's weights."""
-    if "lam" in (getattr(node, "metadata", {}) or {}) or not isinstance(node, nir.IF):
-        return 1.0
-    r = np.asarray(node.r, dtype=np.float64)
-    if not np.all(r == r.flat[0]):
-        raise ExportError(f"speck: layer {name} has a per-neuron input gain r; a Speck core has "
-                          "one set of weights per channel: fold r into the weights before export")
-    return float(r.flat[0])
-
-
-def _threshold(name: str, node: nir.NIRNode) -> float:
-    th = np.asarray(node.v_threshold, dtype=np.float64)
-    if th.size and not np.all(th == th.flat[0]):
-        raise ExportError(f"speck: layer {name} has per-neuron thresholds; a Speck core has one "
-                          "threshold: export a model with a single V_th per layer")
-    return float(th.flat[0])
-
-
-def _in_shape(graph: nir.NIRGraph, name: str) -> tuple[int, ...]:
-    node = graph.nodes[name]
-    t = getattr(node, "input_type", None) or getattr(node, "output_type", None) or {}
-    return tuple(int(v) for v in np.asarray(next(iter(t.values()))).tolist())
-
-
 def _as_chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(shape) == 1:
         return (shape[0], 1, 1)   # a vector is C channels of 1 x 1 pixels on chip
@@ -211,22 +183,25 @@ NEURON_NODES = (nir.IF, nir.LIF)
 POOL_NODES = (nir.SumPool2d, nir.AvgPool2d)
 
 
-def build_plan(graph: nir.NIRGraph) -> SpeckPlan:
+def build_plan(graph: nir.NIRGraph, approximate: bool = False) -> SpeckPlan:
     """Read the graph as chip layers; raise ExportError (layer, reason, fix) at the first
-    construct Speck cannot run. Nothing here depends on samna.
+    construct Speck cannot run (``approximate``: see the module docstring). Nothing here
+    depends on samna.
 
     Steps, in the order their refusals come: the chain and its input, the cores node by
     node, the host readout, the chip-wide limits, the layer -> core assignment."""
     meta = dict(getattr(graph, "metadata", {}) or {})
+    meta.update(producer=producer_of(graph), approximate=approximate, approximations=[])
     order = chain_nodes(graph)
-    shape: tuple[int, ...] = _in_shape(graph, order[0])
+    shape: tuple[int, ...] = read_input(graph).shape
     input_shape = _chip_input(shape)
     layers, trailing = _read_cores(graph, order[1:], shape, meta)
     readout, readout_node = _host_readout(trailing)
     _check_chip(layers)
     mapping = _map_cores(layers)
     return SpeckPlan(input_shape, layers, readout, readout_node, int(meta.get("timesteps", 1)),
-                     meta.get("input_encoding") == "temporal", mapping, _bias_warnings(layers), graph)
+                     meta.get("input_encoding") == "temporal", mapping, _bias_warnings(layers), graph,
+                     meta["approximations"])
 
 
 def _chip_input(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -286,20 +261,47 @@ def _core(name: str, node: nir.NIRNode, pending: dict[str, Any] | None, index: i
     if pending is None:
         raise ExportError(f"speck: neuron layer {name} has no conv/linear layer before it; "
                           "each Speck core is conv -> IAF")
-    gain = _input_gain(name, node)
+    rd = read_neuron(name, node, meta, meta["producer"])
+    gain = _one_value(name, rd.gain, "input gain r", "fold r into the weights before export")
+    if np.any(rd.drive != 0):
+        raise ExportError(f"speck: layer {name} has v_leak != 0; Speck neurons have no leak potential")
     if gain != 1.0:
         pending["weight"], pending["weight_flat"] = pending["weight"] * gain, pending["weight_flat"] * gain
         pending["bias"] = pending["bias"] * gain
     _check_core(pending)
-    lam = _lam(node, float(meta.get("dt", DT)))
+    lam = float(np.min(np.asarray(rd.lam, dtype=np.float64)))
     if lam != 1.0:
         raise ExportError(f"speck: layer {name} has leak lam={lam:g}; Speck neurons are IAF: "
                           "retrain with --lam 1")
-    nmeta = getattr(node, "metadata", {}) or {}
-    reset = RESET_BY_NAME.get(str(nmeta.get("reset", meta.get("reset", "subtract"))), "soft")
+    _approximate(name, rd, meta)
+    v_min = None if rd.v_min is None else _one_value(name, rd.v_min, "membrane clips", "")
     return SpeckLayer(index, pending["name"], name, pending["linear"], pending["weight"], pending["bias"],
                       pending["stride"], pending["padding"], pending["in_shape"], pending["out"], 1,
-                      float(nmeta.get("v_th", _threshold(name, node))), reset)
+                      _one_value(name, rd.v_th, "thresholds", "export a model with a single V_th per layer"),
+                      rd.reset, rd.spike_geq, v_min)
+
+
+def _one_value(name: str, a: Any, what: str, fix: str) -> float:
+    """The single value of a per-layer parameter; a core has one of each."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.size and not np.all(a == a.flat[0]):
+        raise ExportError(f"speck: layer {name} has per-neuron {what}; a Speck core has one"
+                          + (f": {fix}" if fix else ""))
+    return float(a.flat[0])
+
+
+def _approximate(name: str, rd: Any, meta: dict[str, Any]) -> None:
+    """Refuse what a core cannot run (several spikes per step, a reset to v_reset != 0), or
+    with ``meta['approximate']`` record the nearest core neuron (one spike, reset to 0)."""
+    missing = [d for d in rd.differences() if "spikes per step" in d or "v_reset" in d]
+    if not missing:
+        return
+    if not meta["approximate"]:
+        raise ExportError(f"speck: layer {name}: {', '.join(missing)}, which a Speck core as mapped here "
+                          "cannot run (one spike per step, reset to 0 or by subtraction). Fix: pass "
+                          "--approximate to deploy the nearest core neuron and measure the loss")
+    meta["approximations"].append(f"layer {name}: {', '.join(missing)} -> one spike per step"
+                                  + (", reset to 0" if rd.reset == "hard" else ""))
 
 
 def _add_pool(name: str, node: nir.NIRNode, layers: list[SpeckLayer]) -> int:
@@ -383,6 +385,7 @@ def _pool(name: str, node: nir.NIRNode, layers: list[SpeckLayer]) -> int:
 
 def _weight(name: str, node: nir.NIRNode, shape: tuple[int, ...], gain: float) -> dict[str, Any]:
     """A conv/affine node as a chip conv: weights (C_out, C_in, k, k), stride, padding, shapes."""
+    check_weights(name, node)
     w = np.asarray(node.weight, dtype=np.float32) * np.float32(gain)
     b = np.asarray(getattr(node, "bias", np.zeros(w.shape[0])), dtype=np.float32)
     res: dict[str, Any] = {"name": name, "bias": b, "weight_flat": w.reshape(w.shape[0], -1),

@@ -17,7 +17,9 @@ Our neurons fire on ``v > V_th``; the chip (and sinabs) on ``v >= threshold_high
 integer weights, inputs and states, ``v > V_th_int`` is ``v >= V_th_int + 1``, so
 ``threshold_high = V_th_int + 1`` is exact for hard reset. For soft reset the chip then
 subtracts V_th_int + 1 instead of V_th_int (a 1/V_th_int error, measured by the simulation);
-that is why 32766 and not 32767 bounds V_th above.
+that is why 32766 and not 32767 bounds V_th above. A graph that fires on ``>=`` itself
+(sinabs') takes ``threshold_high = V_th_int``; a graph that clips the membrane (sinabs'
+IF at ``-V_th``) gives ``min_v_mem`` instead of the one chosen above.
 
 The first core receives events, not analog values: a direct-encoded frame x is sent as
 ``round(g x)`` events per pixel per step, and that core's weights are divided by g first.
@@ -71,16 +73,25 @@ def core_scale(weight: np.ndarray, bias: np.ndarray, v_th: float) -> tuple[float
 
 
 def discretize_core(weight: np.ndarray, bias: np.ndarray, v_th: float,
-                    input_gain: float = 1.0) -> dict[str, Any]:
+                    input_gain: float = 1.0, min_v_mem: float | None = None) -> dict[str, Any]:
     """Integer parameters of one core; ``weight`` (C_out, C_in, k, k) in torch layout.
 
     Returns W_int, b_int, V_th_int, min_v_int (all ints), the scale, the float
-    min_v_mem it was derived from and which fit set the scale ("binding": when the
-    biases do, the weights get fewer than 8 bits).
+    min_v_mem it was derived from (``min_v_mem`` when the graph clips the membrane) and
+    which fit set the scale ("binding": when the biases do, the weights get fewer than 8
+    bits). ValueError for a value that is not a finite number (no integer holds it).
     """
     w = np.asarray(weight, dtype=np.float32) / np.float32(input_gain)
     b = np.asarray(bias, dtype=np.float32)
+    extra = [] if min_v_mem is None else [min_v_mem]
+    if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b)) and np.all(np.isfinite([v_th, *extra]))):
+        raise ValueError("weights, biases and thresholds must be finite numbers for the int8/int16 grid")
     s, min_v, binding = core_scale(w, b, v_th)
+    if min_v_mem is not None:
+        fits = {"weights": fit_scale(w, WEIGHT_BITS), "biases": fit_scale(b, WEIGHT_BITS),
+                "thresholds": fit_scale(np.array([min_v_mem, v_th]), STATE_BITS)}
+        binding = min(fits, key=fits.get)
+        s, min_v = fits[binding], float(min_v_mem)
     # torch.round (half to even) as sinabs does, on float32 products as in its discretize_tensor
     rnd = lambda a: torch.round(torch.as_tensor(a, dtype=torch.float32) * s).to(torch.int64)  # noqa: E731
     return {"weight": rnd(w).numpy(), "bias": rnd(b).numpy(),
