@@ -443,7 +443,8 @@ def test_approximate_soft_reset_on_loihi_reports_the_measured_loss(tmp_path, mon
     with pytest.raises(ExportError, match=r"loihi: neuron layers.2: reset by subtraction.*--approximate"):
         export_model(graph, "loihi", tmp_path / "refused", check=True, samples=samples)
     assert not (tmp_path / "refused").exists()
-    res = export_model(graph, "loihi", tmp_path / "out", check=True, samples=samples, approximate=True)
+    res = export_model(graph, "loihi", tmp_path / "out", check=True, samples=samples, approximate=True,
+                       allow_emulator=True, min_agreement=0.0)   # measure the loss, whatever it is
     v = json.loads((tmp_path / "out" / "verification.json").read_text())
     assert v["details"]["approximations"] == [
         "neuron layers.2: reset by subtraction -> one spike per step, reset to 0, no clip (Lava CUBA)"]

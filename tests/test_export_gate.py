@@ -110,12 +110,21 @@ def test_must_equal_counts_mismatches_and_never_broadcasts():
     assert must_equal("A and B", {"n": a}, {"n": a.copy()}, "fix it") == ({"n": 0}, [])
 
 
-@pytest.mark.parametrize("v_th,word", [(1e6, "silent"), (-1e6, "saturated")])
-def test_a_silent_or_saturated_layer_fails_the_check(v_th, word, tmp_path):
+def _driven_hard(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy whose neurons get a current far above a small threshold at every step."""
+    model = _with_threshold(model, 1e-3)
+    with torch.no_grad():
+        next(m for m in model.modules() if isinstance(m, torch.nn.Linear)).bias += 100.0
+    return model
+
+
+@pytest.mark.parametrize("make,word", [(lambda m: _with_threshold(m, 1e6), "silent"),
+                                       (_driven_hard, "saturated")])
+def test_a_silent_or_saturated_layer_fails_the_check(make, word, tmp_path):
     """A network that never spikes agreed 1.0 with its export: the check proved nothing."""
     model, samples = _samples()
     with pytest.raises(VerificationError) as err:
-        export_model(_with_threshold(model, v_th), "nir", tmp_path / "out", check=True, samples=samples)
+        export_model(make(model), "nir", tmp_path / "out", check=True, samples=samples)
     v = json.loads((tmp_path / "out" / "verification.json").read_text())
     assert v["passed"] is False and v["spike_agreement"] == {"layers.2": 1.0}   # agreement alone passes
     assert v["failures"] == err.value.failures and len(v["failures"]) == 1

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import ConfigError, VerificationError
+from ..errors import notice, ConfigError, VerificationError
 from ..export import EXPORTERS
 from ..export.api import DEFAULT_SAMPLES, ExportResult, export_model, read_nir
 from ..export.nir_reading import INPUT_ENCODINGS, PRODUCERS
@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _summary(result: ExportResult) -> None:
     print(f"{result.target}: wrote " + ", ".join(str(f) for f in result.files))
-    for n in result.notes:
-        print(f"note: {n}")
+    for n in result.notes:   # how a foreign graph was read: one 'snn2hw: note:' line each
+        notice(n)
     for a in result.approximations:
         print(f"approximated: {a}")
     v = result.verification
