@@ -35,7 +35,7 @@ from ..core.surrogate import heaviside
 from ..errors import ExportError
 from ..models.config import ModelConfig
 from ..models.network import SpikingNetwork, record_spikes
-from .to_nir import DT
+from .to_nir import DT, nir_node_name
 
 
 class Gain(nn.Module):
@@ -190,8 +190,9 @@ CONVERTERS: dict[type, Callable[[Any, str, _Ctx], list[nn.Module]]] = {
 
 
 def where(name: str) -> str:
-    """'layer 3 (NIR node 'layers.3.out')' for our node names, else the node name."""
-    m = re.match(r"layers\.(\d+)", name)
+    """'layer 3 (NIR node 'layers_3_out')' for our node names (and the older 'layers.3.out'),
+    else the node name."""
+    m = re.match(r"layers[._](\d+)", name)
     return f"layer {m.group(1)} (NIR node {name!r})" if m else f"NIR node {name!r}"
 
 
@@ -354,7 +355,8 @@ def nir_to_network(graph: nir.NIRGraph, timesteps: int | None = None) -> NIRNetw
 def node_spikes(model: SpikingNetwork, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
     """Run ``model`` on ``x``; return spikes per NIR node name (T, B, ...) and the
     readout (B, K). Works for a NIRNetwork and for a trained SpikingNetwork (whose
-    module paths are its NIR node names); the spike step is the exact Heaviside."""
+    NIR node names are ``nir_node_name`` of its module paths); the spike step is the exact
+    Heaviside."""
     names = getattr(model, "node_names", None)
     lifs = [m for m in model.modules() if isinstance(m, LIF)]
     saved = [m.spike_strategy for m in lifs]
@@ -369,5 +371,5 @@ def node_spikes(model: SpikingNetwork, x: Tensor) -> tuple[dict[str, Tensor], Te
         for m, s in zip(lifs, saved):
             m.spike_strategy = s
         model.train(was_training)
-    spikes = {(names.get(k, k) if names else k): torch.cat(v, 1) for k, v in rec.items()}
+    spikes = {(names.get(k, k) if names is not None else nir_node_name(k)): torch.cat(v, 1) for k, v in rec.items()}
     return spikes, out

@@ -13,9 +13,11 @@ What the graph says (targets.md C):
   encoding and the readout (``mean_current``: the logits are the mean over T of the
   last Affine's output). Each neuron node also carries ``{lam, v_th, reset}`` so that
   our importer restores the exact floats.
-* Node names are the torch module paths (``layers.3``, ``layers.5.out``), so spikes
-  recorded with ``record_spikes`` on the trained model are keyed like the graph's
-  neuron nodes.
+* Node names are the torch module paths with '.' written as '_' (``layers_3``,
+  ``layers_5_out``; ``nir_node_name``): nirtorch 2.0 (snnTorch's and sinabs' importers) puts
+  node names into a ``torch.nn.ModuleDict``, which refuses '.' and Python keywords. Spikes
+  recorded with ``record_spikes`` on the trained model map to the neuron nodes through
+  ``nir_node_name``. Files written before this (``layers.3``) still read.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ from ..models.walk import Rule, Step, walk
 DT = 1e-4
 
 
+def nir_node_name(module_path: str) -> str:
+    """The NIR node name of the layer at torch ``module_path``: ``layers.5.out`` -> ``layers_5_out``.
+
+    Every consumer accepts it: no '.', never a Python keyword (it starts with ``layers``)."""
+    return module_path.replace(".", "_")
+
+
 @dataclass
 class _Chain:
     """The graph being built and where the walk stands in it."""
@@ -49,9 +58,10 @@ class _Chain:
     shape: tuple[int, ...]          # its per-sample output shape
 
     def append(self, step: Step, node: nir.NIRNode) -> None:
-        self.nodes[step.name] = node
-        self.edges.append((self.src, step.name))
-        self.src, self.shape = step.name, _out_shape(step.module, self.shape)
+        name = nir_node_name(step.name)
+        self.nodes[name] = node
+        self.edges.append((self.src, name))
+        self.src, self.shape = name, _out_shape(step.module, self.shape)
 
 
 def _out_shape(layer: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -141,7 +151,7 @@ def _residual(step: Step, chain: _Chain) -> None:
     chain.src, chain.shape = src, shape
     step.walk_inside("shortcut", chain)
     short = chain.src
-    out, out_shape = f"{step.name}.out", _out_shape(step.module, shape)
+    out, out_shape = nir_node_name(f"{step.name}.out"), _out_shape(step.module, shape)
     chain.nodes[out] = _neuron_node(step.module.out, out_shape, chain.dt)
     chain.edges += [(body, out), (short, out)]
     chain.src, chain.shape = out, out_shape
