@@ -29,7 +29,8 @@ from ..runs.files import atomic_write_text
 from ..runs.model import load_model
 from . import EXPORTERS
 from .base import Exporter, Samples, Verification
-from .from_nir import nir_to_network
+from .from_nir import NIRNetwork, nir_to_network
+from .nir_reference import producer_reference
 from .reference import run_reference
 from .to_nir import model_to_nir
 
@@ -155,7 +156,10 @@ def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str
             if data is None:
                 raise ConfigError("--check needs held-out samples: give --dataset (the NIR file names none)")
             prepared = held_out_samples(data, int(samples), T)
-        prepared.reference = run_reference(src.reference_model, prepared)
+        # a NIR source is checked against what its producer computes, not against our reading
+        prepared.reference = (producer_reference(src.graph, getattr(src, "producer", None)).run(prepared)
+                              if isinstance(src.reference_model, NIRNetwork)
+                              else run_reference(src.reference_model, prepared))
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
