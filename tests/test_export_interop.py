@@ -223,3 +223,28 @@ def test_from_nir_check_of_a_sinabs_graph_is_against_sinabs(tmp_path):
                      timesteps=4).verification
     assert v.details["reference"] == f"sinabs from_nir {sinabs.__version__}"
     assert producer_reference(g, "nir").name.startswith("nir definitions (Euler, dt=")
+
+
+@pytest.mark.parametrize("lam,reset", [(1.0, "hard"), (1.0, "soft"), (0.5, "soft")])
+def test_ties_and_negative_membranes_read_as_ours(lam, reset):
+    """Hand-made inputs where the rules differ: v == V_th exactly (ours: no spike; sinabs and
+    snnTorch fire on >= unless the threshold is nextafter'd) and v < -V_th (sinabs' IAF floor):
+    channel 0 (lam .5): v = 0.5, 1.0; channel 2 (IF): v = 0.5, 1.0; channel 1: -3 then +2.5."""
+    model = build_model(ModelConfig(arch="mlp", input_shape=(4,), hidden=(3,), num_classes=2, timesteps=4,
+                                    lam=lam, reset=reset, v_th=1.0)).eval()
+    lin1, lin2 = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        lin1.weight.copy_(torch.eye(3, 4)), lin1.bias.zero_()
+        lin2.weight.copy_(torch.tensor([[1.0, 0, 1], [0, 1, 0]])), lin2.bias.zero_()
+    x = torch.zeros(4, 2, 4)     # time-major events
+    x[:2, :, 0] = torch.tensor([0.5, 0.75])[:, None]
+    x[:2, :, 1] = torch.tensor([-3.0, 2.5])[:, None]
+    x[:2, :, 2] = 0.5
+    g = model_to_nir(model, temporal=True)
+    ref_spikes, ref_logits = node_spikes(model, x)
+    for spikes, logits in (run_sinabs(load_in_sinabs(g, 4), x, 4, temporal=True),
+                           run_snntorch(load_in_snntorch(g), x, 4, temporal=True)):
+        assert torch.equal(spikes["layers_2"].reshape(ref_spikes["layers_2"].shape), ref_spikes["layers_2"])
+        torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-6)
+    plain, _ = run_sinabs(load_in_sinabs(g, 4, ours=False), x, 4, temporal=True)
+    assert not torch.equal(plain["layers_2"].reshape(ref_spikes["layers_2"].shape), ref_spikes["layers_2"])
