@@ -169,6 +169,7 @@ def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             verification = exporter.verify(plan, out, prepared)
+        verification.details.setdefault("reference", prepared.reference.source)  # whatever the target wrote
         payload: dict[str, Any] = asdict(verification)
         payload["files"] = [p.name for p in files]
         atomic_write_text(out / "verification.json", json.dumps(payload, indent=2) + "\n")

@@ -189,8 +189,10 @@ class EulerReference:
                 visit(n)
         return post[::-1], back
 
-    def run(self, x: Tensor, timesteps: int, temporal: bool) -> tuple[dict[str, Tensor], Tensor]:
-        """Spikes per spiking node (T, B, ...) and the readout (B, K) on ``x``."""
+    def run(self, x: Tensor, timesteps: int, temporal: bool,
+            inputs: dict[str, tuple[int, ...]] | None = None) -> tuple[dict[str, Tensor], Tensor]:
+        """Spikes per spiking node (T, B, ...) and the readout (B, K) on ``x``; ``inputs``, when
+        given, receives each node's per-sample input shape."""
         xs = x.double().numpy()
         out_names = [k for k, n in self.graph.nodes.items() if isinstance(n, nir.Output)]
         states: dict[str, dict[str, np.ndarray]] = {k: {} for k in self.neurons}
@@ -207,6 +209,8 @@ class EulerReference:
                     parts = [(prev if (a, name) in self.back else now).get(a) for a in self.preds.get(name, [])]
                     parts = [p for p in parts if p is not None]
                     h = sum(parts[1:], parts[0]) if parts else np.zeros(1)
+                if inputs is not None:
+                    inputs[name] = tuple(np.shape(h)[1:])
                 if name in self.neurons:
                     h = _step_neuron(self.neurons[name], h, states[name], self.dt)
                     if name in spikes:
@@ -218,6 +222,13 @@ class EulerReference:
             prev = now
         return ({k: torch.as_tensor(np.stack(v)).float() for k, v in spikes.items()},
                 torch.as_tensor(np.mean(readout, 0)).float().reshape(xs.shape[1] if temporal else xs.shape[0], -1))
+
+
+def node_input_shapes(graph: nir.NIRGraph, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Each node's per-sample input shape, found by running the graph once on zeros."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    EulerReference(graph, 1.0).run(torch.zeros(1, *input_shape), 1, False, shapes)
+    return shapes
 
 
 # ---- the producer's own simulation ----
@@ -242,13 +253,22 @@ class ProducerReference:
     """What ``producer_reference`` returns: ``name`` (written to verification.json as
     ``details.reference``) and ``run(samples) -> Reference``."""
 
-    def __init__(self, sim: EulerReference | LibraryReference) -> None:
-        self.sim, self.name = sim, sim.name
+    def __init__(self, sim: EulerReference | LibraryReference, fallback: EulerReference) -> None:
+        self.sim, self.fallback, self.name = sim, fallback, sim.name
 
     def run(self, samples: Samples) -> Reference:
+        """The reference on ``samples``; if the producing library cannot load or run the graph,
+        the NIR definitions, and ``name`` says why."""
         T, temporal = samples.timesteps, samples.temporal
-        spikes, output = run_batched(lambda xb: self.sim.run(xb, T, temporal), samples.x,
-                                     1 if temporal else 0, 256, cat_axes=(1, 0))
+        axis = 1 if temporal else 0
+        try:
+            spikes, output = run_batched(lambda xb: self.sim.run(xb, T, temporal), samples.x, axis, 256, (1, 0))
+        except Exception as exc:  # the library's own failure: reported in the name, not hidden
+            if self.sim is self.fallback:
+                raise
+            why = (str(exc).splitlines() or [""])[0][:100]
+            self.name = f"{self.fallback.name}; {self.sim.name} failed: {type(exc).__name__}: {why}"
+            spikes, output = run_batched(lambda xb: self.fallback.run(xb, T, temporal), samples.x, axis, 256, (1, 0))
         return Reference(spikes, output, self.name)
 
 
@@ -261,8 +281,9 @@ def producer_reference(graph: nir.NIRGraph, producer: str | None = None) -> Prod
 
     who = (producer or detect_producer(graph) or "").lower()
     versions = library_versions()
-    if who in ("sinabs", "snntorch") and versions.get(who):
-        return ProducerReference(LibraryReference(graph, who, versions[who]))
     md = graph.metadata or {}
     dt = float(md["dt"]) if "dt" in md else {"snntorch": SNNTORCH_DT, "sinabs": 1.0}.get(who, 1.0)
-    return ProducerReference(EulerReference(graph, dt))
+    euler = EulerReference(graph, dt)
+    if who in ("sinabs", "snntorch") and versions.get(who):
+        return ProducerReference(LibraryReference(graph, who, versions[who]), euler)
+    return ProducerReference(euler, euler)

@@ -10,17 +10,20 @@ installed, its ``import_from_nir`` of the file (``interop.load_in_snntorch``) is
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import ClassVar
 
 import nir
+import numpy as np
 
 from ..base import Samples, Verification
 from ...errors import ExportError
 from ..from_nir import nir_to_network, node_spikes
+from ..nir_reference import node_input_shapes
 from ..interop import library_versions, load_in_sinabs, load_in_snntorch, run_sinabs, run_snntorch
 from ..reference import compare, run_batched
-from ..to_nir import sinabs_flavour
+from ..to_nir import graph_copy, sinabs_flavour
 
 __all__ = ["NIRExporter", "NIRSinabsExporter", "load_in_sinabs", "load_in_snntorch"]
 
@@ -45,9 +48,25 @@ class NIRExporter:
 
     def check(self, graph: nir.NIRGraph) -> nir.NIRGraph:
         """The plan is the graph itself, as written; refused if we could not rebuild it
-        (a file we could not rebuild could not be verified either; names the node and why)."""
+        (a file we could not rebuild could not be verified either; names the node and why).
+        A Flatten without its input type or a Conv2d without its input_shape (sinabs' to_nir
+        writes None, which nir.write cannot store) gets it from a run of the graph on zeros."""
         nir_to_network(graph)
-        return graph
+        untyped = [k for k, n in graph.nodes.items()
+                   if (isinstance(n, nir.Flatten) and any(v is None for v in (n.input_type or {"input": None}).values()))
+                   or (isinstance(n, nir.Conv2d) and n.input_shape is None)]
+        if not untyped:
+            return graph
+        first = next(n for n in graph.nodes.values() if isinstance(n, nir.Input))
+        shapes = node_input_shapes(graph, tuple(int(v) for v in np.asarray(first.input_type["input"]).reshape(-1)))
+        plan = graph_copy(graph)
+        for k in untyped:
+            node = plan.nodes[k] = copy.copy(plan.nodes[k])
+            if isinstance(node, nir.Conv2d):
+                node.input_shape = tuple(int(v) for v in shapes[k][1:])
+            else:
+                node.input_type = {"input": np.array(shapes[k])}
+        return plan
 
     def write(self, plan: nir.NIRGraph, out_dir: Path) -> list[Path]:
         path = Path(out_dir) / self.filename
