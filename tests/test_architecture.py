@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli", ""),              # "" is the package root: the facade
     ("__main__",),            # python -m snn2hw -> cli
 ]
-HUB = {"base", "grid", "to_nir", "from_nir", "nir_reading", "reference"}
+HUB = {"base", "grid", "to_nir", "from_nir", "nir_reading", "reference", "interop", "nir_reference"}
 
 
 def module_names() -> dict[str, Path]:

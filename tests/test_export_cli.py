@@ -32,10 +32,10 @@ def test_train_export_nir_check_then_onnx_from_the_nir_file(tmp_path):
     assert "checked on 150 test-split samples" in proc.stdout
     v = json.loads((out / "verification.json").read_text())
     assert v["target"] == "nir" and v["samples"] == 150 and v["files"] == ["model.nir"]
-    assert v["spike_agreement"] == {"layers.2": 1.0}
+    assert v["spike_agreement"] == {"layers_2": 1.0}
     assert v["output_agreement"] == 1.0
-    assert v["details"]["spike_counts"]["layers.2"]["mismatches"] == 0
-    assert v["details"]["spike_counts"]["layers.2"]["reference"] > 0
+    assert v["details"]["spike_counts"]["layers_2"]["mismatches"] == 0
+    assert v["details"]["spike_counts"]["layers_2"]["reference"] > 0
     # the reference accuracy is the checkpoint's on the first 150 test samples, computed here anew
     model, _ = snn2hw.load(run)
     data = load_dataset("digits")
@@ -50,7 +50,7 @@ def test_train_export_nir_check_then_onnx_from_the_nir_file(tmp_path):
     cli("export", "--from-nir", str(out / "model.nir"), "--target", "onnx", "--out", str(onnx_out),
         "--check", "--dataset", "digits", "--samples", "150")
     w = json.loads((onnx_out / "verification.json").read_text())
-    assert w["target"] == "onnx" and w["spike_agreement"] == {"layers.2": 1.0}
+    assert w["target"] == "onnx" and w["spike_agreement"] == {"layers_2": 1.0}
     assert w["accuracy_target"] == pytest.approx(acc)
 
 

@@ -19,7 +19,7 @@ from snn2hw.export.loihi import emulator as emu
 from snn2hw.export.api import export_model
 from snn2hw.export.loihi import LoihiExporter, readout, run_lava, write_netx
 from snn2hw.export.loihi.mapping import A_LIMIT, _fuse_conv_pool, _fuse_dense_pool, build_loihi_net, loihi_grid
-from snn2hw.export.to_nir import model_to_nir
+from snn2hw.export.to_nir import model_to_nir, nir_node_name
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model, record_spikes
 from snn2hw.train.config import RunConfig
@@ -123,7 +123,7 @@ def test_export_agrees_with_trained_model(conv):
     with torch.no_grad(), record_spikes(conv) as rec:
         logits = conv(x)
     for (name, ref), got in zip(rec.items(), spikes):
-        assert name in net.neuron_names
+        assert nir_node_name(name) in net.neuron_names
         assert float((ref[0].numpy().reshape(got.shape) == got).mean()) > 0.95
     agree = (readout(net, spikes[-1]).argmax(1) == logits.argmax(1).numpy()).mean()
     assert agree > 0.9
@@ -211,7 +211,7 @@ def test_refusals_raise_before_writing(graph, message, tmp_path):
 
 def test_soft_reset_model_refused_by_export_model(tmp_path):
     model = build_model(ModelConfig(arch="mlp", input_shape=(1, 8, 8), hidden=(16,), reset="soft"))
-    with pytest.raises(ExportError, match="layers.2.*--reset hard"):
+    with pytest.raises(ExportError, match="layers_2.*--reset hard"):
         export_model(model, "loihi", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -264,7 +264,7 @@ def test_without_loihi_env_the_emulator_is_reported(mlp, tmp_path, monkeypatch):
     assert v.details["loihi_simulator"].startswith("emulator; Lava not run")
     assert v.accuracy_target == v.details["emulator_accuracy"]
     assert "lava_vs_emulator_mismatches" not in v.details
-    assert set(v.spike_agreement) == {"layers.2", "layers.4"}
+    assert set(v.spike_agreement) == {"layers_2", "layers_4"}
 
 
 @pytest.mark.slow
@@ -273,7 +273,7 @@ def test_export_check_end_to_end_in_lava(mlp, tmp_path):
     result = _export(mlp, tmp_path / "out")
     v = result.verification
     assert v.details["loihi_simulator"].startswith("lava fixed_pt")
-    assert v.details["lava_vs_emulator_mismatches"] == {"layers.2": 0, "layers.4": 0}
+    assert v.details["lava_vs_emulator_mismatches"] == {"layers_2": 0, "layers_4": 0}
     assert v.accuracy_target == v.details["emulator_accuracy"]
     assert min(v.spike_agreement.values()) > 0.9 and v.output_agreement > 0.8
     readme = (tmp_path / "out" / "README.md").read_text()

@@ -102,7 +102,7 @@ def test_bn_folding_is_exact():
     folded_first = net.layers[0](x)
     torch.testing.assert_close(folded_first, trained_first, rtol=0, atol=1e-5)
     spikes, _ = node_spikes(model, x)
-    pooled = model.layers[3](spikes["layers.2"].flatten(0, 1))  # (T*B, C, H, W): second block's input
+    pooled = model.layers[3](spikes["layers_2"].flatten(0, 1))  # (T*B, C, H, W): second block's input
     torch.testing.assert_close(net.layers[3](pooled), model.layers[5](model.layers[4](pooled)), rtol=0, atol=1e-5)
     # folded and unfolded readouts of the whole network
     torch.testing.assert_close(net(x), model(x), rtol=0, atol=1e-5)

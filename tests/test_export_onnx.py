@@ -46,7 +46,7 @@ def test_onnx_graph_is_unrolled_opset17_with_a_step_per_neuron_layer(tmp_path):
     assert "Loop" not in ops and "Scan" not in ops
     T, L = model.timesteps, len(model.lif_layers())
     assert ops.count("Greater") == T * L  # one strict spike comparison per layer per step
-    assert [o.name for o in m.graph.output] == ["logits", "spikes_layers.2", "spikes_layers.4"]
+    assert [o.name for o in m.graph.output] == ["logits", "spikes_layers_2", "spikes_layers_4"]
 
 
 def test_temporal_input_onnx_equals_torch(tmp_path):
@@ -58,8 +58,8 @@ def test_temporal_input_onnx_equals_torch(tmp_path):
     x = (torch.rand(5, 9, 2, 6, 6) < 0.4).float()  # events (T, B, C, H, W)
     ref, ref_logits = node_spikes(model, x)
     spikes, logits = run_onnx(tmp_path / "m.onnx", x, batch_size=4, temporal=True)
-    assert ref["layers.1"].sum() > 0
-    assert torch.equal(spikes["layers.1"], ref["layers.1"])
+    assert ref["layers_1"].sum() > 0
+    assert torch.equal(spikes["layers_1"], ref["layers_1"])
     torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)
     assert net.timesteps == 5
 
@@ -69,7 +69,7 @@ def test_export_model_onnx_check_writes_verification(tmp_path):
     result = export_model(model, "onnx", tmp_path / "out", check=True, samples=samples)
     v = json.loads((tmp_path / "out" / "verification.json").read_text())
     assert v["target"] == "onnx" and v["samples"] == len(samples.y) == result.verification.samples
-    assert set(v["spike_agreement"]) == {"layers.2", "layers.6", "layers.10"}
+    assert set(v["spike_agreement"]) == {"layers_2", "layers_6", "layers_10"}
     assert all(a == 1.0 for a in v["spike_agreement"].values())
     assert v["output_agreement"] == 1.0
     acc = float((model(samples.x).argmax(1) == samples.y).float().mean())
@@ -80,7 +80,7 @@ def test_export_model_onnx_check_writes_verification(tmp_path):
 
 def test_residual_network_is_refused_by_onnx_and_nothing_written(tmp_path):
     model = build_model(ModelConfig(arch="resnet19", input_shape=(3, 8, 8), width=2, timesteps=2))
-    with pytest.raises(ExportError, match=r"^onnx: layer \d+ \(NIR node 'layers\.\d+\.out'\) sums 2 inputs"):
+    with pytest.raises(ExportError, match=r"^onnx: layer \d+ \(NIR node 'layers_\d+_out'\) sums 2 inputs"):
         export_model(model, "onnx", tmp_path / "out", check=True)
     assert not (tmp_path / "out").exists()
 
@@ -95,5 +95,5 @@ def test_graph_without_timesteps_is_refused(tmp_path):
     # given explicitly it works, and the file runs that many steps
     export_model(graph, "onnx", tmp_path / "out", timesteps=3)
     spikes, _ = run_onnx(tmp_path / "out" / "model.onnx", torch.rand(2, 1, 8, 8))
-    assert spikes["layers.2"].shape[0] == 3 and np.isfinite(spikes["layers.2"].numpy()).all()
+    assert spikes["layers_2"].shape[0] == 3 and np.isfinite(spikes["layers_2"].numpy()).all()
     assert nir_to_network(graph).timesteps == 3

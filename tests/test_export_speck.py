@@ -323,7 +323,7 @@ def test_export_check_writes_config_and_verification(tmp_path, conv, digits):
         assert -(2 ** 15) <= core["threshold_low"] < core["threshold_high"] <= 2 ** 15 - 1
     flt = v.details["float_before_discretisation"]
     assert all(a == 1.0 for a in flt["spike_agreement"].values()) and flt["output_agreement"] == 1.0
-    assert set(v.spike_agreement) == {"layers.2", "layers.6", "layers.10"}
+    assert set(v.spike_agreement) == {"layers_2", "layers_6", "layers_10"}
     assert v.details["input_max_rounding_error"] == 0.0     # digits are k/16: 16 events per unit
     for label in ("singlespike", "multispike"):   # int8 grid: close to, not equal to, float
         assert abs(v.details[label]["accuracy"] - v.accuracy_reference) <= 0.15

@@ -6,13 +6,14 @@ for the Exporter protocol and ``api.export_model`` for the driver.
 
 from .base import Exporter, Samples, Verification
 from .loihi import LoihiExporter
-from .nir_file import NIRExporter
+from .nir_file import NIRExporter, NIRSinabsExporter
 from .onnx import ONNXExporter
 from .speck import SpeckExporter
 
 # target name -> Exporter class, keyed by each class's own ``name`` (a new target: one line)
 EXPORTERS: dict[str, type] = {cls.name: cls for cls in (
     NIRExporter,
+    NIRSinabsExporter,
     LoihiExporter,
     ONNXExporter,
     SpeckExporter,

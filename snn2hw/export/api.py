@@ -33,8 +33,9 @@ from ..runs.files import atomic_write_text
 from ..runs.model import load_model
 from . import EXPORTERS
 from .base import Exporter, MinAgreement, Samples, Verification
-from .from_nir import nir_to_network
+from .from_nir import NIRNetwork, nir_to_network
 from .nir_reading import INPUT_ENCODINGS, PRODUCERS, read_input
+from .nir_reference import producer_reference
 from .reference import gate, run_reference
 from .to_nir import model_to_nir
 
@@ -254,7 +255,10 @@ def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str
             if data is None:
                 raise ConfigError("--check needs held-out samples: give --dataset (the NIR file names none)")
             prepared = held_out_samples(data, int(samples), T)
-        prepared.reference = run_reference(src.reference_model, prepared)
+        # a NIR source is checked against what its producer computes, not against our reading
+        prepared.reference = (producer_reference(src.graph, getattr(src, "producer", None)).run(prepared)
+                              if isinstance(src.reference_model, NIRNetwork)
+                              else run_reference(src.reference_model, prepared))
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -265,6 +269,7 @@ def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str
             warnings.simplefilter("ignore", DeprecationWarning)
             verification = gate(exporter.verify(plan, out, prepared), floor, allow_emulator)
         verification.details["approximations"] = approximations
+        verification.details.setdefault("reference", prepared.reference.source)  # whatever the target wrote
         body = asdict(verification)
         # the verdict first, then the numbers it was judged on
         payload: dict[str, Any] = {"passed": body.pop("passed"), "failures": body.pop("failures"),

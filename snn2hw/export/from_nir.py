@@ -37,6 +37,7 @@ from ..errors import ExportError, notice
 from ..models.config import ModelConfig
 from ..models.network import SpikingNetwork, record_spikes
 from .nir_reading import check_weights, producer_of, read_input, read_neuron, where
+from .to_nir import nir_node_name
 
 
 class Gain(nn.Module):
@@ -336,7 +337,8 @@ def nir_to_network(graph: nir.NIRGraph, timesteps: int | None = None) -> NIRNetw
 def node_spikes(model: SpikingNetwork, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
     """Run ``model`` on ``x``; return spikes per NIR node name (T, B, ...) and the
     readout (B, K). Works for a NIRNetwork and for a trained SpikingNetwork (whose
-    module paths are its NIR node names); the spike step is the exact Heaviside."""
+    NIR node names are ``nir_node_name`` of its module paths); the spike step is the exact
+    Heaviside."""
     names = getattr(model, "node_names", None)
     lifs = [m for m in model.modules() if isinstance(m, LIF)]
     saved = [m.spike_strategy for m in lifs]
@@ -351,5 +353,5 @@ def node_spikes(model: SpikingNetwork, x: Tensor) -> tuple[dict[str, Tensor], Te
         for m, s in zip(lifs, saved):
             m.spike_strategy = s
         model.train(was_training)
-    spikes = {(names.get(k, k) if names else k): torch.cat(v, 1) for k, v in rec.items()}
+    spikes = {(names.get(k, k) if names is not None else nir_node_name(k)): torch.cat(v, 1) for k, v in rec.items()}
     return spikes, out

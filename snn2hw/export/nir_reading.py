@@ -48,8 +48,9 @@ _DEFAULTS = {"snn2hw": ("subtract", ">", False, False, DT), "nir": ("subtract", 
 
 
 def where(name: str) -> str:
-    """'layer 3 (NIR node 'layers.3.out')' for our node names, else the node name."""
-    m = re.match(r"layers\.(\d+)", name)
+    """'layer 3 (NIR node 'layers_3_out')' for our node names (and the older 'layers.3.out'),
+    else the node name."""
+    m = re.match(r"layers[._](\d+)", name)
     return f"layer {m.group(1)} (NIR node {name!r})" if m else f"NIR node {name!r}"
 
 

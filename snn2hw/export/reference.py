@@ -44,10 +44,12 @@ def run_batched(fn: Callable[[Tensor], Sequence[Batched]], x: Tensor, axis: int,
 
 @dataclass
 class Reference:
-    """Spikes per NIR neuron node (T, N, ...) and the readout (N, K) of the float model."""
+    """Spikes per NIR neuron node (T, N, ...) and the readout (N, K) of the float model, and
+    what computed them (``details.reference`` in verification.json)."""
 
     spikes: dict[str, Tensor]
     output: Tensor
+    source: str = "trained model"
 
 
 def run_reference(model: torch.nn.Module, samples: Samples, batch_size: int = 256) -> Reference:
@@ -56,7 +58,8 @@ def run_reference(model: torch.nn.Module, samples: Samples, batch_size: int = 25
 
     spikes, output = run_batched(lambda xb: node_spikes(model, xb), samples.x,
                                  1 if samples.temporal else 0, batch_size, cat_axes=(1, 0))
-    return Reference(spikes, output)
+    # a NIRNetwork is our own reading of a graph, not an independent reference
+    return Reference(spikes, output, "snn2hw from_nir" if hasattr(model, "node_names") else "trained model")
 
 
 def _activity_failure(name: str, ref: Tensor, n: int) -> str | None:
@@ -130,6 +133,7 @@ def compare(target: str, reference: Reference, spikes: dict[str, Tensor], output
             info["max_abs_output_difference"] = float((output.float() - reference.output.float()).abs().max())
     if "max_abs_output_difference" not in info:
         info["readout_compared"] = False   # the failure above says why; no class agreement to judge
+    info["reference"] = reference.source
     info.update(details or {})
     return Verification(
         target=target, samples=n, spike_agreement=agreement, output_agreement=output_agreement,

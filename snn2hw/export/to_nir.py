@@ -13,15 +13,19 @@ What the graph says (targets.md C):
   encoding and the readout (``mean_current``: the logits are the mean over T of the
   last Affine's output). Each neuron node also carries ``{lam, v_th, reset}`` so that
   our importer restores the exact floats.
-* Node names are the torch module paths (``layers.3``, ``layers.5.out``), so spikes
-  recorded with ``record_spikes`` on the trained model are keyed like the graph's
-  neuron nodes.
+* Node names are the torch module paths with '.' written as '_' (``layers_3``,
+  ``layers_5_out``; ``nir_node_name``): nirtorch 2.0 (snnTorch's and sinabs' importers) puts
+  node names into a ``torch.nn.ModuleDict``, which refuses '.' and Python keywords. Spikes
+  recorded with ``record_spikes`` on the trained model map to the neuron nodes through
+  ``nir_node_name``. Files written before this (``layers.3``) still read.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import nir
 import numpy as np
@@ -38,6 +42,13 @@ from ..models.walk import Rule, Step, walk
 DT = 1e-4
 
 
+def nir_node_name(module_path: str) -> str:
+    """The NIR node name of the layer at torch ``module_path``: ``layers.5.out`` -> ``layers_5_out``.
+
+    Every consumer accepts it: no '.', never a Python keyword (it starts with ``layers``)."""
+    return module_path.replace(".", "_")
+
+
 @dataclass
 class _Chain:
     """The graph being built and where the walk stands in it."""
@@ -49,9 +60,10 @@ class _Chain:
     shape: tuple[int, ...]          # its per-sample output shape
 
     def append(self, step: Step, node: nir.NIRNode) -> None:
-        self.nodes[step.name] = node
-        self.edges.append((self.src, step.name))
-        self.src, self.shape = step.name, _out_shape(step.module, self.shape)
+        name = nir_node_name(step.name)
+        self.nodes[name] = node
+        self.edges.append((self.src, name))
+        self.src, self.shape = name, _out_shape(step.module, self.shape)
 
 
 def _out_shape(layer: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -141,7 +153,7 @@ def _residual(step: Step, chain: _Chain) -> None:
     chain.src, chain.shape = src, shape
     step.walk_inside("shortcut", chain)
     short = chain.src
-    out, out_shape = f"{step.name}.out", _out_shape(step.module, shape)
+    out, out_shape = nir_node_name(f"{step.name}.out"), _out_shape(step.module, shape)
     chain.nodes[out] = _neuron_node(step.module.out, out_shape, chain.dt)
     chain.edges += [(body, out), (short, out)]
     chain.src, chain.shape = out, out_shape
@@ -195,3 +207,109 @@ def model_to_nir(model: SpikingNetwork, dt: float = DT, temporal: bool = False) 
     }
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 
+
+
+# ---- flavours: the same network, written the way another library's importer reads NIR ----
+
+def graph_copy(graph: nir.NIRGraph, rename: Callable[[str], str] = str) -> nir.NIRGraph:
+    """A shallow copy of ``graph`` (node objects shared, nodes renamed by ``rename``), built
+    without nir >= 1.0.5's type check (a flavour may shape neuron parameters to broadcast)."""
+    kw = {"type_check": False} if "type_check" in inspect.signature(nir.NIRGraph.__init__).parameters else {}
+    return nir.NIRGraph(nodes={rename(k): v for k, v in graph.nodes.items()},
+                        edges=[(rename(a), rename(b)) for a, b in graph.edges],
+                        metadata=dict(graph.metadata or {}), **kw)
+
+
+def pooling_as(graph: nir.NIRGraph, mode: str) -> nir.NIRGraph:
+    """A copy of ``graph`` whose 2-D pooling nodes are all ``mode`` ('sum' or 'avg') pooling,
+    the factor k^2 moved into the next node with weights: sum = k^2 avg (exact in float32 for
+    k a power of 2). For importers with only one of the two (sinabs: sum, snnTorch: avg)."""
+    new_cls, other = (nir.SumPool2d, nir.AvgPool2d) if mode == "sum" else (nir.AvgPool2d, nir.SumPool2d)
+    g = graph_copy(graph)
+    succ = dict(g.edges)
+    for name, node in list(g.nodes.items()):
+        if not isinstance(node, other):
+            continue
+        k = np.asarray(node.kernel_size, dtype=np.int64).reshape(-1)
+        area = float(k[0] * k[-1])
+        g.nodes[name] = new_cls(kernel_size=node.kernel_size, stride=node.stride, padding=node.padding)
+        nxt = succ.get(name)
+        while nxt is not None and not hasattr(g.nodes[nxt], "weight"):
+            nxt = succ.get(nxt)
+        if nxt is None:
+            raise ExportError(f"NIR node {name!r}: {type(node).__name__} with no weights after it to move "
+                              f"its factor {area:g} into; the reader has no {type(node).__name__}: use --target nir")
+        after = copy.copy(g.nodes[nxt])  # the caller's graph keeps its weights
+        w = np.asarray(after.weight, dtype=np.float64)
+        after.weight = (w / area if mode == "sum" else w * area).astype(np.float32)
+        g.nodes[nxt] = after
+    return g
+
+
+def sinabs_tau(lam: float) -> float:
+    """The float32 tau (in steps) with ``exp(-1/tau) == float32(lam)`` in float32, as sinabs
+    computes its decay (``LIF.alpha_mem_calculated``); ExportError if no float32 near
+    ``-1/ln(lam)`` gives lam exactly."""
+    target = torch.tensor(lam, dtype=torch.float32)
+    t0 = np.float32(-1.0 / np.log(lam))
+    near = [t0]
+    for direction in (np.float32(np.inf), np.float32(-np.inf)):
+        t = t0
+        for _ in range(64):
+            t = np.nextafter(t, direction)
+            near.append(t)
+    for t in sorted(near, key=lambda c: abs(float(c) - float(t0))):
+        if torch.exp(-1.0 / torch.tensor(t)) == target:
+            return float(t)
+    raise ExportError(f"no float32 tau gives sinabs the leak lam={lam} exactly; use --target nir")
+
+
+def _sinabs_neuron(node: nir.NIRNode, name: str) -> nir.NIRNode:
+    meta = dict(getattr(node, "metadata", {}) or {})
+    if "lam" not in meta:
+        raise ExportError(f"NIR node {name!r} has no snn2hw neuron metadata (lam, v_th); the sinabs "
+                          "flavour is written from graphs snn2hw made: export the checkpoint instead")
+    lam, v_th = float(meta["lam"]), float(meta["v_th"])
+    shape = np.asarray(node.v_threshold).shape
+    if lam != 1.0 and len(shape) > 1:
+        # (C, 1, 1): sinabs' LIF check `any(v_leak) != 0` fails on (C, H, W); it broadcasts (C, 1, 1).
+        # nir >= 1.0.5 then needs nir.read(path, type_check=False) (its types differ from (C, H, W)).
+        shape = (shape[0],) + (1,) * (len(shape) - 1)
+    one = np.ones(shape, dtype=np.float32)
+    # sinabs fires on v >= threshold, ours on v > V_th: the next float32 up is the same rule
+    fire = np.nextafter(np.float32(v_th), np.float32(np.inf)) * one
+    if lam == 1.0:
+        return nir.IF(r=one, v_threshold=fire, metadata=meta)
+    return nir.LIF(tau=np.float32(sinabs_tau(lam)) * one, r=(one / np.float32(1.0 - lam)).astype(np.float32),
+                   v_leak=0 * one, v_threshold=fire, metadata=meta)
+
+
+def sinabs_flavour(graph: nir.NIRGraph) -> nir.NIRGraph:
+    """A copy of our ``graph`` that ``sinabs.from_nir`` reads as the same network.
+
+    * LIF: ``tau`` in steps with ``exp(-1/tau) == lam`` in float32 (sinabs' decay; it ignores
+      dt and r), ``r = 1/(1-lam)`` and metadata ``dt = tau (1 - lam)`` so that an Euler reader
+      still gets lam when all layers share it; parameters of conv neurons shaped (C, 1, 1).
+    * ``v_threshold = nextafter(V_th, +inf)`` in float32: sinabs' ``v >= thr`` is then ours ``v > V_th``.
+    * AvgPool2d -> SumPool2d with 1/k^2 folded into the next weights (sinabs has no AvgPool2d);
+      Linear -> Affine with zero bias (sinabs has no Linear).
+
+    What NIR cannot say is set after loading (``export.interop.load_in_sinabs`` does it):
+    SingleSpike, MembraneReset() (hard) or MembraneSubtract(subtract_value=V_th) (soft),
+    min_v_mem=None. Node metadata keeps lam and V_th, so snn2hw reads the file exactly too.
+    """
+    g = graph_copy(graph)
+    for name, node in list(g.nodes.items()):
+        if isinstance(node, (nir.LIF, nir.IF)):
+            g.nodes[name] = _sinabs_neuron(node, name)
+        elif isinstance(node, nir.Linear):
+            w = np.asarray(node.weight, dtype=np.float32)
+            g.nodes[name] = nir.Affine(weight=w, bias=np.zeros(w.shape[0], dtype=np.float32))
+    g = pooling_as(g, "sum")
+    lams = {float(n.metadata["lam"]) for n in g.nodes.values() if isinstance(n, (nir.LIF, nir.IF))}
+    g.metadata["flavour"] = "sinabs"
+    g.metadata["tau_unit"] = "steps: v <- exp(-1/tau) v + I (sinabs); lam, v_th per node in metadata"
+    if len(lams) == 1 and 1.0 not in lams:
+        lam = lams.pop()
+        g.metadata["dt"] = sinabs_tau(lam) * (1.0 - lam)
+    return g
