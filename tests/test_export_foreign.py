@@ -440,22 +440,22 @@ def test_approximate_soft_reset_on_loihi_reports_the_measured_loss(tmp_path, mon
     graph = model_to_nir(model)
     x = torch.rand(64, 6, generator=torch.Generator().manual_seed(0))
     samples = Samples(x, torch.zeros(64, dtype=torch.long), 8)
-    with pytest.raises(ExportError, match=r"loihi: neuron layers.2: reset by subtraction.*--approximate"):
+    with pytest.raises(ExportError, match=r"loihi: neuron layers_2: reset by subtraction.*--approximate"):
         export_model(graph, "loihi", tmp_path / "refused", check=True, samples=samples)
     assert not (tmp_path / "refused").exists()
     res = export_model(graph, "loihi", tmp_path / "out", check=True, samples=samples, approximate=True,
                        allow_emulator=True, min_agreement=0.0)   # measure the loss, whatever it is
     v = json.loads((tmp_path / "out" / "verification.json").read_text())
     assert v["details"]["approximations"] == [
-        "neuron layers.2: reset by subtraction -> one spike per step, reset to 0, no clip (Lava CUBA)"]
+        "neuron layers_2: reset by subtraction -> one spike per step, reset to 0, no clip (Lava CUBA)"]
     # the reference stays the soft-reset graph: the emulator's hard reset shows as lost spikes
     soft, _ = node_spikes(model, x)
     model.layers[2].reset = "hard"
     hard, _ = node_spikes(model, x)
-    lost = int((soft["layers.2"] != hard["layers.2"]).sum())
-    counts = v["details"]["spike_counts"]["layers.2"]
-    assert lost > 0 and counts["mismatches"] >= lost // 2 and v["spike_agreement"]["layers.2"] < 1.0
-    assert counts["reference"] == int(soft["layers.2"].sum())
+    lost = int((soft["layers_2"] != hard["layers_2"]).sum())
+    counts = v["details"]["spike_counts"]["layers_2"]
+    assert lost > 0 and counts["mismatches"] >= lost // 2 and v["spike_agreement"]["layers_2"] < 1.0
+    assert counts["reference"] == int(soft["layers_2"].sum())
     readme = (tmp_path / "out" / "README.md").read_text()
     assert "## Approximations (--approximate)" in readme and "reset by subtraction" in readme
     assert res.approximations == v["details"]["approximations"]

@@ -126,9 +126,9 @@ def test_a_silent_or_saturated_layer_fails_the_check(make, word, tmp_path):
     with pytest.raises(VerificationError) as err:
         export_model(make(model), "nir", tmp_path / "out", check=True, samples=samples)
     v = json.loads((tmp_path / "out" / "verification.json").read_text())
-    assert v["passed"] is False and v["spike_agreement"] == {"layers.2": 1.0}   # agreement alone passes
+    assert v["passed"] is False and v["spike_agreement"] == {"layers_2": 1.0}   # agreement alone passes
     assert v["failures"] == err.value.failures and len(v["failures"]) == 1
-    assert v["failures"][0].startswith(f"layers.2: the float model's layer is {word} on the {SAMPLES} check "
+    assert v["failures"][0].startswith(f"layers_2: the float model's layer is {word} on the {SAMPLES} check "
                                        "samples") and "proves nothing" in v["failures"][0]
     readme = (tmp_path / "out" / "README.md").read_text()
     assert "samples of the test split: FAILED" in readme and v["failures"][0] in readme
@@ -169,7 +169,7 @@ def test_below_threshold_agreement_fails_and_exit_3(nir_file, tmp_path, monkeypa
     w = json.loads((tmp_path / "strict" / "verification.json").read_text())
     assert not w["passed"] and w["min_agreement"] == {"classes": 1.0, "spikes": 1.0}
     assert w["spike_agreement"] == v["spike_agreement"]
-    layers = [f.split(":")[0] for f in w["failures"] if f.startswith("layers.")]
+    layers = [f.split(":")[0] for f in w["failures"] if f.startswith("layers_")]
     assert layers == [k for k, a in v["spike_agreement"].items() if a < 1]
     classes = [f for f in w["failures"] if f.startswith("class agreement")]
     assert len(classes) == (v["output_agreement"] < 1) and len(w["failures"]) == len(layers) + len(classes)
@@ -208,7 +208,7 @@ def test_onnxruntime_differing_from_torch_fails(tmp_path, monkeypatch):
 
     def one_spike_off(*args, **kwargs):
         spikes, logits = real(*args, **kwargs)
-        spikes["layers.2"][0, 0, 0] = 1 - spikes["layers.2"][0, 0, 0]
+        spikes["layers_2"][0, 0, 0] = 1 - spikes["layers_2"][0, 0, 0]
         return spikes, logits
 
     monkeypatch.setattr(onnx_target, "run_onnx", one_spike_off)
@@ -217,8 +217,8 @@ def test_onnxruntime_differing_from_torch_fails(tmp_path, monkeypatch):
         export_model(model, "onnx", tmp_path / "out", check=True, samples=samples,
                      min_agreement=0.0)      # not the agreement floor: the runtime's own exactness
     v = json.loads((tmp_path / "out" / "verification.json").read_text())
-    assert v["details"]["spike_mismatches_vs_torch"] == {"layers.2": 1}
-    assert err.value.failures == [f"layers.2: onnxruntime and the torch rebuild disagree on 1 of "
+    assert v["details"]["spike_mismatches_vs_torch"] == {"layers_2": 1}
+    assert err.value.failures == [f"layers_2: onnxruntime and the torch rebuild disagree on 1 of "
                                   f"{3 * SAMPLES * 16} spike values (must be 0); " + onnx_target.TORCH_FIX]
 
 
@@ -233,7 +233,7 @@ def test_sinabs_float_import_differing_from_the_float_model_fails(tmp_path, monk
         spikes, out, vmax = real(*args, **kwargs)
         calls.append(1)
         if len(calls) == 1:        # the float run comes first
-            spikes["layers.2"][0, 0, 0] = 1 - spikes["layers.2"][0, 0, 0]
+            spikes["layers_2"][0, 0, 0] = 1 - spikes["layers_2"][0, 0, 0]
         return spikes, out, vmax
 
     monkeypatch.setattr(speck_target, "simulate", float_run_one_spike_off)
@@ -241,7 +241,7 @@ def test_sinabs_float_import_differing_from_the_float_model_fails(tmp_path, monk
     with warnings.catch_warnings(), pytest.raises(VerificationError) as err:
         warnings.simplefilter("ignore")
         export_model(model, "speck", tmp_path / "out", check=True, samples=samples, min_agreement=0.0)
-    assert err.value.failures == ["layers.2: sinabs' float import of the graph and the float model disagree "
+    assert err.value.failures == ["layers_2: sinabs' float import of the graph and the float model disagree "
                                   "on 1 spike values (must be 0): sinabs' neuron settings drifted from ours "
                                   "(speck _set_neuron); report it"]
 

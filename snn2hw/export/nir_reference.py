@@ -16,7 +16,8 @@ Definitions used (NIR 1.0.4; 1.0.8's ``v_reset`` is honoured when present):
   adds ``tau_syn dI/dt = -I + w_in S`` integrated first; LI: the LIF without spikes.
 * IF: ``dv/dt = R I`` has no time constant; every consumer we know (sinabs IAF, Lava,
   snn2hw) integrates it per step, ``v += R I``: so does this.
-* ``z = v > v_threshold``; reset ``v -= v_threshold`` (1.0.4), or ``v = v_reset`` (node field),
+* ``z = v > v_threshold`` (``>=`` where the metadata says ``spike: '>='``, node over graph: a
+  producer's convention NIR 1.0.4 cannot state); reset ``v -= v_threshold`` (1.0.4), or ``v = v_reset`` (node field),
   or what the metadata says (``reset: zero | subtract``, node over graph: 1.0.4 has no field).
 * Affine ``W x + b``, Linear, Scale, Conv1d/Conv2d (torch's conv semantics, as NIR specifies),
   SumPool2d, AvgPool2d, Flatten (batch excluded). A node's input is the sum of its
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ExportError
+from .nir_reading import producer_of
 from .base import Samples
 from .reference import Reference, run_batched
 
@@ -46,25 +48,18 @@ SNNTORCH_DT = 1e-4   # snnTorch's export_to_nir hard-codes it (tau = dt / (1 - b
 
 
 def detect_producer(graph: nir.NIRGraph) -> str:
-    """'snn2hw', 'sinabs', 'snntorch' or '' (unknown), from the metadata or the node layout.
-
-    snn2hw writes ``producer``; snnTorch writes LIFs with ``r == tau / 1e-4`` (dt fixed at
-    1e-4 s); sinabs writes neurons with ``r == 1`` and LIF tau in steps (>= 1)."""
-    md = graph.metadata or {}
-    named = str(md.get("producer", "")).split(" ")[0].lower()
-    if named:
-        return named
-    neurons = [n for n in graph.nodes.values() if isinstance(n, (nir.LIF, nir.IF, nir.CubaLIF, nir.LI))]
-    if not neurons:
-        return ""
-    r_one = all(np.all(np.asarray(n.r) == 1) for n in neurons)
-    lifs = [n for n in neurons if isinstance(n, (nir.LIF, nir.CubaLIF))]
+    """'snn2hw', 'sinabs', 'snntorch' or '' (unknown). The metadata and sinabs' layout are read
+    as the exporter reads them (``nir_reading.producer_of``: one detector, so the reference and
+    the export never guess differently); snnTorch's own signature, LIFs with ``r == tau / 1e-4``
+    (its dt fixed at 1e-4 s), only picks which library simulates the reference."""
+    who = producer_of(graph)
+    if who != "nir":
+        return who
+    lifs = [n for n in graph.nodes.values() if isinstance(n, (nir.LIF, nir.CubaLIF))]
     taus = [np.asarray(getattr(n, "tau", getattr(n, "tau_mem", 1.0)), dtype=np.float64) for n in lifs]
     if lifs and all(np.allclose(np.asarray(n.r, np.float64), t / SNNTORCH_DT, rtol=1e-6) or np.all(np.isinf(t))
                     for n, t in zip(lifs, taus)):
         return "snntorch"
-    if r_one and all(np.all(t >= 1.0) for t in taus):
-        return "sinabs"
     return ""
 
 
@@ -81,10 +76,12 @@ class _Neuron:
     kind: str                  # 'lif' | 'if' | 'li' | 'cuba'
     params: dict[str, np.ndarray]
     reset: str                 # 'subtract' | 'zero' | 'value'
+    geq: bool = False          # the producer's spike rule is v >= v_threshold (metadata spike: '>=')
 
 
-def _neuron(node: Any, graph_reset: str | None) -> _Neuron:
+def _neuron(node: Any, graph_reset: str | None, graph_spike: str | None = None) -> _Neuron:
     meta = getattr(node, "metadata", {}) or {}
+    geq = str(meta.get("spike", graph_spike or ">")).strip() == ">="
     v_reset = getattr(node, "v_reset", None)
     reset = "value" if v_reset is not None else str(meta.get("reset", graph_reset or "subtract"))
     p = {k: _arr(getattr(node, k)) for k in ("tau", "tau_mem", "tau_syn", "r", "v_leak", "v_threshold", "w_in")
@@ -92,7 +89,7 @@ def _neuron(node: Any, graph_reset: str | None) -> _Neuron:
     if v_reset is not None:
         p["v_reset"] = _arr(v_reset)
     kind = {nir.LIF: "lif", nir.IF: "if", nir.LI: "li", nir.CubaLIF: "cuba"}[type(node)]
-    return _Neuron(kind, p, reset)
+    return _Neuron(kind, p, reset, geq)
 
 
 def _step_neuron(n: _Neuron, x: np.ndarray, state: dict[str, np.ndarray], dt: float) -> np.ndarray:
@@ -110,7 +107,7 @@ def _step_neuron(n: _Neuron, x: np.ndarray, state: dict[str, np.ndarray], dt: fl
     if n.kind == "li":
         state["v"] = v
         return v
-    z = (v > p["v_threshold"]).astype(np.float64)
+    z = ((v >= p["v_threshold"]) if n.geq else (v > p["v_threshold"])).astype(np.float64)
     if n.reset == "zero":
         v = v * (1 - z)
     elif n.reset == "value":
@@ -157,8 +154,8 @@ class EulerReference:
     def __init__(self, graph: nir.NIRGraph, dt: float) -> None:
         self.graph, self.dt = graph, float(dt)
         self.name = f"nir definitions (Euler, dt={self.dt:g})"
-        reset = (graph.metadata or {}).get("reset")
-        self.neurons = {k: _neuron(n, reset) for k, n in graph.nodes.items()
+        md = graph.metadata or {}
+        self.neurons = {k: _neuron(n, md.get("reset"), md.get("spike")) for k, n in graph.nodes.items()
                         if isinstance(n, (nir.LIF, nir.IF, nir.LI, nir.CubaLIF))}
         self.ops = {k: _stateless(n) for k, n in graph.nodes.items() if k not in self.neurons}
         self.order, self.back = self._order()

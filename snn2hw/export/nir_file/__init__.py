@@ -134,6 +134,7 @@ class NIRSinabsExporter:
                                   "sum pooling); verified in sinabs")
     filename: ClassVar[str] = "model.nir"
     grid: ClassVar[type | None] = None
+    min_agreement: ClassVar[MinAgreement] = EXACT   # sinabs runs the file as we do, spike for spike
 
     def check(self, graph: nir.NIRGraph) -> nir.NIRGraph:
         """The sinabs flavour of ``graph`` (``to_nir.sinabs_flavour``); refused for nodes
