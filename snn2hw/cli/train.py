@@ -22,7 +22,7 @@ from ..methods import METHODS, option_flags
 # flag -> config key; values None are not passed, so the config file or the defaults apply
 FLAGS: list[tuple[str, dict]] = [
     ("--dataset", dict(help="digits (default), mnist1d, npz:PATH, mnist-idx:DIR, cifar10:DIR")),
-    ("--model", dict(choices=["mlp", "conv", "resnet18", "resnet19"], help="architecture (default mlp)")),
+    ("--model", dict(choices=["mlp", "conv", "resnet18", "resnet19", "srnn"], help="architecture (default mlp)")),
     ("--timesteps", dict(type=int, help="time steps T (default 4)")),
     ("--epochs", dict(type=int, help="epochs (default 30)")),
     ("--batch-size", dict(type=int, help="batch size (default 64)")),

@@ -126,6 +126,13 @@ def load_mnist1d(seed: int = 0) -> DataSplit:
     return _make("mnist1d", x, d["y"], xt, d["y_test"])
 
 
+def load_mnist1d_seq(seed: int = 0) -> DataSplit:
+    """MNIST-1D read as a sequence: 40 steps of one channel, x (N, 40, 1), temporal."""
+    d = load_mnist1d(seed)
+    seq = {k: getattr(d, k).transpose(1, 2).contiguous() for k in ("x_train", "x_test")}
+    return replace(d, name="mnist1d-seq", temporal=True, **seq)
+
+
 def load_npz(path: str) -> DataSplit:
     """``x``, ``y`` and optional ``x_test``, ``y_test``, ``x_val``, ``y_val``; optional
     ``temporal`` flag (then x is (N, T, ...) event frames). Without a test set, 20% is
@@ -243,7 +250,7 @@ def load_cifar10(directory: str) -> DataSplit:
     return _make("cifar10", (x - mean) / std, y, (xt - mean) / std, yt)
 
 
-EMBEDDED = {"digits": load_digits, "mnist1d": load_mnist1d}
+EMBEDDED = {"digits": load_digits, "mnist1d": load_mnist1d, "mnist1d-seq": load_mnist1d_seq}
 FROM_PATH = {"npz": load_npz, "mnist-idx": load_mnist_idx, "cifar10": load_cifar10}
 
 
