@@ -15,8 +15,8 @@ from .config import ModelConfig
 
 
 class SpikingNetwork(nn.Module):
-    """A feed-forward SNN: ``layers`` applied to (T, B, ...), output = mean_t of
-    the last (non-spiking) layer's current (Dspike Eq. 3, ASGL Eq. 5).
+    """An SNN (feed-forward, or with recurrent layers: srnn): ``layers`` applied to
+    (T, B, ...), output = mean_t of the last (non-spiking) layer's current (Dspike Eq. 3, ASGL Eq. 5).
 
     Static input ``(B, ...)`` is encoded by ``config.encoding`` (core/encoders.py).
     Direct encoding gives the same analog frame at every step: since the
