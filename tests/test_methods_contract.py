@@ -45,6 +45,7 @@ MODELS = {
     "mlp": {"model": "mlp", "hidden": [32]},
     "conv": {"model": "conv", "channels": [4, 8], "fc_hidden": 16},
     "resnet18": {"model": "resnet18", "width": 4},
+    "srnn": {"model": "srnn", "hidden": [16], "neuron": "cuba"},
 }
 
 

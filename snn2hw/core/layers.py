@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .fused import fused_lif
-from .neuron import LIFParams, lif_sequence
+from .neuron import (CUBAParams, CUBAState, LIFParams, LIFState, SpikeFn, cuba_initial_state,
+                     cuba_step, initial_state, lif_sequence, lif_step, synaptic_current)
 from .surrogate import SurrogateShape, Triangle, default_param, spike
 
 
@@ -59,6 +60,18 @@ class LIF(nn.Module):
     def surrogate_spike(self, x: Tensor) -> Tensor:
         return spike(x, self.surrogate, self.shape_param)
 
+    @property
+    def spike_fn(self) -> SpikeFn:
+        """x -> s as training runs it: the installed strategy, else the surrogate spike."""
+        return self.spike_strategy or self.surrogate_spike
+
+    def initial_state(self, like: Tensor) -> LIFState:
+        return initial_state(like)
+
+    def step(self, c: Tensor, state: LIFState) -> tuple[Tensor, LIFState]:
+        """One ``lif_step`` with this layer's constants and spike function (recurrent layers)."""
+        return lif_step(c, state, self.params, self.spike_fn)
+
     def forward(self, currents: Tensor) -> Tensor:
         # membranes are for training-time losses and probes (PDA, CPNG): never kept in eval
         record = self.record_membrane and self.training
@@ -67,8 +80,7 @@ class LIF(nn.Module):
             out = fused_lif(currents, *fused, membrane=record)
             s, self.last_membrane = out if record else (out, None)
             return s
-        spike_fn = self.spike_strategy or self.surrogate_spike
-        s, u = lif_sequence(currents, self.params, spike_fn, record)
+        s, u = lif_sequence(currents, self.params, self.spike_fn, record)
         self.last_membrane = u
         return s
 
@@ -97,6 +109,93 @@ class LIF(nn.Module):
             f"surrogate={self.surrogate.name}({float(self.shape_param):.4g}), kind={self.kind}"
             + foreign
         )
+
+
+class CUBA(nn.Module):
+    """A layer of current-based LIF neurons (``neuron.cuba_step``): a synaptic
+    filter ``i[t] = alpha i[t-1] + c[t]`` before a LIF.
+
+    The LIF part is the submodule ``lif``, so everything that finds ``LIF``
+    modules (training methods installing surrogate shapes and strategies,
+    membrane probes, spike recording) sees it unchanged. Feed-forward, the filter
+    runs over all of T first and the LIF's fused loop after it
+    (``neuron.synaptic_current``). Exporters have no rule for this type yet, so
+    they refuse it by name rather than export it as a plain LIF.
+    """
+
+    temporal = True
+
+    def __init__(self, alpha: float = 0.5, lam: float = 0.5, v_th: float = 1.0,
+                 reset: str = "hard", surrogate: SurrogateShape | None = None,
+                 kind: str = "fc") -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+        self.lif = LIF(lam, v_th, reset, surrogate, kind)
+
+    @property
+    def params(self) -> CUBAParams:
+        lif = self.lif
+        return CUBAParams(self.alpha, lif.lam, lif.v_th, lif.reset)
+
+    def initial_state(self, like: Tensor) -> CUBAState:
+        return cuba_initial_state(like)
+
+    def step(self, c: Tensor, state: CUBAState) -> tuple[Tensor, CUBAState]:
+        """One ``cuba_step`` with this layer's constants and its LIF's spike function."""
+        return cuba_step(c, state, self.params, self.lif.spike_fn)
+
+    def forward(self, currents: Tensor) -> Tensor:
+        return self.lif(synaptic_current(currents, self.alpha))
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+Neuron = LIF | CUBA
+
+
+def neuron_lif(neuron: Neuron) -> LIF:
+    """The ``LIF`` module that holds a neuron layer's surrogate, strategy and probes."""
+    return neuron if isinstance(neuron, LIF) else neuron.lif
+
+
+class RecurrentSpiking(nn.Module):
+    """Spiking neurons driven by the previous layer's currents plus their own
+    spikes of the last step through recurrent weights:
+
+        c_rec[t] = c[t] + W_rec s[t-1],   s[0] = 0,   then the neuron's step on c_rec[t]
+
+    ``neuron`` (a ``LIF`` or ``CUBA`` module) is a submodule whose ``step`` the
+    loop calls, so training methods find its ``LIF`` and install shapes and
+    strategies as on any other layer. The input weights are the ``nn.Linear``
+    before this layer (run once over all of T); ``W_rec`` has no bias.
+
+    This is a plain per-step loop, BPTT by autograd: the fused LIF loop
+    (``core/fused.py``) cannot run here because each step's current depends on
+    the spikes of the step before, which that loop only computes inside itself.
+    """
+
+    temporal = True
+
+    def __init__(self, width: int, neuron: Neuron) -> None:
+        super().__init__()
+        self.recurrent = nn.Linear(width, width, bias=False)
+        self.neuron = neuron
+
+    def forward(self, currents: Tensor) -> Tensor:
+        lif = neuron_lif(self.neuron)
+        record = lif.record_membrane and self.training  # as LIF.forward: training-time probes only
+        state = self.neuron.initial_state(currents[0])
+        w_rec_t = self.recurrent.weight.t()
+        spikes, membrane = [], []
+        for c in currents:
+            # one fused op per step: c + s[t-1] W_rec^T
+            s, state = self.neuron.step(torch.addmm(c, state.s, w_rec_t), state)
+            spikes.append(s)
+            if record:
+                membrane.append(state.u)
+        lif.last_membrane = torch.stack(membrane) if record else None
+        return torch.stack(spikes)
 
 
 class TDBatchNorm(nn.Module):
@@ -182,7 +281,7 @@ class ResidualBlock(nn.Module):
 
     temporal = True
 
-    def __init__(self, body: list[nn.Module], shortcut: list[nn.Module], out: LIF) -> None:
+    def __init__(self, body: list[nn.Module], shortcut: list[nn.Module], out: Neuron) -> None:
         super().__init__()
         self.body = nn.ModuleList(body)
         self.shortcut = nn.ModuleList(shortcut)

@@ -19,6 +19,14 @@ ways, each an option of ``LIFParams`` whose default is the neuron above:
                  step, soft reset removes s V_th); f = [s > 0] in the hard reset
     v_min        after the reset, u is clipped from below: relu(u - v_min) + v_min,
                  written as sinabs computes it (min_v_mem) so that its graphs read bit for bit
+
+The current-based (CUBA) neuron puts a first-order synaptic filter before the
+same LIF update:
+
+    synaptic current:  i[t] = alpha * i[t-1] + c[t],   i[0] = 0
+    membrane, spike:   the LIF update above with i[t] in place of c[t]
+
+``alpha = 0`` is the LIF neuron, exactly (``0 * i + c == c`` in floating point).
 """
 
 from __future__ import annotations
@@ -123,3 +131,52 @@ def lif_sequence(
             membrane.append(state.u)
     u_all = torch.stack(membrane) if record_membrane else None
     return torch.stack(spikes), u_all
+
+
+class CUBAParams(NamedTuple):
+    """CUBA constants: the synaptic decay ``alpha`` and the LIF constants after it."""
+
+    alpha: float | Tensor = 0.5
+    lam: float | Tensor = 0.5
+    v_th: float | Tensor = 1.0
+    reset: str = "hard"
+
+    @property
+    def lif(self) -> LIFParams:
+        return LIFParams(self.lam, self.v_th, self.reset)
+
+
+class CUBAState(NamedTuple):
+    i: Tensor  # synaptic current of the last step
+    u: Tensor  # membrane potential compared with V_th at the last step
+    s: Tensor  # spikes emitted at the last step
+
+
+def cuba_initial_state(like: Tensor) -> CUBAState:
+    zero = torch.zeros_like(like)
+    return CUBAState(zero, zero, zero)
+
+
+def cuba_step(
+    c: Tensor, state: CUBAState, p: CUBAParams, spike_fn: SpikeFn = heaviside
+) -> tuple[Tensor, CUBAState]:
+    """One CUBA update: filter the current, then ``lif_step`` on it."""
+    i = p.alpha * state.i + c
+    s, lif = lif_step(i, LIFState(state.u, state.s), p.lif, spike_fn)
+    return s, CUBAState(i, lif.u, lif.s)
+
+
+def synaptic_current(currents: Tensor, alpha: float | Tensor) -> Tensor:
+    """``i[t] = alpha * i[t-1] + c[t]`` over the leading time axis (T, ...), ``i[0] = 0``.
+
+    The filter does not depend on the spikes, so a feed-forward CUBA layer runs
+    it over all of T first and then the LIF loop (fused or not) on ``i``: the
+    same numbers, bit for bit, as ``cuba_step`` per step (the same expression,
+    evaluated in the same order).
+    """
+    i = torch.zeros_like(currents[0])
+    out = []
+    for c in currents:
+        i = alpha * i + c
+        out.append(i)
+    return torch.stack(out)

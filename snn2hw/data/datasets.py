@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from .events import DEFAULT_TIMESTEPS, TONIC_SETS, EventArrays, shd_arrays, tonic_arrays
 
 
 @dataclass
@@ -124,6 +125,13 @@ def load_mnist1d(seed: int = 0) -> DataSplit:
     d = make_dataset(get_dataset_args())
     x, xt = d["x"].astype(np.float32)[:, None], d["x_test"].astype(np.float32)[:, None]
     return _make("mnist1d", x, d["y"], xt, d["y_test"])
+
+
+def load_mnist1d_seq(seed: int = 0) -> DataSplit:
+    """MNIST-1D read as a sequence: 40 steps of one channel, x (N, 40, 1), temporal."""
+    d = load_mnist1d(seed)
+    seq = {k: getattr(d, k).transpose(1, 2).contiguous() for k in ("x_train", "x_test")}
+    return replace(d, name="mnist1d-seq", temporal=True, **seq)
 
 
 def load_npz(path: str) -> DataSplit:
@@ -243,13 +251,44 @@ def load_cifar10(directory: str) -> DataSplit:
     return _make("cifar10", (x - mean) / std, y, (xt - mean) / std, yt)
 
 
-EMBEDDED = {"digits": load_digits, "mnist1d": load_mnist1d}
-FROM_PATH = {"npz": load_npz, "mnist-idx": load_mnist_idx, "cifar10": load_cifar10}
+def _event_split(name: str, arrays: EventArrays) -> DataSplit:
+    x_tr, y_tr, x_te, y_te = arrays
+    if x_te is None:  # one file: 20% held out, as for npz
+        split = _split(name, x_tr, y_tr, 0.2, 0)
+        split.temporal = True
+        return split
+    return _make(name, x_tr, y_tr, x_te, y_te, temporal=True)
+
+
+def load_shd(path: str, timesteps: int = DEFAULT_TIMESTEPS, max_time: float | None = None) -> DataSplit:
+    """Spiking Heidelberg Digits (data/events.py): a directory with shd_train.h5 and
+    shd_test.h5, or one file; (N, T, 700) spike counts."""
+    p = _existing(path, "an SHD .h5 file or a directory with shd_train.h5 and shd_test.h5")
+    return _event_split("shd", shd_arrays(p, int(timesteps), max_time))
+
+
+def _tonic_loader(kind: str):
+    def load(path: str, timesteps: int = 20, max_time: float | None = None,
+             downsample: int | None = None) -> DataSplit:
+        root = _existing(path, f"the directory tonic saved {TONIC_SETS[kind][0]} to")
+        return _event_split(kind, tonic_arrays(kind, root, int(timesteps), max_time, downsample))
+    load.__doc__ = f"{TONIC_SETS[kind][0]} from local files through tonic (data/events.py)."
+    return load
+
+
+EMBEDDED = {"digits": load_digits, "mnist1d": load_mnist1d, "mnist1d-seq": load_mnist1d_seq}
+FROM_PATH = {"npz": load_npz, "mnist-idx": load_mnist_idx, "cifar10": load_cifar10, "shd": load_shd,
+             **{kind: _tonic_loader(kind) for kind in TONIC_SETS}}
+# options a FROM_PATH loader takes after its path: ``shd:PATH?timesteps=50&max_time=1.0``
+OPTIONS = {"shd": {"timesteps": int, "max_time": float},
+           **{kind: {"timesteps": int, "max_time": float, "downsample": int} for kind in TONIC_SETS}}
 
 
 def load_dataset(spec: str, seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION) -> DataSplit:
-    """Load ``digits``, ``mnist1d``, or ``npz:PATH``, ``mnist-idx:DIR``, ``cifar10:DIR``,
-    with a validation split (``with_validation``) unless the file brings one."""
+    """Load ``digits``, ``mnist1d``, ``mnist1d-seq``, or ``npz:PATH``, ``mnist-idx:DIR``,
+    ``cifar10:DIR``, ``shd:PATH``, ``nmnist:DIR``, ``dvsgesture:DIR`` (event sets take
+    options: ``shd:PATH?timesteps=50&max_time=1.0``), with a validation split
+    (``with_validation``) unless the file brings one."""
     return with_validation(_load_split(spec, seed), val_fraction)
 
 
@@ -258,8 +297,28 @@ def _load_split(spec: str, seed: int) -> DataSplit:
         return EMBEDDED[spec](seed)
     kind, sep, path = spec.partition(":")
     if sep and kind in FROM_PATH:
-        return FROM_PATH[kind](path)
+        path, options = _options(kind, path)
+        return FROM_PATH[kind](path, **options)
     if spec.endswith(".npz"):
         return load_npz(spec)
     raise DataError(f"unknown dataset {spec!r}; use one of {sorted(EMBEDDED)} or "
                     f"{', '.join(k + ':PATH' for k in FROM_PATH)}")
+
+
+def _options(kind: str, path: str) -> tuple[str, dict]:
+    """Split ``PATH?key=value&key=value`` into the path and the loader's typed options."""
+    known = OPTIONS.get(kind, {})
+    if not known or "?" not in path:
+        return path, {}
+    path, _, query = path.rpartition("?")
+    options = {}
+    for item in filter(None, query.split("&")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise DataError(f"{kind}: unknown option {item!r}; use {kind}:PATH?"
+                            + "&".join(f"{k}=..." for k in known))
+        try:
+            options[key] = known[key](value)
+        except ValueError:
+            raise DataError(f"{kind}: option {key}={value!r} is not a {known[key].__name__}") from None
+    return path, options

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ..core.encoders import ENCODINGS
 from ..core.surrogate import SURROGATES
 from ..registry import lookup
 
 # The architectures build_model knows (models/network.py); the CLI's --model lists these.
-ARCHS = ("mlp", "conv", "resnet18", "resnet19")
+ARCHS = ("mlp", "conv", "resnet18", "resnet19", "srnn")
+NEURONS = ("lif", "cuba")
 
 
 @dataclass
@@ -19,7 +21,7 @@ class ModelConfig:
     input_shape: tuple[int, ...] = (64,)
     num_classes: int = 10
     timesteps: int = 4
-    hidden: tuple[int, ...] = (256,)          # mlp: hidden layer widths
+    hidden: tuple[int, ...] = (256,)          # mlp: hidden layer widths; srnn: recurrent layer widths
     channels: tuple[int, ...] = (32, 32, 32)  # conv: channels per conv block
     kernel_size: int = 3
     pool: str = "avg"                         # avg | max | sum | none
@@ -33,6 +35,9 @@ class ModelConfig:
     tdbn_alpha: float = 1.0
     carrier: str = "spike"                    # spike | current (ISNM: BN/pool on currents)
     width: int = 64                           # resnet: channels of the first stage
+    neuron: str = "lif"                       # lif | cuba (synaptic filter before the LIF)
+    alpha: float = 0.5                        # cuba: synaptic current decay; 0 is LIF
+    encoding: str = "direct"                  # static input: direct | rate | latency
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(v) for v in self.input_shape)
@@ -48,6 +53,12 @@ class ModelConfig:
             raise ValueError(f"carrier must be 'spike' or 'current', got {self.carrier!r}")
         if self.pool not in ("avg", "max", "sum", "none"):
             raise ValueError(f"pool must be avg, max, sum or none, got {self.pool!r}")
+        if self.neuron not in NEURONS:
+            raise ValueError(f"neuron must be one of {NEURONS}, got {self.neuron!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
         if not 0.0 < self.lam <= 1.0:
             raise ValueError(f"lam must be in (0, 1], got {self.lam}")
         if self.timesteps < 1:

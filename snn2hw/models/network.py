@@ -8,20 +8,27 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from ..core.layers import LIF, Pool, ResidualBlock, TDBatchNorm, run_layers
+from ..core.encoders import encode
+from ..core.layers import CUBA, LIF, Neuron, Pool, RecurrentSpiking, ResidualBlock, TDBatchNorm, run_layers
 from ..core.surrogate import make_surrogate
 from .config import ModelConfig
 
 
 class SpikingNetwork(nn.Module):
-    """A feed-forward SNN: ``layers`` applied to (T, B, ...), output = mean_t of
-    the last (non-spiking) layer's current (Dspike Eq. 3, ASGL Eq. 5).
+    """An SNN (feed-forward, or with recurrent layers: srnn): ``layers`` applied to
+    (T, B, ...), output = mean_t of the last (non-spiking) layer's current (Dspike Eq. 3, ASGL Eq. 5).
 
-    Static input ``(B, ...)`` is direct-encoded: the same analog frame at every
-    step. Since the stateless layers before the first LIF see identical frames,
-    they are computed once and broadcast over T (same numbers, T times less work).
+    Static input ``(B, ...)`` is encoded by ``config.encoding`` (core/encoders.py).
+    Direct encoding gives the same analog frame at every step: since the
+    stateless layers before the first LIF see identical frames, they are
+    computed once and broadcast over T (same numbers, T times less work).
+    Rate encoding draws from torch's global RNG while training (seeded and
+    checkpointed by the run) and from a generator seeded with
+    ``EVAL_ENCODING_SEED`` per call in eval mode, so evaluation is repeatable.
     Temporal input ``(T, B, ...)`` (event data) is passed as is.
     """
+
+    EVAL_ENCODING_SEED = 0
 
     def __init__(self, config: ModelConfig, layers: list[nn.Module]) -> None:
         super().__init__()
@@ -39,6 +46,11 @@ class SpikingNetwork(nn.Module):
         """Per-step readout currents (T, B, classes)."""
         T = self.config.timesteps
         static = x.dim() == len(self.config.input_shape) + 1
+        if static and self.config.encoding != "direct":
+            generator = None
+            if not self.training:
+                generator = torch.Generator(device=x.device).manual_seed(self.EVAL_ENCODING_SEED)
+            return run_layers(self.layers, encode(self.config.encoding, x, T, generator))
         if static:
             first_temporal = next(
                 (i for i, m in enumerate(self.layers) if getattr(m, "temporal", False)),
@@ -59,9 +71,12 @@ def _conv(dims: int, cin: int, cout: int, k: int, stride: int = 1, bias: bool = 
     return conv(cin, cout, k, stride=stride, padding=k // 2, bias=bias)
 
 
-def _lif(cfg: ModelConfig, kind: str) -> LIF:
-    return LIF(cfg.lam, cfg.v_th, cfg.reset,
-               make_surrogate(cfg.surrogate, cfg.surrogate_param), kind=kind)
+def _lif(cfg: ModelConfig, kind: str) -> Neuron:
+    """A layer of the configured neuron: LIF, or CUBA (a synaptic filter before a LIF)."""
+    surrogate = make_surrogate(cfg.surrogate, cfg.surrogate_param)
+    if cfg.neuron == "cuba":
+        return CUBA(cfg.alpha, cfg.lam, cfg.v_th, cfg.reset, surrogate, kind=kind)
+    return LIF(cfg.lam, cfg.v_th, cfg.reset, surrogate, kind=kind)
 
 
 def _bn(cfg: ModelConfig, channels: int) -> list[nn.Module]:
@@ -140,7 +155,22 @@ def build_resnet(cfg: ModelConfig) -> list[nn.Module]:
     return layers
 
 
-BUILDERS = {"mlp": build_mlp, "conv": build_conv, "resnet18": build_resnet, "resnet19": build_resnet}
+def build_srnn(cfg: ModelConfig) -> list[nn.Module]:
+    """Input -> one recurrent spiking layer per ``hidden`` width (input weights,
+    then ``RecurrentSpiking``) -> non-spiking readout."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = 1
+    for d in cfg.input_shape:
+        width *= d
+    for h in cfg.hidden:
+        layers += [nn.Linear(width, h), RecurrentSpiking(h, _lif(cfg, "fc"))]
+        width = h
+    layers.append(nn.Linear(width, cfg.num_classes))
+    return layers
+
+
+BUILDERS = {"mlp": build_mlp, "conv": build_conv, "resnet18": build_resnet, "resnet19": build_resnet,
+            "srnn": build_srnn}
 
 
 def build_model(cfg: ModelConfig) -> SpikingNetwork:
@@ -150,14 +180,25 @@ def build_model(cfg: ModelConfig) -> SpikingNetwork:
 
 @contextmanager
 def record_spikes(model: nn.Module) -> Iterator[dict[str, list[Tensor]]]:
-    """Collect each LIF layer's output spikes (T, B, ...) during forward passes."""
+    """Collect each LIF layer's output spikes (T, B, ...) during forward passes.
+
+    A recurrent layer runs its neuron step by step, never through the LIF's
+    forward: its output is recorded under its LIF's name instead."""
     records: dict[str, list[Tensor]] = {}
     handles = []
-    for name, m in model.named_modules():
-        if isinstance(m, LIF):
-            records[name] = []
-            handles.append(m.register_forward_hook(
-                lambda mod, inp, out, key=name: records[key].append(out.detach())))
+    stepped: set[int] = set()
+    for name, m in model.named_modules():  # parents come before their children
+        if isinstance(m, RecurrentSpiking):
+            lif = next(n for n, sub in m.named_modules(prefix=name) if isinstance(sub, LIF))
+            stepped.update(id(sub) for sub in m.modules())
+            key, target = lif, m
+        elif isinstance(m, LIF) and id(m) not in stepped:
+            key, target = name, m
+        else:
+            continue
+        records[key] = []
+        handles.append(target.register_forward_hook(
+            lambda mod, inp, out, key=key: records[key].append(out.detach())))
     try:
         yield records
     finally:
