@@ -206,9 +206,14 @@ class RunNoise:
 
 
 class Observer(Protocol):
+    """Sees every synapse's input and every neuron layer's spikes; an observer whose
+    ``wants_membrane`` is True also gets the membrane potentials u (T, B, C, ...)."""
+
+    wants_membrane: bool
+
     def synapse(self, op: Synapse, x: Tensor, nlead: int) -> None: ...
 
-    def neuron(self, op: Neuron, spikes: Tensor) -> None: ...
+    def neuron(self, op: Neuron, spikes: Tensor, membrane: Tensor | None = None) -> None: ...
 
 
 def _shared(fn: Callable[[Tensor], Tensor], x: Tensor, nlead: int) -> Tensor:
@@ -244,27 +249,32 @@ def _apply_synapse(op: Synapse, x: Tensor, nlead: int, chips: ChipParams) -> Ten
     return y.reshape(*lead, *y.shape[2:])
 
 
-def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise) -> Tensor:
-    """c: (T, B, C, *features) currents -> spikes delivered downstream."""
+def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise,
+                  observer: Observer | None = None) -> Tensor:
+    """c: (T, B, C, *features) currents -> spikes delivered downstream (shown to ``observer``)."""
     if noise.thermal > 0:
         c = c + (noise.thermal * abs(op.v_th)) * torch.randn(
             c.shape, generator=noise.generator, dtype=c.dtype)
     p = LIFParams(chips.lam.get(op.name, op.lam), chips.v_th.get(op.name, op.v_th), op.reset)
     q = chips.state_q.get(op.name)
+    want_u = getattr(observer, "wants_membrane", False)
     if q is None:
-        s, _ = lif_sequence(c, p)
+        s, u = lif_sequence(c, p, record_membrane=want_u)
     else:  # state held at finite precision between steps
-        state, out = initial_state(c[0]), []
+        state, out, us = initial_state(c[0]), [], []
         for ct in c:
             st, state = lif_step(ct, state, p)
             state = LIFState(q(state.u), st)
             out.append(st)
-        s = torch.stack(out)
+            us.append(state.u)
+        s, u = torch.stack(out), (torch.stack(us) if want_u else None)
     if noise.spike_loss > 0:  # the neuron still resets; the event is lost on the way
         s = s * (torch.rand(s.shape, generator=noise.generator) >= noise.spike_loss).to(s.dtype)
     alive = chips.alive.get(op.name)
     if alive is not None:
         s = s * alive.to(s.dtype)
+    if observer is not None:
+        observer.neuron(op, s, u)
     return s
 
 
@@ -282,17 +292,13 @@ def _run_ops(ops: list, x: Tensor, nlead: int, T: int, chips: ChipParams, noise:
             if nlead == 2:  # static input reaches the first temporal op: direct encoding
                 x, nlead = x.unsqueeze(0).expand(T, *x.shape), 3
             if isinstance(op, Neuron):
-                x = _apply_neuron(op, x, chips, noise)
-                if observer is not None:
-                    observer.neuron(op, x)
+                x = _apply_neuron(op, x, chips, noise, observer)
             else:
                 a, _ = _run_ops(op.body, x, 3, T, chips, noise, observer, record)
                 b, _ = _run_ops(op.shortcut, x, 3, T, chips, noise, observer, record)
                 if record:
                     op.out.in_shape = op.out.out_shape = tuple(a.shape[3:])
-                x = _apply_neuron(op.out, a + b, chips, noise)
-                if observer is not None:
-                    observer.neuron(op.out, x)
+                x = _apply_neuron(op.out, a + b, chips, noise, observer)
         if record:
             op.in_shape, op.out_shape = in_shape, tuple(x.shape[nlead:])
     return x, nlead
