@@ -158,39 +158,34 @@ class LemaireModel:
         return words * WORD_BYTES * self.costs.memory_pj_per_byte(size_words * WORD_BYTES)
 
     def _total(self, adds: float, macs: float, addr_adds: float, addr_macs: float,
-               memory: float) -> dict[str, float]:
+               inout: float, params: float, potential: float) -> dict[str, float]:
         k = self.costs
         ops = adds * k.add_pj + macs * (k.mul_pj + k.add_pj)
         addressing = addr_adds * k.add_pj + addr_macs * (k.mul_pj + k.add_pj)
-        return {"ops": ops, "addressing": addressing, "memory": memory,
-                "total": ops + addressing + memory}
+        return {"ops": ops, "addressing": addressing, "inout": inout, "params": params,
+                "potential": potential, "total": ops + addressing + inout + params + potential}
 
     def _synapse(self, c: LayerCounts, spiking: bool, rows: float, macs: float,
                  output_written: bool) -> dict[str, float]:
         bias = c.out_size * rows if c.has_bias else 0.0
-        fifo = self.costs.fifo_words
         if spiking:
-            adds, mac_ops = c.ac + bias, 0.0
-            addr_adds, addr_macs = c.ac, (2 * c.events if c.kind != "linear" else 0.0)
-            memory = (self._mem(c.events, fifo) + self._mem(c.ac + bias, c.params)
-                      + 2 * self._mem(c.ac, c.out_size))
-        else:
-            adds, mac_ops = bias, macs
-            addr_adds = rows * (c.in_size + c.out_size) + c.kernel
-            addr_macs = 0.0
-            read_in = rows * c.in_size if c.kind == "linear" else macs
-            memory = self._mem(read_in, rows * c.in_size) + self._mem(macs + bias, c.params)
-            if output_written:  # an ANN writes its activations; an SNN's neurons charge theirs
-                memory += self._mem(rows * c.out_size, rows * c.out_size)
-        return self._total(adds, mac_ops, addr_adds, addr_macs, memory)
+            return self._total(c.ac + bias, 0.0, c.ac, (2 * c.events if c.kind != "linear" else 0.0),
+                               self._mem(c.events, self.costs.fifo_words),
+                               self._mem(c.ac + bias, c.params), 2 * self._mem(c.ac, c.out_size))
+        read_in = rows * c.in_size if c.kind == "linear" else macs  # a conv reads one input per MAC
+        inout = self._mem(read_in, rows * c.in_size)
+        if output_written:  # an ANN writes its activations; an SNN's neurons charge theirs
+            inout += self._mem(rows * c.out_size, rows * c.out_size)
+        return self._total(bias, macs, rows * (c.in_size + c.out_size) + c.kernel, 0.0,
+                           inout, self._mem(macs + bias, c.params), 0.0)
 
     def layer_pj(self, c: LayerCounts) -> dict[str, float]:
         return self._synapse(c, c.input == "spikes", c.rows, c.mac_dense, False)
 
     def neuron_pj(self, n: NeuronCounts) -> dict[str, float]:
         updates = n.neurons * n.steps
-        memory = 2 * self._mem(updates, n.neurons) + self._mem(n.spikes, self.costs.fifo_words)
-        return self._total(n.spikes, updates if n.leaky else 0.0, 0.0, 0.0, memory)
+        return self._total(n.spikes, updates if n.leaky else 0.0, 0.0, 0.0,
+                           self._mem(n.spikes, self.costs.fifo_words), 0.0, 2 * self._mem(updates, n.neurons))
 
     def ann_layer_pj(self, c: LayerCounts) -> dict[str, float]:
         return self._synapse(c, False, 1.0, c.ann_mac_dense, True)
