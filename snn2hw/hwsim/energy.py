@@ -107,12 +107,6 @@ def _sources(ops: list, state: tuple[str, float, str], out: dict) -> tuple[str, 
     return state
 
 
-def _binary_frames(x: Tensor, nlead: int) -> Tensor:
-    """Per call (one step over the batch), whether every value is -1, 0 or 1 (NeuroBench's test)."""
-    ok = (x == 0) | (x.abs() == 1)
-    return ok.flatten(1).all(1) if nlead == 3 else ok.all().reshape(1)
-
-
 class SynOpCounter:
     """Observer for :func:`graph.run` that accumulates events, MAC rows, spikes, membrane
     updates and NeuroBench's per-call counts (all summed over the samples seen)."""
@@ -131,6 +125,8 @@ class SynOpCounter:
         self.spikes = {op.name: 0.0 for op in net.neurons()}
         self.neuron_steps = {op.name: 0 for op in net.neurons()}
         self.membrane_updates = {op.name: 0 for op in net.neurons()}
+        # neurons whose spikes reach a synapse unpooled: their per-unit sums are reused there
+        self._feeds = {src for kind, scale, src in self.src.values() if kind == "spikes" and scale == 1.0}
         self._last: tuple[Tensor | None, Tensor | None] = (None, None)
 
     def synapse(self, op: Synapse, x: Tensor, nlead: int) -> None:
@@ -144,7 +140,10 @@ class SynOpCounter:
         if kind == "spikes":
             # float32 sums of 0/1 (or small integer) values over one batch are exact
             last, per_unit = self._last
-            if x is not last:  # a neuron feeding this synapse directly was already summed
+            if (last is not None and per_unit is not None and x.data_ptr() == last.data_ptr()
+                    and x.numel() == last.numel()):  # the neuron's own spikes, maybe flattened
+                per_unit = per_unit.reshape(op.in_shape)
+            else:
                 per_unit = x.sum(dim=dims).double()
             self.events[op.name] += per_unit * scale
         else:  # MACs: every row is a full pass; static input is applied once per step
@@ -153,24 +152,31 @@ class SynOpCounter:
             self._neurobench_units(op, x, nlead)  # a neuron's own spikes are binary: = events
 
     def _neurobench_units(self, op: Synapse, x: Tensor, nlead: int) -> None:
-        nz = (x != 0)
-        binary = _binary_frames(x, nlead)
-        if nlead == 3:   # one call per step
-            per_step = nz.sum(dim=(1, 2)).double()
-            ac, mac = per_step[binary].sum(0), per_step[~binary].sum(0)
-        else:            # static input: the same frame at each of the T steps
-            units = nz.sum(dim=(0, 1)).double() * self.T
-            ac, mac = (units, torch.zeros_like(units)) if bool(binary) else (torch.zeros_like(units), units)
+        """Non-zero inputs per unit, split by whether their call (one step over the batch)
+        is binary: all values in {-1, 0, 1}, i.e. as many |x| == 1 as non-zeros."""
+        per_call = x.flatten(nlead).unsqueeze(0) if nlead == 2 else x.flatten(3)  # (steps, B, C, units)
+        nz = (per_call != 0).sum(dim=(1, 2)).double()                               # (steps, units)
+        ones = (per_call.abs() == 1).flatten(1).sum(1)
+        binary = (ones == nz.sum(1)).reshape(-1, 1)
+        ac, mac = (nz * binary).sum(0), (nz * ~binary).sum(0)
+        if nlead == 2:  # static input: the same frame at each of the T steps
+            ac, mac = ac * self.T, mac * self.T
+        ac, mac = ac.reshape(op.in_shape), mac.reshape(op.in_shape)
         old = self.nb_units[op.name]
         self.nb_units[op.name] = (ac, mac) if old is None else (old[0] + ac, old[1] + mac)
 
     def neuron(self, op: Neuron, spikes: Tensor, membrane: Tensor | None = None) -> None:
-        per_unit = spikes.sum(dim=(0, 1, 2)).double()
-        self._last = (spikes, per_unit)
-        self.spikes[op.name] += float(per_unit.sum())
+        if op.name in self._feeds:
+            per_unit = spikes.sum(dim=(0, 1, 2)).double()
+            self._last = (spikes, per_unit)
+            total = float(per_unit.sum())
+        else:  # pooled before any synapse: the synapse counts the pooled events itself
+            self._last = (None, None)
+            total = float(spikes.sum(dtype=torch.float64))
+        self.spikes[op.name] += total
         self.neuron_steps[op.name] += spikes.numel()
         if membrane is not None:  # NeuroBench: every neuron at the first step, then each change of u
-            changed = torch.count_nonzero(membrane[1:] != membrane[:-1]) if len(membrane) > 1 else 0
+            changed = torch.count_nonzero(membrane[1:] - membrane[:-1]) if len(membrane) > 1 else 0
             self.membrane_updates[op.name] += int(changed) + membrane[0].numel()
 
 

@@ -24,8 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core import _kernel
+from ..core.fused import fused_lif
 from ..core.layers import LIF, ResidualBlock
 from ..core.neuron import LIFParams, LIFState, initial_state, lif_sequence, lif_step
+from ..core.surrogate import Triangle
 from ..errors import ExportError
 from ..models.walk import Rule, Step, walk
 
@@ -207,7 +210,9 @@ class RunNoise:
 
 class Observer(Protocol):
     """Sees every synapse's input and every neuron layer's spikes; an observer whose
-    ``wants_membrane`` is True also gets the membrane potentials u (T, B, C, ...)."""
+    ``wants_membrane`` is True also gets the membrane potentials (T, B, C, ...): u, or
+    ``u - V_th`` where the compiled LIF kernel ran (it keeps only that); either changes
+    when u does, except that ``u - V_th`` rounds away a change below half an ulp of V_th."""
 
     wants_membrane: bool
 
@@ -223,6 +228,8 @@ def _shared(fn: Callable[[Tensor], Tensor], x: Tensor, nlead: int) -> Tensor:
 
 
 _CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d}
+# fused_lif's surrogate arguments; unused without gradients (the exact step runs)
+_NO_PARAM, _EXACT = torch.zeros(()), Triangle()
 
 
 def _apply_synapse(op: Synapse, x: Tensor, nlead: int, chips: ChipParams) -> Tensor:
@@ -258,7 +265,14 @@ def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise,
     p = LIFParams(chips.lam.get(op.name, op.lam), chips.v_th.get(op.name, op.v_th), op.reset)
     q = chips.state_q.get(op.name)
     want_u = getattr(observer, "wants_membrane", False)
-    if q is None:
+    if q is None and op.name not in chips.lam and op.name not in chips.v_th:
+        # nominal constants: the fused loop (compiled kernel), the same numbers as lif_sequence
+        if want_u and _kernel.available(c):  # the kernel keeps x = u - V_th, not u
+            s, u = _kernel.forward(c, op.lam, op.v_th, op.reset == "hard", spikes=True, keep_x=True)
+        else:
+            out = fused_lif(c, _NO_PARAM, op.lam, op.v_th, op.reset, _EXACT, membrane=want_u)
+            s, u = out if want_u else (out, None)
+    elif q is None:
         s, u = lif_sequence(c, p, record_membrane=want_u)
     else:  # state held at finite precision between steps
         state, out, us = initial_state(c[0]), [], []
@@ -274,7 +288,7 @@ def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise,
     if alive is not None:
         s = s * alive.to(s.dtype)
     if observer is not None:
-        observer.neuron(op, s, u)
+        observer.neuron(op, s, u) if want_u else observer.neuron(op, s)
     return s
 
 
