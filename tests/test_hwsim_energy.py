@@ -163,3 +163,43 @@ def test_profiles_from_file_and_unverified_profile(tmp_path):
     (tmp_path / "bad.json").write_text('{"x": {"ac_pj": 1}}')
     with pytest.raises(ConfigError, match="needs ac_pj and mac_pj"):
         get_profile("x", tmp_path / "bad.json")
+
+
+def test_energy_cli_energy_models_and_neurobench(tmp_path, capsys):
+    """``snn2hw energy --json`` carries NeuroBench's metrics under their names; the
+    compute model keeps the papers' numbers, lemaire adds memory and neurons."""
+    import json
+
+    from snn2hw.cli.main import main
+    from snn2hw.train.config import build_config
+    from snn2hw.train.trainer import train
+
+    train(build_config({"dataset": "digits", "epochs": 1, "hidden": [16], "seed": 0}), tmp_path, progress=False)
+    reps = {}
+    for em in ("compute", "lemaire"):
+        assert main(["energy", str(tmp_path), "--json", "--samples", "40", "--energy-model", em]) == 0
+        reps[em] = json.loads(capsys.readouterr().out)
+    c, lem = reps["compute"], reps["lemaire"]
+    assert c["total"]["snn_pj"] == pytest.approx(0.9 * c["total"]["ac"] + 4.6 * c["total"]["mac"])
+    assert lem["energy_model"]["name"] == "lemaire" and lem["total"]["neuron_pj"] > 0
+    assert lem["total"]["ac"] == c["total"]["ac"]  # the same counts, priced differently
+    nb = c["neurobench"]
+    assert set(nb) == {"Footprint", "ConnectionSparsity", "ParameterCount", "ActivationSparsity",
+                       "ActivationSparsityByLayer", "SynapticOperations", "MembraneUpdates", "NeuronOperations"}
+    assert set(nb["SynapticOperations"]) == {"Effective_MACs", "Effective_ACs", "Dense"}
+    assert nb["ParameterCount"] == 64 * 16 + 16 + 16 * 10 + 10
+    assert nb["SynapticOperations"]["Effective_ACs"] == pytest.approx(c["total"]["ac"])  # no zero weight
+    assert nb["NeuronOperations"]["Neuron Dense Ops"] == 4 * 16 * c["timesteps"]
+    assert main(["energy", str(tmp_path), "--samples", "40", "--energy-model", "lemaire"]) == 0
+    text = capsys.readouterr().out
+    assert "Energy model **lemaire**" in text and "| MembraneUpdates |" in text and "potential" in text
+
+
+def test_chip_profiles_cite_their_figures_and_unpublished_ones_refuse():
+    for name, pj, cite in (("loihi", 23.6, "Davies"), ("truenorth", 2.5, "Akopyan"),
+                           ("spinnaker2", 10.0, "Hoeppner")):
+        prof = get_profile(name)
+        assert prof.ac_pj == pj and cite in prof.source and "SENECA" in prof.source
+    for name in ("speck", "xylo"):
+        with pytest.raises(ConfigError, match=f"{name!r} has no verified.*--profile-file"):
+            get_profile(name)

@@ -14,9 +14,10 @@ For every synapse (Linear/Conv) of the lowered network:
 * the ANN of the same architecture: ``ANN MAC = sum_i f_i`` per layer and
   sample (padding zeros are not operations; ``ann_macs_dense`` counts them too).
 
-Energy = ``ac_pj * AC + mac_pj * MAC`` for the SNN, ``ann_mac_pj * ANN MAC``
-for the ANN. Biases, BN (folded), pooling and membrane updates are not counted,
-as in the papers.
+The same run counts spikes, membrane updates and NeuroBench's per-call
+operations (``metrics.py``). An energy model (``energy_models.py``) prices the
+counts: ``compute`` (the papers': ``ac_pj * AC + mac_pj * MAC``, biases, BN,
+pooling and neurons free) or ``lemaire`` (memory accesses included).
 """
 
 from __future__ import annotations
@@ -33,25 +34,32 @@ from torch import Tensor, nn
 from ..core.layers import Pool
 from ..data.datasets import load_dataset, to_time_major
 from ..runs.model import load_model
+from .energy_models import LayerCounts, NeuronCounts
+from .energy_models import energy_model as make_energy_model
 from .graph import LoweredNet, Neuron, Residual, Stateless, Synapse, lower, run
+from .metrics import static_metrics, workload_metrics
 from .profiles import EnergyProfile, get_profile
 from ..runs.checkpoint import checkpoint_file
 from .provenance import command_line, sha256_of, versions
 
 
-def fan_out(op: Synapse) -> Tensor:
-    """``f_i`` for every input unit of ``op`` (shape ``op.in_shape``), float64.
+def fan_out(op: Synapse, nonzero_weights: bool = False) -> Tensor:
+    """``f_i`` for every input unit of ``op`` (shape ``op.in_shape``), float64: the
+    (output neuron, weight) pairs it reaches; with ``nonzero_weights`` only the
+    pairs whose weight is not 0 (NeuroBench's effective operations).
 
     Conv: the transposed convolution of an all-ones output with an all-ones
-    kernel counts, for each input position, the (output position, kernel tap)
-    pairs that read it, times the output channels of its group.
+    (or non-zero mask) kernel counts, for each input position, the (output
+    position, kernel tap) pairs that read it, summed over the output channels
+    of its group.
     """
     if op.kind == "linear":
+        if nonzero_weights:
+            return (op.weight != 0).sum(0).to(torch.float64).reshape(op.in_shape)
         return torch.full(op.in_shape, float(op.weight.shape[0]), dtype=torch.float64)
     dims = len(op.in_shape) - 1
-    cout, cin_g = op.weight.shape[:2]
     ones_out = torch.ones(1, *op.out_shape, dtype=torch.float64)
-    kernel = torch.ones(cout, cin_g, *op.weight.shape[2:], dtype=torch.float64)
+    kernel = ((op.weight != 0) if nonzero_weights else torch.ones_like(op.weight)).to(torch.float64)
     natural = [(o - 1) * s - 2 * p + d * (k - 1) + 1 for o, s, p, d, k in
                zip(op.out_shape[1:], op.stride, op.padding, op.dilation, op.weight.shape[2:])]
     extra = [i - n for i, n in zip(op.in_shape[1:], natural)]  # uncovered trailing inputs
@@ -100,7 +108,10 @@ def _sources(ops: list, state: tuple[str, float, str], out: dict) -> tuple[str, 
 
 
 class SynOpCounter:
-    """Observer for :func:`graph.run` that accumulates events, MAC rows and spikes."""
+    """Observer for :func:`graph.run` that accumulates events, MAC rows, spikes, membrane
+    updates and NeuroBench's per-call counts (all summed over the samples seen)."""
+
+    wants_membrane = True
 
     def __init__(self, net: LoweredNet, timesteps: int) -> None:
         self.T = timesteps
@@ -108,30 +119,66 @@ class SynOpCounter:
         _sources(net.ops, ("input", 1.0, ""), self.src)
         self.events = {op.name: torch.zeros(op.in_shape, dtype=torch.float64) for op in net.synapses()}
         self.mac_rows = {op.name: 0 for op in net.synapses()}
+        self.rows = {op.name: 0 for op in net.synapses()}       # frames x samples, all calls
+        # NeuroBench: non-zero inputs per unit in binary / non-binary calls (None: = events)
+        self.nb_units: dict[str, tuple[Tensor, Tensor] | None] = {op.name: None for op in net.synapses()}
         self.spikes = {op.name: 0.0 for op in net.neurons()}
         self.neuron_steps = {op.name: 0 for op in net.neurons()}
+        self.membrane_updates = {op.name: 0 for op in net.neurons()}
+        # neurons whose spikes reach a synapse unpooled: their per-unit sums are reused there
+        self._feeds = {src for kind, scale, src in self.src.values() if kind == "spikes" and scale == 1.0}
         self._last: tuple[Tensor | None, Tensor | None] = (None, None)
 
     def synapse(self, op: Synapse, x: Tensor, nlead: int) -> None:
-        kind, scale, _ = self.src[op.name]
+        kind, scale, source = self.src[op.name]
         dims = tuple(range(nlead))
+        rows = math.prod(x.shape[:nlead]) * (self.T if nlead == 2 else 1)
+        self.rows[op.name] += rows
         if kind == "input" and nlead == 3 and bool((x >= 0).all()) and torch.equal(x, x.round()):
             kind = "spikes"  # event-data input: counts of input events
             self.src[op.name] = ("spikes", 1.0, "input")
         if kind == "spikes":
             # float32 sums of 0/1 (or small integer) values over one batch are exact
             last, per_unit = self._last
-            if x is not last:  # a neuron feeding this synapse directly was already summed
+            if (last is not None and per_unit is not None and x.data_ptr() == last.data_ptr()
+                    and x.numel() == last.numel()):  # the neuron's own spikes, maybe flattened
+                per_unit = per_unit.reshape(op.in_shape)
+            else:
                 per_unit = x.sum(dim=dims).double()
             self.events[op.name] += per_unit * scale
         else:  # MACs: every row is a full pass; static input is applied once per step
-            self.mac_rows[op.name] += math.prod(x.shape[:nlead]) * (self.T if nlead == 2 else 1)
+            self.mac_rows[op.name] += rows
+        if not (kind == "spikes" and scale == 1.0 and source != "input"):
+            self._neurobench_units(op, x, nlead)  # a neuron's own spikes are binary: = events
 
-    def neuron(self, op: Neuron, spikes: Tensor) -> None:
-        per_unit = spikes.sum(dim=(0, 1, 2)).double()
-        self._last = (spikes, per_unit)
-        self.spikes[op.name] += float(per_unit.sum())
+    def _neurobench_units(self, op: Synapse, x: Tensor, nlead: int) -> None:
+        """Non-zero inputs per unit, split by whether their call (one step over the batch)
+        is binary: all values in {-1, 0, 1}, i.e. as many |x| == 1 as non-zeros."""
+        per_call = x.flatten(nlead).unsqueeze(0) if nlead == 2 else x.flatten(3)  # (steps, B, C, units)
+        nz = (per_call != 0).sum(dim=(1, 2)).double()                               # (steps, units)
+        ones = (per_call.abs() == 1).flatten(1).sum(1)
+        binary = (ones == nz.sum(1)).reshape(-1, 1)
+        ac, mac = (nz * binary).sum(0), (nz * ~binary).sum(0)
+        if nlead == 2:  # static input: the same frame at each of the T steps
+            ac, mac = ac * self.T, mac * self.T
+        ac, mac = ac.reshape(op.in_shape), mac.reshape(op.in_shape)
+        old = self.nb_units[op.name]
+        self.nb_units[op.name] = (ac, mac) if old is None else (old[0] + ac, old[1] + mac)
+
+    def neuron(self, op: Neuron, spikes: Tensor, membrane: Tensor | None = None) -> None:
+        if op.name in self._feeds:
+            per_unit = spikes.sum(dim=(0, 1, 2)).double()
+            self._last = (spikes, per_unit)
+            total = float(per_unit.sum())
+        else:  # pooled before any synapse: the synapse counts the pooled events itself
+            self._last = (None, None)
+            # float32 sums 0/1 values exactly below 2^24 of them, and is far faster than float64
+            total = float(spikes.sum() if spikes.numel() < 1 << 24 else spikes.sum(dtype=torch.float64))
+        self.spikes[op.name] += total
         self.neuron_steps[op.name] += spikes.numel()
+        if membrane is not None:  # NeuroBench: every neuron at the first step, then each change of u
+            changed = torch.count_nonzero(membrane[1:] - membrane[:-1]) if len(membrane) > 1 else 0
+            self.membrane_updates[op.name] += int(changed) + membrane[0].numel()
 
 
 @dataclass
@@ -143,55 +190,98 @@ class EnergyRow:
     input: str            # "spikes" | "input" | "analog"
     source: str           # neuron layer (or "input") whose events arrive here
     source_rate: float | None
+    events: float         # per sample: input events (spike input)
     ac: float             # per sample
     mac: float            # per sample
     ann_mac: float        # per sample
     ann_mac_dense: float
-    snn_pj: float
+    snn_pj: float         # under the selected energy model
     ann_pj: float
+    energy: dict          # the model's breakdown (pJ per sample)
+
+
+def _layer_counts(op: Synapse, kind: str, events: float, ac: float, mac: float, ann: float,
+                  T: int) -> LayerCounts:
+    dense = float(dense_macs(op))
+    kernel = int(op.weight.shape[0] * math.prod(op.weight.shape[2:])) if op.kind != "linear" else 0
+    params = op.weight.numel() + (op.bias.numel() if op.bias is not None else 0)
+    return LayerCounts(op.kind, kind, events, ac, mac, (T * dense if kind != "spikes" else 0.0),
+                       float(T), math.prod(op.in_shape), math.prod(op.out_shape), ann, dense,
+                       params, op.bias is not None, kernel, T)
 
 
 def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size: int = 256,
-                 temporal: bool = False) -> dict:
-    """Per-layer and total operation counts and energy, averaged over the samples in ``x``."""
+                 temporal: bool = False, energy_model: str = "compute",
+                 model: nn.Module | None = None) -> dict:
+    """Per-layer and total operation counts and energy under ``energy_model``, and
+    NeuroBench's metrics (static ones only with ``model``), per sample of ``x``."""
+    em = make_energy_model(energy_model, profile)
     counter = SynOpCounter(net, net.timesteps if not temporal else x.shape[1])
-    n = len(x)
+    n, T = len(x), counter.T
     with torch.inference_mode():
         for i in range(0, n, batch_size):
             run(net, to_time_major(x[i:i + batch_size], temporal), observer=counter)
     rates = {k: counter.spikes[k] / max(counter.neuron_steps[k], 1) for k in counter.spikes}
-    rows = []
+    rows, nb_rows = [], []
     for op in net.synapses():
         kind, _, source = counter.src[op.name]
         f = fan_out(op)
+        f_nz = fan_out(op, nonzero_weights=True) if bool((op.weight == 0).any()) else f
         ann = float(f.sum())
-        ac = float((counter.events[op.name] * f).sum()) / n if kind == "spikes" else 0.0
+        ev = counter.events[op.name]
+        ac = float((ev * f).sum()) / n if kind == "spikes" else 0.0
         mac = counter.mac_rows[op.name] * ann / n
+        units = counter.nb_units[op.name]
+        nb_ac, nb_mac = ((float((ev * f_nz).sum()), 0.0) if units is None
+                         else (float((units[0] * f_nz).sum()), float((units[1] * f_nz).sum())))
+        nb_rows.append({"nb_ac": round(nb_ac), "nb_mac": round(nb_mac), "nb_dense": counter.rows[op.name] * ann})
+        events = float(ev.sum()) / n if kind == "spikes" else 0.0
+        lc = _layer_counts(op, kind, events, round(ac, 6), mac, ann, T)
+        e_snn, e_ann = em.layer_pj(lc), em.ann_layer_pj(lc)
         rows.append(EnergyRow(op.name, op.kind, list(op.in_shape), list(op.out_shape), kind,
-                              source or ("input" if kind == "input" else ""),
-                              rates.get(source), round(ac, 6), mac, ann, float(dense_macs(op)),
-                              profile.ac_pj * ac + profile.mac_pj * mac, profile.ann_mac * ann))
-    neurons = [{"layer": op.name, "neurons": math.prod(op.out_shape), "firing_rate": rates[op.name],
-                "spikes_per_sample": counter.spikes[op.name] / n} for op in net.neurons()]
+                              source or ("input" if kind == "input" else ""), rates.get(source),
+                              events, round(ac, 6), mac, ann, lc.ann_mac_dense,
+                              e_snn["total"], e_ann["total"], e_snn))
+    neurons, nb_neurons = [], []
+    for op in net.neurons():
+        size = math.prod(op.out_shape)
+        spk = counter.spikes[op.name] / n
+        e = em.neuron_pj(NeuronCounts(size, T, spk, op.lam != 1.0))
+        neurons.append({"layer": op.name, "neurons": size, "firing_rate": rates[op.name],
+                        "spikes_per_sample": spk, "membrane_updates": counter.membrane_updates[op.name] / n,
+                        "snn_pj": e["total"], "energy": e})
+        nb_neurons.append({"layer": op.name, "neurons": size, "steps": counter.neuron_steps[op.name],
+                           "spikes": counter.spikes[op.name], "reset": op.reset,
+                           "membrane_updates": counter.membrane_updates[op.name]})
     tot = {k: sum(getattr(r, k) for r in rows) for k in ("ac", "mac", "ann_mac", "snn_pj", "ann_pj")}
+    tot["neuron_pj"] = sum(v["snn_pj"] for v in neurons)
+    tot["snn_pj"] += tot["neuron_pj"]
     tot["ratio"] = tot["snn_pj"] / tot["ann_pj"] if tot["ann_pj"] else float("nan")
     tot["spikes"] = sum(v["spikes_per_sample"] for v in neurons)
-    return {"profile": profile.to_dict(), "samples": n, "timesteps": counter.T,
-            "layers": [r.__dict__ for r in rows], "neurons": neurons, "total": tot}
+    neurobench = {**(static_metrics(model) if model is not None else {}),
+                  **workload_metrics(n, nb_rows, nb_neurons)}
+    return {"profile": profile.to_dict(), "energy_model": {"name": em.name, "description": em.description,
+                                                           "costs": em.costs_dict()},
+            "samples": n, "timesteps": T, "layers": [r.__dict__ for r in rows], "neurons": neurons,
+            "total": tot, "neurobench": neurobench}
 
 
 def energy(checkpoint: str | Path, profile: str = "45nm-fp32", profile_file: str | Path | None = None,
-           samples: int | None = 512, dataset: str | None = None, command: str | None = None) -> dict:
+           samples: int | None = 512, dataset: str | None = None, command: str | None = None,
+           energy_model: str = "compute") -> dict:
     """Energy report of a checkpoint on ``samples`` test samples (all if None), as a dict:
-    ``count_energy``'s counts plus provenance (command, versions, checkpoint sha256);
-    ``reports.hwsim_report.render_energy_markdown`` lays it out as a table."""
+    ``count_energy``'s counts, energy under ``energy_model`` and NeuroBench's metrics,
+    plus provenance (command, versions, checkpoint sha256);
+    ``reports.hwsim_report.render_energy_markdown`` lays it out as tables."""
     prof = get_profile(profile, profile_file)
+    make_energy_model(energy_model, prof)  # refuse an unknown model before loading anything
     model, ckpt = load_model(checkpoint)
     spec = dataset or ckpt.get("run_config", {}).get("dataset", "digits")
     data = load_dataset(spec)
     n = min(samples or len(data.x_test), len(data.x_test))
     t0 = time.perf_counter()
-    report = count_energy(lower(model), data.x_test[:n], prof, temporal=data.temporal)
+    report = count_energy(lower(model), data.x_test[:n], prof, temporal=data.temporal,
+                          energy_model=energy_model, model=model)
     report.update({"kind": "snn2hw-energy", "command": command_line(command), "versions": versions(),
                    "checkpoint": str(checkpoint_file(checkpoint)), "sha256": sha256_of(checkpoint),
                    "method": ckpt.get("run_config", {}).get("method"), "dataset": spec,

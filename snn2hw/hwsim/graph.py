@@ -24,8 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core import _kernel
+from ..core.fused import fused_lif
 from ..core.layers import LIF, ResidualBlock
 from ..core.neuron import LIFParams, LIFState, initial_state, lif_sequence, lif_step
+from ..core.surrogate import Triangle
 from ..errors import ExportError
 from ..models.walk import Rule, Step, walk
 
@@ -206,9 +209,16 @@ class RunNoise:
 
 
 class Observer(Protocol):
+    """Sees every synapse's input and every neuron layer's spikes; an observer whose
+    ``wants_membrane`` is True also gets the membrane potentials (T, B, C, ...): u, or
+    ``u - V_th`` where the compiled LIF kernel ran (it keeps only that); either changes
+    when u does, except that ``u - V_th`` rounds away a change below half an ulp of V_th."""
+
+    wants_membrane: bool
+
     def synapse(self, op: Synapse, x: Tensor, nlead: int) -> None: ...
 
-    def neuron(self, op: Neuron, spikes: Tensor) -> None: ...
+    def neuron(self, op: Neuron, spikes: Tensor, membrane: Tensor | None = None) -> None: ...
 
 
 def _shared(fn: Callable[[Tensor], Tensor], x: Tensor, nlead: int) -> Tensor:
@@ -218,6 +228,8 @@ def _shared(fn: Callable[[Tensor], Tensor], x: Tensor, nlead: int) -> Tensor:
 
 
 _CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d}
+# fused_lif's surrogate arguments; unused without gradients (the exact step runs)
+_NO_PARAM, _EXACT = torch.zeros(()), Triangle()
 
 
 def _apply_synapse(op: Synapse, x: Tensor, nlead: int, chips: ChipParams) -> Tensor:
@@ -244,27 +256,39 @@ def _apply_synapse(op: Synapse, x: Tensor, nlead: int, chips: ChipParams) -> Ten
     return y.reshape(*lead, *y.shape[2:])
 
 
-def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise) -> Tensor:
-    """c: (T, B, C, *features) currents -> spikes delivered downstream."""
+def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise,
+                  observer: Observer | None = None) -> Tensor:
+    """c: (T, B, C, *features) currents -> spikes delivered downstream (shown to ``observer``)."""
     if noise.thermal > 0:
         c = c + (noise.thermal * abs(op.v_th)) * torch.randn(
             c.shape, generator=noise.generator, dtype=c.dtype)
     p = LIFParams(chips.lam.get(op.name, op.lam), chips.v_th.get(op.name, op.v_th), op.reset)
     q = chips.state_q.get(op.name)
-    if q is None:
-        s, _ = lif_sequence(c, p)
+    want_u = getattr(observer, "wants_membrane", False)
+    if q is None and op.name not in chips.lam and op.name not in chips.v_th:
+        # nominal constants: the fused loop (compiled kernel), the same numbers as lif_sequence
+        if want_u and _kernel.available(c):  # the kernel keeps x = u - V_th, not u
+            s, u = _kernel.forward(c, op.lam, op.v_th, op.reset == "hard", spikes=True, keep_x=True)
+        else:
+            out = fused_lif(c, _NO_PARAM, op.lam, op.v_th, op.reset, _EXACT, membrane=want_u)
+            s, u = out if want_u else (out, None)
+    elif q is None:
+        s, u = lif_sequence(c, p, record_membrane=want_u)
     else:  # state held at finite precision between steps
-        state, out = initial_state(c[0]), []
+        state, out, us = initial_state(c[0]), [], []
         for ct in c:
             st, state = lif_step(ct, state, p)
             state = LIFState(q(state.u), st)
             out.append(st)
-        s = torch.stack(out)
+            us.append(state.u)
+        s, u = torch.stack(out), (torch.stack(us) if want_u else None)
     if noise.spike_loss > 0:  # the neuron still resets; the event is lost on the way
         s = s * (torch.rand(s.shape, generator=noise.generator) >= noise.spike_loss).to(s.dtype)
     alive = chips.alive.get(op.name)
     if alive is not None:
         s = s * alive.to(s.dtype)
+    if observer is not None:
+        observer.neuron(op, s, u) if want_u else observer.neuron(op, s)
     return s
 
 
@@ -282,17 +306,13 @@ def _run_ops(ops: list, x: Tensor, nlead: int, T: int, chips: ChipParams, noise:
             if nlead == 2:  # static input reaches the first temporal op: direct encoding
                 x, nlead = x.unsqueeze(0).expand(T, *x.shape), 3
             if isinstance(op, Neuron):
-                x = _apply_neuron(op, x, chips, noise)
-                if observer is not None:
-                    observer.neuron(op, x)
+                x = _apply_neuron(op, x, chips, noise, observer)
             else:
                 a, _ = _run_ops(op.body, x, 3, T, chips, noise, observer, record)
                 b, _ = _run_ops(op.shortcut, x, 3, T, chips, noise, observer, record)
                 if record:
                     op.out.in_shape = op.out.out_shape = tuple(a.shape[3:])
-                x = _apply_neuron(op.out, a + b, chips, noise)
-                if observer is not None:
-                    observer.neuron(op.out, x)
+                x = _apply_neuron(op.out, a + b, chips, noise, observer)
         if record:
             op.in_shape, op.out_shape = in_shape, tuple(x.shape[nlead:])
     return x, nlead

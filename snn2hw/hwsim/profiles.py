@@ -36,6 +36,13 @@ class EnergyProfile:
 _HOROWITZ = ("M. Horowitz, 'Computing's energy problem (and what we can do about it)', "
              "ISSCC 2014, 45 nm at 0.9 V")
 
+_SENECA = ("as tabulated in G. Tang et al., 'SENECA: building a fully digital neuromorphic "
+           "processor', Front. Neurosci. 17:1187252, 2023, Table 3 (which notes that the energy per "
+           "synaptic operation varies by application: a figure for high-level comparison); we could "
+           "not read the primary table here")
+_NO_MAC = ("The chip has no MAC unit: the direct-encoded input layer is charged off-chip at 45 nm fp32 "
+           "(4.6 pJ/MAC); the ANN baseline is 45 nm fp32")
+
 PROFILES: dict[str, EnergyProfile] = {p.name: p for p in (
     EnergyProfile("45nm-fp32", 0.9, 4.6, 4.6,
                   f"{_HOROWITZ}: fp32 add 0.9 pJ, fp32 mult 3.7 pJ (MAC = 4.6 pJ); "
@@ -44,15 +51,25 @@ PROFILES: dict[str, EnergyProfile] = {p.name: p for p in (
                   f"{_HOROWITZ}: int8 add 0.03 pJ, int8 mult 0.2 pJ (MAC = 0.23 pJ); "
                   "a real accumulator is wider (int32 add: 0.1 pJ)"),
     EnergyProfile("loihi", 23.6, 4.6, 4.6,
-                  "Loihi: 23.6 pJ per synaptic spike operation (minimum), M. Davies et al., 'Loihi: "
-                  "a neuromorphic manycore processor with on-chip learning', IEEE Micro 38(1), 2018, "
-                  "Table 1 (as tabulated by Tang et al., Front. Neurosci. 2023, SENECA, Table 3). "
-                  "Loihi has no MAC unit: the direct-encoded input layer is charged at 45 nm fp32 "
-                  "(4.6 pJ/MAC, off-chip); the ANN baseline is 45 nm fp32"),
+                  f"Loihi: 23.6 pJ per synaptic operation, M. Davies et al., 'Loihi: a neuromorphic "
+                  f"manycore processor with on-chip learning', IEEE Micro 38(1), 2018, {_SENECA}. "
+                  f"{_NO_MAC}"),
+    EnergyProfile("truenorth", 2.5, 4.6, 4.6,
+                  f"TrueNorth: 2.5 pJ per synaptic operation, F. Akopyan et al., 'TrueNorth: design "
+                  f"and tool flow of a 65 mW 1 million neuron programmable neurosynaptic chip', IEEE "
+                  f"TCAD 34(10), 2015, {_SENECA}. {_NO_MAC}"),
+    EnergyProfile("spinnaker2", 10.0, 4.6, 4.6,
+                  f"SpiNNaker 2: 10 pJ per synaptic operation, S. Hoeppner et al., 'The SpiNNaker 2 "
+                  f"processing element architecture for hybrid digital neuromorphic computing', "
+                  f"arXiv:2103.08392, 2021, {_SENECA}. {_NO_MAC}"),
     EnergyProfile("speck", None, 4.6, 4.6,
                   "Speck: no per-synaptic-operation energy published that we could verify "
                   "(Yao et al., Nat. Commun. 15:4464, 2024, report 0.42 mW resting and 0.70 mW "
                   "total power, not pJ/SOP); measure it on a dev kit and pass --profile-file"),
+    EnergyProfile("xylo", None, 4.6, 4.6,
+                  "Xylo: no per-synaptic-operation energy published that we could verify (SynSense "
+                  "report power per application, not pJ/SOP); measure it on a dev kit and pass "
+                  "--profile-file"),
 )}
 
 

@@ -87,14 +87,51 @@ def _si(v: float) -> str:
     return f"{v:.3g}"
 
 
+def _model_line(report: dict) -> str:
+    em, p = report.get("energy_model", {"name": "compute"}), report["profile"]
+    if em["name"] == "compute":
+        return (f"Energy model **compute** (pJ per AC and per MAC; neurons and memory not charged), "
+                f"profile **{p['name']}**: {p['ac_pj']} pJ/AC, {p['mac_pj']} pJ/MAC, ANN "
+                f"{p['ann_mac_pj'] if p['ann_mac_pj'] is not None else p['mac_pj']} pJ/MAC ({p['source']}).")
+    k = em["costs"]
+    sram = ", ".join(f"{x / 1024:g} KB: {y * 4:g} pJ" for x, y in k["sram_pj_per_byte"][1:])
+    return (f"Energy model **{em['name']}**: {em['description']}. 32-bit add {k['add_pj']} pJ, mul "
+            f"{k['mul_pj']} pJ; SRAM per 32-bit access by memory size {sram}; spike FIFO "
+            f"{k['fifo_words']} words ({k['source']}).")
+
+
+def _neurobench_lines(nb: dict) -> list[str]:
+    lines = ["", "NeuroBench metrics (neurobench 2.3.0 names and conventions; per sample):", "",
+             "| metric | value |", "|---|---|"]
+    for key, value in nb.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                lines.append(f"| {key} {sub} | {v:.6g} |")
+        else:
+            lines.append(f"| {key} | {value:.6g} |" if isinstance(value, float) else f"| {key} | {value} |")
+    return lines
+
+
+def _breakdown_lines(report: dict) -> list[str]:
+    parts = ("ops", "addressing", "inout", "params", "potential")
+    lines = ["", "Energy per sample by component (nJ): arithmetic, addressing, spike/input/output "
+             "memory, weight and bias memory, membrane-potential memory.", "",
+             "| layer | " + " | ".join(parts) + " | total |", "|---" * (len(parts) + 2) + "|"]
+    for r in report["layers"] + report["neurons"]:
+        e = r["energy"]
+        lines.append(f"| {r['layer']} | " + " | ".join(f"{e[k] / 1e3:.4g}" for k in parts)
+                     + f" | {e['total'] / 1e3:.4g} |")
+    return lines
+
+
 def render_energy_markdown(report: dict) -> str:
-    """The per-layer table of ``hwsim.energy``'s report a reviewer can check, with provenance."""
-    p, tot = report["profile"], report["total"]
+    """The per-layer tables of ``hwsim.energy``'s report a reviewer can check (operations,
+    energy under the selected model, spiking layers, NeuroBench's metrics), with provenance."""
+    tot = report["total"]
     lines = [f"Checkpoint `{report['checkpoint']}` (sha256 `{report['sha256'][:16]}`, method "
              f"{report['method']}), {report['samples']} test-split samples of {report['dataset']}, T = {report['timesteps']}.  ",
              *provenance_lines(report["command"], report["versions"]),
-             f"Profile **{p['name']}**: {p['ac_pj']} pJ/AC, {p['mac_pj']} pJ/MAC, ANN "
-             f"{p['ann_mac_pj'] if p['ann_mac_pj'] is not None else p['mac_pj']} pJ/MAC ({p['source']}).",
+             _model_line(report),
              "", "Per sample. AC = spike events x real fan-out; MAC = non-binary input, once per step.", "",
              "| layer | op | in -> out | input | input rate | AC | MAC | ANN MAC | SNN energy | ANN energy |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -106,13 +143,20 @@ def render_energy_markdown(report: dict) -> str:
                      f"{'x'.join(map(str, r['out_shape']))} | {src} | {rate} | {_si(r['ac'])} | "
                      f"{_si(r['mac'])} | {_si(r['ann_mac'])} | {r['snn_pj'] / 1e3:.3g} nJ | "
                      f"{r['ann_pj'] / 1e3:.3g} nJ |")
+    neuron_pj = tot.get("neuron_pj", 0.0)
+    if neuron_pj:
+        lines.append(f"| spiking layers | | | | | | | | {neuron_pj / 1e3:.3g} nJ | |")
     lines.append(f"| **total** | | | | | {_si(tot['ac'])} | {_si(tot['mac'])} | {_si(tot['ann_mac'])} | "
                  f"{tot['snn_pj'] / 1e3:.3g} nJ | {tot['ann_pj'] / 1e3:.3g} nJ |")
-    lines += ["", "| spiking layer | neurons | firing rate (spikes/neuron/step) | spikes per sample |",
-              "|---|---|---|---|"]
+    lines += ["", "| spiking layer | neurons | firing rate (spikes/neuron/step) | spikes per sample | "
+              "membrane updates per sample |", "|---|---|---|---|---|"]
     for nrow in report["neurons"]:
         lines.append(f"| {nrow['layer']} | {nrow['neurons']} | {nrow['firing_rate']:.4f} | "
-                     f"{nrow['spikes_per_sample']:.1f} |")
+                     f"{nrow['spikes_per_sample']:.1f} | {nrow.get('membrane_updates', 0):.1f} |")
+    if report.get("energy_model", {}).get("name", "compute") != "compute":
+        lines += _breakdown_lines(report)
     lines += ["", f"**SNN / ANN energy = {tot['ratio']:.4f}** "
               f"({tot['snn_pj'] / 1e3:.4g} nJ vs {tot['ann_pj'] / 1e3:.4g} nJ per sample)."]
+    if "neurobench" in report:
+        lines += _neurobench_lines(report["neurobench"])
     return "\n".join(lines) + "\n"
