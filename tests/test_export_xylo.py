@@ -215,3 +215,29 @@ def test_qat_grid_equals_the_exporters_integers():
     XyloGrid().quantise(Site("fc0", w, site.bias, 1.3, 0.9, unit)).weight.sum().backward()
     torch.testing.assert_close(w.grad, torch.ones_like(w))
     assert XyloGrid().input_levels == 15      # [0, 1] -> 15 events per unit
+
+
+def test_deeper_layers_and_their_bias_channels_run_behind_the_input():
+    rng = np.random.default_rng(5)
+    graph = cuba_graph(rng, sizes=(3, 4, 5), timesteps=4)
+    plan = build_xylo_net(graph)
+    assert [l.lag for l in plan.layers] == [0, 1] and plan.steps == 6
+    ev = plan.events(np.ones((1, 3)))
+    assert ev[:, 0, 3].tolist() == [1, 1, 1, 1, 0, 0]        # layer 0's bias: ours steps 0..3
+    assert ev[:, 0, 4].tolist() == [0, 1, 1, 1, 1, 0]        # layer 1's: one step later
+    assert ev[:, 0, :3].tolist() == [[15] * 3] * 4 + [[0] * 3] * 2
+
+
+def test_host_readout_recovers_the_sum_of_the_output_inputs():
+    """Vmem_out + Isyn_out after the run is the sum of every input the output neuron received
+    (dash_syn_out = 1), to one unit per step of rounding and one of leak."""
+    rng = np.random.default_rng(6)
+    graph = cuba_graph(rng, sizes=(4, 10), scale=0.3, timesteps=8)
+    plan = build_xylo_net(graph)
+    run = emulator.run(plan.spec, plan.events(rng.uniform(0, 1, (20, 4))))
+    delivered = run.hidden_spikes[:-1].astype(np.int64) @ plan.spec.weights_out      # inputs of steps 1..
+    expected = delivered.sum(0)
+    T, G = plan.timesteps, plan.readout_gain
+    recovered = (plan.logits(run.v_out[-1], run.i_out[-1]) - plan.readout_bias) * G * T
+    assert np.abs(expected).max() > 10 * plan.steps                    # the sum is not trivially small
+    assert np.abs(recovered - expected).max() <= 2 * plan.steps
