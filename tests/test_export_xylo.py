@@ -167,7 +167,7 @@ def _replace(graph, name, node):
 REFUSALS = {
     "lif without synapse": (lambda g: _replace(g, "lif0", nir.LIF(tau=np.full(6, 2 * DT), r=np.full(6, 2.0),
                                                                     v_leak=np.zeros(6), v_threshold=np.ones(6))),
-                            r"neuron lif0: a LIF without synaptic current.*--model srnn"),
+                            r"neuron lif0: LIF has no synaptic current.*--model srnn"),
     "hard reset": (lambda g: _replace(g, "lif0", cuba_node(6, 0.75, 0.5, 1.0, reset="zero")),
                    r"neuron lif0: hard reset.*--reset soft"),
     "no synaptic memory": (lambda g: _replace(g, "lif0", cuba_node(6, 0.0, 0.5, 1.0)),
@@ -241,3 +241,15 @@ def test_host_readout_recovers_the_sum_of_the_output_inputs():
     recovered = (plan.logits(run.v_out[-1], run.i_out[-1]) - plan.readout_bias) * G * T
     assert np.abs(expected).max() > 10 * plan.steps                    # the sum is not trivially small
     assert np.abs(recovered - expected).max() <= 2 * plan.steps
+
+
+def test_hwsim_preset_matches_the_chip_and_energy_is_left_to_the_user():
+    from snn2hw.errors import ConfigError
+    from snn2hw.export.xylo.limits import STATE_BITS, WEIGHT_MAX
+    from snn2hw.hwsim.noise import quant_spec
+    from snn2hw.hwsim.profiles import get_profile
+
+    q = quant_spec("xylo")
+    assert q.state_bits == STATE_BITS and 2 ** (q.weight_bits - 1) - 1 == WEIGHT_MAX
+    with pytest.raises(ConfigError, match="xylo.*--profile-file"):
+        get_profile("xylo")

@@ -187,7 +187,7 @@ def _refuse_node(name: str, node: Any) -> ExportError:
     kind = type(node).__name__
     if kind in ("LIF", "IF"):
         return ExportError(
-            f"neuron {name}: a {kind} without synaptic current; every Xylo neuron filters its input "
+            f"neuron {name}: {kind} has no synaptic current; every Xylo neuron filters its input "
             "through a synapse that decays by at most 1/2 per step (dash_syn >= 1), so there is no "
             "exact equivalent. Fix: train the recurrent CUBA model (--model srnn) for Xylo")
     return ExportError(f"node {name}: {kind} has no Xylo equivalent (Xylo runs Affine/Linear synapses "
