@@ -31,11 +31,12 @@ class XyloGrid:
         return input_levels(self.input_range)
 
     def quantise(self, site: Site) -> Quantised:
-        w, b = site.weight, site.bias
+        shape, b = site.weight.shape, site.bias
+        w = site.weight.reshape(shape[0], -1)          # one row per output neuron (conv: per channel)
         if site.v_th is None:   # readout: 8-bit per class (the exporter may lower G_out for T)
             row = w.detach().abs().amax(1).double().numpy()
             g = torch.as_tensor(np.where(row > 0, WEIGHT_MAX / np.where(row > 0, row, 1), 1.0), dtype=w.dtype)
-            return Quantised(ste_round(w * g[:, None]).clamp(-WEIGHT_MAX, WEIGHT_MAX) / g[:, None], b)
+            return Quantised((ste_round(w * g[:, None]).clamp(-WEIGHT_MAX, WEIGHT_MAX) / g[:, None]).reshape(shape), b)
         alpha = float(getattr(site, "alpha", None) or ASSUMED_ALPHA)
         a_eff = float(leak_of(dash_of(alpha)))
         w_rec = getattr(site, "weight_rec", None)
@@ -52,4 +53,4 @@ class XyloGrid:
         b_q = ste_round(b * b_scale).clamp(-WEIGHT_MAX, WEIGHT_MAX) / b_scale
         lam = None if site.lam is None else float(leak_of(dash_of(site.lam)))
         # V_th on the grid is theta / G = V_th exactly (G = theta / V_th): unchanged
-        return Quantised(w_q, b_q, float(site.v_th), lam)
+        return Quantised(w_q.reshape(shape), b_q, float(site.v_th), lam)
