@@ -9,6 +9,7 @@ from .loihi import LoihiExporter
 from .nir_file import NIRExporter, NIRSinabsExporter
 from .onnx import ONNXExporter
 from .speck import SpeckExporter
+from .xylo import XyloExporter
 
 # target name -> Exporter class, keyed by each class's own ``name`` (a new target: one line)
 EXPORTERS: dict[str, type] = {cls.name: cls for cls in (
@@ -17,6 +18,7 @@ EXPORTERS: dict[str, type] = {cls.name: cls for cls in (
     LoihiExporter,
     ONNXExporter,
     SpeckExporter,
+    XyloExporter,
 )}
 
 __all__ = ["EXPORTERS", "Exporter", "Samples", "Verification"]

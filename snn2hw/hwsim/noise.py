@@ -54,6 +54,10 @@ QUANT_PRESETS: dict[str, QuantSpec] = {
                        source="Loihi: 8-bit weights, 24-bit u/v, 12-bit decays (targets.md A.2)"),
     "speck": QuantSpec("speck", weight_bits=8, state_bits=16, decay_bits=None,
                        source="Speck: 8-bit weights, 16-bit state; IAF only (targets.md B.2)"),
+    "xylo": QuantSpec("xylo", weight_bits=8, state_bits=16, decay_bits=None,
+                      source="Xylo: 8-bit weights, 16-bit saturating Isyn/Vmem (xylosim 0.1.3 "
+                             "XyloIAFNeuron.h); decays are bit shifts 1 - 2^-dash, which the xylo "
+                             "exporter rounds (not a fractional grid)"),
 }
 
 

@@ -67,9 +67,10 @@ PROFILES: dict[str, EnergyProfile] = {p.name: p for p in (
                   "(Yao et al., Nat. Commun. 15:4464, 2024, report 0.42 mW resting and 0.70 mW "
                   "total power, not pJ/SOP); measure it on a dev kit and pass --profile-file"),
     EnergyProfile("xylo", None, 4.6, 4.6,
-                  "Xylo: no per-synaptic-operation energy published that we could verify (SynSense "
-                  "report power per application, not pJ/SOP); measure it on a dev kit and pass "
-                  "--profile-file"),
+                  "Xylo: no per-synaptic-operation energy published that we could verify (rockpool "
+                  "3.1.0's power_cycles_model.py for Xylo Audio 2 / IMU counts clock cycles per step, "
+                  "not joules); measure it on a dev kit (rockpool's XyloSamna power monitor) and "
+                  "pass --profile-file"),
 )}
 
 
