@@ -67,6 +67,12 @@ def sync_batch_norm(x: Tensor, bn: TDBatchNorm) -> Tensor:
     return centred / torch.sqrt(var + bn.eps).view(view)
 
 
+def _device(model: nn.Module) -> torch.device:
+    """Where collectives of ``model``'s run go: its parameters' device (NCCL takes GPU tensors only)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def _bn_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules()
             if isinstance(m, (TDBatchNorm, nn.modules.batchnorm._BatchNorm))]
@@ -215,7 +221,7 @@ class DataParallel:
                 if buf is not None:
                     buf.copy_(dist.all_reduce_mean(buf))
         totals = dist.all_reduce_sum(torch.tensor([loss_sum, float(correct), float(seen)],
-                                                  dtype=torch.float64))
+                                                  dtype=torch.float64, device=_device(model)))
         return float(totals[0]), int(round(float(totals[1]))), int(round(float(totals[2])))
 
     def evaluate(self, model: nn.Module, x: Tensor, y: Tensor, temporal: bool,
@@ -229,7 +235,7 @@ class DataParallel:
         xs, ys = torch.tensor_split(x, self.world)[self.rank], torch.tensor_split(y, self.world)[self.rank]
         acc, loss = evaluate_model(model, xs, ys, temporal, batch_size)
         t = dist.all_reduce_sum(torch.tensor([acc * len(ys), loss * len(ys), float(len(ys))],
-                                             dtype=torch.float64))
+                                             dtype=torch.float64, device=_device(model)))
         n = max(float(t[2]), 1.0)
         return round(float(t[0])) / n, float(t[1]) / n
 
