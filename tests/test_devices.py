@@ -198,15 +198,15 @@ def test_on_device_sums_equal_the_per_step_floats(tmp_path, monkeypatch):
 def test_fp16_with_loss_scaling_resumes_bit_identically(tmp_path, monkeypatch):
     """fp16 on the CPU (autocast + GradScaler): 2 epochs straight equal 1 epoch and a
     resume, because the loss scale is in the checkpoint. The scale starts high enough
-    (2^40) that fp16 gradients overflow and it must come down during epoch 1."""
+    (2^20) that fp16 gradients overflow and it must come down during epoch 1."""
     monkeypatch.setattr(trainer_mod, "grad_scaler", lambda device, precision: (
-        torch.amp.GradScaler(device.type, init_scale=2.0 ** 40) if precision == "fp16" else None))
+        torch.amp.GradScaler(device.type, init_scale=2.0 ** 20) if precision == "fp16" else None))
     cfg = {**TINY, "model": "conv", "channels": [4], "precision": "fp16", "lr": 0.05}
     straight = train(build_config(cfg), tmp_path / "a", progress=False, device="cpu")
     train(build_config({**cfg, "epochs": 1}), tmp_path / "b", progress=False, device="cpu")
     resumed = train(None, tmp_path / "b", resume=True, epochs=2, progress=False, device="cpu")
     scale = load_checkpoint(tmp_path / "b" / "last.pt")["scaler_state"]["scale"]
-    assert scale < 2.0 ** 40  # the scale moved (overflowing steps were skipped): resume must restore it
+    assert scale < 2.0 ** 20  # the scale moved (overflowing steps were skipped): resume must restore it
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
 

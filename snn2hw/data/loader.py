@@ -93,6 +93,9 @@ def iterate(batches: EpochBatches, workers: int = 0, pin_memory: bool = False) -
     return torch.utils.data.DataLoader(
         batches, batch_size=None, shuffle=False, num_workers=max(workers, 0), pin_memory=pin_memory,
         worker_init_fn=_worker_init if workers > 0 else None,
+        # the loader draws its workers' base seed from this generator, not from the global
+        # RNG, whose stream (ASGL's masks, the checkpoint's RNG state) must not depend on it
+        generator=torch.Generator().manual_seed(0),
         prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
 
 
