@@ -236,3 +236,22 @@ def test_cuda_every_method_trains_and_resumes(tmp_path, method):
     for k, v in straight.model.state_dict().items():
         assert v.device.type == "cuda"
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+@pytest.mark.cuda
+def test_cuda_robustness_and_energy_match_the_cpu(tmp_path):
+    """The chips and the per-step noise are drawn on the CPU, so a seed names the same
+    chips on the GPU; accuracies and counts agree up to spikes flipped by summation order."""
+    from snn2hw.hwsim.energy import energy
+    from snn2hw.hwsim.robustness import robustness
+
+    train(build_config({**TINY, "model": "conv", "channels": [4], "epochs": 1}), tmp_path / "r",
+          progress=False, device="cpu")
+    kw = dict(mismatch=(0, 0.1), thermal=(0.1,), spike_loss=(0.1,), dead=(0.1,), chips=3, samples=200,
+              progress=False)
+    rows = [robustness([str(tmp_path / "r")], device=d, **kw)["models"][0] for d in ("cpu", "cuda")]
+    for axis in rows[0]["sweeps"]:
+        for a, b in zip(rows[0]["sweeps"][axis], rows[1]["sweeps"][axis]):
+            assert max(abs(x - y) for x, y in zip(a["chips"], b["chips"])) <= 2 / 200, axis
+    e = [energy(tmp_path / "r", samples=200, device=d)["total"] for d in ("cpu", "cuda")]
+    assert abs(e[0]["spikes"] - e[1]["spikes"]) <= 1e-3 * e[0]["spikes"]

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..core.layers import Pool
 from ..data.datasets import load_dataset, to_time_major
+from ..devices import resolve_device
 from ..runs.model import load_model
 from .graph import LoweredNet, Neuron, Residual, Stateless, Synapse, lower, run
 from .profiles import EnergyProfile, get_profile
@@ -106,7 +107,9 @@ class SynOpCounter:
         self.T = timesteps
         self.src: dict[str, tuple[str, float, str]] = {}
         _sources(net.ops, ("input", 1.0, ""), self.src)
-        self.events = {op.name: torch.zeros(op.in_shape, dtype=torch.float64) for op in net.synapses()}
+        device = net.synapses()[0].weight.device if net.synapses() else torch.device("cpu")
+        self.events = {op.name: torch.zeros(op.in_shape, dtype=torch.float64, device=device)
+                       for op in net.synapses()}
         self.mac_rows = {op.name: 0 for op in net.synapses()}
         self.spikes = {op.name: 0.0 for op in net.neurons()}
         self.neuron_steps = {op.name: 0 for op in net.neurons()}
@@ -153,19 +156,21 @@ class EnergyRow:
 
 def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size: int = 256,
                  temporal: bool = False) -> dict:
-    """Per-layer and total operation counts and energy, averaged over the samples in ``x``."""
+    """Per-layer and total operation counts and energy, averaged over the samples in ``x``,
+    counted on the device that holds ``net`` (``LoweredNet.to``)."""
     counter = SynOpCounter(net, net.timesteps if not temporal else x.shape[1])
     n = len(x)
+    device = net.synapses()[0].weight.device if net.synapses() else torch.device("cpu")
     with torch.inference_mode():
         for i in range(0, n, batch_size):
-            run(net, to_time_major(x[i:i + batch_size], temporal), observer=counter)
+            run(net, to_time_major(x[i:i + batch_size].to(device), temporal), observer=counter)
     rates = {k: counter.spikes[k] / max(counter.neuron_steps[k], 1) for k in counter.spikes}
     rows = []
     for op in net.synapses():
         kind, _, source = counter.src[op.name]
         f = fan_out(op)
         ann = float(f.sum())
-        ac = float((counter.events[op.name] * f).sum()) / n if kind == "spikes" else 0.0
+        ac = float((counter.events[op.name].cpu() * f).sum()) / n if kind == "spikes" else 0.0
         mac = counter.mac_rows[op.name] * ann / n
         rows.append(EnergyRow(op.name, op.kind, list(op.in_shape), list(op.out_shape), kind,
                               source or ("input" if kind == "input" else ""),
@@ -181,8 +186,10 @@ def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size:
 
 
 def energy(checkpoint: str | Path, profile: str = "45nm-fp32", profile_file: str | Path | None = None,
-           samples: int | None = 512, dataset: str | None = None, command: str | None = None) -> dict:
-    """Energy report of a checkpoint on ``samples`` test samples (all if None), as a dict:
+           samples: int | None = 512, dataset: str | None = None, command: str | None = None,
+           device: str | torch.device | None = "cpu") -> dict:
+    """Energy report of a checkpoint on ``samples`` test samples (all if None), counted on
+    ``device`` (``devices.resolve_device``; the counts do not depend on it), as a dict:
     ``count_energy``'s counts plus provenance (command, versions, checkpoint sha256);
     ``reports.hwsim_report.render_energy_markdown`` lays it out as a table."""
     prof = get_profile(profile, profile_file)
@@ -191,7 +198,8 @@ def energy(checkpoint: str | Path, profile: str = "45nm-fp32", profile_file: str
     data = load_dataset(spec)
     n = min(samples or len(data.x_test), len(data.x_test))
     t0 = time.perf_counter()
-    report = count_energy(lower(model), data.x_test[:n], prof, temporal=data.temporal)
+    net = lower(model).to(resolve_device(device))
+    report = count_energy(net, data.x_test[:n], prof, temporal=data.temporal)
     report.update({"kind": "snn2hw-energy", "command": command_line(command), "versions": versions(),
                    "checkpoint": str(checkpoint_file(checkpoint)), "sha256": sha256_of(checkpoint),
                    "method": ckpt.get("run_config", {}).get("method"), "dataset": spec,
