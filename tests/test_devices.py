@@ -255,3 +255,24 @@ def test_cuda_robustness_and_energy_match_the_cpu(tmp_path):
             assert max(abs(x - y) for x, y in zip(a["chips"], b["chips"])) <= 2 / 200, axis
     e = [energy(tmp_path / "r", samples=200, device=d)["total"] for d in ("cpu", "cuda")]
     assert abs(e[0]["spikes"] - e[1]["spikes"]) <= 1e-3 * e[0]["spikes"]
+
+
+@pytest.mark.parametrize("device,cuda,env,expected", [
+    ("cpu", True, None, "gloo"),                       # a CPU run never needs NCCL
+    ("cuda", True, None, "cpu:gloo,cuda:nccl"),        # GPU tensors over NCCL, CPU ones over gloo
+    ("cuda", False, None, "gloo"),
+    ("cpu", True, "nccl", "nccl"),                     # the override wins
+])
+def test_ddp_backend_follows_the_run_device(monkeypatch, device, cuda, env, expected):
+    from snn2hw import distributed as dist
+    from snn2hw.train.ddp import DataParallel
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    if env:
+        monkeypatch.setenv("SNN2HW_DIST_BACKEND", env)
+    else:
+        monkeypatch.delenv("SNN2HW_DIST_BACKEND", raising=False)
+    monkeypatch.setattr(dist, "init_from_env", lambda backend=None: chosen.append(backend or dist.default_backend()))
+    DataParallel.from_env(0, device=torch.device(device))
+    assert chosen == [expected]

@@ -18,6 +18,10 @@ Semantics (docs/distributed.md):
   (seed, epoch, rank) (ASGL's masks differ per rank); outside them (init,
   method hooks) all ranks share the common stream, which is what a checkpoint saves.
 
+On GPUs torchrun starts one process per GPU; each trains on ``cuda:LOCAL_RANK``
+(``devices.resolve_device``) and the collectives above run on NCCL over the GPU
+tensors (``from_env``); checkpoints and fingerprints use CPU copies.
+
 Why not ``torch.nn.parallel.DistributedDataParallel``: it averages gradients
 with equal weights (wrong for the uneven last batch), wants
 ``find_unused_parameters`` for method parameters that a step may not reach,
@@ -28,6 +32,7 @@ overlap with backward, which matters little at these model sizes.
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -156,9 +161,16 @@ class DataParallel:
     _rng: ExitStack = field(default_factory=ExitStack, repr=False)
 
     @classmethod
-    def from_env(cls, seed: int, sync_bn: bool = False) -> "DataParallel":
-        """Join torchrun's process group if launched by it (and not ``local_only``)."""
-        return cls(seed, sync_bn, owns_group=dist.init_from_env())
+    def from_env(cls, seed: int, sync_bn: bool = False,
+                 device: torch.device | None = None) -> "DataParallel":
+        """Join torchrun's process group if launched by it (and not ``local_only``), with
+        the backend of the run's ``device``: gloo for a CPU run; for a CUDA run (one process
+        per GPU, ``cuda:LOCAL_RANK``) ``distributed.default_backend``, NCCL for the GPU
+        tensors (gradients, sync-BN, method statistics) and gloo for the CPU ones.
+        ``SNN2HW_DIST_BACKEND`` overrides either."""
+        backend = None if device is None or device.type == "cuda" or os.environ.get("SNN2HW_DIST_BACKEND") \
+            else "gloo"
+        return cls(seed, sync_bn, owns_group=dist.init_from_env(backend))
 
     @property
     def world(self) -> int:

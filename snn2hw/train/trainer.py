@@ -183,7 +183,7 @@ def _start_run(config: RunConfig, ckpt: dict | None, out: Path | None, data: Dat
                      lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineSchedule(optimizer, config.epochs)
     loss_fn = make_loss(config.loss)
-    par = DataParallel.from_env(config.seed, config.sync_bn)
+    par = DataParallel.from_env(config.seed, config.sync_bn, device)
 
     probe_idx = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(config.seed))
     probe_idx = probe_idx[: min(config.batch_size, len(probe_idx))]
