@@ -276,3 +276,27 @@ def test_ddp_backend_follows_the_run_device(monkeypatch, device, cuda, env, expe
     monkeypatch.setattr(dist, "init_from_env", lambda backend=None: chosen.append(backend or dist.default_backend()))
     DataParallel.from_env(0, device=torch.device(device))
     assert chosen == [expected]
+
+
+def test_bf16_run_computes_its_loss_on_an_fp32_readout(monkeypatch):
+    """Under bf16 the readout layer answers in bf16 (autocast is on), and the loss is
+    taken on its fp32 copy."""
+    seen, readout = set(), set()
+    make = trainer_mod.make_loss
+
+    def recording(kind):
+        fn = make(kind)
+        return lambda seq, y: (seen.add(seq.dtype), fn(seq, y))[1]
+
+    build = trainer_mod.build_model
+
+    def hooked(cfg):
+        model = build(cfg)
+        model.layers[-1].register_forward_hook(lambda m, i, out: readout.add(out.dtype) if m.training else None)
+        return model
+
+    monkeypatch.setattr(trainer_mod, "make_loss", recording)
+    monkeypatch.setattr(trainer_mod, "build_model", hooked)
+    train(build_config({**TINY, "epochs": 1, "model": "conv", "channels": [4], "precision": "bf16"}), None,
+          progress=False, device="cpu")
+    assert readout == {torch.bfloat16} and seen == {torch.float32}
