@@ -19,16 +19,17 @@ from .train.trainer import train as _train
 
 
 def train(config: RunConfig | dict, out: str | Path | None = None,
-          progress: bool = False) -> RunResult:
-    """Train from a RunConfig or a dict of config keys (flat or nested)."""
+          progress: bool = False, device: str | None = None, workers: int = 0) -> RunResult:
+    """Train from a RunConfig or a dict of config keys (flat or nested) on ``device``
+    (None: auto, ``snn2hw.devices``) with ``workers`` data-loader processes."""
     if isinstance(config, dict):
         config = build_config(config)
-    return _train(config, out, progress=progress)
+    return _train(config, out, progress=progress, device=device, workers=workers)
 
 
 def train_from_options(options: dict[str, Any], config_file: str | None = None,
                        overrides: list[str] = (), out: str | None = None,
-                       progress: bool = True) -> RunResult:
+                       progress: bool = True, device: str | None = None, workers: int = 0) -> RunResult:
     """What ``snn2hw train`` does: defaults < config file < flags < --set."""
     if options.get("qat") and options.get("init_from") and not config_file:
         # fine-tuning a checkpoint on a target's grid: its own settings are the defaults
@@ -36,17 +37,20 @@ def train_from_options(options: dict[str, Any], config_file: str | None = None,
 
         options = {**fine_tune_defaults(options["init_from"]), **options}
     config = merge_options(options, config_file, overrides)
-    return _train(config, out, progress=progress)
+    return _train(config, out, progress=progress, device=device, workers=workers)
 
 
-def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = False) -> RunResult:
-    """Continue an interrupted run from ``run_dir/last.pt`` (optionally to more epochs)."""
-    return _train(None, run_dir, resume=True, progress=progress, epochs=epochs)
+def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = False,
+           device: str | None = None, workers: int = 0) -> RunResult:
+    """Continue an interrupted run from ``run_dir/last.pt`` (optionally to more epochs),
+    on any device: the checkpoint holds CPU tensors."""
+    return _train(None, run_dir, resume=True, progress=progress, epochs=epochs, device=device,
+                  workers=workers)
 
 
-def load(checkpoint: str | Path) -> tuple[SpikingNetwork, dict]:
-    """The network stored in a checkpoint (or run directory), in eval mode, and the checkpoint."""
-    return load_model(checkpoint)
+def load(checkpoint: str | Path, device: str | None = "cpu") -> tuple[SpikingNetwork, dict]:
+    """The network stored in a checkpoint (or run directory), in eval mode on ``device``, and the checkpoint."""
+    return load_model(checkpoint, device)
 
 
 def report(run_dir: str | Path, spike_rates: bool = True):

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "snn2hw"
 # under snn2hw). "export.<target>" stands for every target package in export/.
 LAYERS: list[tuple[str, ...]] = [
     ("version", "errors"),
-    ("mapping_file", "registry", "environment"),
+    ("mapping_file", "registry", "environment", "devices"),
     ("core",),
     ("data",),
     ("models",),

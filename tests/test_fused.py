@@ -314,3 +314,85 @@ def test_backward_twice_on_a_retained_graph(backend, broadcast):
     g1, = torch.autograd.grad(loss, c0, retain_graph=True)
     g2, = torch.autograd.grad(loss, c0)
     assert torch.equal(g1, g2) and g1.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- CUDA (scripts/gpu-check)
+# The torch loop is the fused LIF's only path on a GPU (the C kernel takes CPU tensors);
+# these run it on CUDA against the plain loop there and against the CPU's numbers.
+# Skipped where there is no CUDA device (tests/conftest.py).
+
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name,reset,lam", CASES)
+def test_cuda_fused_equals_plain_loop(name, reset, lam):
+    shape = SURROGATES[name]()
+    c = _currents().detach().to(CUDA).requires_grad_()
+    p = torch.tensor(1.3, dtype=torch.float64, device=CUDA, requires_grad=True)
+    go = torch.randn(c.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(CUDA)
+    g_ref = _assert_matches_reference(lambda: fused_lif(c, p, lam, 1.0, reset, shape),
+                     lambda: lif_sequence(c, LIFParams(lam, 1.0, reset), lambda x: spike(x, shape, p))[0],
+                     (c, p), go)
+    c_cpu, p_cpu = c.detach().cpu().requires_grad_(), p.detach().cpu().requires_grad_()
+    s_cpu = lif_sequence(c_cpu, LIFParams(lam, 1.0, reset), lambda x: spike(x, shape, p_cpu))[0]
+    g_cpu = torch.autograd.grad(s_cpu, (c_cpu, p_cpu), go.cpu())
+    assert torch.equal(fused_lif(c, p, lam, 1.0, reset, shape).detach().cpu(), s_cpu)  # same spikes as the CPU
+    for a, b in zip(g_ref, g_cpu):
+        torch.testing.assert_close(a.cpu(), b, rtol=0, atol=TOL)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_cuda_float32_spikes_bit_identical_to_cpu(reset):
+    """A long float32 run: the same spikes on CUDA as the plain loop on the CPU, bit for bit."""
+    g = torch.Generator().manual_seed(3)
+    c = torch.randn(32, 64, 50, generator=g) * 0.8 + 0.5
+    p = torch.tensor(1.0)
+    ref = lif_sequence(c, LIFParams(0.9, 1.0, reset), lambda x: spike(x, SURROGATES["triangle"](), p))[0]
+    with torch.inference_mode():
+        out = fused_lif(c.to(CUDA), p.to(CUDA), 0.9, 1.0, reset, SURROGATES["triangle"]())
+    assert out.device.type == "cuda" and torch.equal(out.cpu(), ref)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("method_name,options", METHOD_CASES)
+def test_cuda_every_method_same_model_gradients(method_name, options):
+    """Each method's conv network on CUDA: fused and plain loops agree there (the
+    random masks of ASGL are drawn on the GPU, the same draws in both loops)."""
+    model = _tiny_model("conv", "hard", 0.5, "triangle")
+    method = make_method(method_name, options)
+    method.setup(model)
+    model.double().to(CUDA).train()
+    g = torch.Generator().manual_seed(2)
+    x = (torch.rand(6, 1, 8, 8, generator=g, dtype=torch.float64) * 2).to(CUDA)
+    y = torch.randint(0, 10, (6,), generator=g).to(CUDA)
+    seq_f, gr_f = _grads(model, x, y, True, method)
+    seq_p, gr_p = _grads(model, x, y, False, method)
+    torch.testing.assert_close(seq_f, seq_p, rtol=0, atol=TOL)
+    assert gr_f.keys() == gr_p.keys() and gr_f
+    for k in gr_p:
+        assert gr_f[k].device.type == "cuda"
+        torch.testing.assert_close(gr_f[k], gr_p[k], rtol=0, atol=TOL, msg=k)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_cuda_recorded_membrane_and_broadcast_input(reset):
+    """membrane=True and a direct-encoded (stride-0) input on CUDA: lif_sequence's numbers."""
+    shape = SURROGATES["sigmoid"]()
+    c0 = (torch.randn(4, 7, dtype=torch.float64) + 0.8).to(CUDA).requires_grad_()
+    p = torch.linspace(1.0, 6.0, 7, dtype=torch.float64, device=CUDA).requires_grad_()
+    c = c0.unsqueeze(0).expand(5, 4, 7)
+    s_ref, u_ref = lif_sequence(c, LIFParams(0.7, 1.0, reset), lambda x: spike(x, shape, p), True)
+    s, u = fused_lif(c, p, 0.7, 1.0, reset, shape, membrane=True)
+    assert torch.equal(s, s_ref) and torch.equal(u, u_ref)
+    w = torch.arange(5.0, dtype=torch.float64, device=CUDA).view(5, 1, 1)
+    for a, b in zip(torch.autograd.grad((s * w).sum() + (u ** 2).sum(), (c0, p)),
+                    torch.autograd.grad((s_ref * w).sum() + (u_ref ** 2).sum(), (c0, p))):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOL)
+    spikes_only = fused_lif(c, p, 0.7, 1.0, reset, shape)  # the broadcast fast path keeps c only
+    g1, = torch.autograd.grad((spikes_only * w).sum(), c0)
+    s_ref2 = lif_sequence(c, LIFParams(0.7, 1.0, reset), lambda x: spike(x, shape, p))[0]
+    g2, = torch.autograd.grad((s_ref2 * w).sum(), c0)
+    torch.testing.assert_close(g1, g2, rtol=0, atol=TOL)

@@ -17,6 +17,7 @@ import sys
 
 from ..hwsim import ENERGY_MODELS, PROFILES, energy
 from ..reports.hwsim_report import render_energy_markdown
+from .options import add_device_option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,11 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=512, help="test samples to measure on (default 512)")
     p.add_argument("--dataset", help="dataset spec (default: the one it was trained on)")
     p.add_argument("--json", action="store_true", help="print the JSON report")
+    add_device_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
     report = energy(args.checkpoint, args.profile, args.profile_file, args.samples, args.dataset,
                     command=shlex.join(["snn2hw", *getattr(args, "argv", sys.argv[1:])]),
-                    energy_model=args.energy_model)
+                    energy_model=args.energy_model, device=args.device)
     print(json.dumps(report, indent=2) if args.json else render_energy_markdown(report), end="")
     return 0

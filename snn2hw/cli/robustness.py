@@ -16,6 +16,7 @@ import sys
 from ..api import robustness
 from ..errors import ConfigError
 from ..hwsim import MISMATCH_PARAMS
+from .options import add_device_option
 
 
 def _levels(text: str) -> list[float]:
@@ -45,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, help="use the first N test samples (default all)")
     p.add_argument("--out", required=True, help="report directory (report.json, report.md, PNGs)")
     p.add_argument("--no-progress", action="store_true")
+    add_device_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     report = robustness(args.checkpoints, mismatch=args.mismatch, thermal=args.thermal,
                         spike_loss=args.spike_loss, dead=args.dead, chips=args.chips, seed=args.seed, mismatch_params=params, quant=args.quant,
                         weight_bits=args.weight_bits, state_bits=args.state_bits, dataset=args.dataset,
-                        samples=args.samples, out=args.out, progress=not args.no_progress,
+                        samples=args.samples, out=args.out, progress=not args.no_progress, device=args.device,
                         command=shlex.join(["snn2hw", *getattr(args, "argv", sys.argv[1:])]))
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return 0

@@ -6,6 +6,8 @@ Examples:
   snn2hw train --config run.yaml --lr 1e-3
   snn2hw train --resume runs/digits
   snn2hw train --nproc 2 --model conv --sync-bn --out runs/ddp   (torchrun, docs/distributed.md)
+  snn2hw train --dataset cifar10:DIR --model resnet19 --device cuda --precision bf16 \
+      --augment crop,flip,cutout --workers 4 --out runs/r19            (docs/quickstart.md)
   snn2hw train --init-from runs/digits --qat loihi --epochs 5 --lr 5e-4 --out runs/digits-qat
 """
 
@@ -22,6 +24,7 @@ from ..core.surrogate import DEFAULT_SURROGATE, SURROGATES
 from ..methods import METHODS, option_flags
 from ..models.config import ARCHS
 from ..train.qat import qat_targets
+from .options import add_device_option
 
 
 def _names(names) -> str:
@@ -62,6 +65,10 @@ FLAGS: list[tuple[str, dict]] = [
                                           "(psg gamma, asgl alpha); default: --lr")),
     ("--init-from", dict(help="start from this checkpoint's weights (TIT: T may differ)")),
     ("--sync-bn", dict(action="store_true", help="several processes: tdBN statistics over the global batch")),
+    ("--precision", dict(choices=["fp32", "bf16", "fp16"], help="fp32 (default); bf16/fp16: synapses under "
+                         "autocast, the neurons' membrane and spike condition stay fp32")),
+    ("--augment", dict(metavar="LIST", help="image augmentation, e.g. crop,flip,cutout (pad 4, square 16; "
+                       "crop=N, cutout=N to change): the CIFAR recipes'; default none")),
     ("--qat", dict(metavar="TARGET", help=f"quantisation-aware fine-tuning on a target's grid "
                    f"({_names(qat_targets())}); with --init-from CKPT and no --config, the "
                    "checkpoint's settings are the defaults")),
@@ -97,6 +104,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run directory (checkpoints, history.csv, summary.json)")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_option(p)
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="data-loader processes making the batches (default 0: in this process); "
+                        "same batches either way, with pinned memory on a GPU")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train data-parallel in N processes on this machine (launches torchrun; "
                         "--batch-size stays the global batch)")
@@ -121,6 +132,10 @@ def _argv(args: argparse.Namespace) -> list[str]:
             argv += [flag, *map(str, value if isinstance(value, list) else [value])]
     for item in _method_sets(args) + args.set:
         argv += ["--set", item]
+    if args.device is not None:
+        argv += ["--device", args.device]
+    if args.workers:
+        argv += ["--workers", str(args.workers)]
     return argv + (["--no-progress"] if args.no_progress else [])
 
 
@@ -131,11 +146,13 @@ def run(args: argparse.Namespace) -> int:
         return launch(args.nproc, _argv(args))
     options = options_from_args(args, FLAGS)
     if args.resume:
-        result = resume(args.resume, epochs=options.get("epochs"), progress=not args.no_progress)
+        result = resume(args.resume, epochs=options.get("epochs"), progress=not args.no_progress,
+                        device=args.device, workers=args.workers)
     else:
         result = train_from_options(options, config_file=args.config,
                                     overrides=_method_sets(args) + args.set,
-                                    out=args.out, progress=not args.no_progress)
+                                    out=args.out, progress=not args.no_progress,
+                                    device=args.device, workers=args.workers)
     s = result.summary
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

@@ -73,6 +73,10 @@ class LIF(nn.Module):
         return lif_step(c, state, self.params, self.spike_fn)
 
     def forward(self, currents: Tensor) -> Tensor:
+        if currents.dtype in (torch.float16, torch.bfloat16):
+            # under autocast the synapses hand over half-precision currents: the membrane
+            # and the comparison with V_th stay fp32, so no spike depends on a short mantissa
+            currents = currents.float()
         # membranes are for training-time losses and probes (PDA, CPNG): never kept in eval
         record = self.record_membrane and self.training
         fused = self._fused_args()

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from ..core.layers import Pool
 from ..data.datasets import load_dataset, to_time_major
+from ..devices import resolve_device
 from ..runs.model import load_model
 from .energy_models import LayerCounts, NeuronCounts
 from .energy_models import energy_model as make_energy_model
@@ -117,7 +118,9 @@ class SynOpCounter:
         self.T = timesteps
         self.src: dict[str, tuple[str, float, str]] = {}
         _sources(net.ops, ("input", 1.0, ""), self.src)
-        self.events = {op.name: torch.zeros(op.in_shape, dtype=torch.float64) for op in net.synapses()}
+        device = net.synapses()[0].weight.device if net.synapses() else torch.device("cpu")
+        self.events = {op.name: torch.zeros(op.in_shape, dtype=torch.float64, device=device)
+                       for op in net.synapses()}
         self.mac_rows = {op.name: 0 for op in net.synapses()}
         self.rows = {op.name: 0 for op in net.synapses()}       # frames x samples, all calls
         # NeuroBench: non-zero inputs per unit in binary / non-binary calls (None: = events)
@@ -214,13 +217,15 @@ def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size:
                  temporal: bool = False, energy_model: str = "compute",
                  model: nn.Module | None = None) -> dict:
     """Per-layer and total operation counts and energy under ``energy_model``, and
-    NeuroBench's metrics (static ones only with ``model``), per sample of ``x``."""
+    NeuroBench's metrics (static ones only with ``model``), per sample of ``x``, counted on
+    the device that holds ``net`` (``LoweredNet.to``)."""
     em = make_energy_model(energy_model, profile)
     counter = SynOpCounter(net, net.timesteps if not temporal else x.shape[1])
     n, T = len(x), counter.T
+    device = net.synapses()[0].weight.device if net.synapses() else torch.device("cpu")
     with torch.inference_mode():
         for i in range(0, n, batch_size):
-            run(net, to_time_major(x[i:i + batch_size], temporal), observer=counter)
+            run(net, to_time_major(x[i:i + batch_size].to(device), temporal), observer=counter)
     rates = {k: counter.spikes[k] / max(counter.neuron_steps[k], 1) for k in counter.spikes}
     rows, nb_rows = [], []
     for op in net.synapses():
@@ -228,7 +233,7 @@ def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size:
         f = fan_out(op)
         f_nz = fan_out(op, nonzero_weights=True) if bool((op.weight == 0).any()) else f
         ann = float(f.sum())
-        ev = counter.events[op.name]
+        ev = counter.events[op.name].cpu()
         ac = float((ev * f).sum()) / n if kind == "spikes" else 0.0
         mac = counter.mac_rows[op.name] * ann / n
         units = counter.nb_units[op.name]
@@ -268,8 +273,9 @@ def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size:
 
 def energy(checkpoint: str | Path, profile: str = "45nm-fp32", profile_file: str | Path | None = None,
            samples: int | None = 512, dataset: str | None = None, command: str | None = None,
-           energy_model: str = "compute") -> dict:
-    """Energy report of a checkpoint on ``samples`` test samples (all if None), as a dict:
+           energy_model: str = "compute", device: str | torch.device | None = "cpu") -> dict:
+    """Energy report of a checkpoint on ``samples`` test samples (all if None), counted on
+    ``device`` (``devices.resolve_device``; the counts do not depend on it), as a dict:
     ``count_energy``'s counts, energy under ``energy_model`` and NeuroBench's metrics,
     plus provenance (command, versions, checkpoint sha256);
     ``reports.hwsim_report.render_energy_markdown`` lays it out as tables."""
@@ -280,7 +286,8 @@ def energy(checkpoint: str | Path, profile: str = "45nm-fp32", profile_file: str
     data = load_dataset(spec)
     n = min(samples or len(data.x_test), len(data.x_test))
     t0 = time.perf_counter()
-    report = count_energy(lower(model), data.x_test[:n], prof, temporal=data.temporal,
+    net = lower(model).to(resolve_device(device))
+    report = count_energy(net, data.x_test[:n], prof, temporal=data.temporal,
                           energy_model=energy_model, model=model)
     report.update({"kind": "snn2hw-energy", "command": command_line(command), "versions": versions(),
                    "checkpoint": str(checkpoint_file(checkpoint)), "sha256": sha256_of(checkpoint),

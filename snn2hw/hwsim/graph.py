@@ -17,7 +17,7 @@ re-written here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 import torch
@@ -117,6 +117,23 @@ class LoweredNet:
     def neurons(self) -> list[Neuron]:
         return [op for op in self.walk() if isinstance(op, Neuron)]
 
+    def to(self, device: torch.device | str) -> "LoweredNet":
+        """The same network with its weights on ``device`` (a copy; ``self`` is unchanged)."""
+        def move(ops: list) -> list:
+            out = []
+            for op in ops:
+                if isinstance(op, Synapse):
+                    op = replace(op, weight=op.weight.to(device),
+                                 bias=None if op.bias is None else op.bias.to(device))
+                elif isinstance(op, Stateless):
+                    op = replace(op, module=op.module.to(device))
+                elif isinstance(op, Residual):
+                    op = replace(op, body=move(op.body), shortcut=move(op.shortcut))
+                out.append(op)
+            return out
+
+        return replace(self, ops=move(self.ops))
+
 
 def _synapse(step: Step, _: None) -> Synapse:
     m, name = step.module, step.name
@@ -179,8 +196,9 @@ def lower(model) -> LoweredNet:
     ops = walk(model.layers, LOWERING, rules_name="snn2hw.hwsim.graph.LOWERING")
     _link_sources(ops)
     net = LoweredNet(ops, tuple(model.config.input_shape), model.timesteps)
-    with torch.inference_mode():  # dry run: record shapes
-        run(net, torch.zeros(1, *net.input_shape), record_shapes=True)
+    device = net.synapses()[0].weight.device if net.synapses() else torch.device("cpu")
+    with torch.inference_mode():  # dry run on the model's device: record shapes
+        run(net, torch.zeros(1, *net.input_shape, device=device), record_shapes=True)
     return net
 
 
@@ -197,6 +215,16 @@ class ChipParams:
     v_th: dict[str, Tensor] = field(default_factory=dict)
     alive: dict[str, Tensor] = field(default_factory=dict)   # bool (C, *features)
     state_q: dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> "ChipParams":
+        """The same chips with their parameters on ``device`` (drawn on the CPU, so a seed
+        gives the same chips on every device)."""
+        def move(d: dict) -> dict:
+            return {k: (tuple(None if t is None else t.to(device) for t in v) if isinstance(v, tuple)
+                        else v.to(device)) for k, v in d.items()}
+
+        return replace(self, weights=move(self.weights), lam=move(self.lam), v_th=move(self.v_th),
+                       alive=move(self.alive))
 
 
 @dataclass
@@ -245,7 +273,7 @@ def _apply_synapse(op: Synapse, x: Tensor, nlead: int, chips: ChipParams) -> Ten
     z = x.reshape(-1, C, *x.shape[nlead:])          # (N, C, *features)
     if op.kind == "linear":
         zt = z.transpose(0, 1)                      # (C, N, in)
-        bias = b.unsqueeze(1) if b is not None else torch.zeros(C, 1, w.shape[1], dtype=w.dtype)
+        bias = b.unsqueeze(1) if b is not None else torch.zeros(C, 1, w.shape[1], dtype=w.dtype, device=w.device)
         y = torch.baddbmm(bias, zt, w.transpose(1, 2)).transpose(0, 1)
     else:                                           # grouped conv: chip c uses group c
         N = z.shape[0]
@@ -261,7 +289,7 @@ def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise,
     """c: (T, B, C, *features) currents -> spikes delivered downstream (shown to ``observer``)."""
     if noise.thermal > 0:
         c = c + (noise.thermal * abs(op.v_th)) * torch.randn(
-            c.shape, generator=noise.generator, dtype=c.dtype)
+            c.shape, generator=noise.generator, dtype=c.dtype).to(c.device)  # drawn on the CPU: same on any device
     p = LIFParams(chips.lam.get(op.name, op.lam), chips.v_th.get(op.name, op.v_th), op.reset)
     q = chips.state_q.get(op.name)
     want_u = getattr(observer, "wants_membrane", False)
@@ -283,7 +311,7 @@ def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise,
             us.append(state.u)
         s, u = torch.stack(out), (torch.stack(us) if want_u else None)
     if noise.spike_loss > 0:  # the neuron still resets; the event is lost on the way
-        s = s * (torch.rand(s.shape, generator=noise.generator) >= noise.spike_loss).to(s.dtype)
+        s = s * (torch.rand(s.shape, generator=noise.generator) >= noise.spike_loss).to(s.device, s.dtype)
     alive = chips.alive.get(op.name)
     if alive is not None:
         s = s * alive.to(s.dtype)

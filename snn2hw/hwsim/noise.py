@@ -194,12 +194,13 @@ def simulate(net: LoweredNet, x: Tensor, y: Tensor, spec: NoiseSpec, chips: int 
     ``seed + 1``, so two conditions with the same seed share their chips.
     """
     g_chip = torch.Generator().manual_seed(seed)
-    params = sample_chips(net, spec, chips, g_chip)
+    device = net.synapses()[0].weight.device if net.synapses() else torch.device("cpu")
+    params = sample_chips(net.to("cpu"), spec, chips, g_chip).to(device)  # drawn on the CPU: the same chips on any device
     noise = RunNoise(spec.thermal, spec.spike_loss, torch.Generator().manual_seed(seed + 1))
-    correct = torch.zeros(chips, dtype=torch.long)
+    correct = torch.zeros(chips, dtype=torch.long, device=device)
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
+        xb = x[i:i + batch_size].to(device)
         xb = xb.transpose(0, 1) if temporal else xb
         out = run(net, xb, params, noise).mean(0)              # (B, C, K)
-        correct += (out.argmax(-1) == y[i:i + batch_size, None]).sum(0)
+        correct += (out.argmax(-1) == y[i:i + batch_size, None].to(device)).sum(0)
     return ChipResult((correct.double() / max(len(x), 1)).tolist())

@@ -13,9 +13,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from torch import Tensor
 
 from ..data.datasets import DataSplit, load_dataset
+from ..devices import resolve_device
 from ..errors import ConfigError
 from .. import distributed as dist
 from ..models.network import SpikingNetwork
@@ -68,19 +70,22 @@ def noise_levels(mismatch: Sequence[float], thermal: Sequence[float], spike_loss
             if len(levels)}
 
 
-def load_models(checkpoints: Sequence[str], dataset: str | None, samples: int | None) -> list[ModelUnderTest]:
-    """Load each checkpoint with the first ``samples`` test samples of ``dataset`` (default:
-    the one it was trained on); a dataset is loaded once however many models use it."""
+def load_models(checkpoints: Sequence[str], dataset: str | None, samples: int | None,
+                device: str | torch.device | None = "cpu") -> list[ModelUnderTest]:
+    """Load each checkpoint onto ``device`` with the first ``samples`` test samples of
+    ``dataset`` (default: the one it was trained on); a dataset is loaded once however
+    many models use it. The samples stay on the CPU; each batch is moved when it runs."""
+    dev = resolve_device(device)
     loaded, used, cache = [], set(), {}
     for path in checkpoints:
-        model, ckpt = load_model(path)
+        model, ckpt = load_model(path, dev)
         spec = dataset or ckpt.get("run_config", {}).get("dataset", "digits")
         if spec not in cache:
             cache[spec] = load_dataset(spec)
         data: DataSplit = cache[spec]
         n = min(samples or len(data.x_test), len(data.x_test))
         loaded.append(ModelUnderTest(_label(str(path), ckpt, used), str(path), ckpt, spec, model,
-                                     lower(model), data.x_test[:n], data.y_test[:n], data.temporal))
+                                     lower(model).to(dev), data.x_test[:n], data.y_test[:n], data.temporal))
     return loaded
 
 
@@ -128,8 +133,11 @@ def robustness(checkpoints: Sequence[str], mismatch: Sequence[float] = (0, 0.05,
                mismatch_params: Sequence[str] = MISMATCH_PARAMS, quant: str | QuantSpec | None = None,
                weight_bits: int | None = None, state_bits: int | None = None,
                dataset: str | None = None, samples: int | None = None, progress: bool = True,
-               command: str | None = None) -> dict:
-    """Sweep each noise axis for each checkpoint; returns the report dict (every rank).
+               command: str | None = None, device: str | torch.device | None = "cpu") -> dict:
+    """Sweep each noise axis for each checkpoint on ``device``; returns the report dict (every rank).
+
+    The chips and the per-step noise are drawn on the CPU from ``seed`` whatever the
+    device, so a seed names the same chips on a GPU as on the CPU.
 
     Per model and axis, per level: the accuracy of every chip, its mean, std, min
     and max; plus settings, provenance and timing. ``reports.hwsim_report.
@@ -144,7 +152,7 @@ def robustness(checkpoints: Sequence[str], mismatch: Sequence[float] = (0, 0.05,
     axes = noise_levels(mismatch, thermal, spike_loss, dead)
     conditions = level_conditions(base, axes)
     t0 = time.perf_counter()
-    models = load_models(checkpoints, dataset, samples)
+    models = load_models(checkpoints, dataset, samples, device)
     entries = [model_entry(m) for m in models]
     dist.init_from_env()
     results = simulate_conditions(models, list(conditions.values()), chips, seed, progress)

@@ -72,8 +72,8 @@ def membrane_stats(membranes: dict[str, Tensor]) -> dict[str, tuple[float, float
     """(mean, std) per layer, over all ranks: sums of u, u^2 and counts are all-reduced."""
     names = list(membranes)
     sums = torch.stack([torch.stack([u.double().sum(), (u.double() ** 2).sum(),
-                                     torch.tensor(float(u.numel()), dtype=torch.float64)])
-                        for u in membranes.values()])
+                                     torch.tensor(float(u.numel()), dtype=torch.float64, device=u.device)])
+                        for u in membranes.values()])  # on the membranes' device (NCCL reduces GPU tensors)
     sums = all_reduce_sum(sums)
     out = {}
     for name, (s, s2, n) in zip(names, sums.tolist()):

@@ -89,7 +89,7 @@ def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, 
     w = dict(wrapper.named_parameters())["net." + weight].detach()
     k = len(coords)
     delta = torch.zeros(k, w.numel(), dtype=w.dtype, device=w.device)
-    delta[torch.arange(k), coords.to(w.device)] = eps
+    delta[torch.arange(k, device=w.device), coords.to(w.device)] = eps
     delta = delta.view(k, *w.shape)
     stacked = torch.cat([w + delta, w - delta])  # (2K, *W.shape)
     stats = {n: b for n, b in wrapper.named_buffers() if n.endswith(("running_mean", "running_var", "num_batches_tracked"))}

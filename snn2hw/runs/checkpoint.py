@@ -9,6 +9,7 @@ mid-write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,8 +20,24 @@ FORMAT = "snn2hw-checkpoint"
 VERSION = 1
 
 
+def on_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it (nested dicts, lists, tuples) moved to the CPU and
+    detached: a checkpoint written on a GPU loads on any machine, and ``torch.load``
+    never needs the device it was saved from."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a NamedTuple
+        return type(obj)(*(on_cpu(v) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(path: Path, payload: dict) -> None:
-    payload = {"format": FORMAT, "version": VERSION, **payload}
+    """Write ``payload`` (CPU tensors only, see ``on_cpu``) atomically to ``path``."""
+    payload = on_cpu({"format": FORMAT, "version": VERSION, **payload})
     atomic_write(path, lambda f: torch.save(payload, f))
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.datasets import load_dataset, to_time_major
+from ..devices import describe, resolve_device
 from ..errors import CheckpointError
 from ..methods import make_method
 from ..models.config import ModelConfig
@@ -21,24 +22,36 @@ from ..models.network import SpikingNetwork, build_model, spike_rates
 from .checkpoint import checkpoint_file, load_checkpoint
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device that holds ``model``'s parameters (the CPU for a model without any)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 @torch.inference_mode()
 def evaluate_model(model: SpikingNetwork, x: Tensor, y: Tensor, temporal: bool = False,
                    batch_size: int = 512) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on (x, y) in eval mode."""
+    """(accuracy, mean cross-entropy) of ``model`` on (x, y) in eval mode, in fp32, on the
+    model's device (batches are moved there; the sums are read once at the end)."""
     was_training = model.training
     model.eval()
-    correct, loss_sum = 0, 0.0
+    dev = model_device(model)
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
         out = model(to_time_major(xb, temporal))
-        correct += int((out.argmax(1) == yb).sum())
-        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+        correct += (out.argmax(1) == yb).sum()
+        loss_sum += F.cross_entropy(out, yb, reduction="sum").double()  # summed as Python floats were
     model.train(was_training)
-    return correct / max(len(x), 1), loss_sum / max(len(x), 1)
+    return int(correct) / max(len(x), 1), float(loss_sum) / max(len(x), 1)
 
 
-def load_model(path: str | Path) -> tuple[SpikingNetwork, dict]:
-    """Rebuild the network a checkpoint holds (eval mode) and return it with the checkpoint."""
+def load_model(path: str | Path, device: str | torch.device | None = "cpu") -> tuple[SpikingNetwork, dict]:
+    """Rebuild the network a checkpoint holds (eval mode) on ``device`` (``devices.resolve_device``;
+    the checkpoint is read onto the CPU first, whatever device wrote it) and return it with
+    the checkpoint."""
+    dev = resolve_device(device)
     ckpt = load_checkpoint(path)
     cfg = ModelConfig.from_dict(ckpt["model_config"])
     model = build_model(cfg)
@@ -50,20 +63,21 @@ def load_model(path: str | Path) -> tuple[SpikingNetwork, dict]:
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the stored model config ({str(exc)[:200]})") from None
     model.eval()
-    return model, ckpt
+    return model.to(dev), ckpt
 
 
-def evaluate(checkpoint: str | Path, dataset: str | None = None) -> dict[str, Any]:
-    """Test accuracy and per-layer spike rates of a checkpoint."""
-    model, ckpt = load_model(checkpoint)
+def evaluate(checkpoint: str | Path, dataset: str | None = None,
+             device: str | torch.device | None = None) -> dict[str, Any]:
+    """Test accuracy and per-layer spike rates of a checkpoint, computed on ``device``."""
+    model, ckpt = load_model(checkpoint, device)
     run = ckpt.get("run_config", {})
     spec = dataset or run.get("dataset", "digits")
     data = load_dataset(spec, run.get("seed", 0))
     acc, loss = evaluate_model(model, data.x_test, data.y_test, data.temporal)
     with torch.inference_mode():
-        rates = spike_rates(model, to_time_major(data.x_test[:512], data.temporal))
+        rates = spike_rates(model, to_time_major(data.x_test[:512], data.temporal).to(model_device(model)))
     return {"checkpoint": str(checkpoint_file(checkpoint)), "dataset": spec, "samples": len(data.x_test),
-            "timesteps": model.timesteps, "test_accuracy": acc, "test_loss": loss,
+            "timesteps": model.timesteps, "device": describe(model_device(model)), "test_accuracy": acc, "test_loss": loss,
             "epoch": int(ckpt["epoch"]) + 1 if "epoch" in ckpt else None,
             "selected_on": "validation" if "best_val_accuracy" in ckpt else "unknown (older checkpoint)",
             "spike_rates": rates}

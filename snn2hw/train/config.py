@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..data.augment import Augment
+from ..devices import check_precision
 from ..errors import ConfigError
 from ..mapping_file import read_mapping_file
 from ..methods import make_method, resolve_surrogate
@@ -37,6 +39,8 @@ class RunConfig:
     sync_bn: bool = False         # torchrun: tdBN statistics over the global batch (all ranks)
     shape_lr: float | None = None  # learning rate of learnable surrogate parameters (PSG gamma,
                                    # ASGL alpha); None: same as lr
+    precision: str = "fp32"       # fp32 | bf16 | fp16: synapses under autocast, the LIF in fp32 (devices.py)
+    augment: str | None = None    # e.g. "crop,flip,cutout" (data/augment.py); None: none
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -47,6 +51,8 @@ class RunConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_precision(self.precision)
+        Augment.parse(self.augment)
         if not 0.0 <= float(self.val_fraction) < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         # Names and options are checked here, before any data loads: a typo costs nothing.

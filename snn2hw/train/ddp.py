@@ -18,6 +18,10 @@ Semantics (docs/distributed.md):
   (seed, epoch, rank) (ASGL's masks differ per rank); outside them (init,
   method hooks) all ranks share the common stream, which is what a checkpoint saves.
 
+On GPUs torchrun starts one process per GPU; each trains on ``cuda:LOCAL_RANK``
+(``devices.resolve_device``) and the collectives above run on NCCL over the GPU
+tensors (``from_env``); checkpoints and fingerprints use CPU copies.
+
 Why not ``torch.nn.parallel.DistributedDataParallel``: it averages gradients
 with equal weights (wrong for the uneven last batch), wants
 ``find_unused_parameters`` for method parameters that a step may not reach,
@@ -28,6 +32,7 @@ overlap with backward, which matters little at these model sizes.
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -65,6 +70,12 @@ def sync_batch_norm(x: Tensor, bn: TDBatchNorm) -> Tensor:
         bn.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
         bn.running_var.mul_(1 - m).add_(var.detach() * (n / max(n - 1, 1)), alpha=m)
     return centred / torch.sqrt(var + bn.eps).view(view)
+
+
+def _device(model: nn.Module) -> torch.device:
+    """Where collectives of ``model``'s run go: its parameters' device (NCCL takes GPU tensors only)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def _bn_layers(model: nn.Module) -> list[nn.Module]:
@@ -150,9 +161,16 @@ class DataParallel:
     _rng: ExitStack = field(default_factory=ExitStack, repr=False)
 
     @classmethod
-    def from_env(cls, seed: int, sync_bn: bool = False) -> "DataParallel":
-        """Join torchrun's process group if launched by it (and not ``local_only``)."""
-        return cls(seed, sync_bn, owns_group=dist.init_from_env())
+    def from_env(cls, seed: int, sync_bn: bool = False,
+                 device: torch.device | None = None) -> "DataParallel":
+        """Join torchrun's process group if launched by it (and not ``local_only``), with
+        the backend of the run's ``device``: gloo for a CPU run; for a CUDA run (one process
+        per GPU, ``cuda:LOCAL_RANK``) ``distributed.default_backend``, NCCL for the GPU
+        tensors (gradients, sync-BN, method statistics) and gloo for the CPU ones.
+        ``SNN2HW_DIST_BACKEND`` overrides either."""
+        backend = None if device is None or device.type == "cuda" or os.environ.get("SNN2HW_DIST_BACKEND") \
+            else "gloo"
+        return cls(seed, sync_bn, owns_group=dist.init_from_env(backend))
 
     @property
     def world(self) -> int:
@@ -215,7 +233,7 @@ class DataParallel:
                 if buf is not None:
                     buf.copy_(dist.all_reduce_mean(buf))
         totals = dist.all_reduce_sum(torch.tensor([loss_sum, float(correct), float(seen)],
-                                                  dtype=torch.float64))
+                                                  dtype=torch.float64, device=_device(model)))
         return float(totals[0]), int(round(float(totals[1]))), int(round(float(totals[2])))
 
     def evaluate(self, model: nn.Module, x: Tensor, y: Tensor, temporal: bool,
@@ -229,7 +247,7 @@ class DataParallel:
         xs, ys = torch.tensor_split(x, self.world)[self.rank], torch.tensor_split(y, self.world)[self.rank]
         acc, loss = evaluate_model(model, xs, ys, temporal, batch_size)
         t = dist.all_reduce_sum(torch.tensor([acc * len(ys), loss * len(ys), float(len(ys))],
-                                             dtype=torch.float64))
+                                             dtype=torch.float64, device=_device(model)))
         n = max(float(t[2]), 1.0)
         return round(float(t[0])) / n, float(t[1]) / n
 

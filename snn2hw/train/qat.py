@@ -102,7 +102,7 @@ def plan_sites(model: nn.Module, input_unit: float) -> list[_Plan]:
 
 def _folded(p: _Plan) -> tuple[Tensor, Tensor]:
     w, b = fold_synapse(p.synapse, p.bn, detach=False)  # QAT trains through the fold
-    return w, b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+    return w, b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
 
 
 def _apply(m: nn.Module, x: Tensor, w: Tensor, b: Tensor) -> Tensor:

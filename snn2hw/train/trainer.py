@@ -19,7 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.augment import Augment, check_image_shape
 from ..data.datasets import DataSplit, load_dataset, to_time_major, with_validation
+from ..data.loader import EpochBatches, iterate, plan_epoch, to_device
+from ..devices import autocast, check_precision, describe, grad_scaler, resolve_device, use_device
 from ..errors import CheckpointError
 from ..models.config import ModelConfig
 from ..models.network import SpikingNetwork, build_model
@@ -48,6 +51,7 @@ def make_loss(kind: str) -> Callable[[Tensor, Tensor], Tensor]:
 
 
 SHAPE_PARAM_MIN = 1e-3
+BAR_SYNC_STEPS = 20  # the progress bar's loss and accuracy are refreshed every this many steps
 
 
 def param_groups(model: SpikingNetwork, shape_params: list[Tensor], shape_lr: float | None) -> list[dict]:
@@ -119,6 +123,9 @@ class _Run:
     best_val: float = -1.0        # the validation accuracy best.pt was chosen on
     best_epoch: int = 0
     elapsed: float = 0.0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    workers: int = 0              # data-loader processes (0: batches made in this process)
+    scaler: "torch.amp.GradScaler | None" = None  # fp16 only: the loss scale
 
     @property
     def steps(self) -> int:
@@ -135,6 +142,7 @@ class _Run:
             "rng_state": rng_state(), "history": self.history, "epoch": epoch,
             "best_val_accuracy": self.best_val, "best_epoch": self.best_epoch,
             "wall_time_s": self.elapsed,
+            "scaler_state": self.scaler.state_dict() if self.scaler is not None else None,
             # what readers of the run need of its data without loading it (export's input range)
             "data": {"temporal": self.data.temporal, "value_range": self.data.value_range},
         }
@@ -156,12 +164,13 @@ def _run_config(config: RunConfig | None, out: Path | None, resume: bool,
     return config, None
 
 
-def _start_run(config: RunConfig, ckpt: dict | None, out: Path | None, data: DataSplit) -> _Run:
+def _start_run(config: RunConfig, ckpt: dict | None, out: Path | None, data: DataSplit,
+               device: torch.device = torch.device("cpu"), workers: int = 0) -> _Run:
     """Build model, method, optimiser and probe batch (in this order: the RNG draws are
-    part of the run's numbers); with ``ckpt``, restore the interrupted run's state."""
+    part of the run's numbers) on ``device``; with ``ckpt``, restore the interrupted run's state."""
     seed_everything(config.seed)
     config.model = model_config_for(config, data)
-    model = build_model(config.model)
+    model = build_model(config.model).to(device)  # initialised by the CPU's RNG: the same weights anywhere
     method = make_method(config.method, config.method_options)
     method.setup(model)
     config.model.surrogate = _installed_shape(model, config.model.surrogate)
@@ -174,12 +183,13 @@ def _start_run(config: RunConfig, ckpt: dict | None, out: Path | None, data: Dat
                      lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineSchedule(optimizer, config.epochs)
     loss_fn = make_loss(config.loss)
-    par = DataParallel.from_env(config.seed, config.sync_bn)
+    par = DataParallel.from_env(config.seed, config.sync_bn, device)
 
     probe_idx = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(config.seed))
     probe_idx = probe_idx[: min(config.batch_size, len(probe_idx))]
     run = _Run(config, data, out, model, method, optimizer, scheduler, loss_fn, par, qat, shape_params,
-               to_time_major(data.x_train[probe_idx], data.temporal), data.y_train[probe_idx])
+               to_time_major(data.x_train[probe_idx], data.temporal).to(device), data.y_train[probe_idx].to(device),
+               device=device, workers=workers, scaler=grad_scaler(device, config.precision))
     if ckpt is not None:
         model.load_state_dict(ckpt["model_state"])
         optimizer.load_state_dict(ckpt["optimizer_state"])
@@ -190,6 +200,8 @@ def _start_run(config: RunConfig, ckpt: dict | None, out: Path | None, data: Dat
         run.best_val = float(ckpt.get("best_val_accuracy", -1.0))
         run.best_epoch = int(ckpt.get("best_epoch", 0))
         run.elapsed = float(ckpt.get("wall_time_s", 0.0))
+        if run.scaler is not None and ckpt.get("scaler_state"):
+            run.scaler.load_state_dict(ckpt["scaler_state"])
         set_rng_state(ckpt["rng_state"])
     par.prepare(model)
     return run
@@ -198,36 +210,45 @@ def _start_run(config: RunConfig, ckpt: dict | None, out: Path | None, data: Dat
 def _run_batches(run: _Run, epoch: int, bar) -> tuple[float, int, int]:
     """One pass over the training data in the epoch's order: (loss sum, correct, seen)
     over all ranks."""
-    config, data, model, par = run.config, run.data, run.model, run.par
-    order = torch.randperm(len(data.x_train),
-                           generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-    loss_sum, correct, seen = 0.0, 0, 0
+    config, data, model, par, dev = run.config, run.data, run.model, run.par, run.device
+    plan = plan_epoch(len(data.x_train), config.batch_size, config.seed, epoch, par.shard)
+    batches = EpochBatches(data.x_train, data.y_train, plan, Augment.parse(config.augment), config.seed, epoch)
+    # sums kept on the device, in float64 as Python floats were: one host sync per epoch
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    correct, seen = torch.zeros((), dtype=torch.int64, device=dev), 0
     par.begin_batches(model, epoch)
-    for i in range(run.steps):
-        idx, share = par.shard(order[i * config.batch_size:(i + 1) * config.batch_size])
-        if idx is None:
-            continue
-        xb, yb = to_time_major(data.x_train[idx], data.temporal), data.y_train[idx]
-        seq = model.forward_sequence(xb)
+    for batch in iterate(batches, run.workers, pin_memory=dev.type == "cuda"):
+        xb, yb, share = to_device(batch, dev)
+        xb = to_time_major(xb, data.temporal)
+        with autocast(dev, config.precision):  # synapses in bf16/fp16; the LIF stays fp32
+            seq = model.forward_sequence(xb)
+        seq = seq.float()
         loss = run.loss_fn(seq, yb)
         extra = run.method.extra_loss(model)
         if extra is not None:
             loss = loss + extra
         run.optimizer.zero_grad(set_to_none=True)
-        (loss * share).backward()  # ranks' shares sum to 1: the global-batch mean
+        scaled = loss * share  # ranks' shares sum to 1: the global-batch mean
+        (scaled if run.scaler is None else run.scaler.scale(scaled)).backward()
         par.sync_gradients(model)
-        run.optimizer.step()
+        if run.scaler is None:
+            run.optimizer.step()
+        else:  # unscales, skips the step if a gradient overflowed (the same on every rank)
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
         if run.shape_params:  # a width, slope or temperature must stay positive
             with torch.no_grad():
                 torch._foreach_clamp_min_(run.shape_params, SHAPE_PARAM_MIN)
-        seen += len(idx)
-        loss_sum += float(loss.detach()) * len(idx)
-        correct += int((seq.detach().mean(0).argmax(1) == yb).sum())
+        seen += len(yb)
+        loss_sum += loss.detach().double() * len(yb)
+        correct += (seq.detach().mean(0).argmax(1) == yb).sum()
         if bar is not None:
             bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+            if bar.n % BAR_SYNC_STEPS == 0:  # reading the sums waits for the device
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}",
+                                refresh=False)
             bar.update()
-    return par.end_batches(model, loss_sum, correct, seen)
+    return par.end_batches(model, float(loss_sum), int(correct), seen)
 
 
 def _train_epoch(run: _Run, epoch: int, bar) -> dict:
@@ -295,6 +316,9 @@ def _summary(run: _Run) -> dict:
         "test_accuracy_at_best": at_best.get("test_accuracy"),
         "val_fraction": config.val_fraction,
         "threads": torch.get_num_threads(),
+        "device": describe(run.device),
+        "precision": config.precision,
+        "workers": run.workers,
         "epochs": config.epochs,
         "wall_time_s": run.elapsed,
         "timesteps": config.model.timesteps,
@@ -308,8 +332,14 @@ def _summary(run: _Run) -> dict:
 
 def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: bool = False,
           progress: bool = True, data: DataSplit | None = None,
-          epochs: int | None = None) -> RunResult:
+          epochs: int | None = None, device: str | torch.device | None = None,
+          workers: int = 0) -> RunResult:
     """Train a model as ``config`` says; checkpoints and history go to ``out_dir``.
+
+    ``device`` (``devices.resolve_device``: None/auto, cpu, cuda, cuda:N) holds the
+    model, the batches and the method state; checkpoints are written from CPU copies,
+    so they load anywhere. ``workers`` > 0 makes the batches in that many loader
+    processes (same batches as 0, data/loader.py).
 
     With ``resume=True`` the run continues from ``out_dir/last.pt`` with the
     config saved there (``config`` is ignored); ``epochs`` may raise its total.
@@ -317,10 +347,14 @@ def train(config: RunConfig | None, out_dir: str | Path | None = None, resume: b
     docs/distributed.md) and rank 0 alone writes ``out_dir``.
     """
     out = Path(out_dir) if out_dir is not None else None
+    dev = resolve_device(device)
     config, ckpt = _run_config(config, out, resume, epochs)
+    check_precision(config.precision, dev)
     data = with_validation(data if data is not None else load_dataset(config.dataset, config.seed, config.val_fraction),
                            config.val_fraction)
-    run = _start_run(config, ckpt, out, data)
+    check_image_shape(Augment.parse(config.augment), tuple(data.x_train.shape[1:]), data.temporal)
+    use_device(dev, config.precision)
+    run = _start_run(config, ckpt, out, data, dev, workers)
     bar = None
     if progress and run.par.is_main:
         from tqdm import tqdm
