@@ -149,7 +149,13 @@ def test_verify_without_xylosim_says_so(monkeypatch, tmp_path):
     graph = cuba_graph(rng, sizes=(3, 5), scale=0.3)
     plan = XyloExporter().check(graph)
     v = XyloExporter().verify(plan, tmp_path, samples_for(graph, _fit_inputs(plan, graph, rng, 8), np.zeros(8, int)))
-    assert v.details["xylo_simulator"].startswith("NOT RUN")
+    assert v.details["xylo_simulator"].startswith("emulator; xylosim not run")
+    assert v.stand_in == "emulator; xylosim not run"          # the gate fails it unless allowed
+    from snn2hw.export.base import MinAgreement
+    from snn2hw.export.reference import gate
+    import copy
+    assert not gate(copy.deepcopy(v), MinAgreement(0.0, 0.0)).passed
+    assert gate(copy.deepcopy(v), MinAgreement(0.0, 0.0), allow_stand_in=True).passed
 
 
 def test_ten_classes_choose_xylo_imu_and_audio2_refuses_naming_the_limit():

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from ...runs.files import atomic_write_text
-from ..base import Samples, Verification
-from ..reference import compare
+from ..base import MinAgreement, Samples, Verification
+from ..reference import compare, must_equal
 from . import emulator
 from .grid import XyloGrid
 from .mapping import XyloNet, build_xylo_net
@@ -52,12 +52,19 @@ def host_record(plan: XyloNet) -> dict[str, Any]:
     }
 
 
+STAND_IN = "emulator; xylosim not run"   # what ran instead of the vendor simulator
+
+
 class XyloExporter:
     name: ClassVar[str] = "xylo"
     description: ClassVar[str] = ("SynSense Xylo Audio 2 / IMU: rockpool specification (8-bit weights, "
                                   "bit-shift decays), checked in xylosim (bit-accurate)")
     filename: ClassVar[str] = "xylo_spec.json"
     grid: ClassVar[type | None] = XyloGrid   # train --qat xylo
+    # float model vs the chip's integers (xylosim vs our emulator must agree exactly, always):
+    # 8-bit rounding and multi-spike bursts gave 0.87-0.98 spike agreement on random recurrent
+    # graphs and 0.906 / class 1.0 on a 128-neuron layer (docs/export.md, Xylo)
+    min_agreement: ClassVar[MinAgreement] = MinAgreement(classes=0.9, spikes=0.8)
 
     def __init__(self, chip: str | None = None) -> None:
         self.chip = chip
@@ -93,17 +100,21 @@ class XyloExporter:
             "emulator_accuracy": float((plan.logits(emulated.v_out[-1], emulated.i_out[-1], T).argmax(1)
                                         == labels).mean()),
         }
-        target = emulated
+        target, runtime_failures, stand_in = emulated, [], None
         if xylosim_available():
             target = run_xylosim(plan.spec, events)
             details["xylo_simulator"] = "xylosim 0.1.3 (xylosim.v2, SynSense's bit-accurate C++ model)"
-            details["xylosim_vs_emulator_mismatches"] = {
-                "hidden_spikes": int((target.hidden_spikes != emulated.hidden_spikes).sum()),
-                "output_vmem": int((target.v_out != emulated.v_out).sum()),
-                "output_isyn": int((target.i_out != emulated.i_out).sum())}
+            counts, runtime_failures = must_equal(
+                "xylosim and our emulator",
+                {"hidden_spikes": target.hidden_spikes, "output_vmem": target.v_out, "output_isyn": target.i_out},
+                {"hidden_spikes": emulated.hidden_spikes, "output_vmem": emulated.v_out,
+                 "output_isyn": emulated.i_out},
+                "our Xylo emulator no longer models xylosim: report it with verification.json")
+            details["xylosim_vs_emulator_mismatches"] = counts
         else:
-            details["xylo_simulator"] = ("NOT RUN: xylosim is not installed; the numbers below are the "
-                                         "emulator's. Run scripts/setup.")
+            stand_in = STAND_IN
+            details["xylo_simulator"] = (f"{STAND_IN}: xylosim is not installed, so the numbers below are "
+                                         "our emulator's; run scripts/setup")
         spikes, multi = {}, {}
         for l in plan.layers:
             counts = target.hidden_spikes[l.lag:l.lag + T, :, l.ids]
@@ -111,7 +122,10 @@ class XyloExporter:
             multi[l.neuron] = int((counts > 1).sum())
         details["multi_spike_events"] = multi
         output = torch.from_numpy(plan.logits(target.v_out[-1], target.i_out[-1], T))
-        return compare(self.name, samples.reference, spikes, output, samples.y, details)
+        v = compare(self.name, samples.reference, spikes, output, samples.y, details)
+        v.failures[:0] = runtime_failures
+        v.stand_in = stand_in
+        return v
 
     def readme(self, plan: XyloNet, files: list[Path]) -> str:
         rows = "".join(
