@@ -205,3 +205,27 @@ def test_refusals(graph, message, tmp_path):
     with pytest.raises(ExportError, match=message):
         LoihiExporter().check(graph())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_exporter_writes_and_verifies_a_graph(tmp_path, monkeypatch):
+    """The exporter's graph path end to end with the emulator standing in for Lava (the Lava
+    run itself is pinned above): file written, every neuron node compared with the float model."""
+    from snn2hw.export.base import Samples
+    from snn2hw.export.reference import run_reference
+
+    monkeypatch.setattr("snn2hw.export.loihi.graph_verify.loihi_python", lambda: None)
+    g = residual_graph()
+    exporter = LoihiExporter()
+    plan = exporter.check(g)
+    (path,) = exporter.write(plan, tmp_path)
+    assert path.name == "loihi_graph.npz"
+    with np.load(path) as f:
+        assert [str(s) for s in f["edge_ends"][:, 1]].count("layers_2_out") == 2   # body + shortcut
+    x = torch.from_numpy(_input(plan).astype(np.float32))
+    samples = Samples(x, torch.zeros(N, dtype=torch.long), T, temporal=True)
+    samples.reference = run_reference(nir_to_network(g), samples)
+    v = exporter.verify(plan, tmp_path, samples)
+    assert v.stand_in == "emulator; Lava not run"
+    assert set(v.spike_agreement) == {"layers_1", "layers_2_body_1", "layers_2_out"}
+    assert min(v.spike_agreement.values()) >= 0.95
+    assert "layers_2_out" in exporter.readme(plan, [path])
