@@ -229,3 +229,4 @@ def test_exporter_writes_and_verifies_a_graph(tmp_path, monkeypatch):
     assert set(v.spike_agreement) == {"layers_1", "layers_2_body_1", "layers_2_out"}
     assert min(v.spike_agreement.values()) >= 0.95
     assert "layers_2_out" in exporter.readme(plan, [path])
+

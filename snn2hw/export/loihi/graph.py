@@ -186,7 +186,11 @@ def _neuron_reading(name: str, node: Any, meta: dict, producer: str) -> tuple[fl
                               "Fix: retrain with --reset hard")
         v_th = float(local.get("v_th", np.asarray(node.v_threshold).flat[0]))
         spike = str(local.get("spike", meta.get("spike", ">")))
-        return float(local["lam"]), float(local["alpha"]), v_th, 1.0, spike == ">="
+        alpha = float(local["alpha"])
+        if alpha and v_decay_of(alpha) < 1:
+            raise ExportError(f"neuron {name}: alpha = {alpha:g} rounds to no current decay (du = 0), below "
+                              "Lava's smallest (1/4096 per step). Fix: alpha <= 1 - 1/4096")
+        return float(local["lam"]), alpha, v_th, 1.0, spike == ">="
     rd = read_neuron(name, node, meta, producer)
     missing = rd.differences()
     if missing:
@@ -206,8 +210,8 @@ def _depths(order: list[str], inputs: dict[str, dict[str, np.ndarray]]) -> tuple
     pending = list(order)
     while pending:
         ready = [n for n in pending if all(s in depth or s == n for s in inputs[n])]
-        if not ready:   # a cycle through several neurons: place the one fed by the deepest known source
-            ready = [pending[0]]
+        if not ready:   # a cycle through several neurons: place one that a known source feeds
+            ready = [n for n in pending if any(s in depth for s in inputs[n])][:1] or [pending[0]]
         for n in ready:
             known = [depth[s] for s in inputs[n] if s in depth]
             if not known:
