@@ -223,11 +223,18 @@ def _soft_reset():
     return g
 
 
+def _alpha_without_decay():
+    g = recurrent_graph()
+    g.nodes["layers_2_lif"].metadata["alpha"] = 0.99999
+    return g
+
+
 @pytest.mark.parametrize("graph,message", [
     (_back_edge, r"edge layers_2_out -> layers_2_body_1: .*Fix: recurrence only from a neuron to itself"),
     (_cuba_with_bias, r"neuron layers_2_lif: CUBA .*bias.*Fix"),
     (_cuba_without_metadata, r"neuron layers_2_lif: CubaLIF without .*Fix"),
     (_soft_reset, r"neuron layers_2_lif: reset by subtraction.*--reset hard"),
+    (_alpha_without_decay, r"neuron layers_2_lif: alpha = 0.99999 rounds to no current decay.*Fix"),
 ])
 def test_refusals(graph, message, tmp_path):
     with pytest.raises(ExportError, match=message):
