@@ -196,8 +196,6 @@ def _avg(k, stride=None):
     (lambda: _mlp_graph(pool=_avg(2, 1)), "kernel"),                 # overlapping pooling
     (lambda: _mlp_graph(pool=_avg(2), size=7), "divisible"),          # odd size: netx cannot crop
     (lambda: _mlp_graph(n_in=1200, w=np.abs(np.random.default_rng(0).normal(size=(6, 1200)))), "layer fc.*wrap"),
-    (lambda: model_to_nir(build_model(ModelConfig(arch="resnet18", input_shape=(1, 8, 8), width=4))),
-     "residual"),
 ])
 def test_refusals_raise_before_writing(graph, message, tmp_path):
     g = graph()

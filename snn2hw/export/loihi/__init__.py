@@ -24,6 +24,10 @@
   emulator differ fails the check. Without the Loihi environment the emulator stands
   in (``stand_in = "emulator; Lava not run"``), which fails the check unless allowed
   (``--allow-emulator``).
+* Graphs that are not chains (a recurrent CUBA layer, residual blocks): netx cannot
+  express them, so ``check`` plans a ``graph.LoihiGraph`` instead, written as
+  ``loihi_graph.npz`` (Lava LIF + Dense/DelayDense processes, built by runner.py) and
+  verified the same way by ``graph_verify``. Chains keep the netx path unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from . import emulator as emu
 from ..base import MinAgreement, Samples, Verification
 from ..reference import compare, must_equal
 from .grid import LoihiGrid
+from .graph import LoihiGraph, build_loihi_graph, is_chain, write_graph
+from .graph_verify import FILENAME as GRAPH_FILENAME, graph_readme, verify_graph
 from .mapping import LoihiNet, build_loihi_net
 
 RUNNER = Path(__file__).with_name("runner.py")
@@ -153,14 +159,21 @@ class LoihiExporter:
     min_agreement: ClassVar[MinAgreement] = MinAgreement(classes=0.9, spikes=0.85)
     approximate: bool = False                 # --approximate: the nearest CUBA neuron (mapping.py)
 
-    def check(self, graph: Any) -> LoihiNet:
-        """The plan is the quantised integer network (``mapping.build_loihi_net``)."""
-        return build_loihi_net(graph, approximate=self.approximate)
+    def check(self, graph: Any) -> LoihiNet | LoihiGraph:
+        """The plan is the quantised integer network: a netx chain (``mapping.build_loihi_net``)
+        or, for graphs that are not chains, a Lava process graph (``graph.build_loihi_graph``)."""
+        if is_chain(graph):
+            return build_loihi_net(graph, approximate=self.approximate)
+        return build_loihi_graph(graph)
 
-    def write(self, plan: LoihiNet, out_dir: Path) -> list[Path]:
+    def write(self, plan: LoihiNet | LoihiGraph, out_dir: Path) -> list[Path]:
+        if isinstance(plan, LoihiGraph):
+            return [write_graph(plan, Path(out_dir) / GRAPH_FILENAME)]
         return [write_netx(plan, Path(out_dir) / self.filename)]
 
-    def verify(self, plan: LoihiNet, out_dir: Path, samples: Samples) -> Verification:
+    def verify(self, plan: LoihiNet | LoihiGraph, out_dir: Path, samples: Samples) -> Verification:
+        if isinstance(plan, LoihiGraph):
+            return verify_graph(self.name, plan, out_dir, samples)
         T = int(samples.timesteps or plan.timesteps)
         xi = sample_input(plan, samples, T)
         N = xi.shape[1]
@@ -200,7 +213,9 @@ class LoihiExporter:
         v.stand_in = stand_in
         return v
 
-    def readme(self, plan: LoihiNet, files: list[Path]) -> str:
+    def readme(self, plan: LoihiNet | LoihiGraph, files: list[Path]) -> str:
+        if isinstance(plan, LoihiGraph):
+            return graph_readme(plan)
         rows = "".join(
             f"| {i + 1} | {l.name} / {n} | {l.kind} | {tuple(l.weight.shape)} | {l.out_shape} | "
             f"{l.stride if l.kind == 'conv' else ''} | {l.vth} | {l.v_decay} | {g:.4g} |\n"

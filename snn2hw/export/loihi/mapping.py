@@ -27,8 +27,8 @@ and padding times k (a dense layer gets its columns repeated). The integer
 kernel is then W_int (x) ones, and avg pooling's 1/k^d moves into g. This is
 exact when the pooled sizes divide by k; otherwise it is refused.
 
-Refused (ExportError before anything is written): branches (residual
-blocks), soft reset, max pooling, pooling of currents, fan-in whose worst-case
+Graphs that are not chains (residual blocks, recurrence) go to ``graph.py`` instead.
+Refused (ExportError before anything is written): soft reset, max pooling, pooling of currents, fan-in whose worst-case
 synaptic sum reaches 2^17 (u would wrap at 24 bits), and node kinds netx
 cannot run. Neurons are read by ``nir_reading`` (the producer's meaning, every
 parameter finite); what a CUBA neuron cannot do (reset by subtraction, a

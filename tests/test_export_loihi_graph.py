@@ -1,0 +1,267 @@
+"""Loihi for graphs netx cannot run: a recurrent CUBA layer and residual blocks as Lava
+processes (export/loihi/graph.py), checked spike for spike against Lava's fixed_pt simulator."""
+
+from __future__ import annotations
+
+import copy
+
+import nir
+import numpy as np
+import pytest
+import torch
+
+from snn2hw.environment import loihi_python
+from snn2hw.errors import ExportError
+from snn2hw.export.from_nir import nir_to_network, node_spikes
+from snn2hw.export.loihi import LoihiExporter, emulator as emu
+from snn2hw.export.loihi.graph import build_loihi_graph, write_graph
+from snn2hw.export.loihi.graph_verify import graph_readout, run_lava_graph
+from snn2hw.export.loihi.mapping import LoihiNet
+from snn2hw.export.to_nir import model_to_nir
+from snn2hw.models.network import ModelConfig, build_model
+
+META = {"dt": 1e-4, "reset": "zero", "spike": ">", "timesteps": 12, "input_encoding": "temporal"}
+T, N = 12, 6
+
+
+def _affine(rng, o, i, scale, bias=0.0):
+    return nir.Affine(weight=rng.normal(0, scale, (o, i)).astype(np.float32),
+                      bias=(rng.normal(0, bias, o) if bias else np.zeros(o)).astype(np.float32))
+
+
+def _cuba(n, lam=0.9, alpha=0.5, reset="zero"):
+    one = np.ones(n)
+    return nir.CubaLIF(tau_syn=one, tau_mem=one, r=one, v_leak=0 * one, v_threshold=one,
+                       metadata={"lam": lam, "alpha": alpha, "v_th": 1.0, "reset": reset})
+
+
+def _lif(n, lam):
+    return nir.LIF(tau=np.ones(n), r=np.ones(n), v_leak=np.zeros(n), v_threshold=np.ones(n),
+                   metadata={"lam": lam, "v_th": 1.0, "reset": "zero"})
+
+
+def recurrent_graph(seed=0, lam=0.9, alpha=0.5, n_in=8, n=10, k=3):
+    """snnTorch's layout as our to_nir writes a recurrent layer: flat nodes, a cycle through w_rec."""
+    rng = np.random.default_rng(seed)
+    nodes = {"input": nir.Input(input_type={"input": np.array([n_in])}),
+             "layers_2_w_in": _affine(rng, n, n_in, 0.9), "layers_2_lif": _cuba(n, lam, alpha),
+             "layers_2_w_rec": _affine(rng, n, n, 0.6), "layers_3": _affine(rng, k, n, 1.0, 0.1),
+             "output": nir.Output(output_type={"output": np.array([k])})}
+    edges = [("input", "layers_2_w_in"), ("layers_2_w_in", "layers_2_lif"), ("layers_2_lif", "layers_2_w_rec"),
+             ("layers_2_w_rec", "layers_2_lif"), ("layers_2_lif", "layers_3"), ("layers_3", "output")]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(META))
+
+
+def residual_graph(seed=1, n_in=8, n=10, k=3):
+    """stem -> [body: Affine, LIF, Affine] + identity shortcut -> out neuron -> readout."""
+    rng = np.random.default_rng(seed)
+    nodes = {"input": nir.Input(input_type={"input": np.array([n_in])}),
+             "layers_0": _affine(rng, n, n_in, 1.0, 0.1), "layers_1": _lif(n, 0.9),
+             "layers_2_body_0": _affine(rng, n, n, 0.8, 0.1), "layers_2_body_1": _lif(n, 0.8),
+             "layers_2_body_2": _affine(rng, n, n, 0.8), "layers_2_out": _lif(n, 0.9),
+             "layers_3": _affine(rng, k, n, 1.0), "output": nir.Output(output_type={"output": np.array([k])})}
+    edges = [("input", "layers_0"), ("layers_0", "layers_1"), ("layers_1", "layers_2_body_0"),
+             ("layers_2_body_0", "layers_2_body_1"), ("layers_2_body_1", "layers_2_body_2"),
+             ("layers_2_body_2", "layers_2_out"), ("layers_1", "layers_2_out"), ("layers_2_out", "layers_3"),
+             ("layers_3", "output")]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(META))
+
+
+def conv_residual_graph(seed=3):
+    """Conv stem, then a block whose body downsamples (3x3 stride 2) and whose shortcut is a
+    strided 1x1 conv, then avg pooling and the readout: convolutions become dense matrices."""
+    rng = np.random.default_rng(seed)
+
+    def conv(o, i, k, stride, pad, scale):
+        return nir.Conv2d(input_shape=None, weight=rng.normal(0, scale, (o, i, k, k)).astype(np.float32),
+                          stride=stride, padding=pad, dilation=1, groups=1, bias=np.zeros(o, np.float32))
+
+    nodes = {"input": nir.Input(input_type={"input": np.array([2, 6, 6])}),
+             "layers_0": conv(4, 2, 3, 1, 1, 0.8), "layers_2": _lif((4, 6, 6), 0.9),
+             "layers_3_body_0": conv(4, 4, 3, 2, 1, 0.6), "layers_3_body_2": _lif((4, 3, 3), 0.9),
+             "layers_3_body_3": conv(4, 4, 3, 1, 1, 0.6), "layers_3_shortcut_0": conv(4, 4, 1, 2, 0, 1.0),
+             "layers_3_out": _lif((4, 3, 3), 0.9),
+             "layers_4": nir.AvgPool2d(kernel_size=np.array([3, 3]), stride=np.array([3, 3]), padding=np.zeros(2)),
+             "layers_5": nir.Flatten(input_type={"input": np.array([4, 1, 1])}, start_dim=0),
+             "layers_6": _affine(rng, 3, 4, 1.0), "output": nir.Output(output_type={"output": np.array([3])})}
+    edges = [("input", "layers_0"), ("layers_0", "layers_2"), ("layers_2", "layers_3_body_0"),
+             ("layers_3_body_0", "layers_3_body_2"), ("layers_3_body_2", "layers_3_body_3"),
+             ("layers_3_body_3", "layers_3_out"), ("layers_2", "layers_3_shortcut_0"),
+             ("layers_3_shortcut_0", "layers_3_out"), ("layers_3_out", "layers_4"), ("layers_4", "layers_5"),
+             ("layers_5", "layers_6"), ("layers_6", "output")]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(META))
+
+
+def _input(net, seed=2):
+    return np.random.default_rng(seed).integers(0, 2, (T, N, net.input_size))   # binary events
+
+
+def float_recurrent(graph, x):
+    """The float model (core.neuron's CUBA): i = alpha i + W_in x + W_rec s[t-1]; v = lam v (1 - s) + i."""
+    nd = graph.nodes
+    meta = nd["layers_2_lif"].metadata
+    w_in, w_rec = (np.asarray(nd[k].weight, np.float64) for k in ("layers_2_w_in", "layers_2_w_rec"))
+    i = v = s = np.zeros((x.shape[1], w_in.shape[0]))
+    out = []
+    for t in range(len(x)):
+        i = meta["alpha"] * i + x[t] @ w_in.T + s @ w_rec.T
+        v = meta["lam"] * v * (1 - s) + i
+        s = (v > meta["v_th"]).astype(np.float64)
+        out.append(s)
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def lava_runs(tmp_path_factory):
+    """Both nets in one Lava subprocess (one import of lava): (net, x, Lava stream spikes, timing)."""
+    if loihi_python() is None:
+        pytest.skip("the Loihi environment (.venv-loihi) is missing")
+    tmp = tmp_path_factory.mktemp("lava")
+    nets = [build_loihi_graph(g()) for g in (recurrent_graph, residual_graph, conv_residual_graph)]
+    jobs = [(write_graph(net, tmp / f"g{i}.npz"), net, _input(net)) for i, net in enumerate(nets)]
+    results = run_lava_graph(jobs)
+    return [(net, x, spikes, timing) for (_, net, x), (spikes, timing) in zip(jobs, results)]
+
+
+def test_recurrent_cuba_plan():
+    net = build_loihi_graph(recurrent_graph(lam=0.9, alpha=0.75))
+    (lif,) = net.neurons
+    assert (lif.du, lif.dv, lif.depth) == (1024, 410, 1)      # round(4096 (1 - alpha)), round(4096 (1 - lam))
+    assert [(e.src, e.dst, e.delay) for e in net.edges] == [("input", "layers_2_lif", 0),
+                                                            ("layers_2_lif", "layers_2_lif", 0)]
+    assert net.info["recurrent_edges"] == [("layers_2_lif", "layers_2_lif")]
+
+
+def test_residual_plan_delays_the_shortcut():
+    net = build_loihi_graph(residual_graph())
+    assert {n.name: n.depth for n in net.neurons} == {"layers_1": 1, "layers_2_body_1": 2, "layers_2_out": 3}
+    # body: 2 connections from layers_1; shortcut: 1 connection + 1 step of delay
+    assert {(e.src, e.dst): e.delay for e in net.edges}[("layers_1", "layers_2_out")] == 1
+    out = next(n for n in net.neurons if n.name == "layers_2_out")
+    shortcut = next(e for e in net.edges if e.src == "layers_1" and e.dst == "layers_2_out")
+    # identity shortcut: weight G on the diagonal, G the neuron's gain (vThMant = V_th G)
+    np.testing.assert_array_equal(shortcut.weight, out.vth * np.eye(10, dtype=np.int64))
+
+
+@pytest.mark.slow
+def test_lava_equals_emulator_spike_for_spike(lava_runs):
+    for net, x, lava, timing in lava_runs:
+        emulated = emu.run_graph_stream(net, x)
+        for name, s in emulated.items():
+            assert s.sum() > 0, name                                  # not silent: equality proves something
+            np.testing.assert_array_equal(lava[name], s, err_msg=name)
+        assert timing[2] < 60
+
+
+@pytest.mark.slow
+def test_emulator_without_the_shortcut_delay_is_not_lava(lava_runs):
+    net, x, lava, _ = lava_runs[1]
+    wrong = copy.deepcopy(net)
+    for e in wrong.edges:
+        e.delay = 0
+    assert (emu.run_graph_stream(wrong, x)["layers_2_out"] != lava["layers_2_out"]).sum() > 0
+
+
+def test_emulator_agrees_with_float_models():
+    """Reported numbers (quantisation loss only): recurrent CUBA vs core.neuron's recurrence,
+    residual vs snn2hw's own from_nir reading of the graph (ResidualBlock)."""
+    g = recurrent_graph()
+    net = build_loihi_graph(g)
+    x = _input(net)
+    got = emu.run_graph(net, x)["layers_2_lif"]
+    want = float_recurrent(g, x.astype(np.float64))
+    rec_agreement = float((got == want).mean())
+    print(f"recurrent CUBA {rec_agreement:.4f}")
+    assert rec_agreement >= 0.95
+    for graph in (residual_graph(), conv_residual_graph()):
+        net = build_loihi_graph(graph)
+        x = _input(net)
+        got = emu.run_graph(net, x)
+        shape = (T, N) + tuple(graph.nodes["input"].input_type["input"])
+        ref, out = node_spikes(nir_to_network(graph), torch.from_numpy(x.reshape(shape).astype(np.float32)))
+        agreement = {k: float((got[k] == ref[k].numpy().reshape(got[k].shape)).mean()) for k in got}
+        classes = float((graph_readout(net, got).argmax(1) == out.numpy().argmax(1)).mean())
+        print(f"residual {agreement}, classes {classes}")
+        assert min(agreement.values()) >= 0.95 and all(s.any() for s in got.values())
+
+
+def test_resnet18_maps_every_block():
+    net = build_loihi_graph(model_to_nir(build_model(ModelConfig(arch="resnet18", input_shape=(1, 8, 8), width=4))))
+    delayed = {(s, d): k for s, d, k in net.info["delayed_edges"]}
+    # 8 residual blocks, each shortcut (identity or strided 1x1 conv) one step behind its 2-layer body
+    assert len(delayed) == 8 and set(delayed.values()) == {1}
+    assert ("layers_4_out", "layers_5_out") in delayed             # the strided conv shortcut
+
+
+def test_chains_keep_the_netx_path():
+    model = build_model(ModelConfig(arch="mlp", input_shape=(1, 4, 4), hidden=(8,)))
+    assert isinstance(LoihiExporter().check(model_to_nir(model)), LoihiNet)
+
+
+def _back_edge():
+    g = residual_graph()
+    g.nodes["fb"] = _affine(np.random.default_rng(0), 10, 10, 0.5)
+    g.edges += [("layers_2_out", "fb"), ("fb", "layers_2_body_1")]
+    return g
+
+
+def _cuba_with_bias():
+    g = recurrent_graph()
+    g.nodes["layers_2_w_in"].bias = np.full(10, 0.2, np.float32)
+    return g
+
+
+def _cuba_without_metadata():
+    g = recurrent_graph()
+    g.nodes["layers_2_lif"].metadata = {}
+    return g
+
+
+def _soft_reset():
+    g = recurrent_graph()
+    g.nodes["layers_2_lif"].metadata["reset"] = "subtract"
+    return g
+
+
+def _alpha_without_decay():
+    g = recurrent_graph()
+    g.nodes["layers_2_lif"].metadata["alpha"] = 0.99999
+    return g
+
+
+@pytest.mark.parametrize("graph,message", [
+    (_back_edge, r"edge layers_2_out -> layers_2_body_1: .*Fix: recurrence only from a neuron to itself"),
+    (_cuba_with_bias, r"neuron layers_2_lif: CUBA .*bias.*Fix"),
+    (_cuba_without_metadata, r"neuron layers_2_lif: CubaLIF without .*Fix"),
+    (_soft_reset, r"neuron layers_2_lif: reset by subtraction.*--reset hard"),
+    (_alpha_without_decay, r"neuron layers_2_lif: alpha = 0.99999 rounds to no current decay.*Fix"),
+])
+def test_refusals(graph, message, tmp_path):
+    with pytest.raises(ExportError, match=message):
+        LoihiExporter().check(graph())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_exporter_writes_and_verifies_a_graph(tmp_path, monkeypatch):
+    """The exporter's graph path end to end with the emulator standing in for Lava (the Lava
+    run itself is pinned above): file written, every neuron node compared with the float model."""
+    from snn2hw.export.base import Samples
+    from snn2hw.export.reference import run_reference
+
+    monkeypatch.setattr("snn2hw.export.loihi.graph_verify.loihi_python", lambda: None)
+    g = residual_graph()
+    exporter = LoihiExporter()
+    plan = exporter.check(g)
+    (path,) = exporter.write(plan, tmp_path)
+    assert path.name == "loihi_graph.npz"
+    with np.load(path) as f:
+        assert [str(s) for s in f["edge_ends"][:, 1]].count("layers_2_out") == 2   # body + shortcut
+    x = torch.from_numpy(_input(plan).astype(np.float32))
+    samples = Samples(x, torch.zeros(N, dtype=torch.long), T, temporal=True)
+    samples.reference = run_reference(nir_to_network(g), samples)
+    v = exporter.verify(plan, tmp_path, samples)
+    assert v.stand_in == "emulator; Lava not run"
+    assert set(v.spike_agreement) == {"layers_1", "layers_2_body_1", "layers_2_out"}
+    assert min(v.spike_agreement.values()) >= 0.95
+    assert "layers_2_out" in exporter.readme(plan, [path])
+
