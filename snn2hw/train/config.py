@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..hwsim.noise import noise_spec, parse_noise_options
 from ..mapping_file import read_mapping_file
 from ..methods import make_method, resolve_surrogate
 from ..models.config import ModelConfig
@@ -37,6 +38,8 @@ class RunConfig:
     sync_bn: bool = False         # torchrun: tdBN statistics over the global batch (all ranks)
     shape_lr: float | None = None  # learning rate of learnable surrogate parameters (PSG gamma,
                                    # ASGL alpha); None: same as lr
+    train_noise: dict[str, Any] = field(default_factory=dict)  # NoiseSpec fields: a fresh chip per
+                                   # batch (hwsim/training_noise.py); empty: noise-free training
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -52,6 +55,9 @@ class RunConfig:
         # Names and options are checked here, before any data loads: a typo costs nothing.
         make_method(self.method, self.method_options)
         self.model.surrogate = resolve_surrogate(self.method, self.model.surrogate)
+        if isinstance(self.train_noise, str):  # the CLI's k=v,... text
+            self.train_noise = parse_noise_options(self.train_noise)
+        noise_spec(self.train_noise or {})
         if self.qat is not None:
             lookup(dict.fromkeys(qat_targets()), self.qat, "QAT target")
 

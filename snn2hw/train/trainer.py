@@ -32,6 +32,7 @@ from .ddp import DataParallel
 from ..methods import MethodContext, TrainingMethod, make_method
 from .optim import Adam, CosineSchedule
 from .qat import QATHandle, attach_qat
+from ..hwsim.training_noise import TrainingNoise, batch_key, training_noise
 
 
 def seed_everything(seed: int) -> None:
@@ -119,6 +120,7 @@ class _Run:
     best_val: float = -1.0        # the validation accuracy best.pt was chosen on
     best_epoch: int = 0
     elapsed: float = 0.0
+    train_noise: TrainingNoise | None = None  # a fresh simulated chip per training batch
 
     @property
     def steps(self) -> int:
@@ -191,6 +193,7 @@ def _start_run(config: RunConfig, ckpt: dict | None, out: Path | None, data: Dat
         run.best_epoch = int(ckpt.get("best_epoch", 0))
         run.elapsed = float(ckpt.get("wall_time_s", 0.0))
         set_rng_state(ckpt["rng_state"])
+    run.train_noise = training_noise(model, config.train_noise)
     par.prepare(model)
     return run
 
@@ -208,7 +211,8 @@ def _run_batches(run: _Run, epoch: int, bar) -> tuple[float, int, int]:
         if idx is None:
             continue
         xb, yb = to_time_major(data.x_train[idx], data.temporal), data.y_train[idx]
-        seq = model.forward_sequence(xb)
+        with run.train_noise.batch(batch_key(config.seed, epoch, i)):  # off in eval mode
+            seq = model.forward_sequence(xb)
         loss = run.loss_fn(seq, yb)
         extra = run.method.extra_loss(model)
         if extra is not None:
