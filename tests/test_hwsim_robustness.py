@@ -4,9 +4,11 @@ condition, and its rendering kept out of hwsim."""
 from __future__ import annotations
 
 import ast
+from dataclasses import replace
 import importlib
 from pathlib import Path
 
+import pytest
 import torch
 
 from snn2hw.hwsim.noise import ChipResult, NoiseSpec, QuantSpec
@@ -80,3 +82,64 @@ def test_robustness_markdown_shows_every_level_and_only_written_images():
     assert "| a (sg) | 20.0 ± 10.0 [10.0, 30.0] |" in md
     assert "![accuracy vs mismatch](mismatch.png)" in md and "dead.png" not in md
     assert "Quantisation: none (float)." in md and "(250.0 ms per simulated chip)" in md
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    from snn2hw.train.config import build_config
+    from snn2hw.train.trainer import train
+
+    out = tmp_path_factory.mktemp("tiny")
+    train(build_config({"dataset": "digits", "epochs": 1, "hidden": [16], "seed": 0}), out, progress=False)
+    return str(out)
+
+
+def test_target_combines_its_quantisation_with_mismatch_and_thermal(tiny_ckpt):
+    """Each (mismatch, thermal) cell equals the hand-built condition: the target's preset
+    (here with 3-bit weights, so that the grid shows) and both noises at once."""
+    from snn2hw.hwsim import lower, simulate
+    from snn2hw.hwsim.energy import energy
+    from snn2hw.hwsim.noise import QUANT_PRESETS
+    from snn2hw.data.datasets import load_dataset
+    from snn2hw.runs.model import load_model
+
+    report = rob.robustness([tiny_ckpt], mismatch=[0, 0.3], thermal=[0, 0.5], chips=3, seed=2, samples=60,
+                            weight_bits=3, target="xylo", progress=False)
+    model, _ = load_model(tiny_ckpt)
+    net, data = lower(model), load_dataset("digits")
+    x, y = data.x_test[:60], data.y_test[:60]
+    q = replace(QUANT_PRESETS["xylo"], weight_bits=3)
+    cells = {(r["mismatch"], r["thermal"]): r for r in report["models"][0]["target"]["combined"]}
+    assert set(cells) == {(0.0, 0.0), (0.0, 0.5), (0.3, 0.0), (0.3, 0.5)}
+    for (m, t), row in cells.items():
+        assert row["chips"] == simulate(net, x, y, NoiseSpec(mismatch=m, thermal=t, quant=q), 3, 2).accuracy
+    # the composition is not one of its parts
+    assert cells[(0.0, 0.0)]["chips"] != simulate(net, x, y, NoiseSpec(), 3, 2).accuracy
+    assert cells[(0.3, 0.5)]["chips"] != simulate(net, x, y, NoiseSpec(mismatch=0.3, thermal=0.5), 3, 2).accuracy
+    # every single-axis sweep runs on the target's grid too
+    assert report["settings"]["quantisation"]["weight_bits"] == 3 and report["settings"]["target"] == "xylo"
+    e = report["models"][0]["target"]["energy"]
+    ref = energy(tiny_ckpt, "45nm-fp32", samples=60)["total"]
+    assert e["ac"] == ref["ac"] and e["mac"] == ref["mac"]
+    assert e["profile"] is None and e["snn_pj"] is None and "Xylo" in e["note"]  # no verified pJ/SOP
+    md = render_robustness_markdown(report)
+    assert "## On xylo" in md and "energy not given" in md
+
+
+def test_target_energy_uses_the_targets_verified_profile(tiny_ckpt):
+    from snn2hw.hwsim.energy import energy
+
+    report = rob.robustness([tiny_ckpt], mismatch=[0], thermal=[0], chips=1, samples=30, target="loihi",
+                            progress=False)
+    e = report["models"][0]["target"]["energy"]
+    assert e["profile"] == "loihi" and e["snn_pj"] == energy(tiny_ckpt, "loihi", samples=30)["total"]["snn_pj"]
+    assert report["settings"]["quantisation"]["name"] == "loihi"
+
+
+def test_target_and_another_quantisation_are_refused_before_loading():
+    from snn2hw.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="drop --quant speck"):
+        rob.robustness(["/nonexistent"], target="loihi", quant="speck")
+    with pytest.raises(ConfigError, match="truenorth"):
+        rob.robustness(["/nonexistent"], target="truenorth")

@@ -4,6 +4,7 @@ Examples:
   snn2hw robustness runs/sg runs/psg --out reports/rob
   snn2hw robustness runs/sg --mismatch 0,0.1,0.2,0.4 --thermal 0,0.2,0.5 --chips 20 --out r
   snn2hw robustness runs/sg --quant loihi --spike-loss 0,0.1,0.3 --dead 0,0.1 --out r
+  snn2hw robustness runs/sg --target xylo --mismatch 0,0.2,0.4 --thermal 0,0.5,1 --out r
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 from ..api import robustness
 from ..errors import ConfigError
-from ..hwsim import MISMATCH_PARAMS
+from ..hwsim import MISMATCH_PARAMS, QUANT_PRESETS
 from .options import add_device_option
 
 
@@ -38,8 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which parameters mismatch perturbs (default weights,thresholds,decays)")
     p.add_argument("--chips", type=int, default=10, help="simulated chips per level (default 10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quant", choices=["none", "loihi", "speck"], default="none",
+    p.add_argument("--quant", choices=["none", *QUANT_PRESETS], default="none",
                    help="simulate a target's precision at every level (default none: float)")
+    p.add_argument("--target", choices=list(QUANT_PRESETS),
+                   help="the target's precision at every level, plus every (mismatch, thermal) pair "
+                        "combined on it and the model's energy: what the chip will lose")
     p.add_argument("--weight-bits", type=int, help="weight bits (overrides the preset)")
     p.add_argument("--state-bits", type=int, help="membrane state bits (overrides the preset)")
     p.add_argument("--dataset", help="dataset spec (default: the one each model was trained on)")
@@ -57,12 +61,17 @@ def run(args: argparse.Namespace) -> int:
                         spike_loss=args.spike_loss, dead=args.dead, chips=args.chips, seed=args.seed, mismatch_params=params, quant=args.quant,
                         weight_bits=args.weight_bits, state_bits=args.state_bits, dataset=args.dataset,
                         samples=args.samples, out=args.out, progress=not args.no_progress, device=args.device,
-                        command=shlex.join(["snn2hw", *getattr(args, "argv", sys.argv[1:])]))
+                        command=shlex.join(["snn2hw", *getattr(args, "argv", sys.argv[1:])]),
+                        target=args.target)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return 0
     for m in report["models"]:
         parts = [f"{axis} " + " ".join(f"{r['level']:g}:{100 * r['mean']:.1f}" for r in rows)
                  for axis, rows in m["sweeps"].items()]
         print(f"{m['label']}: float {100 * m['float_accuracy']:.1f}%; " + "; ".join(parts))
+        if "target" in m:
+            worst = min(m["target"]["combined"], key=lambda r: r["mean"])
+            print(f"  on {m['target']['name']}: worst combined (mismatch {worst['mismatch']:g}, thermal "
+                  f"{worst['thermal']:g}) {100 * worst['mean']:.1f}%")
     print(f"report in {args.out}/report.md ({report['seconds_per_chip'] * 1000:.0f} ms per simulated chip)")
     return 0

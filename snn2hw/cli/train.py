@@ -72,6 +72,10 @@ FLAGS: list[tuple[str, dict]] = [
     ("--qat", dict(metavar="TARGET", help=f"quantisation-aware fine-tuning on a target's grid "
                    f"({_names(qat_targets())}); with --init-from CKPT and no --config, the "
                    "checkpoint's settings are the defaults")),
+    ("--train-noise", dict(metavar="K=V,...", help="noise-aware training: a fresh simulated chip per "
+                           "batch, as `robustness` samples them, e.g. mismatch=0.2,thermal=0.5 "
+                           "(keys: mismatch, thermal, spike_loss, dead, quant=loihi|speck|xylo, "
+                           "mismatch_params=weights+thresholds+decays)")),
 ]
 
 

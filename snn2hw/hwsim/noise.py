@@ -26,13 +26,14 @@ Per step, drawn afresh (``RunNoise`` in graph.py):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .graph import ChipParams, LoweredNet, RunNoise, run
+from .graph import ChipParams, LoweredNet, Neuron, RunNoise, Synapse, run
 
 MISMATCH_PARAMS = ("weights", "thresholds", "decays")
 
@@ -106,10 +107,59 @@ class NoiseSpec:
                 raise ConfigError(f"{key} is a probability in [0, 1], got {getattr(self, key)}")
 
 
+NOISE_OPTION_KEYS = tuple(f.name for f in fields(NoiseSpec))
+
+
+def parse_noise_options(text: str) -> dict[str, Any]:
+    """``"mismatch=0.2,thermal=0.5,quant=loihi,mismatch_params=weights+thresholds"`` -> a
+    dict of NoiseSpec fields (``noise_spec`` checks it); unknown keys are a ConfigError."""
+    options: dict[str, Any] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in NOISE_OPTION_KEYS:
+            raise ConfigError(f"noise option {item!r}: expected KEY=VALUE with KEY one of "
+                              f"{list(NOISE_OPTION_KEYS)}, e.g. mismatch=0.2,thermal=0.5")
+        value = value.strip()
+        if key == "mismatch_params":
+            options[key] = [v for v in value.split("+") if v]
+        elif key == "quant":
+            options[key] = value
+        else:
+            try:
+                options[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"noise option {key}={value!r}: expected a number") from None
+    return options
+
+
+def noise_spec(options: dict[str, Any] | str) -> NoiseSpec:
+    """The NoiseSpec of a dict of its fields (or their ``k=v,...`` text); ``quant`` is a
+    preset name (``quant_spec``) and ``mismatch_params`` a list. One-line ConfigError for
+    an unknown key or value."""
+    if isinstance(options, str):
+        options = parse_noise_options(options)
+    unknown = sorted(set(options) - set(NOISE_OPTION_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown noise option(s) {unknown}; known: {list(NOISE_OPTION_KEYS)}")
+    kw = dict(options)
+    if "quant" in kw:
+        kw["quant"] = quant_spec(kw["quant"]) if isinstance(kw["quant"], str) else kw["quant"]
+    if "mismatch_params" in kw:
+        kw["mismatch_params"] = tuple(kw["mismatch_params"])
+    for key in ("mismatch", "thermal", "spike_loss", "dead"):
+        if key in kw:
+            kw[key] = float(kw[key])
+    return NoiseSpec(**kw)
+
+
 def _jitter(x: Tensor, xi: float, chips: int, g: torch.Generator) -> Tensor:
-    """C samples of ``N(x, (xi |x|)^2)``, shape (C, *x.shape)."""
-    eps = torch.randn((chips, *x.shape), generator=g, dtype=x.dtype)
-    return x.unsqueeze(0) * (1.0 + xi * eps)
+    """C samples of ``N(x, (xi |x|)^2)``, shape (C, *x.shape). The draw is made on the
+    generator's device, so that one seed gives the same chips wherever ``x`` lives."""
+    eps = torch.randn((chips, *x.shape), generator=g, dtype=x.dtype, device=g.device)
+    return x.unsqueeze(0) * (1.0 + xi * eps.to(x.device))
 
 
 def _quantiser(lsb: float, bits: int | None):
@@ -122,8 +172,25 @@ def _quantiser(lsb: float, bits: int | None):
     return q
 
 
-def sample_chips(net: LoweredNet, spec: NoiseSpec, chips: int, generator: torch.Generator) -> ChipParams:
-    """Draw ``chips`` chips' fixed parameters for one noise condition."""
+class ChipLayout(Protocol):
+    """What ``sample_chips`` reads of a network: its synapses and neuron layers in
+    execution order (a ``LoweredNet``, or training's view of the live parameters)."""
+
+    def synapses(self) -> list[Synapse]: ...
+
+    def neurons(self) -> list[Neuron]: ...
+
+
+def sample_chips(net: ChipLayout, spec: NoiseSpec, chips: int, generator: torch.Generator,
+                 round_fn: Callable[[Tensor], Tensor] = torch.round) -> ChipParams:
+    """Draw ``chips`` chips' fixed parameters for one noise condition.
+
+    The draws come in a fixed order (every synapse's weight then bias, then per neuron
+    layer its decays, thresholds, dead mask), so a seed names the same chips for the
+    robustness sweep and for noise-aware training (``training_noise``). ``round_fn``
+    puts weights on the quantisation grid: ``torch.round``, or a straight-through
+    round where gradients must pass (training).
+    """
     out = ChipParams(chips=chips)
     q = spec.quant
     lsb: dict[str, float] = {}
@@ -132,10 +199,10 @@ def sample_chips(net: LoweredNet, spec: NoiseSpec, chips: int, generator: torch.
         w, b = op.weight, op.bias
         if q is not None and q.weight_bits:
             # per-layer symmetric grid; biases share it (they add to the same accumulator)
-            scale = max(float(w.abs().max()), 1e-12) / (2 ** (q.weight_bits - 1) - 1)
+            scale = max(float(w.detach().abs().max()), 1e-12) / (2 ** (q.weight_bits - 1) - 1)
             lsb[op.name] = scale
-            w = torch.round(w / scale) * scale
-            b = torch.round(b / scale) * scale if b is not None else None
+            w = round_fn(w / scale) * scale
+            b = round_fn(b / scale) * scale if b is not None else None
         if xi > 0 and "weights" in spec.mismatch_params:
             w = _jitter(w, xi, chips, generator)
             b = _jitter(b, xi, chips, generator) if b is not None else None

@@ -77,7 +77,33 @@ def render_robustness_markdown(report: dict, images: Sequence[str] = ()) -> str:
         img = f"{axis}.png"
         if img in images:
             lines += ["", f"![accuracy vs {axis}]({img})"]
+    for m in report["models"]:
+        if "target" in m:
+            lines += _target_lines(m)
     return "\n".join(lines) + "\n"
+
+
+def _target_lines(m: dict) -> list[str]:
+    """The 'what will this lose on the chip' table: the target's quantisation with mismatch
+    (rows) and thermal noise (columns) at once, and the same model's energy."""
+    t, rows = m["target"], m["target"]["combined"]
+    thermal = list(dict.fromkeys(r["thermal"] for r in rows))
+    mismatch = list(dict.fromkeys(r["mismatch"] for r in rows))
+    cell = {(r["mismatch"], r["thermal"]): r for r in rows}
+    lines = ["", f"## On {t['name']}: its quantisation with mismatch and thermal noise combined ({m['label']})", "",
+             f"Accuracy in %, mean ± std over chips; float accuracy {100 * m['float_accuracy']:.2f} %. "
+             "Rows: mismatch xi; columns: thermal sigma.", "",
+             "| mismatch \\ thermal | " + " | ".join(f"{v:g}" for v in thermal) + " |",
+             "|---" * (len(thermal) + 1) + "|"]
+    for mm in mismatch:
+        lines.append(f"| {mm:g} | " + " | ".join(
+            f"{100 * cell[(mm, tt)]['mean']:.1f} ± {100 * cell[(mm, tt)]['std']:.1f}" for tt in thermal) + " |")
+    e = t["energy"]
+    cost = (f"{e['snn_pj'] / 1e3:.4g} nJ per sample on the {e['profile']} profile" if e["snn_pj"] is not None
+            else f"energy not given: {e['note']}")
+    lines += ["", f"Same model, per sample: {_si(e['ac'])} AC, {_si(e['mac'])} MAC, "
+              f"{e['spikes_per_sample']:.1f} spikes; {cost}."]
+    return lines
 
 
 def _si(v: float) -> str:

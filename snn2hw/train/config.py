@@ -14,6 +14,7 @@ from typing import Any
 from ..data.augment import Augment
 from ..devices import check_precision
 from ..errors import ConfigError
+from ..hwsim.noise import noise_spec, parse_noise_options
 from ..mapping_file import read_mapping_file
 from ..methods import make_method, resolve_surrogate
 from ..models.config import ModelConfig
@@ -41,6 +42,8 @@ class RunConfig:
                                    # ASGL alpha); None: same as lr
     precision: str = "fp32"       # fp32 | bf16 | fp16: synapses under autocast, the LIF in fp32 (devices.py)
     augment: str | None = None    # e.g. "crop,flip,cutout" (data/augment.py); None: none
+    train_noise: dict[str, Any] = field(default_factory=dict)  # NoiseSpec fields: a fresh chip per
+                                   # batch (hwsim/training_noise.py); empty: noise-free training
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -58,6 +61,9 @@ class RunConfig:
         # Names and options are checked here, before any data loads: a typo costs nothing.
         make_method(self.method, self.method_options)
         self.model.surrogate = resolve_surrogate(self.method, self.model.surrogate)
+        if isinstance(self.train_noise, str):  # the CLI's k=v,... text
+            self.train_noise = parse_noise_options(self.train_noise)
+        noise_spec(self.train_noise or {})
         if self.qat is not None:
             lookup(dict.fromkeys(qat_targets()), self.qat, "QAT target")
 

@@ -35,6 +35,7 @@ from .ddp import DataParallel
 from ..methods import MethodContext, TrainingMethod, make_method
 from .optim import Adam, CosineSchedule
 from .qat import QATHandle, attach_qat
+from ..hwsim.training_noise import TrainingNoise, batch_key, training_noise
 
 
 def seed_everything(seed: int) -> None:
@@ -126,6 +127,7 @@ class _Run:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     workers: int = 0              # data-loader processes (0: batches made in this process)
     scaler: "torch.amp.GradScaler | None" = None  # fp16 only: the loss scale
+    train_noise: TrainingNoise | None = None  # a fresh simulated chip per training batch
 
     @property
     def steps(self) -> int:
@@ -203,6 +205,7 @@ def _start_run(config: RunConfig, ckpt: dict | None, out: Path | None, data: Dat
         if run.scaler is not None and ckpt.get("scaler_state"):
             run.scaler.load_state_dict(ckpt["scaler_state"])
         set_rng_state(ckpt["rng_state"])
+    run.train_noise = training_noise(model, config.train_noise)
     par.prepare(model)
     return run
 
@@ -217,10 +220,11 @@ def _run_batches(run: _Run, epoch: int, bar) -> tuple[float, int, int]:
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     correct, seen = torch.zeros((), dtype=torch.int64, device=dev), 0
     par.begin_batches(model, epoch)
-    for batch in iterate(batches, run.workers, pin_memory=dev.type == "cuda"):
+    for planned, batch in zip(plan, iterate(batches, run.workers, pin_memory=dev.type == "cuda")):
         xb, yb, share = to_device(batch, dev)
         xb = to_time_major(xb, data.temporal)
-        with autocast(dev, config.precision):  # synapses in bf16/fp16; the LIF stays fp32
+        # a fresh simulated chip per batch (off in eval mode); synapses in bf16/fp16, the LIF in fp32
+        with run.train_noise.batch(batch_key(config.seed, epoch, planned.step)), autocast(dev, config.precision):
             seq = model.forward_sequence(xb)
         seq = seq.float()
         loss = run.loss_fn(seq, yb)
