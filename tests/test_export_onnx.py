@@ -78,10 +78,19 @@ def test_export_model_onnx_check_writes_verification(tmp_path):
     assert "onnxruntime" in (tmp_path / "out" / "README.md").read_text()
 
 
-def test_residual_network_is_refused_by_onnx_and_nothing_written(tmp_path):
-    model = build_model(ModelConfig(arch="resnet19", input_shape=(3, 8, 8), width=2, timesteps=2))
-    with pytest.raises(ExportError, match=r"^onnx: layer \d+ \(NIR node 'layers_\d+_out'\) sums 2 inputs"):
-        export_model(model, "onnx", tmp_path / "out", check=True)
+def test_branching_that_is_not_a_residual_block_is_refused_by_onnx(tmp_path):
+    import nir
+    eye = np.eye(3, dtype=np.float32)
+    graph = nir.NIRGraph(nodes={
+        "in": nir.Input(input_type={"input": np.array([3])}),
+        "a": nir.Affine(weight=eye, bias=np.zeros(3, np.float32)),
+        "b": nir.Affine(weight=eye, bias=np.zeros(3, np.float32)),
+        "c": nir.Affine(weight=eye, bias=np.zeros(3, np.float32)),
+        "out": nir.Output(output_type={"output": np.array([3])})},
+        edges=[("in", "a"), ("in", "b"), ("a", "c"), ("b", "c"), ("c", "out")],
+        metadata={"dt": 1e-4, "timesteps": 2})
+    with pytest.raises(ExportError, match=r"^onnx: NIR node 'c' sums 2 inputs but is a Affine"):
+        export_model(graph, "onnx", tmp_path / "out", check=True)
     assert not (tmp_path / "out").exists()
 
 

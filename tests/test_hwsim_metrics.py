@@ -16,7 +16,7 @@ from torch import nn
 
 from snn2hw.core.layers import LIF, Pool
 from snn2hw.hwsim import PROFILES, count_energy, lower
-from snn2hw.hwsim.graph import Neuron, Stateless, Synapse
+from snn2hw.hwsim.graph import Neuron, Residual, Stateless, Synapse
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import SpikingNetwork, build_model
 
@@ -156,3 +156,89 @@ def test_static_metrics_equal_neurobench():
         assert ours["Footprint"] == Footprint()(nb)
         assert ours["ParameterCount"] == ParameterCount()(nb)
         assert ours["ConnectionSparsity"] == ConnectionSparsity()(nb) > 0.2
+
+
+class _Seq(nn.Module):
+    """Modules under globally unique child names (NeuroBench names a layer by its child name)."""
+
+    def __init__(self, mods: list[nn.Module], names: dict, counter: list[int], op_names: list) -> None:
+        super().__init__()
+        self.order = []
+        for m, op_name in zip(mods, op_names):
+            key = f"n{counter[0]}"
+            counter[0] += 1
+            self.add_module(key, m)
+            self.order.append(key)
+            if op_name is not None:
+                names[key] = op_name
+
+    def forward(self, x):
+        for key in self.order:
+            m = getattr(self, key)
+            x = m(x)[0] if isinstance(m, snn.SpikingNeuron) else m(x)
+        return x
+
+
+class _ResidualTwin(nn.Module):
+    def __init__(self, body: nn.Module, shortcut: nn.Module, out: nn.Module) -> None:
+        super().__init__()
+        self.body, self.shortcut, self.out = body, shortcut, out
+
+    def forward(self, x):
+        return self.out(self.body(x) + self.shortcut(x))
+
+
+def _residual_twin(ops: list, names: dict, counter: list[int]) -> _Seq:
+    """SnnTorchTwin's modules, with each lowered Residual as body + shortcut -> Leaky."""
+    mods, op_names = [], []
+    for op in ops:
+        if isinstance(op, Residual):
+            body = _residual_twin(op.body, names, counter)
+            shortcut = _residual_twin(op.shortcut, names, counter)
+            out = _residual_twin([op.out], names, counter)
+            mods.append(_ResidualTwin(body, shortcut, out))
+            op_names.append(None)
+        else:
+            mods.append(SnnTorchTwin(type("N", (), {"ops": [op]})()).layers[0])
+            op_names.append(op.name if isinstance(op, Neuron) else None)
+    return _Seq(mods, names, counter, op_names)
+
+
+def test_resnet_energy_equals_neurobench_count():
+    """A spiking ResNet (identity and 1x1 conv shortcuts, tdBN folded): NeuroBench counts the
+    snnTorch twin's operations (each block ``Leaky(body(x) + shortcut(x))``; the sum itself is
+    no NeuroBench operation) and our energy is those counts times the profile's costs."""
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(arch="resnet19", input_shape=(2, 8, 8), width=2, timesteps=3, v_th=0.3)).eval()
+    x = 2 * torch.rand(6, 2, 8, 8)
+    net = lower(m)
+    assert any(isinstance(op, Residual) and op.shortcut for op in net.ops)
+    assert any(isinstance(op, Residual) and not op.shortcut for op in net.ops)
+    rep = count_energy(net, x, FP32, temporal=False, model=m)
+    names: dict = {}
+    twin = _residual_twin(net.ops, names, [0])
+    twin.forward = (lambda f: (lambda d: (f(d), None)))(twin.forward)
+
+    from neurobench.metrics.workload import ActivationSparsityByLayer, MembraneUpdates, SynapticOperations
+    from neurobench.models import SNNTorchModel
+
+    model = SNNTorchModel(twin)
+    model.register_hooks()
+    data = x.unsqueeze(1).expand(len(x), net.timesteps, *x.shape[1:])
+    with torch.no_grad():
+        preds = model(data)
+    batch = (data, torch.zeros(len(data)))
+    ref = {cls.__name__: cls()(model, preds, batch)
+           for cls in (SynapticOperations, MembraneUpdates, ActivationSparsityByLayer)}
+    model.cleanup_hooks()
+    ours = rep["neurobench"]
+    assert ours["SynapticOperations"] == pytest.approx(ref["SynapticOperations"], rel=1e-12)
+    assert ours["SynapticOperations"]["Effective_ACs"] > 0
+    assert ours["MembraneUpdates"] == pytest.approx(ref["MembraneUpdates"], rel=1e-12)
+    assert ours["ActivationSparsityByLayer"] == pytest.approx(
+        {names[k]: v for k, v in ref["ActivationSparsityByLayer"].items()}, rel=1e-12)
+    # the energy: NeuroBench's operations (per sample; unpruned, so its effective ACs are our
+    # fan-out count) times the profile's AC and MAC costs
+    nb = ref["SynapticOperations"]
+    assert rep["total"]["snn_pj"] == pytest.approx(
+        nb["Effective_ACs"] * FP32.ac_pj + nb["Effective_MACs"] * FP32.mac_pj, rel=1e-9)

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ...core.layers import LIF
+from ...core.layers import LIF, ResidualBlock
 from ...core.neuron import LIFState, lif_step
 from ...core.surrogate import heaviside
 from ..base import EXACT, MinAgreement, Samples, Verification
-from ..from_nir import NIRNetwork, chain_order, nir_to_network, node_spikes
+from ..from_nir import NIRNetwork, nir_to_network, node_spikes
 from ..reference import compare, must_equal, run_batched
 
 OPSET = 17
@@ -46,7 +46,6 @@ class _Unrolled(nn.Module):
     def __init__(self, net: NIRNetwork) -> None:
         super().__init__()
         self.net = net
-        self.paths = {f"layers.{i}": i for i in range(len(net.layers))}
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         layers = list(self.net.layers)
@@ -56,22 +55,47 @@ class _Unrolled(nn.Module):
             for layer in layers[:first]:
                 x = layer(x)
         start = first if static else 0
-        states: dict[int, LIFState] = {}
-        spikes: dict[int, list[Tensor]] = {i: [] for i, m in enumerate(layers) if isinstance(m, LIF)}
+        states: dict[str, LIFState] = {}
+        spikes: dict[str, list[Tensor]] = {p: [] for p, m in self.net.named_modules() if isinstance(m, LIF)}
         outputs = []
         for t in range(self.net.timesteps):
             h = x if static else x[t]
             for i in range(start, len(layers)):
                 layer = layers[i]
                 if isinstance(layer, LIF):
-                    state = states.get(i, LIFState(h * 0, h * 0))  # u[0] = s[0] = 0, batch-shaped
-                    h, states[i] = lif_step(h, state, layer.params, heaviside)
-                    spikes[i].append(h)
+                    h = _neuron_step(layer, h, f"layers.{i}", states, spikes)
+                elif isinstance(layer, ResidualBlock):
+                    h = _residual_step(layer, h, f"layers.{i}", states, spikes)
                 else:
                     h = layer(h)
             outputs.append(h)
         logits = torch.stack(outputs).mean(0)
-        return (logits, *[torch.stack(spikes[self.paths[p]]) for p in self.net.node_names])
+        return (logits, *[torch.stack(spikes[p]) for p in self.net.node_names])
+
+
+def _neuron_step(lif: LIF, c: Tensor, path: str, states: dict[str, LIFState],
+                 spikes: dict[str, list[Tensor]]) -> Tensor:
+    """One ``lif_step`` of the neuron layer at module path ``path``; records its spikes."""
+    state = states.get(path, LIFState(c * 0, c * 0))  # u[0] = s[0] = 0, batch-shaped
+    s, states[path] = lif_step(c, state, lif.params, heaviside)
+    spikes[path].append(s)
+    return s
+
+
+def _branch_step(layers: nn.ModuleList, h: Tensor, path: str, states: dict[str, LIFState],
+                 spikes: dict[str, list[Tensor]]) -> Tensor:
+    """One step through a residual branch (stateless layers and neurons); empty: identity."""
+    for j, layer in enumerate(layers):
+        h = _neuron_step(layer, h, f"{path}.{j}", states, spikes) if isinstance(layer, LIF) else layer(h)
+    return h
+
+
+def _residual_step(block: ResidualBlock, h: Tensor, path: str, states: dict[str, LIFState],
+                   spikes: dict[str, list[Tensor]]) -> Tensor:
+    """One step of ``LIF(body(h) + shortcut(h))``: the sum is traced as one ONNX ``Add``."""
+    body = _branch_step(block.body, h, f"{path}.body", states, spikes)
+    shortcut = _branch_step(block.shortcut, h, f"{path}.shortcut", states, spikes)
+    return _neuron_step(block.out, body + shortcut, f"{path}.out", states, spikes)
 
 
 def output_names(net: NIRNetwork) -> list[str]:
@@ -128,9 +152,9 @@ class ONNXExporter:
     def check(self, graph: nir.NIRGraph) -> NIRNetwork:
         """The plan is the torch rebuild of ``graph`` (what is traced and what the file must equal).
 
-        Refuses residual/branching graphs (the step loop here is for chains), unknown nodes and a
-        missing T (the loop is unrolled), naming them."""
-        chain_order(graph)
+        Chains and residual blocks (``from_nir.graph_plan``; the block's sum is an ``Add``);
+        refuses other branching graphs, unknown nodes and a missing T (the loop is unrolled),
+        naming them."""
         return nir_to_network(graph)
 
     def write(self, plan: NIRNetwork, out_dir: Path) -> list[Path]:

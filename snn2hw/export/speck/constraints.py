@@ -13,7 +13,12 @@ The chip is 9 cores; each core is one ``Conv -> IAF -> SumPool`` layer (targets.
       bias   = C_out
   against the per-core limits in ``CORE_LIMITS``; layers are assigned to cores by a
   bipartite matching (any assignment where every layer fits its core);
-* <= 9 layers, input <= 128 x 128; the network must be a chain (no residual branches);
+* <= 9 layers, input <= 128 x 128; the network must be a chain. Residual blocks are refused
+  (``refuse_residual``): sinabs' DynapCNN backend joins two inputs only with ``sinabs.layers.Merge``
+  (``connectivity_specs.LAYER_TYPES_WITH_MULTIPLE_INPUTS``), which adds the two *spike streams*
+  before the one conv of the receiving core, ``conv(a + b)``; a BasicBlock's neuron takes the sum
+  of two *currents*, ``conv2(s) + shortcut(x)``, and its conv shortcut has no neuron of its own,
+  so it is no core. ResNet-18/19 also need 20+ cores where the chip has 9;
 * neurons are read by ``nir_reading`` (the producer's meaning). The chip fires on
   ``v >= threshold_high`` (so both ``>`` and ``>=`` are exact on integers), resets to 0 or
   by subtraction and clips at ``threshold_low``; it cannot reset to another value or, as
@@ -34,7 +39,7 @@ import nir
 import numpy as np
 
 from ...errors import ExportError
-from ..from_nir import _pair, chain_order
+from ..from_nir import _pair, chain_order, graph_plan
 from ..nir_reading import check_weights, producer_of, read_input, read_neuron
 
 class CoreLimits(NamedTuple):
@@ -157,8 +162,27 @@ def assign_cores(options: list[list[int]]) -> dict[int, int] | None:
     return {layer: core for core, layer in sorted(owner.items(), key=lambda kv: kv[1])}
 
 
+def refuse_residual(graph: nir.NIRGraph) -> None:
+    """ExportError naming the first residual block of ``graph`` and the chip limits it breaks
+    (the module docstring); nothing for chains or for other branching (``chain_order`` names it)."""
+    try:
+        blocks = [st for st in graph_plan(graph) if not isinstance(st, str)]
+    except ExportError:
+        return
+    if not blocks:
+        return
+    cores = sum(isinstance(n, NEURON_NODES) for n in graph.nodes.values())
+    raise ExportError(
+        f"speck: NIR node {blocks[0][2]!r} sums the currents of a residual block's body and shortcut "
+        f"({len(blocks)} blocks); a Speck core joins two inputs only by adding their spike streams before "
+        f"its one conv (sinabs Merge), and the network needs {cores} cores where the chip has "
+        f"{len(CORE_LIMITS)}: export a chain (--model conv) to Speck")
+
+
 def chain_nodes(graph: nir.NIRGraph) -> list[str]:
-    """Node names from input to output (the hub's ``chain_order``); refuses branches."""
+    """Node names from input to output (the hub's ``chain_order``); refuses residual blocks
+    (``refuse_residual``) and other branches."""
+    refuse_residual(graph)
     try:
         return chain_order(graph)
     except ExportError as exc:
