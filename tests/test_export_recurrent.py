@@ -19,9 +19,9 @@ DT = 1e-4
 T = 12
 
 
-def _srnn(neuron: str, reset: str, seed: int = 0):
+def _srnn(neuron: str, reset: str, seed: int = 0, arch: str = "srnn"):
     torch.manual_seed(seed)
-    cfg = ModelConfig(arch="srnn", input_shape=(6,), num_classes=3, hidden=(10, 8), timesteps=T,
+    cfg = ModelConfig(arch=arch, input_shape=(6,), num_classes=3, hidden=(10, 8), timesteps=T,
                       neuron=neuron, reset=reset)
     model = build_model(cfg).eval()
     with torch.no_grad():
@@ -38,15 +38,16 @@ def _strip_metadata(graph: nir.NIRGraph) -> nir.NIRGraph:
     return graph
 
 
-@pytest.mark.parametrize("neuron", ["lif", "cuba"])
+@pytest.mark.parametrize("neuron,arch", [("lif", "srnn"), ("cuba", "srnn"), ("cuba", "mlp")])
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 @pytest.mark.parametrize("metadata", [True, False])
-def test_srnn_round_trip_spike_for_spike(neuron, reset, metadata, tmp_path):
-    model = _srnn(neuron, reset)
+def test_srnn_round_trip_spike_for_spike(neuron, arch, reset, metadata, tmp_path):
+    model = _srnn(neuron, reset, arch=arch)
     graph = model_to_nir(model)
     kind = nir.CubaLIF if neuron == "cuba" else nir.LIF
     rec = [(a, b) for a, b in graph.edges if b.endswith("_recurrent")]
-    assert len(rec) == 2 and all((b, a) in graph.edges and isinstance(graph.nodes[a], kind) for a, b in rec)
+    assert sum(isinstance(n, kind) for n in graph.nodes.values()) == 2
+    assert len(rec) == (2 if arch == "srnn" else 0) and all((b, a) in graph.edges and isinstance(graph.nodes[a], kind) for a, b in rec)
     path = tmp_path / "g.nir"
     nir.write(path, graph)
     read = nir.read(path)
@@ -125,3 +126,26 @@ def test_cuba_without_finite_time_constant_refused():
     model.layers[2].neuron.alpha = 1.0
     with pytest.raises(Exception, match="layer 2.*alpha=1.0.*retrain with alpha, lam < 1"):
         model_to_nir(model)
+
+
+@pytest.mark.parametrize("neuron,arch", [("lif", "srnn"), ("cuba", "srnn"), ("cuba", "mlp")])
+def test_onnx_unrolls_the_recurrence_spike_for_spike(neuron, arch, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from snn2hw.export.onnx import ONNXExporter, run_onnx, write_onnx
+
+    model = _srnn(neuron, "soft", arch=arch)
+    net = ONNXExporter().check(model_to_nir(model))
+    write_onnx(net, tmp_path / "m.onnx")
+    ops = [n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node]
+    assert "Loop" not in ops and "Scan" not in ops
+    assert ops.count("Greater") == T * 2          # one spike per recurrent layer per step
+    x = torch.rand(9, 6)
+    ours, y_ours = node_spikes(model, x)
+    spikes, logits = run_onnx(tmp_path / "m.onnx", x, batch_size=4)   # batch != the traced 2
+    torch_spikes, torch_logits = node_spikes(net, x)
+    assert set(spikes) == set(ours)
+    for name in ours:
+        assert 0.02 < ours[name].mean() < 0.9, name
+        assert torch.equal(spikes[name], torch_spikes[name]), name
+        assert torch.equal(spikes[name], ours[name]), name
+    torch.testing.assert_close(logits, torch_logits, rtol=0, atol=1e-5)

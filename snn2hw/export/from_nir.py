@@ -223,7 +223,10 @@ def recurrent_edges(graph: nir.NIRGraph) -> dict[str, str]:
             and isinstance(graph.nodes[preds[r][0]], neurons)}
 
 
-def _without_recurrence(graph: nir.NIRGraph, rec: dict[str, str]) -> nir.NIRGraph:
+def without_recurrence(graph: nir.NIRGraph, rec: dict[str, str] | None = None) -> nir.NIRGraph:
+    """``graph`` without the recurrent nodes of ``rec`` (default ``recurrent_edges``) and their
+    edges: the feed-forward skeleton that chain and residual planners walk."""
+    rec = recurrent_edges(graph) if rec is None else rec
     loops = set(rec.values())
     return nir.NIRGraph(nodes={k: v for k, v in graph.nodes.items() if k not in loops},
                         edges=[(a, b) for a, b in graph.edges if a not in loops and b not in loops],
@@ -382,7 +385,7 @@ def nir_to_network(graph: nir.NIRGraph, timesteps: int | None = None) -> NIRNetw
         ctx.notes.append("read as a sinabs graph (its layout: IF nodes with r = 1, no metadata): tau in "
                          "steps, MultiSpike, IF clipped at -v_threshold; --producer nir reads it by NIR's equations")
     rec = recurrent_edges(graph)
-    steps = graph_plan(_without_recurrence(graph, rec) if rec else graph)
+    steps = graph_plan(without_recurrence(graph, rec) if rec else graph)
     layers: list[nn.Module] = []
     by_id: dict[int, str] = {}
     for step in steps:

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ...core.layers import LIF
+from ...core.layers import CUBA, LIF, RecurrentSpiking
 from ...core.neuron import LIFState, lif_step
 from ...core.surrogate import heaviside
 from ..base import EXACT, MinAgreement, Samples, Verification
-from ..from_nir import NIRNetwork, chain_order, nir_to_network, node_spikes
+from ..from_nir import NIRNetwork, chain_order, nir_to_network, node_spikes, without_recurrence
 from ..reference import compare, must_equal, run_batched
 
 OPSET = 17
@@ -46,7 +46,8 @@ class _Unrolled(nn.Module):
     def __init__(self, net: NIRNetwork) -> None:
         super().__init__()
         self.net = net
-        self.paths = {f"layers.{i}": i for i in range(len(net.layers))}
+        # spikes are recorded per top-level layer; a CUBA or recurrent layer's LIF sits inside it
+        self.paths = {p: int(p.split(".")[1]) for p in net.node_names}
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         layers = list(self.net.layers)
@@ -57,7 +58,7 @@ class _Unrolled(nn.Module):
                 x = layer(x)
         start = first if static else 0
         states: dict[int, LIFState] = {}
-        spikes: dict[int, list[Tensor]] = {i: [] for i, m in enumerate(layers) if isinstance(m, LIF)}
+        spikes: dict[int, list[Tensor]] = {i: [] for i, m in enumerate(layers) if isinstance(m, STATEFUL)}
         outputs = []
         for t in range(self.net.timesteps):
             h = x if static else x[t]
@@ -67,11 +68,32 @@ class _Unrolled(nn.Module):
                     state = states.get(i, LIFState(h * 0, h * 0))  # u[0] = s[0] = 0, batch-shaped
                     h, states[i] = lif_step(h, state, layer.params, heaviside)
                     spikes[i].append(h)
+                elif isinstance(layer, (CUBA, RecurrentSpiking)):
+                    h, states[i] = _stateful_step(layer, h, states.get(i))
+                    spikes[i].append(h)
                 else:
                     h = layer(h)
             outputs.append(h)
         logits = torch.stack(outputs).mean(0)
         return (logits, *[torch.stack(spikes[self.paths[p]]) for p in self.net.node_names])
+
+
+STATEFUL = (LIF, CUBA, RecurrentSpiking)
+
+
+def _stateful_step(layer: nn.Module, c: Tensor, state: tuple | None) -> tuple[Tensor, tuple]:
+    """One step of a CUBA or recurrent layer on (B, n) currents, the arithmetic of its torch
+    forward: CUBA filters ``i <- alpha i + c`` then runs its LIF's step (its full parameters,
+    as ``CUBA.forward``); a recurrent layer adds ``W_rec s[t-1]`` (``addmm``, a Gemm) and calls
+    its neuron's ``step``, whose state carries ``s[t-1]``. ``state`` None: t = 0, all zero."""
+    if isinstance(layer, CUBA):
+        i, lif_state = state if state is not None else (c * 0, LIFState(c * 0, c * 0))
+        i = layer.alpha * i + c
+        s, lif_state = lif_step(i, lif_state, layer.lif.params, heaviside)
+        return s, (i, lif_state)
+    neuron_state = state if state is not None else layer.neuron.initial_state(c)
+    s, neuron_state = layer.neuron.step(torch.addmm(c, neuron_state.s, layer.recurrent.weight.t()), neuron_state)
+    return s, neuron_state
 
 
 def output_names(net: NIRNetwork) -> list[str]:
@@ -129,8 +151,9 @@ class ONNXExporter:
         """The plan is the torch rebuild of ``graph`` (what is traced and what the file must equal).
 
         Refuses residual/branching graphs (the step loop here is for chains), unknown nodes and a
-        missing T (the loop is unrolled), naming them."""
-        chain_order(graph)
+        missing T (the loop is unrolled), naming them. A recurrent cycle (neuron <-> Linear) is a
+        layer of the chain, unrolled step by step like the rest."""
+        chain_order(without_recurrence(graph))
         return nir_to_network(graph)
 
     def write(self, plan: NIRNetwork, out_dir: Path) -> list[Path]:
