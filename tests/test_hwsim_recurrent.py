@@ -1,0 +1,72 @@
+"""hwsim on recurrent and CUBA networks: the lowered run equals the torch model, per-chip
+recurrent weights are used, and the energy count of W_rec is the spikes of t-1 times their real
+fan-out (hand count from the model's recorded spikes); CUBA synaptic state updates per step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from snn2hw.export.from_nir import node_spikes
+from snn2hw.hwsim.energy import count_energy
+from snn2hw.hwsim.graph import ChipParams, Recurrent, lower, run
+from snn2hw.hwsim.profiles import get_profile
+from snn2hw.models.config import ModelConfig
+from snn2hw.models.network import build_model
+
+T = 10
+
+
+def _model(neuron: str, arch: str = "srnn", seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(arch=arch, input_shape=(6,), num_classes=3, hidden=(10, 8), timesteps=T,
+                      neuron=neuron, reset="soft")
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    return model
+
+
+@pytest.mark.parametrize("neuron,arch", [("lif", "srnn"), ("cuba", "srnn"), ("cuba", "mlp")])
+def test_lowered_run_equals_the_model(neuron, arch):
+    model = _model(neuron, arch)
+    x = torch.rand(7, 6)
+    with torch.no_grad():
+        assert torch.equal(run(lower(model), x)[:, :, 0], model.forward_sequence(x))
+
+
+def test_per_chip_recurrent_weights_are_used():
+    model = _model("cuba")
+    net = lower(model)
+    rec = [op for op in net.ops if isinstance(op, Recurrent)][0]
+    w = rec.synapse.weight
+    chips = ChipParams(chips=2, weights={rec.synapse.name: (torch.stack([w, torch.zeros_like(w)]), None)})
+    x = torch.rand(7, 6)
+    y = run(net, x, chips=chips)
+    with torch.no_grad():
+        torch.testing.assert_close(y[:, :, 0], model.forward_sequence(x), rtol=0, atol=1e-5)
+        model.layers[2].recurrent.weight.zero_()   # chip 1: the same network without W_rec
+        torch.testing.assert_close(y[:, :, 1], model.forward_sequence(x), rtol=0, atol=1e-5)
+    assert not torch.allclose(y[:, :, 0], y[:, :, 1])
+
+
+@pytest.mark.parametrize("neuron", ["lif", "cuba"])
+def test_recurrent_synops_are_spikes_of_t_minus_1_times_fan_out(neuron):
+    model = _model(neuron)
+    x = torch.rand(9, 6)
+    spikes, _ = node_spikes(model, x)
+    report = count_energy(lower(model), x, get_profile("45nm-fp32"))
+    rows = {r["layer"]: r for r in report["layers"]}
+    lif = "neuron_lif" if neuron == "cuba" else "neuron"
+    for layer, width in (("layers.2", 10), ("layers.4", 8)):
+        s = spikes[f"{layer.replace('.', '_')}_{lif}"]            # (T, B, width)
+        assert s.sum() > 0
+        row = rows[f"{layer}.recurrent"]
+        assert row["input"] == "spikes" and row["source"] == f"{layer}.neuron"
+        events = float(s[:-1].sum()) / len(x)                     # s[T-1] is never delivered
+        assert row["events"] == pytest.approx(events, rel=1e-12)
+        assert row["ac"] == pytest.approx(events * width, abs=1e-6)   # (rounded to 1e-6) each spike reaches all width neurons
+        assert row["mac"] == 0
+    neurons = {r["layer"]: r for r in report["neurons"]}
+    assert neurons["layers.2.neuron"]["synaptic_updates"] == (T * 10 if neuron == "cuba" else 0)
