@@ -70,3 +70,31 @@ def test_recurrent_synops_are_spikes_of_t_minus_1_times_fan_out(neuron):
         assert row["mac"] == 0
     neurons = {r["layer"]: r for r in report["neurons"]}
     assert neurons["layers.2.neuron"]["synaptic_updates"] == (T * 10 if neuron == "cuba" else 0)
+
+
+@pytest.mark.parametrize("encoding", ["rate", "latency"])
+def test_encoded_model_runs_its_encoder_on_the_host_and_input_is_events(encoding):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="mlp", input_shape=(6,), num_classes=3, hidden=(10,), timesteps=T,
+                                    encoding=encoding)).eval()
+    x = torch.rand(7, 6)
+    net = lower(model)
+    with torch.no_grad():
+        assert torch.equal(run(net, x)[:, :, 0], model.forward_sequence(x))
+    first = count_energy(net, x, get_profile("45nm-fp32"))["layers"][0]
+    assert first["input"] == "spikes" and first["mac"] == 0 and first["ac"] > 0
+
+
+def test_encoded_model_export_is_refused_in_one_line_and_writes_nothing(tmp_path):
+    from snn2hw.errors import ExportError
+    from snn2hw.export.api import export_model
+    from snn2hw.export.to_nir import model_to_nir
+
+    model = build_model(ModelConfig(arch="mlp", input_shape=(6,), num_classes=3, hidden=(10,), timesteps=T,
+                                    encoding="rate")).eval()
+    assert model_to_nir(model).metadata["input_encoding"] == "rate"
+    with pytest.raises(ExportError, match=r"^onnx: the NIR graph's input is rate-encoded on the host.*"
+                                          r"--set encoding=direct") as err:
+        export_model(model, "onnx", tmp_path / "out")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()

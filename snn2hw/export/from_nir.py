@@ -374,6 +374,11 @@ def nir_to_network(graph: nir.NIRGraph, timesteps: int | None = None) -> NIRNetw
         notice("NIR graph has no metadata 'dt'; assuming dt = 1e-4 s (snnTorch's convention)")
     if RESET_FROM_NIR.get(str(md.get("reset", "subtract"))) is None:
         raise ExportError(f"NIR metadata reset={md.get('reset')!r}; expected 'zero' or 'subtract'")
+    encoding = md.get("input_encoding", "direct")
+    if encoding in ("rate", "latency"):
+        raise ExportError(f"the NIR graph's input is {encoding}-encoded on the host before the chip, and "
+                          "snn2hw's targets are checked with static frames, which would run it as direct "
+                          "encoding; export a model trained with --set encoding=direct (or on event data)")
     source_input = read_input(graph)
     T = int(timesteps or md.get("timesteps", 0) or source_input.timesteps or 0)
     if T < 1:

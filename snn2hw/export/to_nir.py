@@ -253,7 +253,8 @@ def model_to_nir(model: SpikingNetwork, dt: float = DT, temporal: bool = False) 
         "spike": ">",
         "timesteps": int(cfg.timesteps),
         "readout": "mean_current",
-        "input_encoding": "temporal" if temporal else "direct",
+        # rate/latency: the encoder runs on the host before the chip (readers must feed its events)
+        "input_encoding": "temporal" if temporal else cfg.encoding,
         "arch": cfg.arch,
     }
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)

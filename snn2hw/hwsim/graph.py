@@ -27,11 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import _kernel
+from ..core.encoders import encode
 from ..core.fused import fused_lif
 from ..core.layers import CUBA, LIF, RecurrentSpiking, ResidualBlock
 from ..core.neuron import LIFParams, LIFState, initial_state, lif_sequence, lif_step, synaptic_current
 from ..core.surrogate import Triangle
 from ..errors import ExportError
+from ..models.network import SpikingNetwork
 from ..models.walk import Rule, Step, walk
 
 
@@ -110,6 +112,8 @@ class LoweredNet:
     ops: list
     input_shape: tuple[int, ...]
     timesteps: int
+    # 'rate' | 'latency': the host encodes a static frame into events before the chip (run())
+    encoding: str = "direct"
 
     def walk(self) -> list:
         """Every op in execution order, residual bodies and shortcuts included."""
@@ -217,7 +221,8 @@ def lower(model) -> LoweredNet:
     """The eval-mode, surrogate-free network as a list of ops with tdBN folded."""
     ops = walk(model.layers, LOWERING, rules_name="snn2hw.hwsim.graph.LOWERING")
     _link_sources(ops)
-    net = LoweredNet(ops, tuple(model.config.input_shape), model.timesteps)
+    net = LoweredNet(ops, tuple(model.config.input_shape), model.timesteps,
+                     getattr(model.config, "encoding", "direct"))
     with torch.inference_mode():  # dry run: record shapes
         run(net, torch.zeros(1, *net.input_shape), record_shapes=True)
     return net
@@ -410,12 +415,17 @@ def run(net: LoweredNet, x: Tensor, chips: ChipParams | None = None, noise: RunN
     """Per-step readout currents ``(T, B, C, classes)`` of C chips on input ``x``.
 
     ``x`` is static ``(B, *input_shape)`` (direct encoding, the same frame at
-    every step) or time-major ``(T, B, *input_shape)``.
+    every step) or time-major ``(T, B, *input_shape)``. A static ``x`` of a rate- or
+    latency-encoded network is encoded first, on the host, as the model does in eval
+    (``SpikingNetwork.EVAL_ENCODING_SEED``): the chip sees binary events.
     """
     chips = chips or ChipParams()
     noise = noise or RunNoise()
     C, T = chips.chips, net.timesteps
     static = x.dim() == len(net.input_shape) + 1
+    if static and net.encoding != "direct":
+        generator = torch.Generator(device=x.device).manual_seed(SpikingNetwork.EVAL_ENCODING_SEED)
+        x, static = encode(net.encoding, x, T, generator), False
     nlead = 2 if static else 3
     x = x.unsqueeze(nlead - 1).expand(*x.shape[:nlead - 1], C, *x.shape[nlead - 1:])
     y, nlead = _run_ops(net.ops, x, nlead, T, chips, noise, observer, record_shapes)
