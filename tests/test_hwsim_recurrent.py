@@ -98,3 +98,48 @@ def test_encoded_model_export_is_refused_in_one_line_and_writes_nothing(tmp_path
         export_model(model, "onnx", tmp_path / "out")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_recurrent_metrics_equal_neurobench_with_rleaky():
+    """NeuroBench 2.3.0's own classes on an snnTorch twin whose recurrent layers are RLeaky
+    (reset by subtraction, one step late: our soft reset at lam = 1; RLeaky's zero reset calls
+    its recurrent Linear twice per step, which NeuroBench would count twice). NeuronOperations
+    has no entry for RLeaky in NeuroBench, so it is not compared."""
+    pytest.importorskip("neurobench")
+    snn = pytest.importorskip("snntorch")
+    from neurobench.metrics.workload import ActivationSparsity, MembraneUpdates, SynapticOperations
+    from neurobench.models import SNNTorchModel
+    from test_hwsim_metrics import SnnTorchTwin
+
+    class RecurrentTwin(SnnTorchTwin):
+        def __init__(self, net) -> None:
+            flat = type("Flat", (), {"ops": [op.neuron if isinstance(op, Recurrent) else op for op in net.ops]})
+            super().__init__(flat)
+            for i, op in enumerate(net.ops):
+                if isinstance(op, Recurrent):
+                    m = snn.RLeaky(beta=op.neuron.lam, threshold=op.neuron.v_th, reset_mechanism="subtract",
+                                   linear_features=op.synapse.weight.shape[0])
+                    m.recurrent.weight.data.copy_(op.synapse.weight)
+                    m.recurrent.bias.data.zero_()
+                    self.layers[i] = m
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="srnn", input_shape=(20,), hidden=(16, 12), timesteps=4,
+                                    lam=1.0, reset="soft")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+    x = torch.rand(12, 20)
+    net = lower(model)
+    ours = count_energy(net, x, get_profile("45nm-fp32"), model=model)
+    nb = SNNTorchModel(RecurrentTwin(net))
+    nb.register_hooks()
+    data = x.unsqueeze(1).expand(len(x), net.timesteps, 20)
+    with torch.no_grad():
+        preds = nb(data)
+    batch = (data, torch.zeros(len(data)))
+    rec_acs = sum(r["ac"] for r in ours["layers"] if r["layer"].endswith("recurrent"))
+    assert rec_acs > 0
+    for cls in (SynapticOperations, ActivationSparsity, MembraneUpdates):
+        assert ours["neurobench"][cls.__name__] == pytest.approx(cls()(nb, preds, batch), rel=1e-12), cls.__name__
+    nb.cleanup_hooks()
