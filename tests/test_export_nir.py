@@ -242,12 +242,11 @@ def test_max_pooling_is_refused_naming_the_layer(tmp_path):
 def test_foreign_node_type_is_refused_naming_the_node(tmp_path):
     graph = nir.NIRGraph(nodes={
         "in": nir.Input(input_type={"input": np.array([4])}),
-        "syn": nir.CubaLIF(tau_syn=np.ones(4), tau_mem=np.ones(4), r=np.ones(4), v_leak=np.zeros(4),
-                           v_threshold=np.ones(4)),
+        "syn": nir.LI(tau=np.ones(4), r=np.ones(4), v_leak=np.zeros(4)),
         "out": nir.Output(output_type={"output": np.array([4])})},
         edges=[("in", "syn"), ("syn", "out")], metadata={"dt": 1e-4, "timesteps": 3})
     out = tmp_path / "out"
-    with pytest.raises(ExportError, match=r"^nir: NIR node 'syn' is a CubaLIF"):
+    with pytest.raises(ExportError, match=r"^nir: NIR node 'syn' is a LI"):
         export_model(graph, "nir", out)
     assert not out.exists()
 

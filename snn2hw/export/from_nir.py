@@ -15,6 +15,9 @@ and feed-forward graphs written by other frameworks with NIR 1.0.4 semantics:
 * Affine, Linear, Scale, Conv1d, Conv2d, SumPool2d, AvgPool2d, Flatten (batch
   excluded from start_dim/end_dim), Input, Output; chains, and residual blocks (two
   chains from one node summed by a neuron node) as ``core.layers.ResidualBlock``.
+* ``CubaLIF`` as ``core.layers.CUBA`` (``nir_reading.read_cuba``); a neuron node with a
+  cycle neuron -> Affine/Linear -> same neuron (snnTorch's RLeaky/RSynaptic, our srnn)
+  as ``core.layers.RecurrentSpiking``: the cycle delivers the spikes of the step before.
 
 The neuron update is ``snn2hw.core.neuron`` (through ``core.layers.LIF``) with the
 exact Heaviside step. The readout is the mean over T of the last node's output.
@@ -22,6 +25,7 @@ exact Heaviside step. The readout is the mean over T of the last node's output.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import nir
@@ -30,13 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.layers import LIF, Pool, ResidualBlock
+from ..core.layers import CUBA, LIF, Pool, RecurrentSpiking, ResidualBlock, neuron_lif
 from ..core.neuron import RESET_FROM_NIR
 from ..core.surrogate import heaviside
 from ..errors import ExportError, notice
 from ..models.config import ModelConfig
 from ..models.network import SpikingNetwork, record_spikes
-from .nir_reading import check_weights, producer_of, read_input, read_neuron, where
+from .nir_reading import check_weights, producer_of, read_cuba, read_input, read_neuron, where
 from .to_nir import nir_node_name
 
 
@@ -93,6 +97,7 @@ class _Ctx:
     def __init__(self, meta: dict[str, Any], producer: str) -> None:
         self.meta, self.producer = meta, producer
         self.notes: list[str] = []
+        self.graph: nir.NIRGraph | None = None   # the whole graph (recurrent nodes are read beside their neuron)
 
 
 def _affine(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
@@ -156,6 +161,82 @@ def _neuron(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
     return layers + [lif]
 
 
+def _cuba(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
+    """A Gain (input gain not 1) and the CUBA of ``nir_reading.read_cuba``."""
+    alpha, rd = read_cuba(name, node, ctx.meta, ctx.producer)
+    ctx.notes += rd.notes
+    layers: list[nn.Module] = []
+    if not rd.unit_input:
+        shape = np.asarray(node.v_threshold).shape
+        layers.append(Gain(np.broadcast_to(rd.gain, shape).copy(), np.zeros(shape)))
+    cuba = CUBA(0.0, 1.0, 1.0, rd.reset)
+    cuba.alpha = alpha
+    lif = cuba.lif
+    lif.lam, lif.v_th = rd.lam, rd.v_th
+    lif.v_reset, lif.spike_geq, lif.multi_spike, lif.v_min = rd.v_reset, rd.spike_geq, rd.multi_spike, rd.v_min
+    lif.spike_strategy = heaviside
+    return layers + [cuba]
+
+
+def _recurrent(graph: nir.NIRGraph, name: str, rec: str, modules: list[nn.Module]) -> list[nn.Module]:
+    """``modules`` ([Gain,] neuron) of node ``name`` closed by the cycle through ``rec``: NIR
+    sums the neuron's inputs, so the input gain scales W_rec's rows as well."""
+    node, neuron = graph.nodes[rec], modules[-1]
+    if not isinstance(node, (nir.Affine, nir.Linear)):
+        raise ExportError(f"{where(rec)} closes a cycle on {name!r} but is a {type(node).__name__}; "
+                          "only an Affine/Linear from a neuron back to itself is read as recurrence")
+    check_weights(rec, node)
+    w = np.asarray(node.weight, dtype=np.float64)
+    w = np.diag(w) if w.ndim == 1 else w
+    n = int(np.prod(np.asarray(graph.nodes[name].v_threshold).shape))
+    if w.shape != (n, n):
+        raise ExportError(f"{where(rec)}: recurrent weight of shape {w.shape} on {n} neurons of {name!r}")
+    bias = np.asarray(getattr(node, "bias", None) if getattr(node, "bias", None) is not None else 0.0)
+    lif = neuron_lif(neuron)
+    if isinstance(neuron, CUBA) and not lif.params.native:
+        raise ExportError(f"{where(name)}: a recurrent CubaLIF with a reset value, '>=' or a clip is not "
+                          "run by snn2hw's CUBA step; write v_reset = 0 and the spike rule '>'")
+    gain = np.ones(n)
+    head = modules[:-1]
+    if head:
+        gain = np.broadcast_to(head[0].g.double().numpy(), (n,))
+        head[0].b += torch.as_tensor(gain * bias, dtype=torch.float32)
+    elif np.any(bias != 0):
+        head = [Gain(np.ones(n), np.broadcast_to(bias, (n,)).copy())]
+    layer = RecurrentSpiking(n, neuron)
+    with torch.no_grad():
+        layer.recurrent.weight.copy_(torch.as_tensor(gain[:, None] * w, dtype=torch.float32))
+    return head + [layer]
+
+
+def recurrent_edges(graph: nir.NIRGraph) -> dict[str, str]:
+    """``{neuron: recurrent node}`` for each cycle neuron -> Affine/Linear -> same neuron
+    (the recurrent node has that neuron as its only input and output)."""
+    succ: dict[str, list[str]] = {}
+    preds: dict[str, list[str]] = {}
+    for a, b in graph.edges:
+        succ.setdefault(a, []).append(b)
+        preds.setdefault(b, []).append(a)
+    neurons = (nir.LIF, nir.IF, nir.CubaLIF)
+    return {preds[r][0]: r for r in graph.nodes
+            if preds.get(r) and preds[r] == succ.get(r) and len(preds[r]) == 1
+            and isinstance(graph.nodes[preds[r][0]], neurons)}
+
+
+def without_recurrence(graph: nir.NIRGraph, rec: dict[str, str] | None = None) -> nir.NIRGraph:
+    """``graph`` without the recurrent nodes of ``rec`` (default ``recurrent_edges``) and their
+    edges: the feed-forward skeleton that chain and residual planners walk."""
+    rec = recurrent_edges(graph) if rec is None else rec
+    loops = set(rec.values())
+    return nir.NIRGraph(nodes={k: v for k, v in graph.nodes.items() if k not in loops},
+                        edges=[(a, b) for a, b in graph.edges if a not in loops and b not in loops],
+                        metadata=graph.metadata, **_no_type_check())
+
+
+def _no_type_check() -> dict:
+    return {"type_check": False} if "type_check" in inspect.signature(nir.NIRGraph.__init__).parameters else {}
+
+
 def _unsupported(node: Any, name: str, ctx: _Ctx) -> list[nn.Module]:
     raise ExportError(f"{where(name)} is a {type(node).__name__}, which snn2hw cannot run: "
                       "supported are LIF, IF, Affine, Linear, Scale, Conv1d, Conv2d, SumPool2d, "
@@ -174,6 +255,7 @@ CONVERTERS: dict[type, Callable[[Any, str, _Ctx], list[nn.Module]]] = {
     nir.Scale: _scale,
     nir.LIF: _neuron,
     nir.IF: _neuron,
+    nir.CubaLIF: _cuba,
 }
 
 
@@ -267,14 +349,17 @@ def graph_plan(graph: nir.NIRGraph) -> list:
     return steps
 
 
-def _convert(graph: nir.NIRGraph, name: str, ctx: _Ctx, names: dict[int, str]) -> list[nn.Module]:
+def _convert(graph: nir.NIRGraph, name: str, ctx: _Ctx, names: dict[int, str],
+             rec: dict[str, str] | None = None) -> list[nn.Module]:
     node = graph.nodes[name]
     if isinstance(node, (nir.Input, nir.Output)):
         return []
     if isinstance(node, nir.NIRGraph):
         raise ExportError(f"{where(name)} is a nested graph; flatten it before importing")
     modules = CONVERTERS.get(type(node), _unsupported)(node, name, ctx)
-    names.update({id(m): name for m in modules if isinstance(m, LIF)})
+    names.update({id(m): name for mod in modules for m in mod.modules() if isinstance(m, LIF)})
+    if rec and name in rec:
+        modules = _recurrent(ctx.graph, name, rec[name], modules)
     return modules
 
 
@@ -289,21 +374,28 @@ def nir_to_network(graph: nir.NIRGraph, timesteps: int | None = None) -> NIRNetw
         notice("NIR graph has no metadata 'dt'; assuming dt = 1e-4 s (snnTorch's convention)")
     if RESET_FROM_NIR.get(str(md.get("reset", "subtract"))) is None:
         raise ExportError(f"NIR metadata reset={md.get('reset')!r}; expected 'zero' or 'subtract'")
+    encoding = md.get("input_encoding", "direct")
+    if encoding in ("rate", "latency"):
+        raise ExportError(f"the NIR graph's input is {encoding}-encoded on the host before the chip, and "
+                          "snn2hw's targets are checked with static frames, which would run it as direct "
+                          "encoding; export a model trained with --set encoding=direct (or on event data)")
     source_input = read_input(graph)
     T = int(timesteps or md.get("timesteps", 0) or source_input.timesteps or 0)
     if T < 1:
         raise ExportError("the NIR graph's metadata gives no 'timesteps': pass --timesteps N")
     ctx = _Ctx(md, producer)
+    ctx.graph = graph
     ctx.notes += source_input.notes
     if producer == "sinabs" and "producer" not in md:
         ctx.notes.append("read as a sinabs graph (its layout: IF nodes with r = 1, no metadata): tau in "
                          "steps, MultiSpike, IF clipped at -v_threshold; --producer nir reads it by NIR's equations")
-    steps = graph_plan(graph)
+    rec = recurrent_edges(graph)
+    steps = graph_plan(without_recurrence(graph, rec) if rec else graph)
     layers: list[nn.Module] = []
     by_id: dict[int, str] = {}
     for step in steps:
         if isinstance(step, str):
-            layers += _convert(graph, step, ctx, by_id)
+            layers += _convert(graph, step, ctx, by_id, rec)
             continue
         branch_a, branch_b, merge = step
         out = _convert(graph, merge, ctx, by_id)

@@ -197,6 +197,41 @@ def read_neuron(name: str, node: Any, graph_meta: dict[str, Any], producer: str)
                          rule == ">=" or multi, multi, clip, producer, notes)
 
 
+def read_cuba(name: str, node: Any, graph_meta: dict[str, Any],
+              producer: str) -> tuple[float | torch.Tensor, NeuronReading]:
+    """A CubaLIF node as ``core.neuron.cuba_step`` runs it: ``(alpha, reading)`` with
+    ``i <- alpha i + gain * I`` and the membrane of ``reading`` (``read_neuron``) after it.
+
+    snn2hw graphs: node metadata ``alpha`` and ``lam`` (exact floats, gain 1). Otherwise
+    NIR's Euler step at dt: ``alpha = 1 - dt/tau_syn`` and the input gain
+    ``(dt/tau_syn) w_in (dt/tau_mem) r`` moved before the (linear) filter; ``v_leak`` must be 0
+    (its drive enters after the filter, where no input gain can put it)."""
+    local = dict(getattr(node, "metadata", None) or {})
+    dt = float(graph_meta.get("dt", _DEFAULTS[producer][4]))
+    tau_syn, w_in, v_leak = (_array(name, node, a) for a in ("tau_syn", "w_in", "v_leak"))
+    if np.any(v_leak != 0):
+        raise ExportError(f"{where(name)} (CubaLIF): v_leak != 0 drives the membrane behind the synaptic "
+                          "filter, which snn2hw's CUBA neuron has no term for; write v_leak = 0")
+    if "alpha" in local:
+        alpha_a, syn_gain = np.asarray(float(local["alpha"])), np.ones(())
+    else:
+        _refuse_nonfinite(name, "CubaLIF", "tau_syn", tau_syn, "give a finite tau_syn >= dt")
+        _refuse_nonfinite(name, "CubaLIF", "w_in", w_in, "give a finite w_in")
+        if np.any(tau_syn < dt):
+            raise ExportError(f"{where(name)} (CubaLIF): tau_syn {tau_syn.min():g} < dt {dt:g} (alpha < 0); "
+                              "give tau_syn >= dt or the graph metadata {'dt': ...} in the writer's unit")
+        alpha_a, syn_gain = 1.0 - dt / tau_syn, dt / tau_syn * w_in
+    membrane = nir.LIF(tau=_array(name, node, "tau_mem"), r=_array(name, node, "r") * syn_gain,
+                       v_leak=v_leak, v_threshold=_array(name, node, "v_threshold"), metadata=local)
+    if getattr(node, "v_reset", None) is not None:
+        membrane.metadata = {**local, "v_reset": node.v_reset}
+    reading = read_neuron(name, membrane, graph_meta, producer)
+    if not np.all((alpha_a >= 0) & (alpha_a < 1)):
+        raise ExportError(f"{where(name)} (CubaLIF): alpha = {alpha_a.ravel()[0]:g} is not a synaptic "
+                          "decay per step in [0, 1); fix tau_syn or the metadata 'alpha'")
+    return _scalar_or_tensor(alpha_a), reading
+
+
 def _sinabs_r(name: str, kind: str, r: np.ndarray) -> np.ndarray:
     """sinabs writes r = 1 and ignores r when reading: any other r is not sinabs' graph."""
     if not np.all(r == 1.0):

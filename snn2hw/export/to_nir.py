@@ -18,6 +18,14 @@ What the graph says (targets.md C):
   node names into a ``torch.nn.ModuleDict``, which refuses '.' and Python keywords. Spikes
   recorded with ``record_spikes`` on the trained model map to the neuron nodes through
   ``nir_node_name``. Files written before this (``layers.3``) still read.
+* CUBA (``i <- alpha i + c``, then the LIF): ``CubaLIF(tau_syn=dt/(1-alpha), w_in=1/(1-alpha),
+  tau_mem=dt/(1-lam), r=1/(1-lam), v_leak=0)``: NIR's Euler step at dt gives exactly
+  ``i <- alpha i + c`` and ``v <- lam v + i``; node metadata ``{alpha, lam, v_th, reset}``.
+  The node is named after the CUBA's LIF (``layers_3_lif``), where its spikes are recorded.
+* A recurrent layer is written as snnTorch writes RLeaky/RSynaptic: its neuron node (named
+  after its LIF: ``layers_3_neuron``, ``layers_3_neuron_lif`` for CUBA) and ``Linear(W_rec)``
+  (``layers_3_recurrent``) with edges neuron -> recurrent -> neuron: NIR sums a node's inputs,
+  and the cycle delivers ``s[t-1]``.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import torch
 from torch import nn
 
 from ..version import __version__
-from ..core.layers import LIF, Pool, ResidualBlock
+from ..core.layers import CUBA, LIF, Pool, RecurrentSpiking, ResidualBlock, neuron_lif
 from ..core.neuron import NIR_RESET_NAMES
 from ..errors import ExportError
 from ..models.network import SpikingNetwork
@@ -105,8 +113,49 @@ def _neuron_node(lif: LIF, shape: tuple[int, ...], dt: float) -> nir.NIRNode:
                    v_threshold=lif.v_th * ones, metadata=meta)
 
 
+def _cuba_node(cuba: CUBA, shape: tuple[int, ...], dt: float, where: str) -> nir.CubaLIF:
+    lif = cuba.lif
+    if not (0.0 <= cuba.alpha < 1.0 and 0.0 <= lif.lam < 1.0):
+        raise ExportError(f"{where}: CUBA with alpha={cuba.alpha}, lam={lif.lam} has no NIR CubaLIF (its time "
+                          "constants dt/(1-alpha), dt/(1-lam) would be infinite); retrain with alpha, lam < 1")
+    ones = np.ones(shape, dtype=np.float64)
+    meta = {"alpha": float(cuba.alpha), "lam": float(lif.lam), "v_th": float(lif.v_th),
+            "reset": NIR_RESET_NAMES[lif.reset]}
+    return nir.CubaLIF(tau_syn=dt / (1.0 - cuba.alpha) * ones, tau_mem=dt / (1.0 - lif.lam) * ones,
+                       r=ones / (1.0 - lif.lam), v_leak=0.0 * ones, v_threshold=lif.v_th * ones,
+                       w_in=ones / (1.0 - cuba.alpha), metadata=meta)
+
+
+def _any_neuron_node(neuron: nn.Module, shape: tuple[int, ...], dt: float, where: str) -> nir.NIRNode:
+    return _cuba_node(neuron, shape, dt, where) if isinstance(neuron, CUBA) else _neuron_node(neuron, shape, dt)
+
+
+def _lif_path(module: nn.Module, path: str) -> str:
+    """The module path of the LIF inside ``module`` (``record_spikes`` records spikes there)."""
+    lif = neuron_lif(module.neuron if isinstance(module, RecurrentSpiking) else module)
+    return next(f"{path}.{n}" if n else path for n, m in module.named_modules() if m is lif)
+
+
 def _neuron(step: Step, chain: _Chain) -> None:
     chain.append(step, _neuron_node(step.module, chain.shape, chain.dt))
+
+
+def _cuba(step: Step, chain: _Chain) -> None:
+    name = nir_node_name(_lif_path(step.module, step.name))
+    chain.nodes[name] = _cuba_node(step.module, chain.shape, chain.dt, step.where)
+    chain.edges.append((chain.src, name))
+    chain.src = name
+
+
+def _recurrent(step: Step, chain: _Chain) -> None:
+    layer: RecurrentSpiking = step.module
+    name = nir_node_name(_lif_path(layer, step.name))
+    rec = nir_node_name(f"{step.name}.recurrent")
+    chain.nodes[name] = _any_neuron_node(layer.neuron, chain.shape, chain.dt, step.where)
+    w = layer.recurrent.weight.detach().to(torch.float64).numpy().astype(np.float32)
+    chain.nodes[rec] = nir.Linear(weight=w)
+    chain.edges += [(chain.src, name), (name, rec), (rec, name)]
+    chain.src = name
 
 
 def _global_pool(step: Step, chain: _Chain) -> None:
@@ -154,7 +203,7 @@ def _residual(step: Step, chain: _Chain) -> None:
     step.walk_inside("shortcut", chain)
     short = chain.src
     out, out_shape = nir_node_name(f"{step.name}.out"), _out_shape(step.module, shape)
-    chain.nodes[out] = _neuron_node(step.module.out, out_shape, chain.dt)
+    chain.nodes[out] = _any_neuron_node(step.module.out, out_shape, chain.dt, step.where)
     chain.edges += [(body, out), (short, out)]
     chain.src, chain.shape = out, out_shape
 
@@ -165,6 +214,8 @@ TO_NIR: dict[type, Rule] = {
     nn.Conv1d: _synapse,
     nn.Conv2d: _synapse,
     LIF: _neuron,
+    CUBA: _cuba,
+    RecurrentSpiking: _recurrent,
     Pool: _pool,
     nn.AdaptiveAvgPool2d: _global_pool,
     nn.Flatten: _flatten,
@@ -202,7 +253,8 @@ def model_to_nir(model: SpikingNetwork, dt: float = DT, temporal: bool = False) 
         "spike": ">",
         "timesteps": int(cfg.timesteps),
         "readout": "mean_current",
-        "input_encoding": "temporal" if temporal else "direct",
+        # rate/latency: the encoder runs on the host before the chip (readers must feed its events)
+        "input_encoding": "temporal" if temporal else cfg.encoding,
         "arch": cfg.arch,
     }
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)

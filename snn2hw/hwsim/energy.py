@@ -14,6 +14,11 @@ For every synapse (Linear/Conv) of the lowered network:
 * the ANN of the same architecture: ``ANN MAC = sum_i f_i`` per layer and
   sample (padding zeros are not operations; ``ann_macs_dense`` counts them too).
 
+A recurrent layer's ``W_rec`` is a synapse whose input is the layer's own spikes of
+the step before (``s[t-1]``, none at t = 0), counted as spike input with its real
+fan-out; a CUBA layer also updates its synaptic current once per neuron and step
+(``synaptic_updates``).
+
 The same run counts spikes, membrane updates and NeuroBench's per-call
 operations (``metrics.py``). An energy model (``energy_models.py``) prices the
 counts: ``compute`` (the papers': ``ac_pj * AC + mac_pj * MAC``, biases, BN,
@@ -37,7 +42,7 @@ from ..devices import resolve_device
 from ..runs.model import load_model
 from .energy_models import LayerCounts, NeuronCounts
 from .energy_models import energy_model as make_energy_model
-from .graph import LoweredNet, Neuron, Residual, Stateless, Synapse, lower, run
+from .graph import LoweredNet, Neuron, Recurrent, Residual, Stateless, Synapse, lower, run
 from .metrics import static_metrics, workload_metrics
 from .profiles import EnergyProfile, get_profile
 from ..runs.checkpoint import checkpoint_file
@@ -101,6 +106,9 @@ def _sources(ops: list, state: tuple[str, float, str], out: dict) -> tuple[str, 
             if state[0] == "spikes":
                 scale = _event_scale(op.module, op.in_shape, op.out_shape)
                 state = (state[0], state[1] * scale, state[2]) if scale else ("analog", 1.0, "")
+        elif isinstance(op, Recurrent):   # W_rec reads the layer's own spikes of t-1
+            out[op.synapse.name] = ("spikes", 1.0, op.neuron.name)
+            state = ("spikes", 1.0, op.neuron.name)
         elif isinstance(op, Residual):
             _sources(op.body, state, out)
             _sources(op.shortcut, state, out)
@@ -254,6 +262,8 @@ def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size:
         e = em.neuron_pj(NeuronCounts(size, T, spk, op.lam != 1.0))
         neurons.append({"layer": op.name, "neurons": size, "firing_rate": rates[op.name],
                         "spikes_per_sample": spk, "membrane_updates": counter.membrane_updates[op.name] / n,
+                        # CUBA: the synaptic current i <- alpha i + c is a state update at every step
+                        "synaptic_updates": counter.neuron_steps[op.name] / n if op.cuba else 0.0,
                         "snn_pj": e["total"], "energy": e})
         nb_neurons.append({"layer": op.name, "neurons": size, "steps": counter.neuron_steps[op.name],
                            "spikes": counter.spikes[op.name], "reset": op.reset,

@@ -2,7 +2,9 @@
 
 ``lower(model)`` turns a :class:`SpikingNetwork` into a flat list of ops:
 ``Synapse`` (Linear/Conv, tdBN folded into its weight and bias), ``Neuron``
-(the LIF constants), ``Stateless`` (pooling, flatten) and ``Residual``. A dry
+(the LIF constants; a CUBA layer is a Neuron with its synaptic decay ``alpha``),
+``Recurrent`` (a neuron layer with ``W_rec s[t-1]``, stepped one step at a time),
+``Stateless`` (pooling, flatten) and ``Residual``. A dry
 run records every op's input and output feature shapes.
 
 ``run(net, x, ...)`` evaluates the lowered network for C simulated chips at
@@ -25,11 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import _kernel
+from ..core.encoders import encode
 from ..core.fused import fused_lif
-from ..core.layers import LIF, ResidualBlock
-from ..core.neuron import LIFParams, LIFState, initial_state, lif_sequence, lif_step
+from ..core.layers import CUBA, LIF, RecurrentSpiking, ResidualBlock
+from ..core.neuron import LIFParams, LIFState, initial_state, lif_sequence, lif_step, synaptic_current
 from ..core.surrogate import Triangle
 from ..errors import ExportError
+from ..models.network import SpikingNetwork
 from ..models.walk import Rule, Step, walk
 
 
@@ -63,6 +67,20 @@ class Neuron:
     source: str = ""               # name of the synapse feeding it (quantisation grid)
     in_shape: tuple[int, ...] = ()
     out_shape: tuple[int, ...] = ()
+    alpha: float = 0.0             # CUBA: i <- alpha i + c before the LIF; 0: a LIF (exactly)
+    cuba: bool = False             # a synaptic current state is updated every step
+
+
+@dataclass
+class Recurrent:
+    """``neuron(c[t] + W_rec s[t-1])``, ``s[0] = 0``: the recurrent weights are a Synapse
+    (no bias) whose input is the layer's own delivered spikes of the step before."""
+
+    name: str
+    synapse: Synapse
+    neuron: Neuron
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
 
 
 @dataclass
@@ -94,6 +112,8 @@ class LoweredNet:
     ops: list
     input_shape: tuple[int, ...]
     timesteps: int
+    # 'rate' | 'latency': the host encodes a static frame into events before the chip (run())
+    encoding: str = "direct"
 
     def walk(self) -> list:
         """Every op in execution order, residual bodies and shortcuts included."""
@@ -105,6 +125,8 @@ class LoweredNet:
                     visit(op.body)
                     visit(op.shortcut)
                     out.append(op.out)
+                elif isinstance(op, Recurrent):
+                    out.extend((op.synapse, op.neuron))
                 else:
                     out.append(op)
 
@@ -152,10 +174,27 @@ def _neuron(step: Step, _: None) -> Neuron:
     return Neuron(step.name, m.lam, m.v_th, m.reset)
 
 
+def _neuron_op(m: nn.Module, name: str) -> Neuron:
+    """A LIF or CUBA module as a Neuron op."""
+    if isinstance(m, CUBA):
+        return Neuron(name, m.lif.lam, m.lif.v_th, m.lif.reset, alpha=float(m.alpha), cuba=True)
+    return Neuron(name, m.lam, m.v_th, m.reset)
+
+
+def _cuba(step: Step, _: None) -> Neuron:
+    return _neuron_op(step.module, step.name)
+
+
+def _recurrent(step: Step, _: None) -> Recurrent:
+    m = step.module
+    w = m.recurrent.weight.detach().clone()
+    return Recurrent(step.name, Synapse(f"{step.name}.recurrent", "linear", w, None),
+                     _neuron_op(m.neuron, f"{step.name}.neuron"))
+
+
 def _residual(step: Step, _: None) -> Residual:
-    out = step.module.out
     return Residual(step.name, step.walk_inside("body", None), step.walk_inside("shortcut", None),
-                    Neuron(f"{step.name}.out", out.lam, out.v_th, out.reset))
+                    _neuron_op(step.module.out, f"{step.name}.out"))
 
 
 def _stateless(step: Step, _: None) -> Stateless:
@@ -172,6 +211,8 @@ LOWERING: dict[type, Rule] = {
     nn.Conv1d: _synapse,
     nn.Conv2d: _synapse,
     LIF: _neuron,
+    CUBA: _cuba,
+    RecurrentSpiking: _recurrent,
     ResidualBlock: _residual,
     nn.Module: _stateless,
 }
@@ -184,6 +225,8 @@ def _link_sources(ops: list, last: str = "") -> str:
             last = op.name
         elif isinstance(op, Neuron):
             op.source = last
+        elif isinstance(op, Recurrent):
+            op.neuron.source = last
         elif isinstance(op, Residual):
             op.out.source = _link_sources(op.body, last)
             _link_sources(op.shortcut, last)
@@ -195,7 +238,8 @@ def lower(model) -> LoweredNet:
     """The eval-mode, surrogate-free network as a list of ops with tdBN folded."""
     ops = walk(model.layers, LOWERING, rules_name="snn2hw.hwsim.graph.LOWERING")
     _link_sources(ops)
-    net = LoweredNet(ops, tuple(model.config.input_shape), model.timesteps)
+    net = LoweredNet(ops, tuple(model.config.input_shape), model.timesteps,
+                     getattr(model.config, "encoding", "direct"))
     device = net.synapses()[0].weight.device if net.synapses() else torch.device("cpu")
     with torch.inference_mode():  # dry run on the model's device: record shapes
         run(net, torch.zeros(1, *net.input_shape, device=device), record_shapes=True)
@@ -290,6 +334,8 @@ def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise,
     if noise.thermal > 0:
         c = c + (noise.thermal * abs(op.v_th)) * torch.randn(
             c.shape, generator=noise.generator, dtype=c.dtype).to(c.device)  # drawn on the CPU: same on any device
+    if op.cuba:
+        c = synaptic_current(c, op.alpha)   # CUBA.forward's filter, the same numbers
     p = LIFParams(chips.lam.get(op.name, op.lam), chips.v_th.get(op.name, op.v_th), op.reset)
     q = chips.state_q.get(op.name)
     want_u = getattr(observer, "wants_membrane", False)
@@ -320,6 +366,47 @@ def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise,
     return s
 
 
+def _apply_recurrent(op: Recurrent, c: Tensor, chips: ChipParams, noise: RunNoise,
+                     observer: Observer | None = None) -> Tensor:
+    """c: (T, B, C, n) input currents -> delivered spikes, one step at a time: the recurrent
+    current comes from the spikes delivered at t-1 (lost or dead ones reach no one), with
+    ``RecurrentSpiking``'s arithmetic (one ``addmm``) where the weights are the same on every
+    chip. The observer sees the neuron's spikes, then the recurrent synapse's input s[t-1]."""
+    n, syn = op.neuron, op.synapse
+    p = LIFParams(chips.lam.get(n.name, n.lam), chips.v_th.get(n.name, n.v_th), n.reset)
+    q, alive = chips.state_q.get(n.name), chips.alive.get(n.name)
+    w_chip, _ = chips.weights.get(syn.name, (None, None))
+    w_t = syn.weight.t()
+    state, i = initial_state(c[0]), torch.zeros_like(c[0])
+    delivered, spikes, us = torch.zeros_like(c[0]), [], []
+    want_u = getattr(observer, "wants_membrane", False)
+    for ct in c:
+        if w_chip is None:
+            ct = torch.addmm(ct.reshape(-1, ct.shape[-1]), delivered.reshape(-1, ct.shape[-1]), w_t).reshape(ct.shape)
+        else:
+            ct = ct + _apply_synapse(syn, delivered, 2, chips)
+        if noise.thermal > 0:
+            ct = ct + (noise.thermal * abs(n.v_th)) * torch.randn(ct.shape, generator=noise.generator, dtype=ct.dtype)
+        if n.cuba:
+            i = n.alpha * i + ct
+            ct = i
+        s, state = lif_step(ct, state, p)
+        if q is not None:
+            state = LIFState(q(state.u), s)
+        if noise.spike_loss > 0:
+            s = s * (torch.rand(s.shape, generator=noise.generator) >= noise.spike_loss).to(s.dtype)
+        if alive is not None:
+            s = s * alive.to(s.dtype)
+        delivered = s
+        spikes.append(s)
+        us.append(state.u)
+    s = torch.stack(spikes)
+    if observer is not None:
+        observer.neuron(n, s, torch.stack(us)) if want_u else observer.neuron(n, s)
+        observer.synapse(syn, torch.cat([torch.zeros_like(s[:1]), s[:-1]]), 3)
+    return s
+
+
 def _run_ops(ops: list, x: Tensor, nlead: int, T: int, chips: ChipParams, noise: RunNoise,
              observer: Observer | None, record: bool) -> tuple[Tensor, int]:
     for op in ops:
@@ -335,6 +422,11 @@ def _run_ops(ops: list, x: Tensor, nlead: int, T: int, chips: ChipParams, noise:
                 x, nlead = x.unsqueeze(0).expand(T, *x.shape), 3
             if isinstance(op, Neuron):
                 x = _apply_neuron(op, x, chips, noise, observer)
+            elif isinstance(op, Recurrent):
+                x = _apply_recurrent(op, x, chips, noise, observer)
+                if record:
+                    for sub in (op.synapse, op.neuron):
+                        sub.in_shape = sub.out_shape = tuple(x.shape[3:])
             else:
                 a, _ = _run_ops(op.body, x, 3, T, chips, noise, observer, record)
                 b, _ = _run_ops(op.shortcut, x, 3, T, chips, noise, observer, record)
@@ -351,12 +443,17 @@ def run(net: LoweredNet, x: Tensor, chips: ChipParams | None = None, noise: RunN
     """Per-step readout currents ``(T, B, C, classes)`` of C chips on input ``x``.
 
     ``x`` is static ``(B, *input_shape)`` (direct encoding, the same frame at
-    every step) or time-major ``(T, B, *input_shape)``.
+    every step) or time-major ``(T, B, *input_shape)``. A static ``x`` of a rate- or
+    latency-encoded network is encoded first, on the host, as the model does in eval
+    (``SpikingNetwork.EVAL_ENCODING_SEED``): the chip sees binary events.
     """
     chips = chips or ChipParams()
     noise = noise or RunNoise()
     C, T = chips.chips, net.timesteps
     static = x.dim() == len(net.input_shape) + 1
+    if static and net.encoding != "direct":
+        generator = torch.Generator(device=x.device).manual_seed(SpikingNetwork.EVAL_ENCODING_SEED)
+        x, static = encode(net.encoding, x, T, generator), False
     nlead = 2 if static else 3
     x = x.unsqueeze(nlead - 1).expand(*x.shape[:nlead - 1], C, *x.shape[nlead - 1:])
     y, nlead = _run_ops(net.ops, x, nlead, T, chips, noise, observer, record_shapes)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ...core.layers import LIF, ResidualBlock
+from ...core.layers import CUBA, LIF, RecurrentSpiking, ResidualBlock
 from ...core.neuron import LIFState, lif_step
 from ...core.surrogate import heaviside
 from ..base import EXACT, MinAgreement, Samples, Verification
@@ -46,6 +46,9 @@ class _Unrolled(nn.Module):
     def __init__(self, net: NIRNetwork) -> None:
         super().__init__()
         self.net = net
+        # a CUBA or recurrent layer's spikes are recorded under the module path of the LIF inside it
+        self.inner = {int(p.split(".")[1]): p for p in net.node_names
+                      if isinstance(net.layers[int(p.split(".")[1])], (CUBA, RecurrentSpiking))}
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         layers = list(self.net.layers)
@@ -66,6 +69,9 @@ class _Unrolled(nn.Module):
                     h = _neuron_step(layer, h, f"layers.{i}", states, spikes)
                 elif isinstance(layer, ResidualBlock):
                     h = _residual_step(layer, h, f"layers.{i}", states, spikes)
+                elif isinstance(layer, (CUBA, RecurrentSpiking)):
+                    h, states[f"layers.{i}"] = _stateful_step(layer, h, states.get(f"layers.{i}"))
+                    spikes[self.inner[i]].append(h)
                 else:
                     h = layer(h)
             outputs.append(h)
@@ -96,6 +102,23 @@ def _residual_step(block: ResidualBlock, h: Tensor, path: str, states: dict[str,
     body = _branch_step(block.body, h, f"{path}.body", states, spikes)
     shortcut = _branch_step(block.shortcut, h, f"{path}.shortcut", states, spikes)
     return _neuron_step(block.out, body + shortcut, f"{path}.out", states, spikes)
+
+
+
+
+def _stateful_step(layer: nn.Module, c: Tensor, state: tuple | None) -> tuple[Tensor, tuple]:
+    """One step of a CUBA or recurrent layer on (B, n) currents, the arithmetic of its torch
+    forward: CUBA filters ``i <- alpha i + c`` then runs its LIF's step (its full parameters,
+    as ``CUBA.forward``); a recurrent layer adds ``W_rec s[t-1]`` (``addmm``, a Gemm) and calls
+    its neuron's ``step``, whose state carries ``s[t-1]``. ``state`` None: t = 0, all zero."""
+    if isinstance(layer, CUBA):
+        i, lif_state = state if state is not None else (c * 0, LIFState(c * 0, c * 0))
+        i = layer.alpha * i + c
+        s, lif_state = lif_step(i, lif_state, layer.lif.params, heaviside)
+        return s, (i, lif_state)
+    neuron_state = state if state is not None else layer.neuron.initial_state(c)
+    s, neuron_state = layer.neuron.step(torch.addmm(c, neuron_state.s, layer.recurrent.weight.t()), neuron_state)
+    return s, neuron_state
 
 
 def output_names(net: NIRNetwork) -> list[str]:
@@ -152,7 +175,8 @@ class ONNXExporter:
     def check(self, graph: nir.NIRGraph) -> NIRNetwork:
         """The plan is the torch rebuild of ``graph`` (what is traced and what the file must equal).
 
-        Chains and residual blocks (``from_nir.graph_plan``; the block's sum is an ``Add``);
+        Chains, residual blocks (``from_nir.graph_plan``; the block's sum is an ``Add``) and
+        recurrent cycles (neuron <-> Linear: a layer unrolled step by step like the rest);
         refuses other branching graphs, unknown nodes and a missing T (the loop is unrolled),
         naming them."""
         return nir_to_network(graph)
