@@ -294,6 +294,9 @@ def test_tampered_loihi_net_fails_with_lava_vs_emulator_mismatches(nir_file, tmp
 def test_an_honest_export_passes_on_every_target(name, nir_file, tmp_path, monkeypatch, capsys):
     """The 'mlp' fixture through each target with its default floor: exit 0 (Loihi on the
     emulator here; with Lava in the slow tests). Speck needs IAF: the 'mlp_iaf' fixture."""
+    if name == "xylo":
+        pytest.skip("Xylo takes at most 16 input channels: no digits model fits (64 pixels); "
+                    "tests/test_export_xylo.py runs the xylo check on recurrent CUBA graphs that do")
     source = nir_file
     if name == "speck":
         source = tmp_path / "iaf" / "model.nir"

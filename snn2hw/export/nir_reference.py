@@ -30,6 +30,7 @@ else 1.0 with the name saying so.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -241,9 +242,10 @@ class LibraryReference:
     def run(self, x: Tensor, timesteps: int, temporal: bool) -> tuple[dict[str, Tensor], Tensor]:
         from .interop import load_in_sinabs, load_in_snntorch, run_sinabs, run_snntorch
 
+        graph = copy.deepcopy(self.graph)   # importers rewrite the graph they are given (snnTorch nests cycles)
         if self.library == "sinabs":
-            return run_sinabs(load_in_sinabs(self.graph, timesteps, ours=False), x, timesteps, temporal)
-        return run_snntorch(load_in_snntorch(self.graph, ours=False), x, timesteps, temporal)
+            return run_sinabs(load_in_sinabs(graph, timesteps, ours=False), x, timesteps, temporal)
+        return run_snntorch(load_in_snntorch(graph, ours=False), x, timesteps, temporal)
 
 
 class ProducerReference:
