@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 
 from . import _kernel
-from .surrogate import SurrogateShape
+from .neuron import LIFParams, lif_sequence
+from .surrogate import SurrogateShape, spike
 
 ValueFn = Callable[[Tensor], Tensor]
 
@@ -178,6 +179,9 @@ def fused_lif(currents: Tensor, p: Tensor, lam: float, v_th: float, reset: str,
     backward ``shape.grad(x, p)`` in x and ``shape.grad_param(x, p)`` in p;
     gradients flow to ``currents`` and ``p``.
     """
+    if reset == "soft_nodecay" and value_fn is None:  # GSG's reset: no fused BPTT, the plain loop
+        s, u = lif_sequence(currents, LIFParams(lam, v_th, reset), lambda x: spike(x, shape, p), membrane)
+        return (s, u) if membrane else s
     if reset not in ("hard", "soft"):
         raise ValueError(f"reset must be 'hard' or 'soft', got {reset!r}")
     lam, v_th, hard = float(lam), float(v_th), reset == "hard"
