@@ -13,7 +13,7 @@ from snn2hw.methods import cpng as cpng_mod
 from snn2hw.methods import make_method
 from snn2hw.methods.base import MethodContext
 
-from test_methods_contract import digits, run
+from test_methods_contract import run
 
 SHAPES = [Triangle(), Rectangular(), Arctan()]
 

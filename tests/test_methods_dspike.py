@@ -179,9 +179,3 @@ def test_tit_fine_tunes_a_lower_T_run_from_a_higher_T_checkpoint(tmp_path):
     assert tuned.summary["test_accuracy"] > 0.85
     # the inherited weights start far ahead of a fresh low-T run with the same budget
     assert tuned.history[0]["test_accuracy"] > fresh.history[0]["test_accuracy"] + 0.05
-
-
-@pytest.mark.slow
-def test_trains_digits_mlp_above_90_percent():
-    r = run("dspike", data=digits(), epochs=8, batch_size=64, timesteps=4)
-    assert r.summary["test_accuracy"] > 0.90
