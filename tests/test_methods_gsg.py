@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,3 +72,29 @@ def test_gsg_with_a_flat_schedule_is_the_fixed_gsg_tanh_baseline():
     a = run("gsg", epochs=2, method_options={"beta_min": 2.0, "beta_max": 2.0})
     b = run("sg", epochs=2, surrogate="gsg_tanh", surrogate_param=2.0)
     assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+
+
+def test_the_eq_4_reset_runs_the_plain_loop_for_every_method():
+    """soft_nodecay has no fused BPTT: the layer falls back to the plain loop, with the
+    method's own spike (ASGL's dual mode included) and the same numbers as lif_sequence."""
+    for method in ("asgl", "psg", "sg"):
+        r = run(method, epochs=1, reset="soft_nodecay")
+        assert r.model.config.reset == "soft_nodecay" and np.isfinite(r.history[-1]["train_loss"])
+
+
+def test_fused_soft_nodecay_equals_the_plain_loop_with_gradients():
+    from snn2hw.core.fused import fused_lif
+    from snn2hw.core.neuron import LIFParams, lif_sequence
+    from snn2hw.core.surrogate import Triangle, spike
+
+    gen = torch.Generator().manual_seed(0)
+    c1 = (torch.randn(5, 3, 7, generator=gen, dtype=torch.float64) + 0.8).requires_grad_()
+    c2 = c1.detach().clone().requires_grad_()
+    p = torch.tensor(1.5, dtype=torch.float64)
+    s1 = fused_lif(c1, p, 0.5, 1.0, "soft_nodecay", Triangle())
+    s2, _ = lif_sequence(c2, LIFParams(0.5, 1.0, "soft_nodecay"), lambda x: spike(x, Triangle(), p))
+    torch.testing.assert_close(s1, s2, rtol=0, atol=0)
+    w = torch.randn(s1.shape, generator=gen, dtype=torch.float64)
+    (s1 * w).sum().backward()
+    (s2 * w).sum().backward()
+    torch.testing.assert_close(c1.grad, c2.grad, rtol=0, atol=0)
