@@ -72,7 +72,8 @@ def test_trains_every_model_and_records_parameters(method, arch):
         lifs = {n: m for n, m in r.model.named_modules() if id(m) in lif_ids}
         for k in keys:
             layer = k.split("/", 1)[1] if "/" in k else None
-            got = [float(lifs[layer].shape_param)] if layer in lifs else [float(m.shape_param) for m in lifs.values()]
+            got = ([float(lifs[layer].shape_param.detach())] if layer in lifs
+                   else [float(m.shape_param.detach()) for m in lifs.values()])
             assert got == pytest.approx([row[k]] * len(got), rel=1e-6), f"{method}: {k}"
     # eval mode: exactly binary spikes whatever the method does in training
     r.model.eval()
