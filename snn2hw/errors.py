@@ -43,3 +43,7 @@ def notice(message: str) -> None:
     import warnings
 
     warnings.warn(message, Notice, stacklevel=2)
+
+
+class TrainingDivergedError(Snn2hwError):
+    """The loss became NaN or infinite: the run stopped; its last good checkpoint is kept."""

@@ -111,9 +111,9 @@ def test_a_method_refuses_a_surrogate_it_would_ignore(method):
                 build_config({"method": method, "surrogate": shape})
 
 
-@pytest.mark.parametrize("method,installed", [("gsg", "gsg_tanh"), ("psg", "psg_softplus"), ("sg", "triangle")])
+@pytest.mark.parametrize("method,installed", [("gsg", "gsg_tanh"), ("psg", "psg_arctan"), ("sg", "triangle")])
 def test_the_checkpoint_and_report_name_the_shape_that_ran(method, installed, tmp_path, capsys):
-    """PSG on an MLP installs psg_softplus (its FC shape), not the config's first choice."""
+    """The shape the method installed is recorded (PSG: Case 1 arctan on every spiking layer)."""
     out = tmp_path / "run"
     assert main(["train", "--method", method, *TINY, "--out", str(out)]) == 0
     ckpt = load_checkpoint(out / "last.pt")

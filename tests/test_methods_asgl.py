@@ -12,7 +12,7 @@ from snn2hw.models.network import build_model
 from snn2hw.methods import make_method
 from snn2hw.methods.asgl import dual_mode_spike, noise_probability
 
-from test_methods_contract import digits, run
+from test_methods_contract import run
 
 
 def _model(**opts):
@@ -94,15 +94,13 @@ def test_noise_schedule_and_its_history():
 
 
 def test_alpha_is_learned_and_state_round_trips():
+    # alpha moves under training and the history reports the model's own width (the
+    # exact step size is pinned by test_methods_training's one-step SGD test)
     r = run("asgl", epochs=2)
-    assert r.history[-1]["alpha/layers.2"] != 1.0
+    alpha = float(r.model.layers[2].shape_param.detach())
+    assert r.history[-1]["alpha/layers.2"] == alpha and abs(alpha - 1.0) > 1e-3
     m = make_method("asgl", {"p": 0.5})
     m.p = 0.9
     n = make_method("asgl", {"p": 0.5})
     n.load_state_dict(m.state_dict())
     assert n.p == 0.9
-
-
-def test_trains_digits_mlp_above_90_percent():
-    r = run("asgl", data=digits(), epochs=8, batch_size=64, timesteps=4)
-    assert r.summary["test_accuracy"] > 0.90

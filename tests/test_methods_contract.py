@@ -68,6 +68,14 @@ def test_trains_every_model_and_records_parameters(method, arch):
         keys = [k for k in row if k.startswith(prefix)]
         assert keys, f"{method} wrote no {prefix!r} entries: {sorted(row)}"
         assert all(isinstance(row[k], float) for k in keys)
+        # what the history reports is what the layers trained with (not a stale or other value)
+        lif_ids = {id(m) for m in r.model.lif_layers()}
+        lifs = {n: m for n, m in r.model.named_modules() if id(m) in lif_ids}
+        for k in keys:
+            layer = k.split("/", 1)[1] if "/" in k else None
+            got = ([float(lifs[layer].shape_param.detach())] if layer in lifs
+                   else [float(m.shape_param.detach()) for m in lifs.values()])
+            assert got == pytest.approx([row[k]] * len(got), rel=1e-6), f"{method}: {k}"
     # eval mode: exactly binary spikes whatever the method does in training
     r.model.eval()
     with torch.no_grad(), record_spikes(r.model) as rec:

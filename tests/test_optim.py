@@ -1,4 +1,4 @@
-"""Our Adam against torch.optim.Adam, and the shape-parameter learning rate."""
+"""Our Adam and SGD against torch.optim step by step, and the shape-parameter group."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from snn2hw.models import ModelConfig, build_model
 from snn2hw.train.config import build_config
 from snn2hw.methods import make_method
-from snn2hw.train.optim import Adam, CosineSchedule
+from snn2hw.train.optim import SGD, Adam, CosineSchedule
 from snn2hw.train.trainer import param_groups
 
 
@@ -26,6 +26,43 @@ def test_adam_matches_torch_adam_step_by_step():
             opt.step()
         for p, q in zip(a.parameters(), b.parameters()):
             assert torch.allclose(p, q, atol=1e-6), step
+
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.9, 5e-4), (0.0, 0.0), (0.5, 1e-2)])
+def test_sgd_matches_torch_sgd_step_by_step(momentum, weight_decay):
+    torch.manual_seed(0)
+    a = torch.nn.Linear(5, 3)
+    b = torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    ours = SGD(a.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    ref = torch.optim.SGD(b.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    for step in range(20):
+        x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+        for model, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        for p, q in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-7, msg=f"step {step}")
+        if step == 9:  # a checkpoint half way: the momentum buffers round-trip
+            fresh = SGD(a.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+            fresh.load_state_dict(ours.state_dict())
+            ours = fresh
+
+
+def test_weight_decay_never_reaches_the_shape_parameters():
+    """SGD with weight decay and a zero gradient: weights shrink by lr * wd, gamma stays."""
+    model = build_model(ModelConfig(input_shape=(64,), hidden=(16,)))
+    make_method("psg", {"gamma_init": 3.0}).setup(model)
+    shape = [p for n, p in model.named_parameters() if n.endswith("shape_param")]
+    opt = SGD(param_groups(model, shape, None), lr=0.1, momentum=0.9, weight_decay=0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        want = before[n] if n.endswith("shape_param") else before[n] * (1 - 0.1 * 0.5)
+        torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-7, msg=n)
 
 
 def test_cosine_schedule_values():

@@ -15,8 +15,9 @@ FORMULAS = {
     "rectangular": lambda x, b: b if abs(x) < 1 / (2 * b) else 0.0,
     "arctan": lambda x, b: b / (1 + (math.pi * b * x) ** 2),
     "sigmoid": lambda x, k: k * math.exp(-k * x) / (1 + math.exp(-k * x)) ** 2,
-    "dspike": lambda x, b: (b * (1 - math.tanh(b * x) ** 2) / (2 * math.tanh(b / 2))
-                            if abs(x) <= 0.5 else 0.0),
+    # window +-V_th (default 1) around the threshold, z = x / (2 V_th) (methods.md)
+    "dspike": lambda x, b: (b * (1 - math.tanh(b * x / 2) ** 2) / (2 * math.tanh(b / 2)) / 2
+                            if abs(x) <= 1.0 else 0.0),
 }
 PARAMS = [0.5, 1.0, 3.0]
 

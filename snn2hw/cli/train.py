@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api import resume, train_from_options
+from ..core.neuron import LIF_RESETS
 from ..core.surrogate import DEFAULT_SURROGATE, SURROGATES
 from ..methods import METHODS, option_flags
 from ..models.config import ARCHS
@@ -45,17 +46,23 @@ FLAGS: list[tuple[str, dict]] = [
     ("--timesteps", dict(type=int, help="time steps T (default 4)")),
     ("--epochs", dict(type=int, help="epochs (default 30)")),
     ("--batch-size", dict(type=int, help="batch size (default 64)")),
-    ("--lr", dict(type=float, help="Adam learning rate (default 2e-3), cosine schedule")),
-    ("--weight-decay", dict(type=float)),
+    ("--lr", dict(type=float, help="learning rate (default 2e-3), cosine schedule")),
+    ("--weight-decay", dict(type=float, help="L2 weight decay of the weights (never the surrogate "
+                            "shape parameters)")),
+    ("--optimizer", dict(choices=["adam", "sgd"], help="adam (default) or sgd (the papers': with --momentum)")),
+    ("--momentum", dict(type=float, help="sgd momentum (default 0.9)")),
     ("--surrogate", dict(metavar="SHAPE", help=f"surrogate shape: {_names(SURROGATES)} (default "
                          f"{DEFAULT_SURROGATE}; methods that install their own use it: {_OWN_SHAPES})")),
     ("--surrogate-param", dict(type=float, help="its shape parameter (default: the shape's)")),
     ("--method", dict(metavar="METHOD", help=f"training method: {_names(METHODS)} "
                       "(default sg: fixed surrogate)")),
     ("--loss", dict(choices=["ce", "tet"], help="ce on the mean output, or TET")),
+    ("--tet-lambda", dict(type=float, help="TET: weight of the MSE term pulling o[t] to phi (default 0.05)")),
+    ("--tet-phi", dict(type=float, help="TET: the MSE term's constant phi (default 1.0)")),
     ("--lam", dict(type=float, help="membrane leak lambda, 1 = IAF (default 0.5)")),
     ("--v-th", dict(type=float, help="threshold (default 1.0)")),
-    ("--reset", dict(choices=["hard", "soft"])),
+    ("--reset", dict(choices=list(LIF_RESETS), help="hard (to 0), soft (subtract V_th, decayed), "
+                     "soft_nodecay (GSG Eq. 4: V_th subtracted undecayed; not exportable)")),
     ("--carrier", dict(choices=["spike", "current"], help="between layers: spikes, or currents (ISNM: BN/pooling on currents)")),
     ("--hidden", dict(type=int, nargs="+", help="MLP hidden widths (default 256)")),
     ("--channels", dict(type=int, nargs="+", help="conv channels per block (default 32 32 32)")),

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 
 from . import _kernel
-from .surrogate import SurrogateShape
+from .neuron import LIFParams, lif_sequence
+from .surrogate import SurrogateShape, spike
 
 ValueFn = Callable[[Tensor], Tensor]
 
@@ -167,6 +168,19 @@ class FusedLIF(torch.autograd.Function):
         return gu if ctx.needs_input_grad[0] else None, grad_p, None, None, None, None, None, None
 
 
+def _plain_spike(shape: SurrogateShape, p: Tensor, value_fn: ValueFn | None) -> Callable[[Tensor], Tensor]:
+    """The spike function ``fused_lif`` stands for, for the plain loop: forward ``value_fn``
+    (or the step), backward the shape's derivatives (through its primitive, whose x- and
+    p-derivatives are ``grad`` and ``grad_param``)."""
+    if value_fn is None:
+        return lambda x: spike(x, shape, p)
+
+    def fn(x: Tensor) -> Tensor:
+        smooth = shape.primitive(x, p)
+        return value_fn(x).detach() + (smooth - smooth.detach())
+    return fn
+
+
 def fused_lif(currents: Tensor, p: Tensor, lam: float, v_th: float, reset: str,
               shape: SurrogateShape, value_fn: ValueFn | None = None,
               membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -178,6 +192,9 @@ def fused_lif(currents: Tensor, p: Tensor, lam: float, v_th: float, reset: str,
     backward ``shape.grad(x, p)`` in x and ``shape.grad_param(x, p)`` in p;
     gradients flow to ``currents`` and ``p``.
     """
+    if reset == "soft_nodecay":  # GSG's reset: no fused BPTT, the plain loop with the same spike
+        s, u = lif_sequence(currents, LIFParams(lam, v_th, reset), _plain_spike(shape, p, value_fn), membrane)
+        return (s, u) if membrane else s
     if reset not in ("hard", "soft"):
         raise ValueError(f"reset must be 'hard' or 'soft', got {reset!r}")
     lam, v_th, hard = float(lam), float(v_th), reset == "hard"

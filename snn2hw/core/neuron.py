@@ -5,6 +5,8 @@ Per step, with synaptic current ``c[t]`` (methods.md):
 
     hard reset:  u[t] = lam * u[t-1] * (1 - s[t-1]) + c[t]
     soft reset:  u[t] = lam * (u[t-1] - V_th * s[t-1]) + c[t]
+    soft_nodecay: u[t] = lam * u[t-1] + c[t] - V_th * s[t-1]   (GSG Eq. 4; no NIR
+                 name, so no exporter takes it; same as soft when lam = 1)
     spike:       s[t] = H(u[t] - V_th),  strict (u == V_th gives no spike)
 
 ``lam = 1`` is IAF. ``u[0] = 0``. The spike function maps ``x = u - V_th`` to
@@ -44,6 +46,8 @@ NIR_RESET_NAMES = {"hard": "zero", "soft": "subtract"}
 RESET_FROM_NIR = {nir_name: ours for ours, nir_name in NIR_RESET_NAMES.items()}
 RESETS = tuple(NIR_RESET_NAMES)
 RESET_BY_NAME = {**RESET_FROM_NIR, **{r: r for r in RESETS}}  # either spelling -> ours
+# Training-side resets: the exportable ones plus GSG's (threshold subtracted undecayed).
+LIF_RESETS = RESETS + ("soft_nodecay",)
 
 SpikeFn = Callable[[Tensor], Tensor]
 
@@ -81,14 +85,16 @@ def lif_step(
     c: Tensor, state: LIFState, p: LIFParams, spike_fn: SpikeFn = heaviside
 ) -> tuple[Tensor, LIFState]:
     """One LIF update; returns the spikes and the new state."""
-    if p.reset not in RESETS:
-        raise ValueError(f"reset must be one of {RESETS}, got {p.reset!r}")
+    if p.reset not in LIF_RESETS:
+        raise ValueError(f"reset must be one of {LIF_RESETS}, got {p.reset!r}")
     if not p.native:
         u = p.lam * _carried(state, p) + c
     elif p.reset == "hard":
         u = p.lam * state.u * (1.0 - state.s) + c
-    else:
+    elif p.reset == "soft":
         u = p.lam * (state.u - p.v_th * state.s) + c
+    else:  # soft_nodecay (GSG Eq. 4): the threshold is subtracted after the leak
+        u = p.lam * state.u + c - p.v_th * state.s
     x = u - p.v_th
     if p.multi_spike:  # sinabs' MultiSpike, its exact expression (no surrogate gradient)
         s = (u > 0) * torch.div(u, p.v_th, rounding_mode="trunc")

@@ -128,30 +128,35 @@ class Sigmoid:
 
 @dataclass(frozen=True)
 class Dspike:
-    """Dspike (Li et al. 2021, Eq. 12 recentred on V_th), temperature b.
+    """Dspike (Li et al. 2021, Eq. 12), temperature b, window +-V_th around V_th.
 
-    ``b (1 - tanh^2(b x)) / (2 tanh(b/2))`` on ``|x| <= 1/2``, 0 outside; the
-    derivative of ``tanh(b x) / (2 tanh(b/2)) + 1/2`` clipped to [0, 1].
+    The paper's Eq. 12 lives on [0, 1] with centre c = V_th = 0.5: a window of
+    +-V_th around the threshold. Kept relative to ``v_th``: with ``z = x / (2 V_th)``,
+    ``b (1 - tanh^2(b z)) / (2 tanh(b/2)) / (2 V_th)`` on ``|x| <= V_th``, 0 outside;
+    the derivative of ``tanh(b z) / (2 tanh(b/2)) + 1/2`` clipped to [0, 1]
+    (integrates to 1). ``v_th`` is the layer's threshold (the method installs it).
     """
 
     b: float = 1.0
+    v_th: float = 1.0
     name: ClassVar[str] = "dspike"
     param_name: ClassVar[str] = "b"
 
     def grad(self, x: Tensor, p: Tensor) -> Tensor:
-        inside = (x.abs() <= 0.5).to(x.dtype)
-        th = torch.tanh(p * x)
-        return inside * p * (1.0 - th * th) / (2.0 * torch.tanh(p / 2.0))
+        inside = (x.abs() <= self.v_th).to(x.dtype)
+        th = torch.tanh(p * x / (2.0 * self.v_th))
+        return inside * p * (1.0 - th * th) / (2.0 * torch.tanh(p / 2.0)) / (2.0 * self.v_th)
 
     def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
-        inside = (x.abs() <= 0.5).to(x.dtype)
-        th, th2 = torch.tanh(p * x), torch.tanh(p / 2.0)
-        d_num = x * (1.0 - th * th) * th2 - th * 0.5 * (1.0 - th2 * th2)
+        inside = (x.abs() <= self.v_th).to(x.dtype)
+        z = x / (2.0 * self.v_th)
+        th, th2 = torch.tanh(p * z), torch.tanh(p / 2.0)
+        d_num = z * (1.0 - th * th) * th2 - th * 0.5 * (1.0 - th2 * th2)
         return inside * d_num / (2.0 * th2 * th2)
 
     def primitive(self, x: Tensor, p: Tensor) -> Tensor:
-        xc = x.clamp(-0.5, 0.5)
-        return torch.tanh(p * xc) / (2.0 * torch.tanh(p / 2.0)) + 0.5
+        z = x.clamp(-self.v_th, self.v_th) / (2.0 * self.v_th)
+        return torch.tanh(p * z) / (2.0 * torch.tanh(p / 2.0)) + 0.5
 
 
 SURROGATES: dict[str, type] = {

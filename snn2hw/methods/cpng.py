@@ -9,9 +9,17 @@ half-width of the surrogate's support (triangle ``1/beta``, rectangular
     k(beta) = Phi((V_th + d - mu)/sigma) - Phi((V_th - d - mu)/sigma)
 
 the fraction of potentials (under a normal fit) that receive a gradient. After
-epoch 0 ``k_rec = k``. After each later epoch, ``target = max(k_rec, k_limit)``:
-if ``k > target`` beta is raised by binary search until ``k(beta) = target``;
-otherwise ``k_rec = max(k, k_limit)`` and beta stays. beta never decreases.
+epoch 0 ``k_rec = k``. After each later epoch, Algorithm 1 read literally:
+
+    if k_rec < k_limit: k_rec = k_limit
+    elif k_cur < k_rec: k_rec = k_cur
+    k_min = k_rec
+    if k_min != k_cur: beta <- the beta with k(beta) = k_min (binary search)
+
+so beta RISES when k grew above the smallest k seen, and FALLS when k dropped
+below k_limit (bringing k back up to k_limit, e.g. from a too-sharp start).
+A target the search cannot reach (beta would leave [BETA_MIN, BETA_MAX]) keeps
+the bound and is logged in the history (``cpng_unreachable/<layer>`` = 1).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from ._util import named_lifs, probe_membranes, unwrap
 from .base import MethodContext, layer_params
 
 SHAPES = ("triangle", "rectangular", "arctan")
+TOL = 1e-7  # |k - target| the binary search stops at; closer counts as equal
 
 
 def normal_cdf(z: float) -> float:
@@ -44,28 +53,40 @@ def k_indicator(beta: float, mu: float, sigma: float, v_th: float, half_width) -
     return normal_cdf((v_th + d - mu) / sigma) - normal_cdf((v_th - d - mu) / sigma)
 
 
-def solve_beta(target: float, beta0: float, mu: float, sigma: float, v_th: float, half_width,
-               tol: float = 1e-7, beta_max: float = 1e6) -> float:
-    """The smallest ``beta >= beta0`` with ``k(beta) = target`` (k falls as beta rises).
+BETA_MIN, BETA_MAX = 1e-6, 1e6  # the search's bounds on beta
 
-    Brackets by doubling, then bisects on beta until k is within ``tol`` of the
-    target; returns ``beta_max`` if even that cannot bring k down to the target.
+
+def solve_beta(target: float, beta0: float, mu: float, sigma: float, v_th: float, half_width,
+               tol: float = 1e-7) -> tuple[float, bool]:
+    """``(beta, reached)``: the beta with ``k(beta) = target``, searched from ``beta0`` in
+    whichever direction the target lies (k falls as beta rises), and whether it was
+    reached. Brackets by doubling or halving, then bisects on beta until k is within
+    ``tol`` of the target; a target beyond ``BETA_MIN`` / ``BETA_MAX`` returns that
+    bound with ``reached = False`` (the caller logs it).
     """
     k = lambda b: k_indicator(b, mu, sigma, v_th, half_width)  # noqa: E731
-    if k(beta0) <= target:
-        return beta0
-    lo, hi = beta0, beta0 * 2.0
-    while k(hi) > target:
-        lo, hi = hi, hi * 2.0
-        if hi >= beta_max:
-            return beta_max
+    k0 = k(beta0)
+    if abs(k0 - target) <= tol:
+        return beta0, True
+    if k0 > target:   # too wide: sharpen
+        lo, hi = beta0, beta0 * 2.0
+        while k(hi) > target:
+            lo, hi = hi, hi * 2.0
+            if hi >= BETA_MAX:
+                return BETA_MAX, abs(k(BETA_MAX) - target) <= tol
+    else:             # too sharp: widen
+        lo, hi = beta0 * 0.5, beta0
+        while k(lo) < target:
+            lo, hi = lo * 0.5, lo
+            if lo <= BETA_MIN:
+                return BETA_MIN, abs(k(BETA_MIN) - target) <= tol
     for _ in range(200):
         mid = 0.5 * (lo + hi)
         km = k(mid)
         if abs(km - target) <= tol:
-            return mid
+            return mid, True
         lo, hi = (mid, hi) if km > target else (lo, mid)
-    return hi
+    return 0.5 * (lo + hi), abs(k(0.5 * (lo + hi)) - target) <= 1e3 * tol
 
 
 def membrane_stats(membranes: dict[str, Tensor]) -> dict[str, tuple[float, float]]:
@@ -117,16 +138,25 @@ class CPNG:
             if name not in self.k_rec:          # first measurement: record only
                 self.k_rec[name] = k_cur
             else:
-                target = max(self.k_rec[name], self.k_limit)
-                if k_cur > target:
-                    beta = solve_beta(target, beta, mu, sigma, m.v_th, m.surrogate.half_width)
+                k_min = self.update_k_rec(name, k_cur)
+                if abs(k_min - k_cur) > TOL:        # Algorithm 1: k_min != k_cur
+                    beta, reached = solve_beta(k_min, beta, mu, sigma, m.v_th, m.surrogate.half_width, TOL)
                     m.shape_param.fill_(beta)
-                else:
-                    self.k_rec[name] = max(k_cur, self.k_limit)
+                    if not reached:
+                        row[f"cpng_unreachable/{name}"] = 1.0
             row[f"k/{name}"] = k_indicator(beta, mu, sigma, m.v_th, m.surrogate.half_width)
             row[f"mu/{name}"], row[f"sigma/{name}"] = mu, sigma
         row.update(layer_params(unwrap(ctx.model), "beta"))
         return row
+
+    def update_k_rec(self, name: str, k_cur: float) -> float:
+        """Algorithm 1's record: ``k_rec`` raised to k_limit when below it, else lowered to
+        ``k_cur`` when k fell; returns ``k_min = k_rec``, the k the layer's beta is set to."""
+        if self.k_rec[name] < self.k_limit:
+            self.k_rec[name] = self.k_limit
+        elif k_cur < self.k_rec[name]:
+            self.k_rec[name] = k_cur
+        return self.k_rec[name]
 
     def state_dict(self) -> dict:
         return {"k_rec": dict(self.k_rec)}

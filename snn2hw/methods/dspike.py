@@ -13,7 +13,8 @@ running statistics untouched):
 2. The surrogate gradient of the same coordinates for b - db, b, b + db.
 3. b becomes the candidate with the highest cosine similarity to the FDG.
 
-TIT (train at high T, fine-tune at low T) is ``--init-from CKPT --timesteps T``.
+TIT (train at high T, fine-tune at low T) is ``--init-from CKPT --timesteps T``:
+the checkpoint's b carries over with the weights (its method state, trainer).
 """
 
 from __future__ import annotations
@@ -135,8 +136,8 @@ class DspikeMethod:
         self.b = float(self.b_init)
 
     def setup(self, model: SpikingNetwork) -> None:
-        for _, m in named_lifs(model):
-            install_shape(m, Dspike(self.b), self.b)
+        for _, m in named_lifs(model):  # the window is +-V_th of each layer
+            install_shape(m, Dspike(self.b, float(m.v_th)), self.b)
 
     def _set_b(self, model: nn.Module, b: float) -> None:
         for _, m in named_lifs(model):

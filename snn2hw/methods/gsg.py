@@ -1,16 +1,18 @@
 """``gsg``: gradual surrogate gradient (Chen et al.; methods.md "GSG and ISNM").
 
 Backward ``ds/du = a beta (1 - tanh^2(beta x))`` (shape ``gsg_tanh``), with the
-per-epoch log-linear schedule (Eq. 7, ``epoch`` 0-based, ``max_epoch`` = the
-run's epochs)
+per-epoch log-linear schedule (Eq. 7, ``epoch`` 0-based, ``E`` = the run's
+epochs; the last epoch reaches beta_max)
 
-    beta(epoch) = exp(log beta_min + (log beta_max - log beta_min) * epoch / max_epoch)
+    beta(epoch) = exp(log beta_min + (log beta_max - log beta_min) * epoch / (E - 1))
 
 and ``a = max(1/beta, 1)`` (Eq. 8). The paper's values are not legible; our
 defaults beta_min = 0.5 (wide: the window covers |x| <~ 4, peak 1) and
 beta_max = 10 (close to the step, peak 10) span the paper's "broad early,
 near-exact late" (Fig. 2). ISNM (``--carrier current``: BN and pooling act on
-currents) and soft reset (``--reset soft``) are model options that GSG runs with.
+currents) and the paper's soft reset (Eq. 4, ``u = lam u + c - V_th s``, the
+threshold subtracted without decay: ``--reset soft_nodecay``) are model options
+that GSG runs with.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from .base import MethodContext, layer_params
 
 
 def gsg_beta(epoch: int, max_epoch: int, beta_min: float, beta_max: float) -> float:
-    """Eq. 7: log-linear from beta_min (epoch 0) to beta_max (epoch = max_epoch)."""
-    frac = epoch / max(max_epoch, 1)
+    """Eq. 7: log-linear from beta_min (epoch 0) to beta_max (the last epoch, max_epoch - 1)."""
+    frac = min(epoch / max(max_epoch - 1, 1), 1.0)
     return math.exp(math.log(beta_min) + (math.log(beta_max) - math.log(beta_min)) * frac)
 
 

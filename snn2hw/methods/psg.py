@@ -1,10 +1,24 @@
 """``psg``: a learnable surrogate parameter gamma per spiking layer (PSG), with the
 optional membrane-distribution loss (PDA) (Wang, Cheng, Lim; methods.md "PSG + PDA").
 
-Convolutional spiking layers use the ``psg_arctan`` shape, fully connected ones
-``psg_softplus`` (core/surrogate.py states both derivatives and the two
-``do/dgamma`` variants: "analytic", the default, or "printed"). gamma is an
-``nn.Parameter`` named ``shape_param`` on each LIF, optimised with the weights.
+Every spiking layer that emits spikes, convolutional or fully connected, uses
+Case 1, the ``psg_arctan`` shape (Sec. 3, Eqs. 8-12). Case 2 (``psg_softplus``,
+Eqs. 13-17) is for "fully-connected layers with potentials output", a spiking
+output layer read by its accumulated potential: snn2hw's networks read out the
+non-spiking mean current instead (methods.md), so no layer gets Case 2 here; the
+shape stays in the registry for such a readout. gamma is an ``nn.Parameter``
+named ``shape_param`` on each LIF, optimised with the weights.
+
+``do/dgamma`` (``dgamma``): "printed" is Eqs. 12/17/20 as printed (the same
+expression as do/du, no factor x); "analytic" (the default) is the rescaled
+derivative of the smoothed f in gamma, ``2 gamma x / (1 + (gamma x)^2)``. The
+default is "analytic" because it is the gradient of a defined function (gamma
+moves to reduce the loss of the smoothed network); the printed form makes
+dL/dgamma the sum of dL/du over the layer, a threshold-like gradient that does
+not depend on the sign of x. Both are offered; the reproduction reports both.
+
+Absent here: the paper's dropout 0.2 and learnable thresholds (the models have
+neither; a threshold is a constant of the layer).
 
 PDA adds ``beta_pd * L_PD`` with
 
@@ -25,7 +39,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..core.surrogate import PSG_DGAMMA, PsgArctan, PsgSoftplus
+from ..core.surrogate import PSG_DGAMMA, PsgArctan
 from ..errors import ConfigError
 from ..models.network import SpikingNetwork
 from ._util import install_shape, named_lifs, unwrap
@@ -93,13 +107,13 @@ class PSG:
 
     gamma_init: float = field(default=1.0, metadata={"help": "PSG: initial gamma per layer (paper: 1, 2, 5)"})
     dgamma: str = field(default="analytic", metadata={
-        "choices": PSG_DGAMMA, "help": "PSG: do/dgamma, analytic (rescaled/clipped, default) or the printed Eq. 12/17"})
+        "choices": PSG_DGAMMA, "help": "PSG: do/dgamma, analytic (rescaled derivative, default) or printed (Eqs. 12/17/20, = do/du)"})
     pda: bool = field(default=False, metadata={"help": "PSG: add the membrane-distribution loss (PDA)"})
     beta_pd: float = field(default=1.0, metadata={"help": "PSG: PDA loss coefficient (default 1)"})
     pda_target: str = field(default="standard", metadata={
         "choices": ("standard", "matched"), "help": "PSG: PDA target N(0,1) or the layer's own mean/std"})
     name: ClassVar[str] = "psg"
-    surrogates: ClassVar[tuple[str, ...]] = (PsgArctan.name, PsgSoftplus.name)  # conv, fc layers
+    surrogates: ClassVar[tuple[str, ...]] = (PsgArctan.name,)  # Case 1, every spiking layer
 
     def __post_init__(self) -> None:
         if self.dgamma not in PSG_DGAMMA:
@@ -111,8 +125,7 @@ class PSG:
 
     def setup(self, model: SpikingNetwork) -> None:
         for _, m in named_lifs(model):
-            shape = PsgArctan(self.gamma_init, self.dgamma) if m.kind == "conv" else PsgSoftplus(self.gamma_init, self.dgamma)
-            install_shape(m, shape, self.gamma_init, learnable=True)
+            install_shape(m, PsgArctan(self.gamma_init, self.dgamma), self.gamma_init, learnable=True)
             m.record_membrane = self.pda  # PDA reads the membranes of the training forward
 
     def on_epoch_start(self, ctx: MethodContext) -> dict[str, float]:
@@ -121,8 +134,13 @@ class PSG:
     def extra_loss(self, model: SpikingNetwork) -> Tensor | None:
         if not self.pda:
             return None
-        us = [m.last_membrane for _, m in named_lifs(model) if m.last_membrane is not None]
-        return self.beta_pd * pda_loss(us, self.pda_target) if us else None
+        lifs = named_lifs(model)
+        missing = [n for n, m in lifs if m.last_membrane is None]
+        if missing or not lifs:
+            raise ConfigError(f"psg: PDA found no recorded membrane potentials at layer(s) "
+                              f"{missing or 'none: the model has no spiking layer'}; PDA needs "
+                              f"every spiking layer's training forward: run without --pda")
+        return self.beta_pd * pda_loss([m.last_membrane for _, m in lifs], self.pda_target)
 
     def on_epoch_end(self, ctx: MethodContext) -> dict[str, float]:
         return layer_params(unwrap(ctx.model), "gamma")

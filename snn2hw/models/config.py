@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ..core.encoders import ENCODINGS
+from ..core.neuron import LIF_RESETS
 from ..core.surrogate import SURROGATES
 from ..registry import lookup
 
@@ -28,7 +29,7 @@ class ModelConfig:
     fc_hidden: int = 0                        # conv: optional spiking FC layer before the readout
     lam: float = 0.5                          # leak; 1.0 is IAF
     v_th: float = 1.0
-    reset: str = "hard"                       # hard | soft
+    reset: str = "hard"                       # hard | soft | soft_nodecay (GSG Eq. 4)
     surrogate: str | None = None              # None: the training method's shape, else triangle
     surrogate_param: float | None = None      # None: the shape's default
     tdbn: bool | None = None                  # None: on for conv/resnet, off for mlp
@@ -47,8 +48,8 @@ class ModelConfig:
             raise ValueError(f"model must be one of {ARCHS}, got {self.arch!r}")
         if self.surrogate is not None:
             lookup(SURROGATES, self.surrogate, "surrogate")
-        if self.reset not in ("hard", "soft"):
-            raise ValueError(f"reset must be 'hard' or 'soft', got {self.reset!r}")
+        if self.reset not in LIF_RESETS:
+            raise ValueError(f"reset must be one of {LIF_RESETS}, got {self.reset!r}")
         if self.carrier not in ("spike", "current"):
             raise ValueError(f"carrier must be 'spike' or 'current', got {self.carrier!r}")
         if self.pool not in ("avg", "max", "sum", "none"):

@@ -30,8 +30,12 @@ class RunConfig:
     epochs: int = 30
     batch_size: int = 64
     lr: float = 2e-3
-    weight_decay: float = 0.0
-    loss: str = "ce"              # ce (on the mean output) | tet (mean over t of per-step CE)
+    weight_decay: float = 0.0     # L2 on the weights; never on surrogate shape parameters
+    optimizer: str = "adam"       # adam | sgd (the papers': momentum 0.9, weight decay)
+    momentum: float = 0.9         # sgd only
+    loss: str = "ce"              # ce (on the mean output) | tet (per-step CE + lambda * MSE(o[t], phi))
+    tet_lambda: float = 0.05      # TET's MSE weight (Deng et al. 2022)
+    tet_phi: float = 1.0          # TET's MSE target constant
     seed: int = 0
     init_from: str | None = None  # checkpoint to start from (TIT: another T is allowed)
     qat: str | None = None        # fine-tune on this target's integer grid (an exporter with a grid, train/qat.py)
@@ -51,6 +55,10 @@ class RunConfig:
             self.model = ModelConfig.from_dict(self.model)
         if self.loss not in ("ce", "tet"):
             raise ConfigError(f"loss must be 'ce' or 'tet', got {self.loss!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not 0.0 <= float(self.momentum) < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -1,9 +1,11 @@
-"""Adam and a cosine learning-rate schedule, small and import-light.
+"""Adam, SGD with momentum and a cosine learning-rate schedule, small and import-light.
 
 ``torch.optim`` imports ``torch._dynamo`` on first use, about a second of
 start-up that a 2-second training run cannot afford. The update is Adam's
 (Kingma & Ba, with bias correction and L2 weight decay as torch's Adam applies
-it); ``tests/test_optim.py`` checks it against ``torch.optim.Adam`` step by step.
+it); SGD's is torch's (momentum buffer started at the first gradient, no
+dampening, no Nesterov, L2 weight decay added to the gradient).
+``tests/test_optim.py`` checks both against ``torch.optim`` step by step.
 """
 
 from __future__ import annotations
@@ -78,10 +80,73 @@ class Adam:
                     d.copy_(s)
 
 
+class SGD:
+    """SGD with momentum over parameter groups (dicts with ``params`` and optional ``lr``,
+    ``momentum``, ``weight_decay``), as ``torch.optim.SGD`` with dampening 0:
+
+        d = grad + weight_decay * p;  buf = d (first step) else momentum * buf + d;  p -= lr * buf
+    """
+
+    def __init__(self, params: Iterable, lr: float = 0.1, momentum: float = 0.9,
+                 weight_decay: float = 0.0) -> None:
+        params = list(params)
+        if params and not isinstance(params[0], dict):
+            params = [{"params": params}]
+        self.defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+        self.param_groups = []
+        for g in params:
+            group = {**self.defaults, **g}
+            group["params"] = list(group["params"])
+            group.setdefault("initial_lr", group["lr"])
+            self.param_groups.append(group)
+        self.momentum_buffer: list[list[torch.Tensor | None]] = [[None] * len(g["params"]) for g in self.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for g, bufs in zip(self.param_groups, self.momentum_buffer):
+            for i, p in enumerate(g["params"]):
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if g["weight_decay"]:
+                    d = d.add(p, alpha=g["weight_decay"])
+                if g["momentum"]:
+                    if bufs[i] is None:
+                        bufs[i] = d.detach().clone()
+                    else:
+                        bufs[i].mul_(g["momentum"]).add_(d)
+                    d = bufs[i]
+                p.add_(d, alpha=-g["lr"])
+
+    def state_dict(self) -> dict:
+        return {"lr": [g["lr"] for g in self.param_groups],
+                "momentum_buffer": [list(b) for b in self.momentum_buffer]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for g, lr in zip(self.param_groups, state["lr"]):
+            g["lr"] = lr
+        for i, group in enumerate(state["momentum_buffer"]):
+            for j, b in enumerate(group):
+                self.momentum_buffer[i][j] = None if b is None else b.detach().clone()
+
+
+def make_optimizer(kind: str, groups: list[dict], lr: float, weight_decay: float,
+                   momentum: float) -> "Adam | SGD":
+    """``adam`` or ``sgd`` (with ``momentum``) over parameter groups."""
+    if kind == "sgd":
+        return SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return Adam(groups, lr=lr, weight_decay=weight_decay)
+
+
 class CosineSchedule:
     """``lr_e = lr_0 (1 + cos(pi e / E)) / 2`` after e calls to ``step()``."""
 
-    def __init__(self, optimizer: Adam, total_epochs: int) -> None:
+    def __init__(self, optimizer: "Adam | SGD", total_epochs: int) -> None:
         self.optimizer, self.total_epochs, self.epoch = optimizer, int(total_epochs), 0
         self._apply()
 

@@ -23,7 +23,7 @@ from ..data.augment import Augment, check_image_shape
 from ..data.datasets import DataSplit, load_dataset, to_time_major, with_validation
 from ..data.loader import EpochBatches, iterate, plan_epoch, to_device
 from ..devices import autocast, check_precision, describe, grad_scaler, resolve_device, use_device
-from ..errors import CheckpointError
+from ..errors import CheckpointError, TrainingDivergedError
 from ..models.config import ModelConfig
 from ..models.network import SpikingNetwork, build_model
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
@@ -33,7 +33,7 @@ from .rng import rng_state, set_rng_state
 from .config import RunConfig
 from .ddp import DataParallel
 from ..methods import MethodContext, TrainingMethod, make_method
-from .optim import Adam, CosineSchedule
+from .optim import Adam, SGD, CosineSchedule, make_optimizer
 from .qat import QATHandle, attach_qat
 from ..hwsim.training_noise import TrainingNoise, batch_key, training_noise
 
@@ -44,10 +44,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_loss(kind: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """Loss on per-step readout currents (T, B, K)."""
-    if kind == "tet":  # TET: mean over t of the per-step cross-entropy
-        return lambda seq, y: F.cross_entropy(seq.flatten(0, 1), y.repeat(seq.shape[0]))
+def make_loss(kind: str, tet_lambda: float = 0.05, tet_phi: float = 1.0) -> Callable[[Tensor, Tensor], Tensor]:
+    """Loss on per-step readout currents ``o`` (T, B, K).
+
+    ce: cross-entropy of the mean over t. tet (Deng et al. 2022, methods.md):
+    ``1/T sum_t CE(o[t], y) + lambda * 1/T sum_t MSE(o[t], phi)``, MSE the mean
+    over (B, K) of ``(o[t] - phi)^2``.
+    """
+    if kind == "tet":
+        def tet(seq: Tensor, y: Tensor) -> Tensor:
+            ce = F.cross_entropy(seq.flatten(0, 1), y.repeat(seq.shape[0]))
+            return ce + tet_lambda * ((seq - tet_phi) ** 2).mean() if tet_lambda else ce
+        return tet
     return lambda seq, y: F.cross_entropy(seq.mean(0), y)
 
 
@@ -56,16 +64,22 @@ BAR_SYNC_STEPS = 20  # the progress bar's loss and accuracy are refreshed every 
 
 
 def param_groups(model: SpikingNetwork, shape_params: list[Tensor], shape_lr: float | None) -> list[dict]:
-    """Weights at the optimiser's lr; learnable surrogate parameters at ``shape_lr`` if set.
+    """Weights at the optimiser's lr with its weight decay; learnable surrogate parameters
+    (PSG gamma, ASGL alpha) in their own group at ``shape_lr`` (None: the weights' lr)
+    and WITHOUT weight decay: decay would pull a width or slope towards 0, a degenerate
+    shape, not a smaller model.
 
     A shape parameter moves about one learning rate per Adam step, so at the
     weights' rate it cannot travel far from a bad start (e.g. a width of 20).
     """
-    if shape_lr is None or not shape_params:
+    if not shape_params:
         return [{"params": list(model.parameters())}]
     ids = {id(p) for p in shape_params}
     rest = [p for p in model.parameters() if id(p) not in ids]
-    return [{"params": rest}, {"params": shape_params, "lr": float(shape_lr), "weight_decay": 0.0}]
+    shape_group: dict = {"params": shape_params, "weight_decay": 0.0}
+    if shape_lr is not None:
+        shape_group["lr"] = float(shape_lr)
+    return [{"params": rest}, shape_group]
 
 
 def model_config_for(config: RunConfig, data: DataSplit) -> ModelConfig:
@@ -83,9 +97,14 @@ class RunResult:
     out_dir: Path | None
 
 
-def _load_init(model: SpikingNetwork, path: str) -> None:
-    """Initialise weights from a checkpoint (TIT: T may differ; shapes must match)."""
+def _load_init(model: SpikingNetwork, path: str, method: TrainingMethod | None = None,
+               method_name: str | None = None) -> None:
+    """Initialise weights from a checkpoint (TIT: T may differ; shapes must match). When
+    the checkpoint was trained by the same method, its method state carries over too
+    (Dspike's temperature b, CPNG's k record): TIT continues, it does not restart."""
     ckpt = load_checkpoint(path)
+    if method is not None and ckpt.get("run_config", {}).get("method") == method_name:
+        method.load_state_dict(ckpt.get("method_state", {}))
     own = model.state_dict()
     mismatched = [k for k, v in ckpt["model_state"].items() if k in own and own[k].shape != v.shape]
     if mismatched or set(own) - set(ckpt["model_state"]):
@@ -111,7 +130,7 @@ class _Run:
     out: Path | None
     model: SpikingNetwork
     method: TrainingMethod
-    optimizer: Adam
+    optimizer: Adam | SGD
     scheduler: CosineSchedule
     loss_fn: Callable[[Tensor, Tensor], Tensor]
     par: DataParallel
@@ -128,6 +147,7 @@ class _Run:
     workers: int = 0              # data-loader processes (0: batches made in this process)
     scaler: "torch.amp.GradScaler | None" = None  # fp16 only: the loss scale
     train_noise: TrainingNoise | None = None  # a fresh simulated chip per training batch
+    shape_clamps: int = 0          # this epoch's (parameter, step) clamps at SHAPE_PARAM_MIN
 
     @property
     def steps(self) -> int:
@@ -177,14 +197,14 @@ def _start_run(config: RunConfig, ckpt: dict | None, out: Path | None, data: Dat
     method.setup(model)
     config.model.surrogate = _installed_shape(model, config.model.surrogate)
     if config.init_from and ckpt is None:
-        _load_init(model, config.init_from)
+        _load_init(model, config.init_from, method, config.method)
     # the target's integer grid (STE), input quantised on the data's range; no-op if None
     qat = attach_qat(model, config.qat, data.value_range if config.qat else None)
     shape_params = [p for n, p in model.named_parameters() if n.endswith("shape_param")]
-    optimizer = Adam(param_groups(model, shape_params, config.shape_lr),
-                     lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config.optimizer, param_groups(model, shape_params, config.shape_lr),
+                               config.lr, config.weight_decay, config.momentum)
     scheduler = CosineSchedule(optimizer, config.epochs)
-    loss_fn = make_loss(config.loss)
+    loss_fn = make_loss(config.loss, config.tet_lambda, config.tet_phi)
     par = DataParallel.from_env(config.seed, config.sync_bn, device)
 
     probe_idx = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(config.seed))
@@ -231,6 +251,11 @@ def _run_batches(run: _Run, epoch: int, bar) -> tuple[float, int, int]:
         extra = run.method.extra_loss(model)
         if extra is not None:
             loss = loss + extra
+        if not torch.isfinite(loss.detach()):
+            raise TrainingDivergedError(
+                f"the loss became {float(loss.detach())} in epoch {epoch + 1}, batch {planned.step + 1}: training "
+                f"stopped; the last good checkpoint (epoch {epoch}) is kept: lower --lr "
+                f"(or --shape-lr) and train again")
         run.optimizer.zero_grad(set_to_none=True)
         scaled = loss * share  # ranks' shares sum to 1: the global-batch mean
         (scaled if run.scaler is None else run.scaler.scale(scaled)).backward()
@@ -242,6 +267,7 @@ def _run_batches(run: _Run, epoch: int, bar) -> tuple[float, int, int]:
             run.scaler.update()
         if run.shape_params:  # a width, slope or temperature must stay positive
             with torch.no_grad():
+                run.shape_clamps += int(sum(bool(p.detach().min() < SHAPE_PARAM_MIN) for p in run.shape_params))
                 torch._foreach_clamp_min_(run.shape_params, SHAPE_PARAM_MIN)
         seen += len(yb)
         loss_sum += loss.detach().double() * len(yb)
@@ -266,6 +292,9 @@ def _train_epoch(run: _Run, epoch: int, bar) -> dict:
     model.train()
     loss_sum, correct, seen = _run_batches(run, epoch, bar)
     row["lr"] = run.optimizer.param_groups[0]["lr"]
+    if run.shape_params:  # how often a shape parameter was held at its floor (visible, not silent)
+        row["shape_param_clamped"] = float(run.shape_clamps)
+        run.shape_clamps = 0
     run.scheduler.step()
     row.update(method.on_epoch_end(ctx))
     run.par.check(model, method.state_dict(), epoch)
