@@ -259,3 +259,14 @@ def test_unstable_tau_is_refused():
         edges=[("in", "lif"), ("lif", "out")], metadata={"dt": 1e-4, "timesteps": 3})
     with pytest.raises(ExportError, match="tau 1e-05 < dt 0.0001"):
         nir_to_network(graph)
+
+
+def test_gsg_soft_nodecay_reset_is_refused_in_one_line():
+    from snn2hw.errors import ExportError
+    from snn2hw.export.to_nir import model_to_nir
+    from snn2hw.models.config import ModelConfig
+    from snn2hw.models.network import build_model
+
+    model = build_model(ModelConfig(arch="mlp", input_shape=(4,), hidden=(3,), num_classes=2, reset="soft_nodecay"))
+    with pytest.raises(ExportError, match=r"^layers\.\d+: reset 'soft_nodecay' .* retrain with --reset hard or soft"):
+        model_to_nir(model)

@@ -231,6 +231,10 @@ def model_to_nir(model: SpikingNetwork, dt: float = DT, temporal: bool = False) 
     Raises ExportError naming the layer for constructs NIR cannot express.
     """
     cfg = model.config
+    for name, m in model.named_modules():
+        if isinstance(m, LIF) and m.reset not in NIR_RESET_NAMES:
+            raise ExportError(f"{name}: reset {m.reset!r} (GSG's Eq. 4, the threshold subtracted after the "
+                              f"leak) has no NIR or target equivalent; retrain with --reset hard or soft")
     was_training = model.training
     model.eval()  # shape probing must not touch BN running statistics
     try:
