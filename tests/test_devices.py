@@ -177,8 +177,8 @@ def test_on_device_sums_equal_the_per_step_floats(tmp_path, monkeypatch):
     steps: list[tuple[float, int]] = []
     make = trainer_mod.make_loss
 
-    def recording(kind):
-        fn = make(kind)
+    def recording(kind, *tet):
+        fn = make(kind, *tet)
 
         def loss(seq, y):
             out = fn(seq, y)
@@ -284,8 +284,8 @@ def test_bf16_run_computes_its_loss_on_an_fp32_readout(monkeypatch):
     seen, readout = set(), set()
     make = trainer_mod.make_loss
 
-    def recording(kind):
-        fn = make(kind)
+    def recording(kind, *tet):
+        fn = make(kind, *tet)
         return lambda seq, y: (seen.add(seq.dtype), fn(seq, y))[1]
 
     build = trainer_mod.build_model
