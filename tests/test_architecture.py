@@ -14,6 +14,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "snn2hw"
 
 # Bottom to top; one tuple per layer, one name per unit (a module or a package
@@ -170,8 +172,10 @@ def test_every_module_imports_only_below_its_layer():
 
 
 def test_every_unit_has_a_layer():
-    for module in module_names():
-        layer_of(unit_of(module))
+    layers = {module: layer_of(unit_of(module)) for module in module_names()}
+    assert all(0 <= layer < len(LAYERS) for layer in layers.values())
+    with pytest.raises(AssertionError, match="has no layer"):   # a new package must be placed
+        layer_of("quantum")
 
 
 def test_checker_catches_a_cycle_and_an_upward_import():
