@@ -40,6 +40,12 @@ def _agreement(spikes: dict, output, samples: Samples) -> dict:
                                  for k, v in ref.spikes.items() if k in spikes}}
 
 
+
+def write_graph(graph: nir.NIRGraph, path: Path) -> Path:
+    """``graph`` as a NIR HDF5 file at ``path`` (both flavours write the same way)."""
+    nir.write(path, graph)
+    return path
+
 class NIRExporter:
     name: ClassVar[str] = "nir"
     description: ClassVar[str] = "NIR 1.0.4 graph (HDF5), surrogate-free, tdBN folded"
@@ -70,9 +76,7 @@ class NIRExporter:
         return plan
 
     def write(self, plan: nir.NIRGraph, out_dir: Path) -> list[Path]:
-        path = Path(out_dir) / self.filename
-        nir.write(path, plan)
-        return [path]
+        return [write_graph(plan, Path(out_dir) / self.filename)]
 
     def verify(self, plan: nir.NIRGraph, out_dir: Path, samples: Samples) -> Verification:
         # the file read back, not the plan: the round trip through HDF5 is what is verified
@@ -149,9 +153,7 @@ class NIRSinabsExporter:
         return plan
 
     def write(self, plan: nir.NIRGraph, out_dir: Path) -> list[Path]:
-        path = Path(out_dir) / self.filename
-        nir.write(path, plan)
-        return [path]
+        return [write_graph(plan, Path(out_dir) / self.filename)]
 
     def verify(self, plan: nir.NIRGraph, out_dir: Path, samples: Samples) -> Verification:
         back = nir.read(Path(out_dir) / self.filename)
