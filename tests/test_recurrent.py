@@ -142,3 +142,18 @@ def test_config_refuses_unknown_neuron_and_alpha():
         ModelConfig(neuron="izhikevich")
     with pytest.raises(ValueError, match="alpha"):
         ModelConfig(neuron="cuba", alpha=1.5)
+
+
+def test_a_run_on_event_data_records_the_data_steps_as_its_timesteps():
+    """Export and hwsim unroll config.timesteps: for (B, T, ...) data it must be T, not the default."""
+    import torch
+
+    from snn2hw.data.datasets import DataSplit
+    from snn2hw.train.config import build_config
+    from snn2hw.train.trainer import model_config_for
+
+    x = torch.zeros(10, 7, 3)          # 10 samples of 7 steps x 3 channels
+    data = DataSplit("ev", x, torch.zeros(10, dtype=torch.long), x, torch.zeros(10, dtype=torch.long), 2,
+                     temporal=True)
+    cfg = model_config_for(build_config({"arch": "srnn", "hidden": [4], "timesteps": 4}), data)
+    assert cfg.timesteps == 7 and tuple(cfg.input_shape) == (3,)

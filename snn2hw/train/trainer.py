@@ -83,8 +83,12 @@ def param_groups(model: SpikingNetwork, shape_params: list[Tensor], shape_lr: fl
 
 
 def model_config_for(config: RunConfig, data: DataSplit) -> ModelConfig:
+    """The model config with the data's input shape and classes; for event data (B, T, ...)
+    also its T, which every reader of the run (export, hwsim) unrolls."""
     d = config.model.to_dict()
     d.update(input_shape=list(data.input_shape), num_classes=data.num_classes)
+    if data.temporal:
+        d["timesteps"] = int(data.x_train.shape[1])
     return ModelConfig.from_dict(d)
 
 
