@@ -122,3 +122,16 @@ def test_the_checkpoint_and_report_name_the_shape_that_ran(method, installed, tm
     rows = dict(markdown_table_rows(Path(out / "report.md").read_text(), "setting"))
     assert rows["surrogate"].split()[0] == installed
     assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0  # its config reloads
+
+
+def test_neuron_and_alpha_flags_reach_the_model_config():
+    import argparse
+
+    from snn2hw.cli.train import FLAGS, add_arguments, options_from_args
+    from snn2hw.train.config import build_config
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    options = options_from_args(p.parse_args(["--model", "srnn", "--neuron", "cuba", "--alpha", "0.2"]), FLAGS)
+    cfg = build_config(options)
+    assert (cfg.model.arch, cfg.model.neuron, cfg.model.alpha) == ("srnn", "cuba", 0.2)

@@ -23,7 +23,7 @@ from ..api import resume, train_from_options
 from ..core.neuron import LIF_RESETS
 from ..core.surrogate import DEFAULT_SURROGATE, SURROGATES
 from ..methods import METHODS, option_flags
-from ..models.config import ARCHS
+from ..models.config import ARCHS, NEURONS
 from ..train.qat import qat_targets
 from .options import add_device_option
 
@@ -60,6 +60,9 @@ FLAGS: list[tuple[str, dict]] = [
     ("--tet-lambda", dict(type=float, help="TET: weight of the MSE term pulling o[t] to phi (default 0.05)")),
     ("--tet-phi", dict(type=float, help="TET: the MSE term's constant phi (default 1.0)")),
     ("--lam", dict(type=float, help="membrane leak lambda, 1 = IAF (default 0.5)")),
+    ("--neuron", dict(choices=list(NEURONS), help="lif, or cuba: a synaptic current i = alpha i + c "
+                      "drives the membrane (default lif)")),
+    ("--alpha", dict(type=float, help="cuba: synaptic current decay, 0 = LIF (default 0.5)")),
     ("--v-th", dict(type=float, help="threshold (default 1.0)")),
     ("--reset", dict(choices=list(LIF_RESETS), help="hard (to 0), soft (subtract V_th, decayed), "
                      "soft_nodecay (GSG Eq. 4: V_th subtracted undecayed; not exportable)")),
