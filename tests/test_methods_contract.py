@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import pytest
+from interrupted_runs import whole_and_resumed
 import torch
 
 from snn2hw.data.datasets import DataSplit, load_dataset
@@ -85,37 +86,9 @@ def test_trains_every_model_and_records_parameters(method, arch):
         assert set(vals.tolist()) <= {0.0, 1.0}, f"{method}: layer {name} gave non-binary output in eval"
 
 
-class _Interrupt(Exception):
-    pass
-
-
-class _StopAt:
-    """Delegates to a method but raises at the start of epoch ``stop`` (a killed run)."""
-
-    def __init__(self, inner, stop: int) -> None:
-        self.inner, self.stop = inner, stop
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def on_epoch_start(self, ctx):
-        if ctx.epoch == self.stop:
-            raise _Interrupt
-        return self.inner.on_epoch_start(ctx)
-
-
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_resume_matches_an_uninterrupted_run(method, tmp_path, monkeypatch):
-    whole = run(method, epochs=3)
-    monkeypatch.setattr(trainer_mod, "make_method", lambda n, o=None: _StopAt(make_method(n, o), 2))
-    with pytest.raises(_Interrupt):
-        run(method, out=tmp_path, epochs=3)
-    monkeypatch.undo()
-    resumed = run(method, out=tmp_path, resume=True, epochs=3)
-    a, b = whole.model.state_dict(), resumed.model.state_dict()
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{method}: {k} differs after resume")
+    whole, resumed = whole_and_resumed(run, method, tmp_path, monkeypatch, epochs=3, stop=2)
     assert len(resumed.history) == len(whole.history)
     for r1, r2 in zip(resumed.history, whole.history):
         r1, r2 = dict(r1), dict(r2)
