@@ -16,30 +16,41 @@ from typing import Iterable
 import torch
 
 
+def fill_groups(params: Iterable, defaults: dict) -> list[dict]:
+    """Parameters (or group dicts) as groups with every default filled in, as torch.optim
+    builds them; ``initial_lr`` is what the cosine schedule starts from."""
+    params = list(params)
+    if params and not isinstance(params[0], dict):
+        params = [{"params": params}]
+    groups = []
+    for g in params:
+        group = {**defaults, **g}
+        group["params"] = list(group["params"])
+        group.setdefault("initial_lr", group["lr"])
+        groups.append(group)
+    return groups
+
+
+def zero_grad(groups: list[dict]) -> None:
+    """Gradients to None (as ``set_to_none=True``)."""
+    for g in groups:
+        for p in g["params"]:
+            p.grad = None
+
 
 class Adam:
     """Adam over parameter groups (dicts with ``params`` and optional ``lr``, ``weight_decay``)."""
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
-        params = list(params)
-        if params and not isinstance(params[0], dict):
-            params = [{"params": params}]
         self.defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
-        self.param_groups = []
-        for g in params:
-            group = {**self.defaults, **g}
-            group["params"] = list(group["params"])
-            group.setdefault("initial_lr", group["lr"])
-            self.param_groups.append(group)
+        self.param_groups = fill_groups(params, self.defaults)
         self.step_count = 0
         self.exp_avg = [[torch.zeros_like(p) for p in g["params"]] for g in self.param_groups]
         self.exp_avg_sq = [[torch.zeros_like(p) for p in g["params"]] for g in self.param_groups]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for g in self.param_groups:
-            for p in g["params"]:
-                p.grad = None
+        zero_grad(self.param_groups)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -89,22 +100,12 @@ class SGD:
 
     def __init__(self, params: Iterable, lr: float = 0.1, momentum: float = 0.9,
                  weight_decay: float = 0.0) -> None:
-        params = list(params)
-        if params and not isinstance(params[0], dict):
-            params = [{"params": params}]
         self.defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
-        self.param_groups = []
-        for g in params:
-            group = {**self.defaults, **g}
-            group["params"] = list(group["params"])
-            group.setdefault("initial_lr", group["lr"])
-            self.param_groups.append(group)
+        self.param_groups = fill_groups(params, self.defaults)
         self.momentum_buffer: list[list[torch.Tensor | None]] = [[None] * len(g["params"]) for g in self.param_groups]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for g in self.param_groups:
-            for p in g["params"]:
-                p.grad = None
+        zero_grad(self.param_groups)
 
     @torch.no_grad()
     def step(self) -> None:
