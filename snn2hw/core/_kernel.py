@@ -64,7 +64,7 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
         return None
     for dtype, ct in _CTYPES.items():
         suf, ptr, i64, i = _SUFFIX[dtype], ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        getattr(lib, f"lif_forward_{suf}").argtypes = [ptr, i64, ptr, ptr, i64, i64, ct, ct, i, i]
+        getattr(lib, f"lif_forward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, ct, ct, i, i]
         getattr(lib, f"lif_backward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ct, ct, i, i]
     return lib
 
@@ -103,8 +103,21 @@ def forward(c: Tensor, lam: float, v_th: float, hard: bool, spikes: bool = True,
     out = torch.empty(c.shape, dtype=c.dtype) if spikes else None
     x = torch.empty(c.shape, dtype=c.dtype) if keep_x else None
     fn = getattr(lib, f"lif_forward_{_SUFFIX[c.dtype]}")
-    fn(_ptr(c), ts, _ptr(out), _ptr(x), T, n, lam, v_th, int(hard), torch.get_num_threads())
+    fn(_ptr(c), ts, _ptr(out), _ptr(x), None, None, T, n, lam, v_th, int(hard), torch.get_num_threads())
     return out, x
+
+
+def forward_counted(c: Tensor, lam: float, v_th: float, hard: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(spikes (T, ...), spikes per neuron summed over T, and per neuron the number of
+    steps t >= 1 at which u changed, u[t] != u[t-1]), both ``c.shape[1:]``, in one pass."""
+    lib, T = _library(), c.shape[0]
+    c, ts = _time_major(c)
+    n = c[0].numel()
+    out = torch.empty(c.shape, dtype=c.dtype)
+    nspk, nchg = torch.empty(c.shape[1:], dtype=c.dtype), torch.empty(c.shape[1:], dtype=c.dtype)
+    fn = getattr(lib, f"lif_forward_{_SUFFIX[c.dtype]}")
+    fn(_ptr(c), ts, _ptr(out), None, _ptr(nspk), _ptr(nchg), T, n, lam, v_th, int(hard), torch.get_num_threads())
+    return out, nspk, nchg
 
 
 def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, hard: bool,

@@ -11,6 +11,9 @@
  *
  * forward:  hard  u = lam*u*(1-s) + c              soft  u = lam*(u - vth*s) + c
  *           x = u - vth,  s = x > 0,  out = s (if asked),  xs = x (if asked)
+ *           per neuron, over the T steps (if asked, for hwsim's operation counts,
+ *           read here so that nothing T times larger is written for them):
+ *           nspk = sum_t s[t],  nchg = #{t >= 1 : u[t] != u[t-1]}
  * backward: gs = go + b*gu',  gu = gs*g + a*gu'   (gu' = gu of the next step)
  *           hard a = lam*(1-s), b = -lam*u;  soft a = lam, b = -lam*vth
  *           over a block of steps: carry holds gu' of the step after the block
@@ -23,27 +26,41 @@
 #define CHUNK 512
 
 #define DEFINE_KERNELS(T_, SUF)                                                        \
-void lif_forward_##SUF(const T_ *c, int64_t c_ts, T_ *out, T_ *xs, int64_t T,          \
-                       int64_t N, T_ lam, T_ vth, int hard, int nthreads)              \
+void lif_forward_##SUF(const T_ *c, int64_t c_ts, T_ *out, T_ *xs, T_ *nspk, T_ *nchg,      \
+                       int64_t T, int64_t N, T_ lam, T_ vth, int hard, int nthreads)   \
 {                                                                                      \
     int64_t nchunks = (N + CHUNK - 1) / CHUNK;                                         \
+    int count = nspk != 0;                                                             \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
     for (int64_t k = 0; k < nchunks; k++) {                                            \
         int64_t n0 = k * CHUNK, len = N - n0 < CHUNK ? N - n0 : CHUNK;                 \
-        T_ u[CHUNK], sp[CHUNK];                                                        \
-        for (int64_t i = 0; i < len; i++) { u[i] = 0; sp[i] = 0; }                     \
+        T_ u[CHUNK], sp[CHUNK], ns[CHUNK], nc[CHUNK];                                  \
+        for (int64_t i = 0; i < len; i++) { u[i] = 0; sp[i] = 0; ns[i] = 0; nc[i] = 0; } \
         for (int64_t t = 0; t < T; t++) {                                              \
             const T_ *ct = c + t * c_ts + n0;                                          \
             T_ *ot = out ? out + t * N + n0 : 0;                                       \
             /* lif_step's own expressions: the same roundings, branch-free */          \
             if (t == 0) for (int64_t i = 0; i < len; i++) u[i] = ct[i];                \
-            else if (hard) for (int64_t i = 0; i < len; i++)                           \
+            else if (count && hard) for (int64_t i = 0; i < len; i++) {                \
+                T_ v = lam * u[i] * ((T_)1 - sp[i]) + ct[i];                           \
+                nc[i] += v != u[i] ? (T_)1 : (T_)0;                                    \
+                u[i] = v;                                                              \
+            } else if (count) for (int64_t i = 0; i < len; i++) {                      \
+                T_ v = lam * (u[i] - vth * sp[i]) + ct[i];                             \
+                nc[i] += v != u[i] ? (T_)1 : (T_)0;                                    \
+                u[i] = v;                                                              \
+            } else if (hard) for (int64_t i = 0; i < len; i++)                         \
                 u[i] = lam * u[i] * ((T_)1 - sp[i]) + ct[i];                           \
             else for (int64_t i = 0; i < len; i++)                                     \
                 u[i] = lam * (u[i] - vth * sp[i]) + ct[i];                             \
             for (int64_t i = 0; i < len; i++) sp[i] = u[i] - vth > 0 ? (T_)1 : (T_)0;  \
+            if (count) for (int64_t i = 0; i < len; i++) ns[i] += sp[i];               \
             if (out) for (int64_t i = 0; i < len; i++) ot[i] = sp[i];                  \
             if (xs) for (int64_t i = 0; i < len; i++) xs[t * N + n0 + i] = u[i] - vth; \
+        }                                                                              \
+        if (count) for (int64_t i = 0; i < len; i++) {                                 \
+            nspk[n0 + i] = ns[i];                                                      \
+            nchg[n0 + i] = nc[i];                                                      \
         }                                                                              \
     }                                                                                  \
 }                                                                                      \

@@ -33,9 +33,10 @@ from torch import Tensor
 
 from . import _kernel
 from .neuron import LIFParams, lif_sequence
-from .surrogate import SurrogateShape, spike
+from .surrogate import SurrogateShape, Triangle, spike
 
 ValueFn = Callable[[Tensor], Tensor]
+_STEP = Triangle()  # counted_lif's surrogate: unused, no gradient is taken
 
 
 class FusedStrategy(Protocol):
@@ -206,3 +207,23 @@ def fused_lif(currents: Tensor, p: Tensor, lam: float, v_th: float, reset: str,
     x, s_val, u_all = _forward_torch(currents, lam, v_th, hard, value_fn, keep_u=membrane)
     spikes = s_val if value_fn is not None else (x > 0).to(currents.dtype)
     return (spikes, u_all) if membrane else spikes
+
+
+def neuron_counts(spikes: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Per neuron (``spikes.shape[1:]``): spikes summed over T, and the number of steps
+    t >= 1 at which the membrane changed, ``u[t] != u[t-1]`` (what the compiled kernel
+    counts in its own pass, ``_kernel.forward_counted``)."""
+    changes = (u[1:] != u[:-1]).sum(0, dtype=spikes.dtype) if len(u) > 1 else torch.zeros_like(spikes[0])
+    return spikes.sum(0), changes
+
+
+def counted_lif(currents: Tensor, lam: float, v_th: float, reset: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Inference: ``(spikes, spikes per neuron, membrane changes per neuron)`` of the exact
+    (Heaviside) LIF driven by ``currents`` (T, ...), the counts as ``neuron_counts``
+    defines them; the compiled kernel counts in its forward pass (nothing of size T
+    kept for it), else the torch loop records u and counts after."""
+    if reset in ("hard", "soft") and _kernel.available(currents):
+        return _kernel.forward_counted(currents, float(lam), float(v_th), reset == "hard")
+    with torch.no_grad():
+        s, u = fused_lif(currents, torch.zeros(()), lam, v_th, reset, _STEP, membrane=True)
+    return (s, *neuron_counts(s, u))

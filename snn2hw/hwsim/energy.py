@@ -120,7 +120,7 @@ class SynOpCounter:
     """Observer for :func:`graph.run` that accumulates events, MAC rows, spikes, membrane
     updates and NeuroBench's per-call counts (all summed over the samples seen)."""
 
-    wants_membrane = True
+    wants_counts = True
 
     def __init__(self, net: LoweredNet, timesteps: int) -> None:
         self.T = timesteps
@@ -176,20 +176,15 @@ class SynOpCounter:
         old = self.nb_units[op.name]
         self.nb_units[op.name] = (ac, mac) if old is None else (old[0] + ac, old[1] + mac)
 
-    def neuron(self, op: Neuron, spikes: Tensor, membrane: Tensor | None = None) -> None:
-        if op.name in self._feeds:
-            per_unit = spikes.sum(dim=(0, 1, 2)).double()
-            self._last = (spikes, per_unit)
-            total = float(per_unit.sum())
-        else:  # pooled before any synapse: the synapse counts the pooled events itself
-            self._last = (None, None)
-            # float32 sums 0/1 values exactly below 2^24 of them, and is far faster than float64
-            total = float(spikes.sum() if spikes.numel() < 1 << 24 else spikes.sum(dtype=torch.float64))
-        self.spikes[op.name] += total
+    def neuron(self, op: Neuron, spikes: Tensor, counts: tuple[Tensor, Tensor] | None = None) -> None:
+        per_neuron, changes = counts  # (B, C, *features): summed over T by the LIF's own pass
+        per_unit = per_neuron.reshape(-1, *per_neuron.shape[2:]).sum(0)
+        # float32 sums of 0/1 values are exact below 2^24 per unit; the totals in float64
+        self._last = (spikes, per_unit.double()) if op.name in self._feeds else (None, None)
+        self.spikes[op.name] += float(per_unit.sum(dtype=torch.float64))
         self.neuron_steps[op.name] += spikes.numel()
-        if membrane is not None:  # NeuroBench: every neuron at the first step, then each change of u
-            changed = torch.count_nonzero(membrane[1:] - membrane[:-1]) if len(membrane) > 1 else 0
-            self.membrane_updates[op.name] += int(changed) + membrane[0].numel()
+        # NeuroBench: every neuron at the first step, then each change of u
+        self.membrane_updates[op.name] += int(changes.sum(dtype=torch.float64)) + changes.numel()
 
 
 @dataclass

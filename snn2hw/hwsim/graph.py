@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import _kernel
 from ..core.encoders import encode
-from ..core.fused import fused_lif
+from ..core.fused import counted_lif, fused_lif, neuron_counts
 from ..core.layers import CUBA, LIF, RecurrentSpiking, ResidualBlock
 from ..core.neuron import LIFParams, LIFState, initial_state, lif_sequence, lif_step, synaptic_current
 from ..core.surrogate import Triangle
@@ -281,16 +280,16 @@ class RunNoise:
 
 
 class Observer(Protocol):
-    """Sees every synapse's input and every neuron layer's spikes; an observer whose
-    ``wants_membrane`` is True also gets the membrane potentials (T, B, C, ...): u, or
-    ``u - V_th`` where the compiled LIF kernel ran (it keeps only that); either changes
-    when u does, except that ``u - V_th`` rounds away a change below half an ulp of V_th."""
+    """Sees every synapse's input and every neuron layer's delivered spikes (T, B, C, ...);
+    an observer whose ``wants_counts`` is True also gets, per neuron (B, C, ...), the
+    delivered spikes summed over T and the number of steps t >= 1 at which its membrane
+    u changed (``fused.neuron_counts``; the compiled kernel counts them in its own pass)."""
 
-    wants_membrane: bool
+    wants_counts: bool
 
     def synapse(self, op: Synapse, x: Tensor, nlead: int) -> None: ...
 
-    def neuron(self, op: Neuron, spikes: Tensor, membrane: Tensor | None = None) -> None: ...
+    def neuron(self, op: Neuron, spikes: Tensor, counts: tuple[Tensor, Tensor] | None = None) -> None: ...
 
 
 def _shared(fn: Callable[[Tensor], Tensor], x: Tensor, nlead: int) -> Tensor:
@@ -338,16 +337,17 @@ def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise,
         c = synaptic_current(c, op.alpha)   # CUBA.forward's filter, the same numbers
     p = LIFParams(chips.lam.get(op.name, op.lam), chips.v_th.get(op.name, op.v_th), op.reset)
     q = chips.state_q.get(op.name)
-    want_u = getattr(observer, "wants_membrane", False)
+    want_counts = getattr(observer, "wants_counts", False)
+    counts = None
     if q is None and op.name not in chips.lam and op.name not in chips.v_th:
         # nominal constants: the fused loop (compiled kernel), the same numbers as lif_sequence
-        if want_u and _kernel.available(c):  # the kernel keeps x = u - V_th, not u
-            s, u = _kernel.forward(c, op.lam, op.v_th, op.reset == "hard", spikes=True, keep_x=True)
+        if want_counts:
+            s, *counts = counted_lif(c, op.lam, op.v_th, op.reset)
+            u = None
         else:
-            out = fused_lif(c, _NO_PARAM, op.lam, op.v_th, op.reset, _EXACT, membrane=want_u)
-            s, u = out if want_u else (out, None)
+            s, u = fused_lif(c, _NO_PARAM, op.lam, op.v_th, op.reset, _EXACT), None
     elif q is None:
-        s, u = lif_sequence(c, p, record_membrane=want_u)
+        s, u = lif_sequence(c, p, record_membrane=want_counts)
     else:  # state held at finite precision between steps
         state, out, us = initial_state(c[0]), [], []
         for ct in c:
@@ -355,14 +355,20 @@ def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise,
             state = LIFState(q(state.u), st)
             out.append(st)
             us.append(state.u)
-        s, u = torch.stack(out), (torch.stack(us) if want_u else None)
+        s, u = torch.stack(out), (torch.stack(us) if want_counts else None)
     if noise.spike_loss > 0:  # the neuron still resets; the event is lost on the way
         s = s * (torch.rand(s.shape, generator=noise.generator) >= noise.spike_loss).to(s.device, s.dtype)
     alive = chips.alive.get(op.name)
     if alive is not None:
         s = s * alive.to(s.dtype)
-    if observer is not None:
-        observer.neuron(op, s, u) if want_u else observer.neuron(op, s)
+    if observer is not None and want_counts:
+        if u is not None:
+            counts = neuron_counts(s, u)
+        elif noise.spike_loss > 0 or alive is not None:  # count what is delivered
+            counts = (s.sum(0), counts[1])
+        observer.neuron(op, s, tuple(counts))
+    elif observer is not None:
+        observer.neuron(op, s)
     return s
 
 
@@ -379,7 +385,7 @@ def _apply_recurrent(op: Recurrent, c: Tensor, chips: ChipParams, noise: RunNois
     w_t = syn.weight.t()
     state, i = initial_state(c[0]), torch.zeros_like(c[0])
     delivered, spikes, us = torch.zeros_like(c[0]), [], []
-    want_u = getattr(observer, "wants_membrane", False)
+    want_counts = getattr(observer, "wants_counts", False)
     for ct in c:
         if w_chip is None:
             ct = torch.addmm(ct.reshape(-1, ct.shape[-1]), delivered.reshape(-1, ct.shape[-1]), w_t).reshape(ct.shape)
@@ -402,7 +408,7 @@ def _apply_recurrent(op: Recurrent, c: Tensor, chips: ChipParams, noise: RunNois
         us.append(state.u)
     s = torch.stack(spikes)
     if observer is not None:
-        observer.neuron(n, s, torch.stack(us)) if want_u else observer.neuron(n, s)
+        observer.neuron(n, s, neuron_counts(s, torch.stack(us))) if want_counts else observer.neuron(n, s)
         observer.synapse(syn, torch.cat([torch.zeros_like(s[:1]), s[:-1]]), 3)
     return s
 
