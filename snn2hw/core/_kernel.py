@@ -64,8 +64,9 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
         return None
     for dtype, ct in _CTYPES.items():
         suf, ptr, i64, i = _SUFFIX[dtype], ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        getattr(lib, f"lif_forward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, ct, ct, i, i]
+        getattr(lib, f"lif_forward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, i64, ct, ct, i, i]
         getattr(lib, f"lif_backward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ct, ct, i, i]
+        getattr(lib, f"call_counts_{suf}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i]
     return lib
 
 
@@ -103,21 +104,40 @@ def forward(c: Tensor, lam: float, v_th: float, hard: bool, spikes: bool = True,
     out = torch.empty(c.shape, dtype=c.dtype) if spikes else None
     x = torch.empty(c.shape, dtype=c.dtype) if keep_x else None
     fn = getattr(lib, f"lif_forward_{_SUFFIX[c.dtype]}")
-    fn(_ptr(c), ts, _ptr(out), _ptr(x), None, None, T, n, lam, v_th, int(hard), torch.get_num_threads())
+    fn(_ptr(c), ts, _ptr(out), _ptr(x), None, None, 1, T, n, lam, v_th, int(hard), torch.get_num_threads())
     return out, x
 
 
-def forward_counted(c: Tensor, lam: float, v_th: float, hard: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(spikes (T, ...), spikes per neuron summed over T, and per neuron the number of
-    steps t >= 1 at which u changed, u[t] != u[t-1]), both ``c.shape[1:]``, in one pass."""
+def forward_counted(c: Tensor, lam: float, v_th: float, hard: bool, units: int
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """(spikes (T, ...), spikes per unit (``units``: the trailing feature size, summed over
+    T and the leading sample axes), and the number of (t >= 1, neuron) at which u changed,
+    u[t] != u[t-1] (int64, 0-dim)), counted in the forward pass itself."""
     lib, T = _library(), c.shape[0]
     c, ts = _time_major(c)
     n = c[0].numel()
+    threads = torch.get_num_threads()
     out = torch.empty(c.shape, dtype=c.dtype)
-    nspk, nchg = torch.empty(c.shape[1:], dtype=c.dtype), torch.empty(c.shape[1:], dtype=c.dtype)
+    nspk = torch.zeros(threads, units, dtype=c.dtype)   # one row per thread: no shared writes
+    nchg = torch.zeros(threads, dtype=torch.int64)
     fn = getattr(lib, f"lif_forward_{_SUFFIX[c.dtype]}")
-    fn(_ptr(c), ts, _ptr(out), None, _ptr(nspk), _ptr(nchg), T, n, lam, v_th, int(hard), torch.get_num_threads())
-    return out, nspk, nchg
+    fn(_ptr(c), ts, _ptr(out), None, _ptr(nspk), _ptr(nchg), units, T, n, lam, v_th, int(hard), threads)
+    return (out, nspk[0], nchg[0]) if threads == 1 else (out, nspk.sum(0), nchg.sum())
+
+
+def call_counts(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """For ``x`` (steps, rows < 2^24, units), in one pass: per step and unit the non-zero
+    count and the sum over rows (float64, (steps, units)), and per step whether every
+    value is in {-1, 0, 1} (bool, (steps,))."""
+    lib = _library()
+    x = x.contiguous()
+    steps, rows, units = x.shape
+    nz = torch.empty(steps, units, dtype=torch.float64)
+    sums = torch.empty(steps, units, dtype=torch.float64)
+    binary = torch.empty(steps, dtype=torch.int32)
+    getattr(lib, f"call_counts_{_SUFFIX[x.dtype]}")(_ptr(x), steps, rows, units, _ptr(nz), _ptr(sums),
+                                                    _ptr(binary), torch.get_num_threads())
+    return nz, sums, binary.bool()
 
 
 def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, hard: bool,

@@ -209,21 +209,22 @@ def fused_lif(currents: Tensor, p: Tensor, lam: float, v_th: float, reset: str,
     return (spikes, u_all) if membrane else spikes
 
 
-def neuron_counts(spikes: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """Per neuron (``spikes.shape[1:]``): spikes summed over T, and the number of steps
-    t >= 1 at which the membrane changed, ``u[t] != u[t-1]`` (what the compiled kernel
-    counts in its own pass, ``_kernel.forward_counted``)."""
-    changes = (u[1:] != u[:-1]).sum(0, dtype=spikes.dtype) if len(u) > 1 else torch.zeros_like(spikes[0])
-    return spikes.sum(0), changes
+def neuron_counts(spikes: Tensor, u: Tensor, units: int) -> tuple[Tensor, Tensor]:
+    """hwsim's counts of a LIF layer's run, ``spikes`` and ``u`` (T, ..., ``units``): the
+    spikes of each of the trailing ``units`` summed over T and the other axes, and the
+    number of (t >= 1, neuron) at which the membrane changed, ``u[t] != u[t-1]`` (int64,
+    0-dim): what the compiled kernel counts in its own pass (``_kernel.forward_counted``)."""
+    changes = torch.count_nonzero(u[1:] != u[:-1]) if len(u) > 1 else torch.zeros((), dtype=torch.int64)
+    return spikes.reshape(-1, units).sum(0), changes
 
 
-def counted_lif(currents: Tensor, lam: float, v_th: float, reset: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Inference: ``(spikes, spikes per neuron, membrane changes per neuron)`` of the exact
-    (Heaviside) LIF driven by ``currents`` (T, ...), the counts as ``neuron_counts``
-    defines them; the compiled kernel counts in its forward pass (nothing of size T
-    kept for it), else the torch loop records u and counts after."""
+def counted_lif(currents: Tensor, lam: float, v_th: float, reset: str, units: int
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """Inference: ``(spikes, *neuron_counts(spikes, u, units))`` of the exact (Heaviside) LIF
+    driven by ``currents`` (T, ..., ``units``). The compiled kernel counts in its forward
+    pass (nothing of the neurons' size is kept for it); else the torch loop records u."""
     if reset in ("hard", "soft") and _kernel.available(currents):
-        return _kernel.forward_counted(currents, float(lam), float(v_th), reset == "hard")
+        return _kernel.forward_counted(currents, float(lam), float(v_th), reset == "hard", units)
     with torch.no_grad():
         s, u = fused_lif(currents, torch.zeros(()), lam, v_th, reset, _STEP, membrane=True)
-    return (s, *neuron_counts(s, u))
+    return (s, *neuron_counts(s, u, units))

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core import _kernel
 from ..core.layers import Pool
 from ..data.datasets import load_dataset, to_time_major
 from ..devices import resolve_device
@@ -116,6 +117,21 @@ def _sources(ops: list, state: tuple[str, float, str], out: dict) -> tuple[str, 
     return state
 
 
+def call_counts(x: Tensor, nlead: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A synapse's input ``x`` ((B, C, *units) static, one call, or (T, B, C, *units)) per
+    call (one step over the batch): the non-zero count and the sum of each unit (float64,
+    (steps, units); sums accumulated in ``x``'s type) and whether the call is binary (every
+    value in {-1, 0, 1}; bool, (steps,)). One pass in the compiled kernel
+    (``_kernel.call_counts``), else three in torch; the same numbers."""
+    x3 = x.reshape(1 if nlead == 2 else x.shape[0], -1, math.prod(x.shape[nlead:]))
+    if _kernel.available(x3) and x3.shape[1] < 1 << 24:  # float counts are exact below 2^24
+        return _kernel.call_counts(x3)
+    nz = (x3 != 0).sum(1, dtype=torch.float64)
+    sums = x3.sum(1).double()
+    binary = ((x3 == 0) | (x3.abs() == 1)).flatten(1).all(1)
+    return nz, sums, binary
+
+
 class SynOpCounter:
     """Observer for :func:`graph.run` that accumulates events, MAC rows, spikes, membrane
     updates and NeuroBench's per-call counts (all summed over the samples seen)."""
@@ -142,33 +158,28 @@ class SynOpCounter:
 
     def synapse(self, op: Synapse, x: Tensor, nlead: int) -> None:
         kind, scale, source = self.src[op.name]
-        dims = tuple(range(nlead))
         rows = math.prod(x.shape[:nlead]) * (self.T if nlead == 2 else 1)
         self.rows[op.name] += rows
+        own = kind == "spikes" and scale == 1.0 and source != "input"  # binary: NeuroBench's = events
+        last, per_unit = self._last
+        if own and last is not None and x.data_ptr() == last.data_ptr() and x.numel() == last.numel():
+            self.events[op.name] += per_unit.reshape(op.in_shape)  # the neuron's own spikes, maybe flattened
+            return
         if kind == "input" and nlead == 3 and bool((x >= 0).all()) and torch.equal(x, x.round()):
             kind = "spikes"  # event-data input: counts of input events
             self.src[op.name] = ("spikes", 1.0, "input")
+        nz, sums, binary = call_counts(x, nlead)
         if kind == "spikes":
-            # float32 sums of 0/1 (or small integer) values over one batch are exact
-            last, per_unit = self._last
-            if (last is not None and per_unit is not None and x.data_ptr() == last.data_ptr()
-                    and x.numel() == last.numel()):  # the neuron's own spikes, maybe flattened
-                per_unit = per_unit.reshape(op.in_shape)
-            else:
-                per_unit = x.sum(dim=dims).double()
-            self.events[op.name] += per_unit * scale
+            self.events[op.name] += sums.sum(0).reshape(op.in_shape) * scale
         else:  # MACs: every row is a full pass; static input is applied once per step
             self.mac_rows[op.name] += rows
-        if not (kind == "spikes" and scale == 1.0 and source != "input"):
-            self._neurobench_units(op, x, nlead)  # a neuron's own spikes are binary: = events
+        if not own:
+            self._neurobench_units(op, nz, binary, nlead)
 
-    def _neurobench_units(self, op: Synapse, x: Tensor, nlead: int) -> None:
-        """Non-zero inputs per unit, split by whether their call (one step over the batch)
-        is binary: all values in {-1, 0, 1}, i.e. as many |x| == 1 as non-zeros."""
-        per_call = x.flatten(nlead).unsqueeze(0) if nlead == 2 else x.flatten(3)  # (steps, B, C, units)
-        nz = (per_call != 0).sum(dim=(1, 2)).double()                               # (steps, units)
-        ones = (per_call.abs() == 1).flatten(1).sum(1)
-        binary = (ones == nz.sum(1)).reshape(-1, 1)
+    def _neurobench_units(self, op: Synapse, nz: Tensor, binary: Tensor, nlead: int) -> None:
+        """Accumulate non-zero inputs per unit (``nz``, (steps, units)) into NeuroBench's AC
+        and MAC counts by whether their call (one step over the batch) is ``binary``."""
+        binary = binary.reshape(-1, 1)
         ac, mac = (nz * binary).sum(0), (nz * ~binary).sum(0)
         if nlead == 2:  # static input: the same frame at each of the T steps
             ac, mac = ac * self.T, mac * self.T
@@ -177,14 +188,13 @@ class SynOpCounter:
         self.nb_units[op.name] = (ac, mac) if old is None else (old[0] + ac, old[1] + mac)
 
     def neuron(self, op: Neuron, spikes: Tensor, counts: tuple[Tensor, Tensor] | None = None) -> None:
-        per_neuron, changes = counts  # (B, C, *features): summed over T by the LIF's own pass
-        per_unit = per_neuron.reshape(-1, *per_neuron.shape[2:]).sum(0)
-        # float32 sums of 0/1 values are exact below 2^24 per unit; the totals in float64
+        per_unit, changes = counts  # counted in the LIF's own pass (graph.Observer)
+        # per-unit float sums of 0/1 values are exact below 2^24 per unit; the total in float64
         self._last = (spikes, per_unit.double()) if op.name in self._feeds else (None, None)
         self.spikes[op.name] += float(per_unit.sum(dtype=torch.float64))
         self.neuron_steps[op.name] += spikes.numel()
         # NeuroBench: every neuron at the first step, then each change of u
-        self.membrane_updates[op.name] += int(changes.sum(dtype=torch.float64)) + changes.numel()
+        self.membrane_updates[op.name] += int(changes) + spikes[0].numel()
 
 
 @dataclass

@@ -281,9 +281,10 @@ class RunNoise:
 
 class Observer(Protocol):
     """Sees every synapse's input and every neuron layer's delivered spikes (T, B, C, ...);
-    an observer whose ``wants_counts`` is True also gets, per neuron (B, C, ...), the
-    delivered spikes summed over T and the number of steps t >= 1 at which its membrane
-    u changed (``fused.neuron_counts``; the compiled kernel counts them in its own pass)."""
+    an observer whose ``wants_counts`` is True also gets ``fused.neuron_counts``: the
+    delivered spikes per unit (flattened features, summed over T, B and C) and how many
+    times (t >= 1, neuron) the membrane u changed (the compiled kernel counts them in
+    its own pass)."""
 
     wants_counts: bool
 
@@ -342,7 +343,7 @@ def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise,
     if q is None and op.name not in chips.lam and op.name not in chips.v_th:
         # nominal constants: the fused loop (compiled kernel), the same numbers as lif_sequence
         if want_counts:
-            s, *counts = counted_lif(c, op.lam, op.v_th, op.reset)
+            s, *counts = counted_lif(c, op.lam, op.v_th, op.reset, c[0, 0, 0].numel())
             u = None
         else:
             s, u = fused_lif(c, _NO_PARAM, op.lam, op.v_th, op.reset, _EXACT), None
@@ -362,10 +363,11 @@ def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise,
     if alive is not None:
         s = s * alive.to(s.dtype)
     if observer is not None and want_counts:
+        units = s[0, 0, 0].numel()
         if u is not None:
-            counts = neuron_counts(s, u)
+            counts = neuron_counts(s, u, units)
         elif noise.spike_loss > 0 or alive is not None:  # count what is delivered
-            counts = (s.sum(0), counts[1])
+            counts = (s.reshape(-1, units).sum(0), counts[1])
         observer.neuron(op, s, tuple(counts))
     elif observer is not None:
         observer.neuron(op, s)
@@ -408,7 +410,7 @@ def _apply_recurrent(op: Recurrent, c: Tensor, chips: ChipParams, noise: RunNois
         us.append(state.u)
     s = torch.stack(spikes)
     if observer is not None:
-        observer.neuron(n, s, neuron_counts(s, torch.stack(us))) if want_counts else observer.neuron(n, s)
+        observer.neuron(n, s, neuron_counts(s, torch.stack(us), s[0, 0, 0].numel())) if want_counts else observer.neuron(n, s)
         observer.synapse(syn, torch.cat([torch.zeros_like(s[:1]), s[:-1]]), 3)
     return s
 
