@@ -1,0 +1,112 @@
+"""hwsim's counts made inside the compiled kernel against the torch path that computes
+them from the recorded run (the reference; its numbers equal NeuroBench's,
+tests/test_hwsim_metrics.py): per-unit spikes and membrane changes of a LIF layer,
+per-call non-zero counts, sums and binary tests of a synapse's input, and a whole
+energy report."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from snn2hw.core import _kernel
+from snn2hw.core.fused import counted_lif, fused_lif, neuron_counts
+from snn2hw.core.surrogate import Triangle
+from snn2hw.hwsim import PROFILES, count_energy, lower
+from snn2hw.hwsim.energy import call_counts
+from snn2hw.models.config import ModelConfig
+from snn2hw.models.network import build_model
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    """The compiled kernel, loaded (skipped where the set-up could not build it)."""
+    lib = _kernel.load()
+    if lib is None:
+        pytest.skip("the compiled LIF kernel is not built here (scripts/setup)")
+    monkeypatch.setattr(_kernel, "_lib", lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    return lib
+
+
+def _torch_only(monkeypatch) -> None:
+    monkeypatch.setattr(_kernel, "_lib", None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reset,lam", [("hard", 0.5), ("soft", 0.5), ("hard", 1.0), ("soft", 1.0)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_counted_lif_kernel_equals_torch(kernel, monkeypatch, dtype, reset, lam, threads):
+    """Per-unit spike sums and membrane changes, over several 512-neuron chunks whose
+    borders fall inside a sample (37 units), zero currents (u stays put at 0, also after
+    a hard reset; at lam = 1 anywhere), and one or two threads (per-thread rows)."""
+    g = torch.Generator().manual_seed(3)
+    T, B, C, F = 6, 20, 2, 37
+    c = (torch.randn(T, B, C, F, generator=g, dtype=dtype) * 1.2 + 0.4)
+    c[:3] *= (torch.rand(B, C, F, generator=g) > 0.5).to(dtype)  # u = 0 kept by half the neurons
+    c[4] *= (torch.rand(B, C, F, generator=g) > 0.5).to(dtype)   # and after a hard reset
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        s, per_unit, changes = counted_lif(c, lam, 1.0, reset, F)
+    finally:
+        torch.set_num_threads(old)
+    s_ref, u = fused_lif(c, torch.zeros(()), lam, 1.0, reset, Triangle(), membrane=True)
+    unit_ref, changes_ref = neuron_counts(s_ref, u, F)
+    assert torch.equal(s, s_ref)
+    assert torch.equal(per_unit, unit_ref) and per_unit.shape == (F,)
+    assert int(changes) == int(changes_ref)
+    # neither count is trivial here: some units silent and some busy, some potentials kept
+    assert 0 < int(changes_ref) < (T - 1) * B * C * F
+    assert unit_ref.min() < unit_ref.max()
+    _torch_only(monkeypatch)
+    s2, unit2, changes2 = counted_lif(c, lam, 1.0, reset, F)
+    assert torch.equal(s2, s_ref) and torch.equal(unit2, unit_ref) and int(changes2) == int(changes_ref)
+
+
+def _calls(dtype=torch.float32) -> torch.Tensor:
+    """(T, B, C, units) synapse input: step 0 binary with -1s, step 1 avg-pooled spikes
+    (quarters), step 2 all zero, step 3 binary 0/1, step 4 one stray 2 (not binary)."""
+    g = torch.Generator().manual_seed(5)
+    shape = (30, 2, 600)  # 600 units: two 512-unit chunks
+    x = torch.zeros(5, *shape, dtype=dtype)
+    x[0] = torch.randint(-1, 2, shape, generator=g).to(dtype)
+    x[1] = torch.randint(0, 5, shape, generator=g).to(dtype) / 4
+    x[3] = torch.randint(0, 2, shape, generator=g).to(dtype)
+    x[4] = x[3]
+    x[4, 7, 1, 599] = 2.0
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_call_counts_kernel_equals_torch(kernel, monkeypatch, dtype):
+    x = _calls(dtype)
+    got = [call_counts(x, 3), call_counts(x[1], 2)]
+    _torch_only(monkeypatch)
+    ref = [call_counts(x, 3), call_counts(x[1], 2)]
+    for (nz, sums, binary), (nz_r, sums_r, binary_r) in zip(got, ref):
+        assert torch.equal(nz, nz_r) and torch.equal(sums, sums_r) and torch.equal(binary, binary_r)
+    assert ref[0][2].tolist() == [True, False, True, True, False]  # the reference's own verdicts
+    assert ref[1][2].tolist() == [False]
+    assert ref[0][0][0].sum() == (x[0] != 0).sum()
+
+
+def test_energy_report_equal_with_and_without_kernel(kernel, monkeypatch):
+    """A conv net (avg-pooled spikes: per-call binary tests; event input) and an MLP: the
+    whole report, NeuroBench's metrics included, is the same from either path."""
+    torch.manual_seed(0)
+    conv = build_model(ModelConfig(arch="conv", input_shape=(2, 8, 8), channels=(4, 6), timesteps=3)).eval()
+    mlp = build_model(ModelConfig(arch="mlp", input_shape=(20,), hidden=(16, 12), timesteps=4)).eval()
+    g = torch.Generator().manual_seed(2)
+    cases = [(conv, (torch.rand(3, 10, 2, 8, 8, generator=g) > 0.7).float(), True),
+             (conv, 2 * torch.rand(10, 2, 8, 8, generator=g), False),
+             (mlp, 2 * torch.rand(12, 20, generator=g), False)]
+    reports = []
+    for model, x, temporal in cases:
+        net = lower(model)
+        reports.append(count_energy(net, x, PROFILES["45nm-fp32"], temporal=temporal, model=model))
+    _torch_only(monkeypatch)
+    for (model, x, temporal), rep in zip(cases, reports):
+        ref = count_energy(lower(model), x, PROFILES["45nm-fp32"], temporal=temporal, model=model)
+        assert rep == ref
+        assert ref["neurobench"]["MembraneUpdates"] > 0 and ref["total"]["spikes"] > 0
