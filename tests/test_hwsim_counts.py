@@ -110,3 +110,38 @@ def test_energy_report_equal_with_and_without_kernel(kernel, monkeypatch):
         ref = count_energy(lower(model), x, PROFILES["45nm-fp32"], temporal=temporal, model=model)
         assert rep == ref
         assert ref["neurobench"]["MembraneUpdates"] > 0 and ref["total"]["spikes"] > 0
+
+
+class _Counts:
+    """Observer keeping each neuron layer's delivered spikes and its counts."""
+
+    wants_counts = True
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple] = {}
+
+    def synapse(self, op, x, nlead) -> None:
+        pass
+
+    def neuron(self, op, spikes, counts=None) -> None:
+        self.seen[op.name] = (spikes, counts)
+
+
+def test_counts_are_of_delivered_spikes(kernel):
+    """With spike loss and dead neurons the counts are of what arrives downstream, not of
+    what the kernel emitted; the membrane changes are the neurons' own."""
+    from snn2hw.hwsim.graph import ChipParams, RunNoise, run
+    from snn2hw.hwsim.noise import NoiseSpec, sample_chips
+    torch.manual_seed(0)
+    mlp = build_model(ModelConfig(arch="mlp", input_shape=(20,), hidden=(16,), timesteps=4)).eval()
+    net = lower(mlp)
+    x = 3 * torch.rand(30, 20, generator=torch.Generator().manual_seed(1))
+    clean, lossy = _Counts(), _Counts()
+    with torch.inference_mode():
+        run(net, x, ChipParams(chips=2), observer=clean)
+        run(net, x, sample_chips(net, NoiseSpec(dead=0.25), 2, torch.Generator().manual_seed(4)),
+            RunNoise(spike_loss=0.3, generator=torch.Generator().manual_seed(3)), observer=lossy)
+    for name, (s, (per_unit, changes)) in lossy.seen.items():
+        assert torch.equal(per_unit, s.reshape(-1, s[0, 0, 0].numel()).sum(0))
+        assert per_unit.sum() < clean.seen[name][1][0].sum()  # some spikes were lost
+        assert int(changes) == int(clean.seen[name][1][1])    # the same membranes
