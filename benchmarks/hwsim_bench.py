@@ -1,12 +1,15 @@
 """hwsim timings: the energy counter's overhead over plain inference (for every energy
 model), and the robustness sweep's time per simulated chip, on the digits test set.
 
-    .venv/bin/python benchmarks/hwsim_bench.py [CKPT ...] [--repeats 7]
+    .venv/bin/python benchmarks/hwsim_bench.py [CKPT ...] [--repeats 15] [--rounds 3] [--clock cpu]
 
 Without checkpoints it trains a digits MLP and a digits conv net for 2 epochs
 (timings depend on the architecture, hardly on the weights). Ratios are taken
 in one run from interleaved repeats, taking each variant's fastest run (the
-least disturbed by other processes); one torch thread unless --threads.
+least disturbed by other processes); ``--rounds`` repeats that and prints every
+round's ratios and their spread. ``--clock cpu`` times the thread's CPU time
+(``time.thread_time``: waiting for a loaded machine's cores is not counted) instead
+of wall time. One torch thread unless --threads.
 """
 
 from __future__ import annotations
@@ -24,10 +27,18 @@ from snn2hw.runs.model import load_model
 from snn2hw.train.trainer import train
 
 
-def _time(fn) -> float:
-    t0 = time.perf_counter()
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def _time(fn, clock) -> float:
+    t0 = clock()
     fn()
-    return time.perf_counter() - t0
+    return clock() - t0
+
+
+def _spread(values: list[float]) -> str:
+    v = sorted(values)
+    return f"{v[0]:.3f} / {v[len(v) // 2]:.3f} / {v[-1]:.3f} (min / median / max of {len(v)} rounds)"
 
 
 def main() -> None:
@@ -36,7 +47,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--chips", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     args = ap.parse_args()
+    clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     data = load_dataset("digits")
     x, y = data.x_test, data.y_test
@@ -67,18 +81,25 @@ def main() -> None:
                                                       model=model)
         for fn in variants.values():  # warm-up
             fn()
-        t = {k: [] for k in variants}
-        for _ in range(args.repeats):
-            for name, fn in variants.items():
-                t[name].append(_time(fn))
-        best = {k: min(v) for k, v in t.items()}
-        print(f"\n{ck} ({model.config.arch}, T={model.timesteps})")
-        print(f"  plain inference        {best['plain'] * 1e3:8.2f} ms")
-        print(f"  lowered, no counting   {best['lowered'] * 1e3:8.2f} ms  ratio {best['lowered'] / best['plain']:.3f}")
-        for em in ENERGY_MODELS:
-            print(f"  counter, {em:13s} {best[em] * 1e3:8.2f} ms  overhead ratio vs plain inference "
-                  f"{best[em] / best['plain']:.3f} (goal <= 1.05); vs the lowered run without counting "
-                  f"{best[em] / best['lowered']:.3f}")
+        ratios: dict[str, list[float]] = {k: [] for k in variants if k != "plain"}
+        for r in range(args.rounds):
+            t = {k: [] for k in variants}
+            for _ in range(args.repeats):
+                for name, fn in variants.items():
+                    t[name].append(_time(fn, clock))
+            best = {k: min(v) for k, v in t.items()}
+            for k in ratios:
+                ratios[k].append(best[k] / best["plain"])
+            print(f"\n{ck} ({model.config.arch}, T={model.timesteps}), round {r + 1}, {args.clock} clock")
+            print(f"  plain inference        {best['plain'] * 1e3:8.2f} ms")
+            print(f"  lowered, no counting   {best['lowered'] * 1e3:8.2f} ms  ratio {best['lowered'] / best['plain']:.3f}")
+            for em in ENERGY_MODELS:
+                print(f"  counter, {em:13s} {best[em] * 1e3:8.2f} ms  overhead ratio vs plain inference "
+                      f"{best[em] / best['plain']:.3f} (goal <= 1.05); vs the lowered run without counting "
+                      f"{best[em] / best['lowered']:.3f}")
+        print("  over the rounds, vs plain inference:")
+        for k, v in ratios.items():
+            print(f"    {k:10s} {_spread(v)}")
         levels = (0.0, 0.05, 0.1, 0.2, 0.4)
         for axis in ("mismatch", "thermal"):
             t0 = time.perf_counter()
