@@ -41,7 +41,7 @@ from ..base import MinAgreement, Samples, Verification
 from ..from_nir import nir_to_network
 from ..reference import compare, run_batched, run_reference
 from .constraints import SpeckPlan, build_plan, chain_nodes, mapping_table
-from .cores import Core, CoreNetwork, conv_layer
+from .cores import Core, CoreNetwork, Gain, conv_layer
 from .discretize import DIRECT_INPUT_GAIN, SpeckGrid, discretize_core
 
 CONFIG = "speck_config.json"
@@ -209,10 +209,11 @@ def chip_model(config: dict[str, Any], spike_fn: Any, timesteps: int,
 
 
 def unmerged_model(plan: SpeckPlan, config: dict[str, Any], spike_fn: Any, timesteps: int) -> CoreNetwork:
-    """What the merged cores must compute, built without the Merge route: each merged core as
-    the sum of one conv per source (its kernel before ``residual.merged_weight``, on the
-    core's integer scale), every core's own channels only (no padding). Equal to
-    ``chip_model`` spike for spike when the route is exact."""
+    """What the merged cores must compute, built without the Merge route: a residual block's
+    neuron takes ``x * round(scale) + conv2_int(s)`` (the identity written as what it means,
+    not as the routed kernel; conv2 is the block's own kernel on the core's scale), every core
+    on its own channels only (no padding). Equal to ``chip_model`` spike for spike when the
+    route is exact."""
     cores = []
     for lay, core in zip(plan.layers, config["cores"]):
         off, count = core["channels"]["offset"], core["channels"]["count"]
@@ -225,11 +226,10 @@ def unmerged_model(plan: SpeckPlan, config: dict[str, Any], spike_fn: Any, times
                 src = config["cores"][lay.sources[0]]["channels"]
                 w = w[:, src["offset"]:src["offset"] + src["count"]]
             convs = [conv_layer(w, bias, stride, padding, torch.float64)]
-        else:
+        else:   # sources (x's core, the body's last core): identity, then conv2
             scale = torch.tensor(core["scale"], dtype=torch.float32)
-            convs = [conv_layer(torch.round(torch.tensor(part, dtype=torch.float32) * scale).double(),
-                                bias if j == 0 else None, stride, padding, torch.float64)
-                     for j, (_, part) in enumerate(lay.parts)]
+            body = torch.round(torch.tensor(lay.parts[1][1], dtype=torch.float32) * scale).double()
+            convs = [Gain(float(torch.round(scale))), conv_layer(body, bias, stride, padding, torch.float64)]
         cores.append(Core(lay.sources, convs, _neuron(core, spike_fn, timesteps), _pool(core),
                           merged=False))
     return CoreNetwork(cores)

@@ -59,6 +59,17 @@ class CoreNetwork(nn.Module):
         return out
 
 
+class Gain(nn.Module):
+    """``x -> g x``: an identity shortcut on a core's integer scale."""
+
+    def __init__(self, gain: float) -> None:
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gain
+
+
 def conv_layer(weight: Tensor, bias: Tensor | None, stride: int, padding: tuple[int, int],
                dtype: torch.dtype) -> nn.Conv2d:
     """A Conv2d holding ``weight`` (torch layout) and ``bias`` (None: no bias)."""
