@@ -253,3 +253,38 @@ def test_sinabs_merge_adds_spike_streams_padding_the_narrower(fake_samna):
     assert torch.equal(sl.Merge()(s, x), s + x)
     assert torch.equal(sl.Merge()(torch.cat([x, zero], 1), torch.cat([zero, s], 1)), torch.cat([x, s], 1))
     assert torch.equal(sl.Merge()(x, torch.cat([zero, s], 1)), torch.cat([x, s], 1))
+
+
+# ----- Loihi: the graph path (Lava processes, DelayDense aligning each shortcut) ------------
+
+
+def _loihi(tmp_path, samples: Samples) -> dict:
+    """resnet_small without tdBN (no biases: see docs/export.md, Lava adds a neuron's bias from
+    step 0, depth steps before its first input), exported with --check."""
+    out = tmp_path / "loihi"
+    export_model(_small(seed=0, v_th=0.5, tdbn=False), "loihi", out, check=True, samples=samples,
+                 allow_emulator=True)
+    return json.loads((out / "verification.json").read_text())
+
+
+def test_loihi_graph_path_runs_resnet_small(tmp_path, monkeypatch):
+    """The emulator standing in for Lava (pinned against Lava below): every neuron node
+    compared with the float model, each block's shortcut delayed by its body's one extra step."""
+    monkeypatch.setattr("snn2hw.export.loihi.graph_verify.loihi_python", lambda: None)
+    v = _loihi(tmp_path, _frames(24))
+    assert v["passed"], v["failures"]
+    assert v["stand_in"] == "emulator; Lava not run"
+    assert v["details"]["delayed_edges"] == [["layers_1", "layers_2_out", 1], ["layers_2_out", "layers_3_out", 1]]
+    assert min(v["spike_agreement"].values()) >= 0.99 and v["output_agreement"] == 1.0   # measured
+
+
+@pytest.mark.slow
+def test_lava_equals_emulator_on_resnet_small(tmp_path):
+    from snn2hw.environment import loihi_python
+
+    if loihi_python() is None:
+        pytest.skip("the Loihi environment (.venv-loihi) is missing")
+    v = _loihi(tmp_path, _frames(4))
+    assert v["stand_in"] is None and v["passed"], v["failures"]
+    assert v["details"]["lava_vs_emulator_mismatches"] == {k: 0 for k in v["spike_agreement"]}
+    assert all(c["reference"] > 0 for c in v["details"]["spike_counts"].values())
