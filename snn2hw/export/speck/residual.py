@@ -25,14 +25,14 @@ next merged core), the chip's ``MAX_DESTINATIONS``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from ...errors import ExportError
 
-if TYPE_CHECKING:
-    from .constraints import SpeckLayer
+# the cores are constraints.SpeckLayer objects (constraints imports this module, not the reverse)
+SpeckLayer = Any
 
 # a core's neuron (or pooling) layer sends its spikes to at most 2 cores
 # (sinabs backend/dynapcnn exceptions.MaxDestinationsReached, chips/dynapcnn.py)
@@ -40,7 +40,7 @@ MAX_DESTINATIONS = 2
 
 
 def check_block(block: tuple[list[str], list[str], str], origin: str | None,
-                layers: list["SpeckLayer"]) -> int:
+                layers: list[SpeckLayer]) -> int:
     """The index of the core whose spikes enter the block (the identity shortcut's source);
     ExportError for a block Speck cannot run."""
     body, shortcut, merge = block
@@ -56,7 +56,7 @@ def check_block(block: tuple[list[str], list[str], str], origin: str | None,
     return len(layers) - 1
 
 
-def join(layers: list["SpeckLayer"], origin: int, merge: str) -> None:
+def join(layers: list[SpeckLayer], origin: int, merge: str) -> None:
     """Turn the last core (the block's conv2 + neuron, just read as a chain core) into the
     merged core of the block, padding the body's last core (module docstring)."""
     core, body_last = layers[-1], layers[-2] if len(layers) >= 2 else None
@@ -88,7 +88,7 @@ def join(layers: list["SpeckLayer"], origin: int, merge: str) -> None:
     core.in_shape = (core.weight.shape[1], *core.in_shape[1:])
 
 
-def pad_outputs(layer: "SpeckLayer", before: int, after: int) -> None:
+def pad_outputs(layer: SpeckLayer, before: int, after: int) -> None:
     """Give ``layer`` silent output channels (zero weights and bias) ``before`` and ``after``
     its own, so that its spikes land on channels [before, before + C) of a Merge whose two
     inputs have the same shape (sinabs' DynapcnnNetwork requires it)."""
