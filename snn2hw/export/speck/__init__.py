@@ -11,7 +11,10 @@
                     that differs fails the check);
             chip    the integer configuration read back from speck_config.json, with SingleSpike
                     (<= 1 spike per step) and MultiSpike (all the charge per step): the chip is
-                    event-driven, and these two bracket it.
+                    event-driven, and these two bracket it;
+            route   residual blocks (``residual.py``): the chip model, through sinabs' Merge, equals
+                    the block built without the route spike for spike (``unmerged_model``), in
+                    place of the float check (float_model lays sinabs' import out as a chain).
 
 Neuron settings (ours -> sinabs): IAF, ``reset_fn`` MembraneReset (hard) or MembraneSubtract
 with ``subtract_value = V_th`` (soft), ``min_v_mem`` None in float (our model has no clamp; a
@@ -363,7 +366,7 @@ class SpeckExporter:
 
         merged = any(lay.parts for lay in plan.layers)
         flt = None
-        if not merged:   # sinabs.from_nir imports chains only (nirtorch: one input per node)
+        if not merged:   # float_model lays sinabs' import out as a chain (chain_nodes)
             fspikes, fout, _ = simulate(float_model(graph, plan, T), x, T)
             flt = compare("speck-float", reference, fspikes, fout.float().mean(0), samples.y)
         results, route_mismatches = {}, {}
@@ -397,7 +400,7 @@ class SpeckExporter:
             "simulated": "sinabs, time-stepped, SingleSpike (the headline numbers) and MultiSpike",
             "multispike": summary["multispike"],
             "singlespike": summary["singlespike"],
-            "float_before_discretisation": "not run: sinabs.from_nir imports chains only" if flt is None
+            "float_before_discretisation": "not run: float_model handles chains only" if flt is None
             else {"spike_agreement": flt.spike_agreement, "output_agreement": flt.output_agreement,
                   "accuracy": flt.accuracy_target},
             "merge_route_mismatches": route_mismatches,
