@@ -279,8 +279,6 @@ REFUSALS = {
     "too many layers": (lambda: build_model(ModelConfig(arch="mlp", input_shape=(1, 8, 8),
                                                         hidden=(8,) * 10, lam=1.0)),
                         "10 spiking layers; the chip has 9 cores"),
-    "residual": (lambda: build_model(ModelConfig(arch="resnet19", input_shape=(1, 8, 8), width=2,
-                                                 lam=1.0)), "sums the currents of a residual block"),
     "pool before neuron": (lambda: build_model(ModelConfig(arch="conv", input_shape=(1, 8, 8),
                                                            channels=(4,), lam=1.0, carrier="current")),
                            "pools before the neuron"),

@@ -9,13 +9,35 @@ from snn2hw.models.network import spike_rates
 
 
 @pytest.mark.parametrize("arch,shape", [("mlp", (1, 8, 8)), ("conv", (1, 8, 8)), ("conv", (1, 40)),
-                                        ("resnet18", (3, 8, 8)), ("resnet19", (3, 8, 8))])
+                                        ("resnet18", (3, 8, 8)), ("resnet19", (3, 8, 8)),
+                                        ("resnet_small", (3, 8, 8))])
 def test_builders_produce_logits(arch, shape):
     cfg = ModelConfig(arch=arch, input_shape=shape, num_classes=7, timesteps=2, width=4)
     model = build_model(cfg)
     out = model(torch.rand(3, *shape))
     assert out.shape == (3, 7)
     assert len(model.lif_layers()) >= 1
+
+
+def test_resnet_small_is_a_stem_and_identity_blocks():
+    """Stem conv + ``blocks`` identity BasicBlocks (no shortcut layers) + 2x2 pool + linear:
+    1 + 2 x blocks neuron layers (Speck's 9 cores hold up to 4 blocks)."""
+    from snn2hw.core.layers import ResidualBlock
+
+    model = build_model(ModelConfig(arch="resnet_small", input_shape=(1, 8, 8), width=6, blocks=3))
+    blocks = [m for m in model.layers if isinstance(m, ResidualBlock)]
+    assert len(blocks) == 3 and all(len(b.shortcut) == 0 for b in blocks)
+    assert len(model.lif_layers()) == 1 + 2 * 3
+    assert model.layers[-1].in_features == 6 * 4 * 4
+    x = torch.rand(2, 1, 8, 8)
+    block = blocks[0]
+    with torch.no_grad():   # the block adds its input unchanged to the body's current
+        seq = torch.rand(3, 2, 6, 8, 8).round()
+        body = run_layers(block.body, seq)
+        assert torch.equal(block(seq), block.out(body + seq))
+    assert model(x).shape == (2, 10)
+    with pytest.raises(ValueError, match="blocks must be >= 1"):
+        ModelConfig(arch="resnet_small", input_shape=(1, 8, 8), blocks=0)
 
 
 def test_direct_encoding_shortcut_equals_repeating_the_input():

@@ -10,7 +10,7 @@ from ..core.surrogate import SURROGATES
 from ..registry import lookup
 
 # The architectures build_model knows (models/network.py); the CLI's --model lists these.
-ARCHS = ("mlp", "conv", "resnet18", "resnet19", "srnn")
+ARCHS = ("mlp", "conv", "resnet18", "resnet19", "resnet_small", "srnn")
 NEURONS = ("lif", "cuba")
 
 
@@ -35,7 +35,8 @@ class ModelConfig:
     tdbn: bool | None = None                  # None: on for conv/resnet, off for mlp
     tdbn_alpha: float = 1.0
     carrier: str = "spike"                    # spike | current (ISNM: BN/pool on currents)
-    width: int = 64                           # resnet: channels of the first stage
+    width: int = 64                           # resnet: channels of the first stage; resnet_small: all
+    blocks: int = 2                           # resnet_small: identity residual blocks after the stem
     neuron: str = "lif"                       # lif | cuba (synaptic filter before the LIF)
     alpha: float = 0.5                        # cuba: synaptic current decay; 0 is LIF
     encoding: str = "direct"                  # static input: direct | rate | latency
@@ -62,6 +63,8 @@ class ModelConfig:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
         if not 0.0 < self.lam <= 1.0:
             raise ValueError(f"lam must be in (0, 1], got {self.lam}")
+        if self.blocks < 1:
+            raise ValueError(f"blocks must be >= 1, got {self.blocks}")
         if self.timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
 

@@ -155,6 +155,22 @@ def build_resnet(cfg: ModelConfig) -> list[nn.Module]:
     return layers
 
 
+def build_resnet_small(cfg: ModelConfig) -> list[nn.Module]:
+    """A ResNet for small images and for Speck's 9 cores: a stem conv to ``width`` channels,
+    ``blocks`` identity BasicBlocks (``LIF(conv2(LIF(conv1 x)) + x)``, no stride, no shortcut
+    conv), one 2x2 ``pool`` and a linear readout. 1 + 2 x blocks neuron layers."""
+    if len(cfg.input_shape) != 3:
+        raise ValueError(f"resnet_small needs (C, H, W) input, got {cfg.input_shape}")
+    w, (_, h, wd) = cfg.width, cfg.input_shape
+    layers: list[nn.Module] = [_conv(2, cfg.input_shape[0], w, 3, bias=False), *_bn(cfg, w),
+                               _lif(cfg, "conv")]
+    layers += [_basic_block(cfg, w, w, 1) for _ in range(cfg.blocks)]
+    if cfg.pool != "none" and min(h, wd) >= 2:
+        layers.append(Pool(cfg.pool, 2, 2))
+        h, wd = h // 2, wd // 2
+    return layers + [nn.Flatten(), nn.Linear(w * h * wd, cfg.num_classes)]
+
+
 def build_srnn(cfg: ModelConfig) -> list[nn.Module]:
     """Input -> one recurrent spiking layer per ``hidden`` width (input weights,
     then ``RecurrentSpiking``) -> non-spiking readout."""
@@ -170,7 +186,7 @@ def build_srnn(cfg: ModelConfig) -> list[nn.Module]:
 
 
 BUILDERS = {"mlp": build_mlp, "conv": build_conv, "resnet18": build_resnet, "resnet19": build_resnet,
-            "srnn": build_srnn}
+            "resnet_small": build_resnet_small, "srnn": build_srnn}
 
 
 def build_model(cfg: ModelConfig) -> SpikingNetwork:

@@ -13,12 +13,10 @@ The chip is 9 cores; each core is one ``Conv -> IAF -> SumPool`` layer (targets.
       bias   = C_out
   against the per-core limits in ``CORE_LIMITS``; layers are assigned to cores by a
   bipartite matching (any assignment where every layer fits its core);
-* <= 9 layers, input <= 128 x 128; the network must be a chain. Residual blocks are refused
-  (``refuse_residual``): sinabs' DynapCNN backend joins two inputs only with ``sinabs.layers.Merge``
-  (``connectivity_specs.LAYER_TYPES_WITH_MULTIPLE_INPUTS``), which adds the two *spike streams*
-  before the one conv of the receiving core, ``conv(a + b)``; a BasicBlock's neuron takes the sum
-  of two *currents*, ``conv2(s) + shortcut(x)``, and its conv shortcut has no neuron of its own,
-  so it is no core. ResNet-18/19 also need 20+ cores where the chip has 9;
+* <= 9 layers, input <= 128 x 128; a chain, or a chain with identity residual blocks
+  (``residual.py``: the two spike streams join through sinabs' ``Merge`` on disjoint channel
+  ranges, and the merged core's kernel is ``[I | W2]``); conv shortcuts and other branching
+  are refused; a core sends its spikes to at most 2 cores (``residual.MAX_DESTINATIONS``);
 * neurons are read by ``nir_reading`` (the producer's meaning). The chip fires on
   ``v >= threshold_high`` (so both ``>`` and ``>=`` are exact on integers), resets to 0 or
   by subtraction and clips at ``threshold_low``; it cannot reset to another value or, as
@@ -41,6 +39,7 @@ import numpy as np
 from ...errors import ExportError
 from ..from_nir import _pair, chain_order, graph_plan
 from ..nir_reading import check_weights, producer_of, read_input, read_neuron
+from . import residual
 
 class CoreLimits(NamedTuple):
     """The memories of one core, in words (sinabs ``chips/dynapcnn.py`` get_constraints)."""
@@ -94,6 +93,9 @@ class SpeckLayer:
     reset: str                       # "hard" | "soft"
     spike_geq: bool = False          # fires on v >= V_th (the chip's own rule), else v > V_th
     v_min: float | None = None       # the graph's membrane clip (threshold_low), None: ours
+    sources: tuple[int, ...] = ()    # the cores whose spikes it receives (Merge-added); (): the input
+    channels: tuple[int, int] | None = None   # (offset, count) of its own output channels, None: all
+    parts: list[tuple[int, np.ndarray]] | None = None   # merged core: (source, its kernel) before the merge
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
@@ -162,29 +164,18 @@ def assign_cores(options: list[list[int]]) -> dict[int, int] | None:
     return {layer: core for core, layer in sorted(owner.items(), key=lambda kv: kv[1])}
 
 
-def refuse_residual(graph: nir.NIRGraph) -> None:
-    """ExportError naming the first residual block of ``graph`` and the chip limits it breaks
-    (the module docstring); nothing for chains or for other branching (``chain_order`` names it)."""
-    try:
-        blocks = [st for st in graph_plan(graph) if not isinstance(st, str)]
-    except ExportError:
-        return
-    if not blocks:
-        return
-    cores = sum(isinstance(n, NEURON_NODES) for n in graph.nodes.values())
-    raise ExportError(
-        f"speck: NIR node {blocks[0][2]!r} sums the currents of a residual block's body and shortcut "
-        f"({len(blocks)} blocks); a Speck core joins two inputs only by adding their spike streams before "
-        f"its one conv (sinabs Merge), and the network needs {cores} cores where the chip has "
-        f"{len(CORE_LIMITS)}: export a chain (--model conv) to Speck")
-
-
 def chain_nodes(graph: nir.NIRGraph) -> list[str]:
-    """Node names from input to output (the hub's ``chain_order``); refuses residual blocks
-    (``refuse_residual``) and other branches."""
-    refuse_residual(graph)
+    """Node names from input to output (the hub's ``chain_order``); refuses branches."""
     try:
         return chain_order(graph)
+    except ExportError as exc:
+        raise ExportError(f"speck: {exc}") from None
+
+
+def graph_steps(graph: nir.NIRGraph) -> list:
+    """The hub's ``graph_plan``: node names and residual blocks ``(body, shortcut, merge)``."""
+    try:
+        return graph_plan(graph)
     except ExportError as exc:
         raise ExportError(f"speck: {exc}") from None
 
@@ -216,10 +207,10 @@ def build_plan(graph: nir.NIRGraph, approximate: bool = False) -> SpeckPlan:
     node, the host readout, the chip-wide limits, the layer -> core assignment."""
     meta = dict(getattr(graph, "metadata", {}) or {})
     meta.update(producer=producer_of(graph), approximate=approximate, approximations=[])
-    order = chain_nodes(graph)
+    steps = graph_steps(graph)
     shape: tuple[int, ...] = read_input(graph).shape
     input_shape = _chip_input(shape)
-    layers, trailing = _read_cores(graph, order[1:], shape, meta)
+    layers, trailing = _read_cores(graph, steps[1:], shape, meta)
     readout, readout_node = _host_readout(trailing)
     _check_chip(layers)
     mapping = _map_cores(layers)
@@ -237,17 +228,21 @@ def _chip_input(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return input_shape
 
 
-def _read_cores(graph: nir.NIRGraph, names: list[str], shape: tuple[int, ...], meta: dict[str, Any]
+def _read_cores(graph: nir.NIRGraph, steps: list, shape: tuple[int, ...], meta: dict[str, Any]
                 ) -> tuple[list[SpeckLayer], dict[str, Any] | None]:
-    """The chain ``names`` as chip layers (weight -> neuron -> pooling each), and the weight
-    layer left without a neuron at its end (the host readout's candidate) or None."""
+    """The ``steps`` (node names, residual blocks) as chip layers (weight -> neuron -> pooling
+    each; a block's sum as a merged core, ``residual.join``), and the weight layer left
+    without a neuron at its end (the host readout's candidate) or None."""
     layers: list[SpeckLayer] = []
     pending: dict[str, Any] | None = None    # a weight node waiting for its neuron
     pool_gain = 1.0                          # 1/k^2 of avg pools, folded into the next weights
-    for name in names:
+    last = "input"
+
+    def visit(name: str) -> None:
+        nonlocal pending, pool_gain, shape
         node = graph.nodes[name]
         if isinstance(node, (nir.Input, nir.Output)):
-            continue
+            return
         if pending is not None and not isinstance(node, NEURON_NODES):
             _refuse_after_weight(name, node, pending)
         if isinstance(node, WEIGHT_NODES):
@@ -255,6 +250,7 @@ def _read_cores(graph: nir.NIRGraph, names: list[str], shape: tuple[int, ...], m
             pool_gain = 1.0
         elif isinstance(node, NEURON_NODES):
             layers.append(_core(name, node, pending, len(layers), meta))
+            layers[-1].sources = (len(layers) - 2,) if len(layers) > 1 else ()
             shape = layers[-1].neuron_shape
             pending = None
         elif isinstance(node, POOL_NODES):
@@ -265,6 +261,17 @@ def _read_cores(graph: nir.NIRGraph, names: list[str], shape: tuple[int, ...], m
         else:
             raise ExportError(f"speck: layer {name} is a {type(node).__name__}, which Speck cannot run "
                               "(supported: Conv2d, Affine, IF, SumPool2d/AvgPool2d, Flatten)")
+
+    for step in steps:
+        if isinstance(step, str):
+            visit(step)
+            last = step
+            continue
+        origin = residual.check_block(step, last, layers)
+        for name in step[0] + [step[2]]:
+            visit(name)
+        residual.join(layers, origin, step[2])
+        shape, last = layers[-1].neuron_shape, step[2]
     return layers, pending
 
 
