@@ -101,7 +101,8 @@ class Arctan:
     param_name: ClassVar[str] = "beta"
 
     def grad(self, x: Tensor, p: Tensor) -> Tensor:
-        return p / (1.0 + (math.pi * p * x) ** 2)
+        t = x * (math.pi * p)  # one full-size temporary reused in place: the same bits, less memory
+        return torch.div(p, t.square_().add_(1.0), out=t)
 
     def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
         return x / (1.0 + (math.pi * p * x) ** 2)
