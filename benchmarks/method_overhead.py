@@ -11,7 +11,8 @@ allocation and set-up). Runs are interleaved: every round trains every method
 once, in a rotated order, and a method's ratio is the median over rounds of its
 mean epoch time divided by sg's in the same round, so slow drifts of the machine
 cancel. Goals (the papers' overheads, with margin): CPNG and GSG <= 1.02,
-PSG <= 1.10, ASGL <= 1.15, Dspike with its FDG <= 1.25.
+PSG <= 1.10, ASGL <= 1.15, PSG+PDA <= 1.25, Dspike with its FDG <= 1.25
+(issue 19).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class CpuClock:
     perf_counter = staticmethod(time.process_time)
 
 
-GOALS = {"sg": 1.0, "cpng": 1.02, "gsg": 1.02, "psg": 1.10, "psg+pda": 1.10, "asgl": 1.15,
+GOALS = {"sg": 1.0, "cpng": 1.02, "gsg": 1.02, "psg": 1.10, "psg+pda": 1.25, "asgl": 1.15,
          "dspike": 1.25}
 # Rows that are a registered method with options: name -> (method, options).
 VARIANTS = {"psg+pda": ("psg", {"pda": True})}

@@ -104,3 +104,22 @@ def test_alpha_is_learned_and_state_round_trips():
     n = make_method("asgl", {"p": 0.5})
     n.load_state_dict(m.state_dict())
     assert n.p == 0.9
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.8, 0.5 + 2.0 ** -24, 1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_value_is_the_dual_mode_spike_bit_for_bit(p, dtype):
+    """The fused loop's float-only forward value against ``dual_mode_spike`` from the same
+    RNG state: x on the window's edges, at 0, and far out; alpha below MIN_WIDTH too."""
+    from snn2hw.methods.asgl import dual_mode_value
+
+    x = torch.cat([torch.linspace(-1.5, 1.5, 3001, dtype=dtype),
+                   torch.tensor([0.0, -0.0, 0.5, -0.5, 1e-30, -1e-30, 40.0, -40.0], dtype=dtype)])
+    for alpha in (torch.tensor(1.0, dtype=dtype), torch.tensor(0.37, dtype=dtype), torch.tensor(1e-5, dtype=dtype)):
+        out = []
+        for fn in (dual_mode_spike, dual_mode_value):
+            torch.manual_seed(5)
+            value = fn(x, alpha, p, AsglRect()).detach()
+            out.append((value, torch.rand(3)))  # the next draw: both consumed the same numbers
+        assert torch.equal(out[0][0], out[1][0])
+        assert torch.equal(out[0][1], out[1][1])

@@ -167,3 +167,38 @@ def test_psg_is_the_arctan_baseline_plus_a_learned_gamma(dgamma):
     learned = run("psg", shape_lr=0.5, method_options={"gamma_init": 2.0, "dgamma": dgamma}, **kw)
     assert learned.history[-1]["gamma/layers.2"] != pytest.approx(2.0, abs=1e-3)
     assert learned.history[-1]["train_loss"] != base.history[-1]["train_loss"]
+
+
+def _soft_histogram_scatter(values: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """The previous soft_histogram (two scatter_adds, autograd backward): the reference
+    for the bincount Function that replaced it."""
+    c = centres.to(values)
+    k, h = len(c), float(c[1] - c[0])
+    pos = ((values - c[0]) / h).clamp(0.0, k - 1.0)
+    i0 = pos.detach().floor().clamp_max(k - 2).long()
+    f = pos - i0
+    counts = values.new_zeros(values.shape[0], k).scatter_add(1, i0, 1.0 - f).scatter_add(1, i0 + 1, f)
+    return counts / counts.sum(-1, keepdim=True).clamp_min(1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_soft_histogram_and_its_gradient_equal_the_scatter_version(dtype):
+    """Values inside, beyond both ends of the grid and exactly on centres (where the
+    clamp's and the floor's edge cases live); a random upstream gradient."""
+    from snn2hw.methods.psg import GRID, soft_histogram
+
+    gen = torch.Generator().manual_seed(1)
+    v = torch.randn(3, 500, generator=gen, dtype=torch.float64) * 2.5
+    v[:, :41] = GRID.double()  # every centre, the end points -4 and 4 included
+    v[0, 41:45] = torch.tensor([-9.0, 9.0, -4.05, 4.05], dtype=torch.float64)
+    v = v.to(dtype)
+    up = torch.randn(3, len(GRID), generator=gen, dtype=dtype)
+    outs = []
+    for fn in (soft_histogram, _soft_histogram_scatter):
+        x = v.clone().requires_grad_()
+        hist = fn(x, GRID)
+        (hist * up).sum().backward()
+        outs.append((hist.detach(), x.grad))
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outs[0][0], outs[1][0], **tol)
+    torch.testing.assert_close(outs[0][1], outs[1][1], **tol)

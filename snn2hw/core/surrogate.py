@@ -37,6 +37,13 @@ class SurrogateShape(Protocol):
         """A smooth function whose derivative in x is ``grad`` (for tests)."""
 
 
+def sech2(z: Tensor) -> Tensor:
+    """``1 - tanh(z)^2`` as ``4 e (1 - e)``, ``e = sigmoid(-2|z|)``: equal in exact arithmetic,
+    no cancellation near 1 in float32, and sigmoid is several times cheaper than tanh on CPU."""
+    e = z.abs().mul_(-2.0).sigmoid_()
+    return torch.sub(1.0, e).mul_(e).mul_(4.0)
+
+
 def _no_param_grad(x: Tensor, p: Tensor) -> Tensor:
     return torch.zeros_like(x)
 
@@ -94,7 +101,8 @@ class Arctan:
     param_name: ClassVar[str] = "beta"
 
     def grad(self, x: Tensor, p: Tensor) -> Tensor:
-        return p / (1.0 + (math.pi * p * x) ** 2)
+        t = x * (math.pi * p)  # one full-size temporary reused in place: the same bits, less memory
+        return torch.div(p, t.square_().add_(1.0), out=t)
 
     def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
         return x / (1.0 + (math.pi * p * x) ** 2)
@@ -143,9 +151,8 @@ class Dspike:
     param_name: ClassVar[str] = "b"
 
     def grad(self, x: Tensor, p: Tensor) -> Tensor:
-        inside = (x.abs() <= self.v_th).to(x.dtype)
-        th = torch.tanh(p * x / (2.0 * self.v_th))
-        return inside * p * (1.0 - th * th) / (2.0 * torch.tanh(p / 2.0)) / (2.0 * self.v_th)
+        g = sech2(x * (p / (2.0 * self.v_th))).mul_(p / (2.0 * torch.tanh(p / 2.0)) / (2.0 * self.v_th))
+        return g.mul_((x.abs() <= self.v_th).to(x.dtype))  # the window |x| <= V_th
 
     def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
         inside = (x.abs() <= self.v_th).to(x.dtype)
@@ -303,8 +310,7 @@ class GsgTanh:
         return torch.clamp(1.0 / p, min=1.0)
 
     def grad(self, x: Tensor, p: Tensor) -> Tensor:
-        th = torch.tanh(p * x)
-        return self.scale(p) * p * (1.0 - th * th)
+        return sech2(p * x).mul_(self.scale(p) * p)
 
     def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
         th = torch.tanh(p * x)

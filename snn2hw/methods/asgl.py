@@ -46,6 +46,22 @@ def dual_mode_spike(x: Tensor, alpha: Tensor, p: float, shape: AsglRect) -> Tens
     return value + (h_alpha - h_alpha.detach())  # value forward, dH_alpha backward
 
 
+def dual_mode_value(x: Tensor, alpha: Tensor, p: float, shape: AsglRect) -> Tensor:
+    """The forward value of ``dual_mode_spike`` (no gradient), bit for bit and from the
+    same random draw, in float arithmetic only (bool masks and ``where`` cost more on
+    CPU): ``H_alpha + m (H - H_alpha)`` is exact, since ``H - H_alpha`` is ``1 - H_alpha``
+    with ``H_alpha >= 1/2`` (Sterbenz) or ``-H_alpha``; ``m = max(sign(p - r), 0)`` is
+    ``r < p``; ``H = max(sign x, 0)``."""
+    h_alpha = shape.primitive(x, alpha.clamp_min(MIN_WIDTH))
+    if p <= 0.0:
+        return h_alpha
+    h = x.sign().clamp_min_(0.0)
+    if p >= 1.0:
+        return h
+    m = torch.rand_like(x).neg_().add_(p).sign_().clamp_min_(0.0)
+    return h.sub_(h_alpha).mul_(m).add_(h_alpha)
+
+
 class DualModeStrategy:
     """A LIF ``spike_strategy``: dual-mode while the layer trains, exact H (with the
     surrogate backward) in eval mode. ``p`` is read from the owning method."""
@@ -76,7 +92,7 @@ class DualModeStrategy:
 
     def _value(self, x: Tensor) -> Tensor:
         with torch.no_grad():  # same value and the same random draw as __call__
-            return dual_mode_spike(x, self.layer.shape_param, self.method.p, self.layer.surrogate)
+            return dual_mode_value(x, self.layer.shape_param, self.method.p, self.layer.surrogate)
 
 
 def noise_probability(p0: float, zeta: float, milestones: tuple[int, ...], epoch: int) -> float:

@@ -151,7 +151,7 @@ class _Run:
     workers: int = 0              # data-loader processes (0: batches made in this process)
     scaler: "torch.amp.GradScaler | None" = None  # fp16 only: the loss scale
     train_noise: TrainingNoise | None = None  # a fresh simulated chip per training batch
-    shape_clamps: int = 0          # this epoch's (parameter, step) clamps at SHAPE_PARAM_MIN
+    shape_clamps: int | Tensor = 0  # this epoch's (parameter, step) clamps at SHAPE_PARAM_MIN
 
     @property
     def steps(self) -> int:
@@ -271,7 +271,8 @@ def _run_batches(run: _Run, epoch: int, bar) -> tuple[float, int, int]:
             run.scaler.update()
         if run.shape_params:  # a width, slope or temperature must stay positive
             with torch.no_grad():
-                run.shape_clamps += int(sum(bool(p.detach().min() < SHAPE_PARAM_MIN) for p in run.shape_params))
+                low = torch.stack([p.detach().min() for p in run.shape_params]) < SHAPE_PARAM_MIN
+                run.shape_clamps = run.shape_clamps + low.sum()  # on the device: read once per epoch
                 torch._foreach_clamp_min_(run.shape_params, SHAPE_PARAM_MIN)
         seen += len(yb)
         loss_sum += loss.detach().double() * len(yb)
