@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.layers import LIF, Pool, ResidualBlock, TDBatchNorm
+from ..core.layers import CUBA, LIF, Pool, RecurrentSpiking, ResidualBlock, TDBatchNorm, neuron_lif
 from ..errors import ConfigError
 from ..export import EXPORTERS
 from ..export.grid import Site, TargetGrid
@@ -48,6 +48,8 @@ class _Plan:
     lif: LIF | None = None
     input_unit: float = 1.0
     first: bool = False
+    cuba: CUBA | None = None                  # the CUBA neuron the synapse drives
+    recurrent: nn.Linear | None = None        # its RecurrentSpiking layer's W_rec
 
 
 @dataclass
@@ -58,19 +60,33 @@ class _Units:
     pool_unit: float = 1.0          # avg pooling of spikes since the last neuron
     planned: int = 0                # synapses seen
     open: bool = False              # the last synapse's neuron is not reached yet
+    last: _Plan | None = None       # the last synapse planned
 
 
 def _site(step: Step, units: _Units) -> _Plan:
     first = units.planned == 0
     units.planned += 1
     units.open = True
-    return _Plan(step.name, step.module, step.bn, step.neuron,
-                 input_unit=units.pool_unit * (units.input_unit if first else 1.0), first=first)
+    units.last = _Plan(step.name, step.module, step.bn, step.neuron,
+                       input_unit=units.pool_unit * (units.input_unit if first else 1.0), first=first)
+    return units.last
 
 
 def _neuron(step: Step, units: _Units) -> None:
     if units.open:
         units.open, units.pool_unit = False, 1.0
+
+
+def _cuba_or_recurrent(step: Step, units: _Units) -> None:
+    """A CUBA layer, or a recurrent layer (its W_rec and neuron): the walk pairs synapses with
+    ``LIF`` layers only, so the synapse before it is given its neuron here."""
+    m = step.module
+    if units.open and units.last is not None:
+        neuron = m.neuron if isinstance(m, RecurrentSpiking) else m
+        units.last.lif = neuron_lif(neuron)
+        units.last.cuba = neuron if isinstance(neuron, CUBA) else None
+        units.last.recurrent = m.recurrent if isinstance(m, RecurrentSpiking) else None
+    _neuron(step, units)
 
 
 def _pool(step: Step, units: _Units) -> None:
@@ -89,6 +105,8 @@ QAT_SITES: dict[type, Rule] = {
     nn.Conv1d: _site,
     nn.Conv2d: _site,
     LIF: _neuron,
+    CUBA: _cuba_or_recurrent,
+    RecurrentSpiking: _cuba_or_recurrent,
     Pool: _pool,
     ResidualBlock: _refuse_residual,
     nn.Module: skip,
@@ -114,17 +132,25 @@ def _apply(m: nn.Module, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
 
 @dataclass
 class QATHandle:
-    """Undoes ``attach_qat`` (restores forwards and neuron constants)."""
+    """Undoes ``attach_qat``: removes the instance attributes it set (``forward``, a CUBA's
+    ``step``, a recurrent ``weight`` shadowing the parameter) and restores neuron constants."""
 
-    modules: list[nn.Module] = field(default_factory=list)
+    overrides: list[tuple[nn.Module, str]] = field(default_factory=list)
     constants: list[tuple[LIF, float, float]] = field(default_factory=list)
 
+    def override(self, module: nn.Module, name: str, value: object) -> None:
+        """Set ``module.name`` in the instance ``__dict__``: it shadows the class attribute or
+        the parameter of that name (``state_dict`` and the optimiser keep the parameter)."""
+        module.__dict__[name] = value
+        if (module, name) not in self.overrides:
+            self.overrides.append((module, name))
+
     def detach(self) -> None:
-        for m in self.modules:
-            m.__dict__.pop("forward", None)
+        for m, name in self.overrides:
+            m.__dict__.pop(name, None)
         for lif, v_th, lam in self.constants:
             lif.v_th, lif.lam = v_th, lam
-        self.modules, self.constants = [], []
+        self.overrides, self.constants = [], []
 
 
 def fine_tune_defaults(checkpoint: str) -> dict:
@@ -165,8 +191,7 @@ def attach_qat(model: nn.Module, target: str | None,
     unit = 1.0 / grid.input_levels if grid.input_levels else 1.0
     for p in plan_sites(model, unit):
         if p.bn is not None:
-            p.bn.forward = lambda x: x          # folded into the synapse below
-            handle.modules.append(p.bn)
+            handle.override(p.bn, "forward", lambda x: x)   # folded into the synapse below
         v_th = lam = None
         if p.lif is not None:
             v_th, lam = p.lif.v_th, p.lif.lam   # the trained constants; the grid's values are derived
@@ -177,12 +202,31 @@ def attach_qat(model: nn.Module, target: str | None,
                 lo, hi = grid.input_range
                 x = torch.round(x.clamp(lo, hi) * grid.input_levels) / grid.input_levels
             w, b = _folded(p)
-            q = grid.quantise(Site(p.name, w, b, v_th, lam, p.input_unit))
+            w_rec = None if p.recurrent is None else p.recurrent._parameters["weight"]  # not the shadow
+            q = grid.quantise(Site(p.name, w, b, v_th, lam, p.input_unit,
+                                   None if p.cuba is None else float(p.cuba.alpha), w_rec))
             if p.lif is not None:
                 p.lif.v_th = v_th if q.v_th is None else float(q.v_th)
                 p.lif.lam = lam if q.lam is None else float(q.lam)
+            # the layer after this synapse runs next, in the same forward: its W_rec and step
+            if p.recurrent is not None and q.weight_rec is not None:
+                handle.override(p.recurrent, "weight", q.weight_rec)
+            if p.cuba is not None and q.step is not None:
+                handle.override(p.cuba, "step", lambda c, state, cuba=p.cuba, step=q.step:
+                                step(c, state, cuba.lif.spike_fn))
+                if p.recurrent is None:   # feed-forward CUBA: run its step over T as well
+                    handle.override(p.cuba, "forward", lambda c, cuba=p.cuba: _step_through(cuba, c))
             return _apply(p.synapse, x, q.weight, q.bias)
 
-        p.synapse.forward = forward
-        handle.modules.append(p.synapse)
+        handle.override(p.synapse, "forward", forward)
     return handle
+
+
+def _step_through(cuba: CUBA, currents: Tensor) -> Tensor:
+    """A feed-forward CUBA layer run by its (QAT) ``step`` over T (its own forward filters all of
+    T first, with the float constants)."""
+    state, spikes = cuba.initial_state(currents[0]), []
+    for c in currents:
+        s, state = cuba.step(c, state)
+        spikes.append(s)
+    return torch.stack(spikes)
