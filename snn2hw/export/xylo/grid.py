@@ -46,7 +46,8 @@ class XyloStep:
 
     ``c`` is the current the QAT synapses deliver (their grid values in float units: ``G c /
     alpha_eff`` is the integer sum the chip adds). The count passes the surrogate's gradient
-    of ``(Vmem - theta) / G`` (threshold = theta + 1, theta = G V_th). Xylo saturates after
+    of ``(Vmem - theta) / G`` (threshold = theta + 1, theta = G V_th) plus ``1 / threshold`` per
+    unit of Vmem above the threshold (bursts). Xylo saturates after
     each addition, this step after the sum: they differ only where the emulator reports
     saturations."""
 
@@ -65,7 +66,10 @@ class XyloStep:
         v = _sat(v + _sat(isyn - (v - _decayed(v, self.dash_mem))))
         count = torch.where(v >= self.threshold, torch.clamp(torch.floor(v / self.threshold), max=MAX_HIDDEN_SPIKES),
                             torch.zeros_like(v))
-        s = _ste(count, spike_fn((v - (self.threshold - 1)) / g))
+        # backward: the surrogate for the first spike, straight through the count's floor above it
+        # (a bursting neuron's count grows by one per threshold of Vmem; the surrogate alone is 0 there)
+        more = torch.clamp(v / self.threshold - 1.0, 0.0, MAX_HIDDEN_SPIKES - 1.0)
+        s = _ste(count, spike_fn((v - (self.threshold - 1)) / g) + more)
         return s, CUBAState(isyn / g, v / g, s)
 
 
