@@ -87,3 +87,30 @@ def test_recurrent_layer_is_one_site_with_its_neuron_and_recurrent_weights():
     rec = [m for m in model.modules() if isinstance(m, RecurrentSpiking)]
     assert [s.recurrent for s in sites[:2]] == [r.recurrent for r in rec]
     assert [s.cuba for s in sites[:2]] == [r.neuron for r in rec]
+
+
+def test_a_bursting_neuron_passes_gradient_through_its_count():
+    """Vmem 10 thresholds up: 10 spikes (xylosim's rule), and d count / d current = G / (alpha_eff
+    threshold) from the floor's straight-through part, where the surrogate alone gives 0."""
+    from snn2hw.core.neuron import cuba_initial_state
+    from snn2hw.core.surrogate import Triangle, default_param, spike
+    from snn2hw.export.xylo.grid import XyloStep
+
+    one = lambda v: torch.tensor([float(v)])  # noqa: E731
+    step = XyloStep(gain=one(50), alpha_eff=one(0.5), dash_syn=one(1), dash_mem=one(15), threshold=one(51))
+    c = torch.tensor([10.0], requires_grad=True)    # c G / alpha_eff = 1000 units; Isyn = 500 after its decay
+    s, state = step(c, cuba_initial_state(c.detach()), lambda x: spike(x, Triangle(), torch.tensor(default_param(Triangle()))))
+    assert s.item() == 9 and state.u.item() * 50 == pytest.approx(500)           # 500 // 51 (from Vmem 0: no leak)
+    s.backward()
+    assert c.grad.item() == pytest.approx(50 / 0.5 * 0.5 / 51, rel=1e-5)       # dIsyn/dc (after decay) / threshold
+
+
+def test_analog_sequences_have_an_input_range_event_counts_do_not():
+    from snn2hw.data.datasets import DataSplit
+
+    def split(x):
+        return DataSplit("s", x, torch.zeros(len(x)), x, torch.zeros(len(x)), 2, temporal=True)
+
+    assert split(torch.tensor([[[-0.5], [2.0]]])).value_range == (-0.5, 2.0)     # mnist1d-seq-like
+    assert split(torch.tensor([[[0.0], [3.0]]])).value_range is None             # spike counts
+    assert split(torch.tensor([[[0.0], [0.25]]])).value_range == (0.0, 0.25)
