@@ -114,3 +114,31 @@ def test_analog_sequences_have_an_input_range_event_counts_do_not():
     assert split(torch.tensor([[[-0.5], [2.0]]])).value_range == (-0.5, 2.0)     # mnist1d-seq-like
     assert split(torch.tensor([[[0.0], [3.0]]])).value_range is None             # spike counts
     assert split(torch.tensor([[[0.0], [0.25]]])).value_range == (0.0, 0.25)
+
+
+def test_export_checks_a_qat_xylo_run_against_its_forward_on_the_grid(tmp_path):
+    """A run fine-tuned with --qat xylo is checked against the forward it was trained with:
+    spike agreement 1 (the QAT step is the chip's); the plain float forward would not be."""
+    import json
+
+    from snn2hw.errors import VerificationError
+    from snn2hw.export.api import export_model
+    from snn2hw.train.config import RunConfig
+    from snn2hw.train.trainer import train
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1.2, 1.2, (160, T, 3)).astype(np.float32)
+    y = (x[:, :, 0].sum(1) > 0).astype(np.int64) + (x[:, :, 1].sum(1) > 0)
+    np.savez(tmp_path / "seq.npz", x=x, y=y, temporal=True)
+    cfg = RunConfig(dataset=f"npz:{tmp_path / 'seq.npz'}", epochs=1, batch_size=40, qat="xylo", lr=3e-3,
+                    model=ModelConfig(arch="srnn", hidden=(12,), neuron="cuba", alpha=0.5, lam=0.875,
+                                      reset="soft", v_th=0.5))
+    train(cfg, tmp_path / "run", progress=False)
+    try:
+        export_model(tmp_path / "run", "xylo", tmp_path / "out", check=True, samples=32, allow_emulator=True)
+    except VerificationError:
+        pass                                   # the numbers below are what this test is about
+    v = json.loads((tmp_path / "out" / "verification.json").read_text())
+    assert v["details"]["spike_counts"]["layers_2_neuron_lif"]["reference"] > 0
+    assert list(v["spike_agreement"].values()) == [1.0]
+    assert v["details"]["reference"] == "trained model on the xylo grid (--qat xylo)"
