@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("distributed",),
     ("methods",),
     ("runs",),
-    ("export.hub",),          # base, grid, to_nir, from_nir, nir_reading, reference
+    ("export.hub",),          # base, grid, qat, to_nir, from_nir, nir_reading, reference
     ("export.<target>",),     # one package per target; siblings never import each other
     ("export",),              # the registry (export/__init__.py)
     ("export.api",),          # the driver every verb calls
@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli", ""),              # "" is the package root: the facade
     ("__main__",),            # python -m snn2hw -> cli
 ]
-HUB = {"base", "grid", "to_nir", "from_nir", "nir_reading", "reference", "interop", "nir_reference"}
+HUB = {"base", "grid", "to_nir", "from_nir", "nir_reading", "reference", "interop", "nir_reference", "qat"}
 
 
 def module_names() -> dict[str, Path]:

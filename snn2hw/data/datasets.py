@@ -42,8 +42,12 @@ class DataSplit:
 
     @property
     def value_range(self) -> tuple[float, float] | None:
-        """(min, max) of the analog training inputs, which targets quantise; None for events."""
-        return None if self.temporal else (float(self.x_train.min()), float(self.x_train.max()))
+        """(min, max) of the analog training inputs, which targets quantise; None for event counts
+        (temporal, non-negative integers). An analog sequence (mnist1d-seq) has a range too."""
+        lo = float(self.x_train.min())
+        if self.temporal and lo >= 0 and torch.equal(self.x_train, torch.round(self.x_train)):
+            return None
+        return lo, float(self.x_train.max())
 
     @property
     def input_shape(self) -> tuple[int, ...]:

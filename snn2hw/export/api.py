@@ -36,6 +36,7 @@ from .base import Exporter, MinAgreement, Samples, Verification
 from .from_nir import NIRNetwork, nir_to_network
 from .nir_reading import INPUT_ENCODINGS, PRODUCERS, read_input
 from .nir_reference import producer_reference
+from .qat import attach_grid
 from .reference import gate, run_reference
 from .to_nir import model_to_nir
 
@@ -102,6 +103,7 @@ class Source:
     seed: int = 0                   # its split seed (the run's)
     data: DataSplit | None = None   # already loaded (``dataset=`` given, or an old checkpoint)
     notes: list[str] = field(default_factory=list)   # how a foreign graph was read
+    qat: str | None = None          # the target the checkpoint was fine-tuned for (train --qat)
 
     def held_out_data(self) -> DataSplit | None:
         """The dataset, loaded on first use; None when no dataset is known."""
@@ -181,11 +183,11 @@ def _source(source: str | Path | SpikingNetwork | nir.NIRGraph, timesteps: int |
                               "or a clip), which model_to_nir cannot write; export that graph itself "
                               "with --from-nir")
         graph = model_to_nir(model, temporal=bool(layout.get("temporal")))
-    if value_range and graph.metadata.get("input_encoding", "direct") == "direct":
+    if value_range and graph.metadata.get("input_encoding", "direct") in ("direct", "temporal"):
         graph.metadata.setdefault("input_range", [float(v) for v in value_range])
     # built now even without --check: it refuses a NIR graph we cannot run, naming the node
     reference = model if model is not None else nir_to_network(graph)
-    return Source(graph, reference, spec, seed, data, list(getattr(reference, "notes", [])))
+    return Source(graph, reference, spec, seed, data, list(getattr(reference, "notes", [])), run.get("qat"))
 
 
 def held_out_samples(data: DataSplit, n: int, timesteps: int) -> Samples:
@@ -256,9 +258,10 @@ def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str
                 raise ConfigError("--check needs held-out samples: give --dataset (the NIR file names none)")
             prepared = held_out_samples(data, int(samples), T)
         # a NIR source is checked against what its producer computes, not against our reading
-        prepared.reference = (producer_reference(src.graph, getattr(src, "producer", None)).run(prepared)
-                              if isinstance(src.reference_model, NIRNetwork)
-                              else run_reference(src.reference_model, prepared))
+        if isinstance(src.reference_model, NIRNetwork):
+            prepared.reference = producer_reference(src.graph, getattr(src, "producer", None)).run(prepared)
+        else:
+            prepared.reference = _reference_as_trained(src, exporter, target, prepared)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -288,6 +291,25 @@ def export_model(source: str | Path | SpikingNetwork | nir.NIRGraph, target: str
             f"{out / 'verification.json'}):\n" + "\n".join(f"  - {f}" for f in verification.failures),
             verification.failures, result)
     return result
+
+
+def _reference_as_trained(src: Source, exporter: Exporter, target: str, samples: Samples):
+    """The float model on ``samples``; a model fine-tuned for this target (``train --qat``) runs
+    on the target's grid, as it was trained and evaluated (its accuracy is the grid's)."""
+    model = src.reference_model
+    if src.qat != target or getattr(exporter, "grid", None) is None:
+        return run_reference(model, samples)
+    grid = exporter.grid()
+    if src.graph.metadata.get("input_range"):
+        grid.input_range = tuple(float(v) for v in src.graph.metadata["input_range"])
+    handle = attach_grid(model, grid)
+    try:
+        with torch.no_grad():
+            ref = run_reference(model, samples)
+    finally:
+        handle.detach()
+    ref.source = f"trained model on the {target} grid (--qat {target})"
+    return ref
 
 
 def verification_markdown(v: Verification) -> str:

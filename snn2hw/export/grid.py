@@ -10,7 +10,7 @@ round both sides share.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -31,16 +31,28 @@ class Site:
     v_th: float | None             # threshold of the neuron it drives; None: non-spiking readout
     lam: float | None
     input_unit: float              # float value of one unit of the synapse's input
+    alpha: float | None = None     # CUBA neuron: its synaptic decay; None: a LIF (or the readout)
+    weight_rec: Tensor | None = None   # recurrent layer: W_rec of the neuron (differentiable)
+
+
+# (c, state, spike_fn) -> (s, state): a neuron's update as the target computes it
+NeuronStep = Callable[[Tensor, Any, Callable[[Tensor], Tensor]], tuple[Tensor, Any]]
 
 
 @dataclass
 class Quantised:
-    """A site's values on the grid, in float units (None: unchanged)."""
+    """A site's values on the grid, in float units (None: unchanged).
+
+    ``step``: the neuron's update on the target's integers (states, decays, spike rule), which
+    QAT runs instead of the float neuron's, for targets whose arithmetic the float step does
+    not reproduce (Xylo's shift decays and multi-spikes)."""
 
     weight: Tensor
     bias: Tensor
     v_th: float | None = None
     lam: float | None = None
+    weight_rec: Tensor | None = None
+    step: NeuronStep | None = None
 
 
 class TargetGrid(Protocol):

@@ -26,105 +26,13 @@ on the grid in float units, built with ``ste_round`` so gradients pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from torch import nn
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-
-from ..core.layers import LIF, Pool, ResidualBlock, TDBatchNorm
 from ..errors import ConfigError
 from ..export import EXPORTERS
-from ..export.grid import Site, TargetGrid
-from ..models.walk import Rule, Step, fold_synapse, skip, walk
+from ..export.grid import TargetGrid
+from ..export.qat import QAT_SITES, QATHandle, attach_grid, plan_sites  # noqa: F401  (re-exported)
 from ..registry import lookup
-
-
-@dataclass
-class _Plan:
-    name: str
-    synapse: nn.Module
-    bn: TDBatchNorm | None = None
-    lif: LIF | None = None
-    input_unit: float = 1.0
-    first: bool = False
-
-
-@dataclass
-class _Units:
-    """What the walk knows about the value of one unit of the next synapse's input."""
-
-    input_unit: float               # of the network's input
-    pool_unit: float = 1.0          # avg pooling of spikes since the last neuron
-    planned: int = 0                # synapses seen
-    open: bool = False              # the last synapse's neuron is not reached yet
-
-
-def _site(step: Step, units: _Units) -> _Plan:
-    first = units.planned == 0
-    units.planned += 1
-    units.open = True
-    return _Plan(step.name, step.module, step.bn, step.neuron,
-                 input_unit=units.pool_unit * (units.input_unit if first else 1.0), first=first)
-
-
-def _neuron(step: Step, units: _Units) -> None:
-    if units.open:
-        units.open, units.pool_unit = False, 1.0
-
-
-def _pool(step: Step, units: _Units) -> None:
-    m = step.module
-    if not units.open and m.mode == "avg":
-        units.pool_unit /= m.k ** m.dims     # avg pooling of spikes, fused into the next synapse
-
-
-def _refuse_residual(step: Step, units: _Units) -> None:
-    raise ConfigError(f"{step.name}: QAT supports chain networks (mlp, conv), not residual blocks")
-
-
-# torch layer type -> rule; QAT rewrites synapses only, every other layer passes as is.
-QAT_SITES: dict[type, Rule] = {
-    nn.Linear: _site,
-    nn.Conv1d: _site,
-    nn.Conv2d: _site,
-    LIF: _neuron,
-    Pool: _pool,
-    ResidualBlock: _refuse_residual,
-    nn.Module: skip,
-}
-
-
-def plan_sites(model: nn.Module, input_unit: float) -> list[_Plan]:
-    """The synapses of a chain network in order, with their BN, neuron and input unit."""
-    return walk(model.layers, QAT_SITES, _Units(input_unit), rules_name="snn2hw.train.qat.QAT_SITES")
-
-
-def _folded(p: _Plan) -> tuple[Tensor, Tensor]:
-    w, b = fold_synapse(p.synapse, p.bn, detach=False)  # QAT trains through the fold
-    return w, b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
-
-
-def _apply(m: nn.Module, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
-    if isinstance(m, nn.Linear):
-        return F.linear(x, w, b)
-    conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
-    return conv(x, w, b, m.stride, m.padding, m.dilation, m.groups)
-
-
-@dataclass
-class QATHandle:
-    """Undoes ``attach_qat`` (restores forwards and neuron constants)."""
-
-    modules: list[nn.Module] = field(default_factory=list)
-    constants: list[tuple[LIF, float, float]] = field(default_factory=list)
-
-    def detach(self) -> None:
-        for m in self.modules:
-            m.__dict__.pop("forward", None)
-        for lif, v_th, lam in self.constants:
-            lif.v_th, lif.lam = v_th, lam
-        self.modules, self.constants = [], []
 
 
 def fine_tune_defaults(checkpoint: str) -> dict:
@@ -156,33 +64,9 @@ def attach_qat(model: nn.Module, target: str | None,
     ``input_range``: the data's (min, max), as the exporter records it in the NIR
     metadata, so that QAT quantises the input exactly as the export will.
     """
-    handle = QATHandle()
     if not target:
-        return handle
+        return QATHandle()
     grid = make_grid(target)
     if input_range is not None:
         grid.input_range = (float(input_range[0]), float(input_range[1]))
-    unit = 1.0 / grid.input_levels if grid.input_levels else 1.0
-    for p in plan_sites(model, unit):
-        if p.bn is not None:
-            p.bn.forward = lambda x: x          # folded into the synapse below
-            handle.modules.append(p.bn)
-        v_th = lam = None
-        if p.lif is not None:
-            v_th, lam = p.lif.v_th, p.lif.lam   # the trained constants; the grid's values are derived
-            handle.constants.append((p.lif, v_th, lam))
-
-        def forward(x: Tensor, p: _Plan = p, v_th: float | None = v_th, lam: float | None = lam) -> Tensor:
-            if p.first and grid.input_levels:
-                lo, hi = grid.input_range
-                x = torch.round(x.clamp(lo, hi) * grid.input_levels) / grid.input_levels
-            w, b = _folded(p)
-            q = grid.quantise(Site(p.name, w, b, v_th, lam, p.input_unit))
-            if p.lif is not None:
-                p.lif.v_th = v_th if q.v_th is None else float(q.v_th)
-                p.lif.lam = lam if q.lam is None else float(q.lam)
-            return _apply(p.synapse, x, q.weight, q.bias)
-
-        p.synapse.forward = forward
-        handle.modules.append(p.synapse)
-    return handle
+    return attach_grid(model, grid)
