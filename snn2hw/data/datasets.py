@@ -42,8 +42,12 @@ class DataSplit:
 
     @property
     def value_range(self) -> tuple[float, float] | None:
-        """(min, max) of the analog training inputs, which targets quantise; None for events."""
-        return None if self.temporal else (float(self.x_train.min()), float(self.x_train.max()))
+        """(min, max) of the analog training inputs, which targets quantise; None for events
+        (temporal data of non-negative integer counts). An analog sequence (mnist1d-seq) has one."""
+        x = self.x_train
+        if self.temporal and bool((x >= 0).all()) and torch.equal(x, x.round()):
+            return None
+        return float(x.min()), float(x.max())
 
     @property
     def input_shape(self) -> tuple[int, ...]:
