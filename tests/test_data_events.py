@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from snn2hw.data.datasets import load_dataset
+from snn2hw.data.datasets import load_dataset, with_timesteps
 from snn2hw.data.events import bin_events
 from snn2hw.errors import DataError
 
@@ -105,3 +105,27 @@ def test_tonic_sets_name_the_install_when_tonic_is_missing(kind, tmp_path):
 def test_tonic_reads_local_files_only(tmp_path):
     with pytest.raises(DataError, match="local files only"):
         load_dataset(f"nmnist:{tmp_path}")
+
+
+def test_timesteps_flag_bins_event_sets(tmp_path):
+    """train --timesteps T on shd:PATH bins into T frames (the spec gains ?timesteps=T)."""
+    write_shd(tmp_path / "shd_train.h5", TRAIN, [7, 19])
+    write_shd(tmp_path / "shd_test.h5", TEST, [2])
+    spec = with_timesteps(f"shd:{tmp_path}", 4)
+    assert spec == f"shd:{tmp_path}?timesteps=4"
+    assert load_dataset(spec, val_fraction=0).x_train.shape == (2, 4, 700)
+    assert with_timesteps(f"shd:{tmp_path}?max_time=0.5", 2).endswith("?max_time=0.5&timesteps=2")
+    assert with_timesteps("mnist1d-seq", 4) == "mnist1d-seq" and with_timesteps("npz:a.npz", 4) == "npz:a.npz"
+    assert with_timesteps(f"shd:{tmp_path}?timesteps=4", 4) == f"shd:{tmp_path}?timesteps=4"
+    with pytest.raises(DataError, match=r"shd: --timesteps 5 and the spec's timesteps=4 disagree"):
+        with_timesteps(f"shd:{tmp_path}?timesteps=4", 5)
+
+
+def test_value_range_is_none_only_for_event_counts(tmp_path):
+    """Targets quantise analog input over its range; event counts go as they are."""
+    write_shd(tmp_path / "shd_train.h5", TRAIN, [7, 19])
+    write_shd(tmp_path / "shd_test.h5", TEST, [2])
+    assert load_dataset(f"shd:{tmp_path}?timesteps=4", val_fraction=0).value_range is None
+    seq = load_dataset("mnist1d-seq")
+    lo, hi = seq.value_range
+    assert (lo, hi) == (float(seq.x_train.min()), float(seq.x_train.max())) and lo < 0 < 1 < hi

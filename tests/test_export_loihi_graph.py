@@ -14,7 +14,7 @@ from snn2hw.environment import loihi_python
 from snn2hw.errors import ExportError
 from snn2hw.export.from_nir import nir_to_network, node_spikes
 from snn2hw.export.loihi import LoihiExporter, emulator as emu
-from snn2hw.export.loihi.graph import build_loihi_graph, write_graph
+from snn2hw.export.loihi.graph import BIAS_CHANNEL, build_loihi_graph, write_graph
 from snn2hw.export.loihi.graph_verify import graph_readout, run_lava_graph
 from snn2hw.export.loihi.mapping import LoihiNet
 from snn2hw.export.to_nir import model_to_nir
@@ -92,8 +92,27 @@ def conv_residual_graph(seed=3):
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(META))
 
 
+def srnn_model(seed=4, hidden=(8, 6), alpha=0.5, lam=0.9, bias=0.4):
+    """A seeded snn2hw srnn (CUBA, hard reset) with input biases large enough to matter."""
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(arch="srnn", input_shape=(5,), hidden=hidden, num_classes=3, neuron="cuba",
+                                    alpha=alpha, lam=lam, timesteps=T))
+    with torch.no_grad():
+        for layer in model.layers:
+            if isinstance(layer, torch.nn.Linear) and layer.out_features != 3:
+                layer.weight.mul_(2.0)
+                layer.bias.uniform_(-bias, bias)
+    return model
+
+
+def srnn_graph(**kw):
+    return model_to_nir(srnn_model(**kw), temporal=True)
+
+
 def _input(net, seed=2):
-    return np.random.default_rng(seed).integers(0, 2, (T, N, net.input_size))   # binary events
+    """Binary events (T, N, inputs) as the chip receives them (with the bias channel, if any)."""
+    x = np.random.default_rng(seed).integers(0, 2, (T, N) + tuple(net.info["model_input_shape"]))
+    return net.quantise_input(x)
 
 
 def float_recurrent(graph, x):
@@ -117,7 +136,7 @@ def lava_runs(tmp_path_factory):
     if loihi_python() is None:
         pytest.skip("the Loihi environment (.venv-loihi) is missing")
     tmp = tmp_path_factory.mktemp("lava")
-    nets = [build_loihi_graph(g()) for g in (recurrent_graph, residual_graph, conv_residual_graph)]
+    nets = [build_loihi_graph(g()) for g in (recurrent_graph, residual_graph, conv_residual_graph, srnn_graph)]
     jobs = [(write_graph(net, tmp / f"g{i}.npz"), net, _input(net)) for i, net in enumerate(nets)]
     results = run_lava_graph(jobs)
     return [(net, x, spikes, timing) for (_, net, x), (spikes, timing) in zip(jobs, results)]
@@ -160,6 +179,46 @@ def test_emulator_without_the_shortcut_delay_is_not_lava(lava_runs):
     for e in wrong.edges:
         e.delay = 0
     assert (emu.run_graph_stream(wrong, x)["layers_2_out"] != lava["layers_2_out"]).sum() > 0
+
+
+@pytest.mark.slow
+def test_lava_needs_the_cuba_bias_channel(lava_runs):
+    """A trained-style srnn (two recurrent CUBA layers, biases): Lava equals the emulator above;
+    without the constant channel's weights (the biases) the emulator is no longer Lava."""
+    net, x, lava, _ = lava_runs[3]
+    assert net.info[BIAS_CHANNEL] == [n.name for n in net.neurons]
+    assert [e.delay for e in net.edges if e.src == "input"] == [0, 1]     # the deeper layer's bias waits
+    dropped = copy.deepcopy(net)
+    for e in dropped.edges:
+        if e.src == "input":
+            e.weight[:, -1] = 0
+    wrong = emu.run_graph_stream(dropped, x)
+    assert all((wrong[n] != lava[n]).sum() > 0 for n in lava)
+
+
+def _bias_only(biases):
+    """One recurrent CUBA layer driven by its input bias alone (input and recurrent weights 0)."""
+    model = srnn_model(hidden=(len(biases),))
+    with torch.no_grad():
+        model.layers[1].weight.zero_()
+        model.layers[1].bias.copy_(torch.tensor(biases))
+        model.layers[2].recurrent.weight.zero_()
+    return model_to_nir(model, temporal=True)
+
+
+def test_cuba_bias_reaches_the_current_from_frame_0():
+    """Hand computation, lam 0.9, alpha 0.5, V_th 1: i[t] = 2 b (1 - 0.5^(t+1)), v = 0.9 v (1 - s) + i.
+    b = 1.2 fires in frame 0 (i = 1.2); b = 0.6 in frame 1 (v = 0.6, 0.54 + 0.9); b = 0.3 in frame 2
+    (i = 0.3, 0.45, 0.525; v = 0.3, 0.72, 1.173); b = -0.5 never."""
+    g = _bias_only([1.2, 0.6, 0.3, -0.5])
+    net = build_loihi_graph(g)
+    x = net.quantise_input(np.zeros((T, 1, 5)))
+    assert np.all(x[..., -1] == 1) and not x[..., :-1].any()
+    got = emu.run_graph(net, x)["layers_2_neuron_lif"][:, 0]
+    first = [int(np.argmax(got[:, k])) if got[:, k].any() else None for k in range(4)]
+    assert first == [0, 1, 2, None]
+    ref, _ = node_spikes(nir_to_network(g), torch.zeros(T, 1, 5))
+    np.testing.assert_array_equal(got, ref["layers_2_neuron_lif"][:, 0].numpy())
 
 
 def test_emulator_agrees_with_float_models():
@@ -205,12 +264,6 @@ def _back_edge():
     return g
 
 
-def _cuba_with_bias():
-    g = recurrent_graph()
-    g.nodes["layers_2_w_in"].bias = np.full(10, 0.2, np.float32)
-    return g
-
-
 def _cuba_without_metadata():
     g = recurrent_graph()
     g.nodes["layers_2_lif"].metadata = {}
@@ -231,7 +284,6 @@ def _alpha_without_decay():
 
 @pytest.mark.parametrize("graph,message", [
     (_back_edge, r"edge layers_2_out -> layers_2_body_1: .*Fix: recurrence only from a neuron to itself"),
-    (_cuba_with_bias, r"neuron layers_2_lif: CUBA .*bias.*Fix"),
     (_cuba_without_metadata, r"neuron layers_2_lif: CubaLIF without .*Fix"),
     (_soft_reset, r"neuron layers_2_lif: reset by subtraction.*--reset hard"),
     (_alpha_without_decay, r"neuron layers_2_lif: alpha = 0.99999 rounds to no current decay.*Fix"),

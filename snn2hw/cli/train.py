@@ -22,6 +22,7 @@ from typing import Any
 from ..api import resume, train_from_options
 from ..core.neuron import LIF_RESETS
 from ..core.surrogate import DEFAULT_SURROGATE, SURROGATES
+from ..data.datasets import with_timesteps
 from ..methods import METHODS, option_flags
 from ..models.config import ARCHS, NEURONS
 from ..train.qat import qat_targets
@@ -41,9 +42,11 @@ _OWN_SHAPES = "; ".join(f"{n}: {'/'.join(c.surrogates)}" for n, c in sorted(METH
 
 # flag -> config key; values None are not passed, so the config file or the defaults apply
 FLAGS: list[tuple[str, dict]] = [
-    ("--dataset", dict(help="digits (default), mnist1d, npz:PATH, mnist-idx:DIR, cifar10:DIR")),
+    ("--dataset", dict(help="digits (default), mnist1d, mnist1d-seq, npz:PATH, mnist-idx:DIR, cifar10:DIR, "
+                            "shd:PATH, nmnist:DIR, dvsgesture:DIR")),
     ("--model", dict(metavar="ARCH", help=f"architecture: {_names(ARCHS)} (default mlp)")),
-    ("--timesteps", dict(type=int, help="time steps T (default 4)")),
+    ("--timesteps", dict(type=int, help="time steps T (default 4); an event set (shd:, nmnist:, "
+                                        "dvsgesture:) is binned into T frames")),
     ("--epochs", dict(type=int, help="epochs (default 30)")),
     ("--batch-size", dict(type=int, help="batch size (default 64)")),
     ("--lr", dict(type=float, help="learning rate (default 2e-3), cosine schedule")),
@@ -159,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
 
         return launch(args.nproc, _argv(args))
     options = options_from_args(args, FLAGS)
+    if "timesteps" in options and "dataset" in options:   # event sets are binned into T frames
+        options["dataset"] = with_timesteps(options["dataset"], options["timesteps"])
     if args.resume:
         result = resume(args.resume, epochs=options.get("epochs"), progress=not args.no_progress,
                         device=args.device, workers=args.workers)

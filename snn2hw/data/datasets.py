@@ -296,6 +296,19 @@ def load_dataset(spec: str, seed: int = 0, val_fraction: float = DEFAULT_VAL_FRA
     return with_validation(_load_split(spec, seed), val_fraction)
 
 
+def with_timesteps(spec: str, timesteps: int) -> str:
+    """``spec`` binned into ``timesteps`` frames: an event set's spec (``shd:PATH``, tonic sets)
+    gains ``?timesteps=T``; any other spec is returned unchanged (its T is the model's).
+    DataError when the spec already names a different T."""
+    kind, sep, path = spec.partition(":")
+    if not sep or "timesteps" not in OPTIONS.get(kind, {}):
+        return spec
+    said = _options(kind, path)[1].get("timesteps")
+    if said is not None and said != int(timesteps):
+        raise DataError(f"{kind}: --timesteps {timesteps} and the spec's timesteps={said} disagree; give one")
+    return spec if said is not None else f"{spec}{'&' if '?' in path else '?'}timesteps={int(timesteps)}"
+
+
 def _load_split(spec: str, seed: int) -> DataSplit:
     if spec in EMBEDDED:
         return EMBEDDED[spec](seed)

@@ -183,6 +183,7 @@ def _source(source: str | Path | SpikingNetwork | nir.NIRGraph, timesteps: int |
                               "or a clip), which model_to_nir cannot write; export that graph itself "
                               "with --from-nir")
         graph = model_to_nir(model, temporal=bool(layout.get("temporal")))
+    # analog frames (direct, or an analog sequence: value_range is None for event counts)
     if value_range and graph.metadata.get("input_encoding", "direct") in ("direct", "temporal"):
         graph.metadata.setdefault("input_range", [float(v) for v in value_range])
     # built now even without --check: it refuses a NIR graph we cannot run, naming the node

@@ -16,8 +16,17 @@ Reading (``build_loihi_graph``):
 * Quantisation per neuron node as for chains (``mapping.loihi_grid`` on all its
   incoming matrices side by side): even 8-bit weights, 13-bit bias, vThMant = V_th G.
 * CubaLIF (snn2hw's CUBA, node metadata ``lam``, ``alpha``): Lava's native current
-  decay, du = round(4096 (1 - alpha)), dv = round(4096 (1 - lam)). Lava adds the
-  bias to v, not to the current, so a CUBA node with alpha > 0 must have no bias.
+  decay, du = round(4096 (1 - alpha)), dv = round(4096 (1 - lam)).
+* Bias of a CUBA node with alpha > 0. The float model adds b to the current
+  (``i = alpha i + W x + b``), so v sees b (1 - alpha^(t+1)) / (1 - alpha); Lava adds
+  ``bias_mant`` to v, a constant, so no LIF bias equals it. Instead the input gets one
+  extra channel that carries a binary 1 in every frame (``BIAS_CHANNEL``), and b is
+  that channel's weight: it reaches the current through the input's own Dense, so it
+  arrives in frame t exactly as b does in the float model (a deeper neuron gets it
+  through a DelayDense like any input edge). The bias is then quantised on the weight
+  grid (even, 8-bit), with the neuron's gain chosen to fit it. This keeps every
+  trained srnn exportable without retraining (a bias-free model option would not).
+  LIF biases (alpha = 0, u keeps no memory) stay Lava's bias_mant, which is exact.
 
 Timing (measured, targets.md A.3): every connection delivers at step i what its
 source emitted at step i - 1 - delay. Neuron n sits at depth d(n) = the longest
@@ -46,6 +55,7 @@ from .mapping import A_LIMIT, INPUT_LEVELS, INPUT_RANGE, loihi_grid, v_decay_of
 NEURONS = ("LIF", "IF", "CubaLIF")
 LINEAR = ("Affine", "Linear", "Conv1d", "Conv2d", "AvgPool2d", "SumPool2d", "Flatten")
 INPUT = "input"
+BIAS_CHANNEL = "constant 1"   # info key and README name of the always-on input channel
 
 
 @dataclass
@@ -100,7 +110,10 @@ class LoihiGraph:
         lo, hi = self.input_range
         xi = np.round(np.clip(np.asarray(x, np.float64), lo, hi) * self.input_levels).astype(np.int64)
         lead = xi.ndim - len(self.info["model_input_shape"])
-        return xi.reshape(xi.shape[:lead] + (self.input_size,))
+        xi = xi.reshape(xi.shape[:lead] + (-1,))
+        if self.info.get(BIAS_CHANNEL):
+            xi = np.concatenate([xi, np.ones(xi.shape[:-1] + (1,), np.int64)], axis=-1)
+        return xi
 
     def input_bits(self) -> int:
         lo, hi = (round(v * self.input_levels) for v in self.input_range)
@@ -237,8 +250,10 @@ def build_loihi_graph(graph: Any, input_levels: int | None = None,
     """The integer Lava process graph of ``graph`` (module docstring); raises ExportError."""
     meta = dict(graph.metadata or {})
     producer = producer_of(graph)
-    temporal = meta.get("input_encoding") == "temporal"
-    levels = int(input_levels or meta.get("loihi_input_levels", 1 if temporal else INPUT_LEVELS))
+    # event counts go as they are; analog input (direct, or a sequence with a recorded input_range)
+    # as graded spikes of INPUT_LEVELS per unit
+    events = meta.get("input_encoding") == "temporal" and "input_range" not in meta
+    levels = int(input_levels or meta.get("loihi_input_levels", 1 if events else INPUT_LEVELS))
     rng = tuple(input_range or meta.get("input_range", INPUT_RANGE))
     nodes = graph.nodes
     preds: dict[str, list[str]] = {k: [] for k in nodes}
@@ -293,21 +308,32 @@ def build_loihi_graph(graph: Any, input_levels: int | None = None,
             raise ExportError(f"neurons {todo}: reached only through a cycle; no input drives them")
     for n in neurons:
         inputs[n] = _sum(n, [form(p) for p in preds[n]])
+    readings = {n: _neuron_reading(n, nodes[n], meta, producer) for n in neurons}
+    n_in = int(np.prod(model_in))
+    lo, hi = (int(round(v * levels)) for v in rng)
+    # integer input per column: graded model input (one unit = 1/levels), then the bias channel
+    in_scale, in_peak = np.full(n_in, 1.0 / levels), np.full(n_in, float(max(abs(lo), abs(hi))))
+    cuba_bias = [n for n in neurons if readings[n][1] > 0 and np.any(inputs[n][1] != 0)]
+    if cuba_bias:   # CUBA biases become weights from an always-on input channel (module docstring)
+        in_scale, in_peak = np.append(in_scale, 1.0), np.append(in_peak, 1.0)
+        for n in neurons:
+            mats, bias, shape = inputs[n]
+            if n in cuba_bias:
+                w_in = mats.get(INPUT, np.zeros((len(bias), n_in)))
+                mats[INPUT] = np.concatenate([w_in, bias[:, None]], axis=1)
+                inputs[n] = (mats, np.zeros_like(bias), shape)
+            elif INPUT in mats:
+                mats[INPUT] = np.concatenate([mats[INPUT], np.zeros((len(bias), 1))], axis=1)
     order = [n for n in neurons]
     depth, recurrent = _depths(order, {n: inputs[n][0] for n in order})
     order.sort(key=lambda n: depth[n])
 
-    unit = {INPUT: 1.0 / levels}
-    lo, hi = (int(round(v * levels)) for v in rng)
     g_neurons, g_edges = [], []
     for n in order:
-        lam, alpha, v_th, gain, geq = _neuron_reading(n, nodes[n], meta, producer)
+        lam, alpha, v_th, gain, geq = readings[n]
         mats, bias, _ = inputs[n]
         srcs = list(mats)
-        if alpha > 0 and np.any(bias != 0):
-            raise ExportError(f"neuron {n}: CUBA current decay alpha={alpha:g} with a bias; Lava adds the bias "
-                              "to v, not to the current, so they differ. Fix: train the recurrent layer without bias")
-        w_cat = np.concatenate([mats[s] * gain * unit.get(s, 1.0) for s in srcs], axis=1)
+        w_cat = np.concatenate([mats[s] * gain * (in_scale if s == INPUT else 1.0) for s in srcs], axis=1)
         try:
             q = loihi_grid(w_cat, bias * gain, v_th, 1.0, ">=" if geq else ">")
         except ValueError as exc:
@@ -317,8 +343,7 @@ def build_loihi_graph(graph: Any, input_levels: int | None = None,
         for s in srcs:
             w = q.weight[:, col:col + mats[s].shape[1]]
             col += mats[s].shape[1]
-            a_lo, a_hi = (lo, hi) if s == INPUT else (0, 1)
-            worst += np.maximum(np.abs(w * a_hi), np.abs(w * a_lo)).sum(1)
+            worst += np.abs(w) @ (in_peak if s == INPUT else np.ones(w.shape[1])).astype(np.int64)
             delay = 0 if (s, n) in recurrent else depth[n] - depth[s] - 1
             g_edges.append(GraphEdge(s, n, w.astype(np.int64), int(delay)))
         if int((worst + np.abs(q.bias)).max()) >= A_LIMIT:
@@ -332,8 +357,8 @@ def build_loihi_graph(graph: Any, input_levels: int | None = None,
         raise ExportError("the readout reads the network input directly; Loihi streams out only spikes. "
                           "Fix: end the network with neuron -> Affine")
     info = {"model_input_shape": model_in, "recurrent_edges": sorted(recurrent),
-            "delayed_edges": [(e.src, e.dst, e.delay) for e in g_edges if e.delay]}
-    return LoihiGraph(g_neurons, g_edges, int(np.prod(model_in)), levels, (float(rng[0]), float(rng[1])),
+            "delayed_edges": [(e.src, e.dst, e.delay) for e in g_edges if e.delay], BIAS_CHANNEL: cuba_bias}
+    return LoihiGraph(g_neurons, g_edges, len(in_scale), levels, (float(rng[0]), float(rng[1])),
                       out[0], out[1], int(meta.get("timesteps", 0) or 0), info)
 
 

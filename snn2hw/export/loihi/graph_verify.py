@@ -21,7 +21,7 @@ from ...errors import ExportError
 from ..base import Samples, Verification
 from ..reference import compare, must_equal
 from . import emulator as emu
-from .graph import LoihiGraph
+from .graph import BIAS_CHANNEL, LoihiGraph
 
 RUNNER = Path(__file__).with_name("runner.py")
 FILENAME = "loihi_graph.npz"
@@ -117,6 +117,10 @@ def graph_readme(net: LoihiGraph) -> str:
     rows = "".join(f"| {n.name} | {n.size} | {n.depth} | {n.du} | {n.dv} | {n.vth} | {n.gain:.4g} |\n"
                    for n in net.neurons)
     edges = "".join(f"| {e.src} | {e.dst} | {tuple(e.weight.shape)} | {e.delay} |\n" for e in net.edges)
+    moved = net.info.get(BIAS_CHANNEL)
+    bias_note = (f"\nThe last input channel carries a constant 1 in every frame: its weights are the biases of "
+                 f"the CUBA neurons {', '.join(moved)}, which Lava's LIF would add to v instead of the current.\n"
+                 if moved else "")
     return f"""# Loihi 2 export (Lava process graph)
 
 This graph is not a chain (recurrence or residual sums), which netx cannot run, so
@@ -135,7 +139,7 @@ Each connection adds one step (Dense sends what it received the step before); de
 every path into a neuron equally long, so neuron n's step i is frame i - depth of the
 trained model. Input: graded spikes `round({net.input_levels} clip(x))`, flattened;
 T = {net.timesteps} frames then {net.depth} zero steps per sample, each sample from zero state.
-Readout (host): `logits = sum_src W_src mean_t(s_src) + b` (`readout{{i}}`, `readout_bias`).
+{bias_note}Readout (host): `logits = sum_src W_src mean_t(s_src) + b` (`readout{{i}}`, `readout_bias`).
 `snn2hw.export.loihi.runner` builds and runs exactly this; `emulator.run_graph_stream`
 predicts it bit for bit. Not verified on a physical chip.
 """
