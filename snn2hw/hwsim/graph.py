@@ -29,8 +29,9 @@ from torch import Tensor, nn
 from ..core.encoders import encode
 from ..core.fused import counted_lif, fused_lif, neuron_counts
 from ..core.layers import CUBA, LIF, RecurrentSpiking, ResidualBlock
-from ..core.neuron import LIFParams, LIFState, initial_state, lif_sequence, lif_step, synaptic_current
-from ..core.surrogate import Triangle
+from ..core.neuron import (LIFParams, LIFState, cuba_initial_state, initial_state, lif_sequence, lif_step,
+                           synaptic_current)
+from ..core.surrogate import Triangle, heaviside
 from ..errors import ExportError
 from ..models.network import SpikingNetwork
 from ..models.walk import Rule, Step, walk
@@ -113,6 +114,8 @@ class LoweredNet:
     timesteps: int
     # 'rate' | 'latency': the host encodes a static frame into events before the chip (run())
     encoding: str = "direct"
+    # (min, max) of the analog input the model was trained on; a target's input grid follows it
+    input_range: tuple[float, float] | None = None
 
     def walk(self) -> list:
         """Every op in execution order, residual bodies and shortcuts included."""
@@ -258,6 +261,11 @@ class ChipParams:
     v_th: dict[str, Tensor] = field(default_factory=dict)
     alive: dict[str, Tensor] = field(default_factory=dict)   # bool (C, *features)
     state_q: dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict)
+    # a target's own arithmetic (hwsim/xylo.py): neuron name -> its step (c, state, spike_fn) run
+    # instead of the float one; readout synapse name -> (T, ..., K) currents to logits; input grid
+    steps: dict[str, Callable] = field(default_factory=dict)
+    readout: dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict)
+    input_q: Callable[[Tensor], Tensor] | None = None
 
     def to(self, device: torch.device | str) -> "ChipParams":
         """The same chips with their parameters on ``device`` (drawn on the CPU, so a seed
@@ -334,13 +342,21 @@ def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise,
     if noise.thermal > 0:
         c = c + (noise.thermal * abs(op.v_th)) * torch.randn(
             c.shape, generator=noise.generator, dtype=c.dtype).to(c.device)  # drawn on the CPU: same on any device
-    if op.cuba:
+    step = chips.steps.get(op.name)
+    if op.cuba and step is None:
         c = synaptic_current(c, op.alpha)   # CUBA.forward's filter, the same numbers
     p = LIFParams(chips.lam.get(op.name, op.lam), chips.v_th.get(op.name, op.v_th), op.reset)
     q = chips.state_q.get(op.name)
     want_counts = getattr(observer, "wants_counts", False)
     counts = None
-    if q is None and op.name not in chips.lam and op.name not in chips.v_th:
+    if step is not None:  # the target's own step (states in its units), one step at a time
+        state, out, us = cuba_initial_state(c[0]), [], []
+        for ct in c:
+            st, state = step(ct, state, heaviside)
+            out.append(st)
+            us.append(state.u)
+        s, u = torch.stack(out), torch.stack(us)
+    elif q is None and op.name not in chips.lam and op.name not in chips.v_th:
         # nominal constants: the fused loop (compiled kernel), the same numbers as lif_sequence
         if want_counts:
             s, *counts = counted_lif(c, op.lam, op.v_th, op.reset, c[0, 0, 0].numel())
@@ -385,7 +401,8 @@ def _apply_recurrent(op: Recurrent, c: Tensor, chips: ChipParams, noise: RunNois
     q, alive = chips.state_q.get(n.name), chips.alive.get(n.name)
     w_chip, _ = chips.weights.get(syn.name, (None, None))
     w_t = syn.weight.t()
-    state, i = initial_state(c[0]), torch.zeros_like(c[0])
+    step = chips.steps.get(n.name)
+    state, i = (initial_state(c[0]) if step is None else cuba_initial_state(c[0])), torch.zeros_like(c[0])
     delivered, spikes, us = torch.zeros_like(c[0]), [], []
     want_counts = getattr(observer, "wants_counts", False)
     for ct in c:
@@ -395,10 +412,13 @@ def _apply_recurrent(op: Recurrent, c: Tensor, chips: ChipParams, noise: RunNois
             ct = ct + _apply_synapse(syn, delivered, 2, chips)
         if noise.thermal > 0:
             ct = ct + (noise.thermal * abs(n.v_th)) * torch.randn(ct.shape, generator=noise.generator, dtype=ct.dtype)
-        if n.cuba:
-            i = n.alpha * i + ct
-            ct = i
-        s, state = lif_step(ct, state, p)
+        if step is not None:   # the target's own step: spike counts, its states
+            s, state = step(ct, state, heaviside)
+        else:
+            if n.cuba:
+                i = n.alpha * i + ct
+                ct = i
+            s, state = lif_step(ct, state, p)
         if q is not None:
             state = LIFState(q(state.u), s)
         if noise.spike_loss > 0:
@@ -423,6 +443,9 @@ def _run_ops(ops: list, x: Tensor, nlead: int, T: int, chips: ChipParams, noise:
             if observer is not None:
                 observer.synapse(op, x, nlead)
             x = _apply_synapse(op, x, nlead, chips)
+            if op.name in chips.readout:
+                x = chips.readout[op.name](x if nlead == 3 else x.unsqueeze(0).expand(T, *x.shape))
+                nlead = 3
         elif isinstance(op, Stateless):
             x = _shared(op.module, x, nlead)
         else:
@@ -463,6 +486,8 @@ def run(net: LoweredNet, x: Tensor, chips: ChipParams | None = None, noise: RunN
         generator = torch.Generator(device=x.device).manual_seed(SpikingNetwork.EVAL_ENCODING_SEED)
         x, static = encode(net.encoding, x, T, generator), False
     nlead = 2 if static else 3
+    if chips.input_q is not None:
+        x = chips.input_q(x)
     x = x.unsqueeze(nlead - 1).expand(*x.shape[:nlead - 1], C, *x.shape[nlead - 1:])
     y, nlead = _run_ops(net.ops, x, nlead, T, chips, noise, observer, record_shapes)
     if nlead == 2:  # a network without temporal layers

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from .graph import ChipParams, LoweredNet, Neuron, RunNoise, Synapse, run
+from .xylo import XyloChip, xylo_chip
 
 MISMATCH_PARAMS = ("weights", "thresholds", "decays")
 
@@ -191,8 +192,12 @@ def sample_chips(net: ChipLayout, spec: NoiseSpec, chips: int, generator: torch.
     puts weights on the quantisation grid: ``torch.round``, or a straight-through
     round where gradients must pass (training).
     """
-    out = ChipParams(chips=chips)
     q = spec.quant
+    if q is not None and q.name == "xylo":
+        chip = xylo_chip(net) if isinstance(net, LoweredNet) else None
+        if chip is not None:
+            return _xylo_chips(chip, net, spec, chips, generator)
+    out = ChipParams(chips=chips)
     lsb: dict[str, float] = {}
     xi = spec.mismatch
     for op in net.synapses():
@@ -235,6 +240,24 @@ def sample_chips(net: ChipLayout, spec: NoiseSpec, chips: int, generator: torch.
             out.v_th[op.name] = v_th.unsqueeze(0).expand(chips, *shape)
         if spec.dead > 0:
             out.alive[op.name] = torch.rand((chips, *shape), generator=generator) >= spec.dead
+    return out
+
+
+def _xylo_chips(chip: XyloChip, net: LoweredNet, spec: NoiseSpec, chips: int,
+                generator: torch.Generator) -> ChipParams:
+    """Chips running Xylo's own arithmetic (hwsim/xylo.py): its grid's weights, jittered where
+    weight mismatch is asked for (Xylo's thresholds and decays are digital: exact on every chip)."""
+    out = ChipParams(chips=chips, steps=dict(chip.steps), readout=dict(chip.readout), input_q=chip.input_q)
+    jitter = spec.mismatch > 0 and "weights" in spec.mismatch_params
+    for name, (w, b) in chip.weights.items():
+        if jitter:
+            out.weights[name] = (_jitter(w, spec.mismatch, chips, generator),
+                                 None if b is None else _jitter(b, spec.mismatch, chips, generator))
+        else:
+            out.weights[name] = (w.unsqueeze(0).expand(chips, *w.shape),
+                                 None if b is None else b.unsqueeze(0).expand(chips, *b.shape))
+    for op in net.neurons() if spec.dead > 0 else ():
+        out.alive[op.name] = torch.rand((chips, *op.out_shape), generator=generator) >= spec.dead
     return out
 
 

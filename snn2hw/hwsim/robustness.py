@@ -94,8 +94,9 @@ def load_models(checkpoints: Sequence[str], dataset: str | None, samples: int | 
             cache[spec] = load_dataset(spec)
         data: DataSplit = cache[spec]
         n = min(samples or len(data.x_test), len(data.x_test))
+        net = replace(lower(model).to(dev), input_range=data.value_range)   # a target's input grid follows it
         loaded.append(ModelUnderTest(_label(str(path), ckpt, used), str(path), ckpt, spec, model,
-                                     lower(model).to(dev), data.x_test[:n], data.y_test[:n], data.temporal))
+                                     net, data.x_test[:n], data.y_test[:n], data.temporal))
     return loaded
 
 

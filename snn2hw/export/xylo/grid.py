@@ -12,8 +12,9 @@ from torch import Tensor
 
 from ...core.neuron import CUBAState
 from ..grid import Quantised, Site, ste_round
-from .limits import MAX_HIDDEN_SPIKES, STATE_MAX, STATE_MIN, WEIGHT_MAX
-from .mapping import dash_of, input_levels, leak_of, neuron_gain, quantise_rows
+from .limits import MAX_HIDDEN_SPIKES, STATE_MAX, STATE_MIN, THRESHOLD_MAX, WEIGHT_MAX
+from .mapping import (OUTPUT_DASH_MEM, OUTPUT_DASH_SYN, dash_of, input_levels, leak_of, neuron_gain,
+                      quantise_rows)
 
 ASSUMED_ALPHA = 0.5   # Xylo's fastest synapse (dash_syn = 1), when the site does not say
 
@@ -121,3 +122,13 @@ class XyloGrid:
             step = XyloStep(g_t, as_t(a_eff), as_t(float(dash_syn)), as_t(float(dash_mem)), as_t(theta + 1.0))
         # V_th on the grid is theta / G = V_th exactly (G = theta / V_th): unchanged
         return Quantised(w_q.reshape(shape), b_q, float(site.v_th), lam, rec_q, step)
+
+
+def readout_step(gain: Tensor) -> XyloStep:
+    """The output neurons as ``mapping.build_xylo_net`` writes them: integrators (``dash_syn_out``
+    1, ``dash_mem_out`` 15, threshold 32767: no spike below saturation) adding ``round(G_out c)``
+    per step, ``c`` the current of readout weights ``round(G_out W) / G_out`` (``alpha_eff`` 1:
+    the mapping does not divide the readout's weights by the synapse's leak). After T steps the
+    host's logits are ``(Vmem + Isyn) / (G_out T) + b`` = ``(state.u + state.i) / T + b``."""
+    one = torch.ones_like(gain)
+    return XyloStep(gain, one, one * OUTPUT_DASH_SYN, one * OUTPUT_DASH_MEM, one * THRESHOLD_MAX)

@@ -316,7 +316,7 @@ def _encoding(meta: dict, features: int) -> Encoding:
                     features * (2 if split else 1))
 
 
-def _readout_gain(w: np.ndarray, T: int) -> np.ndarray:
+def readout_gain(w: np.ndarray, T: int) -> np.ndarray:
     """Per class: 8-bit weights, and the worst-case |sum over T steps| of binary spikes within
     0.9 x 32767 (Vmem_out is 16-bit)."""
     row = np.abs(w).max(1)
@@ -396,7 +396,7 @@ def build_xylo_net(graph: nir.NIRGraph, chip: str | None = None) -> XyloNet:
                                   leak_of(dm), r.v_th, gain, bias_ch))
         first += r.w.shape[0]
     threshold = threshold + 1
-    g_out = _readout_gain(w_out, T)
+    g_out = readout_gain(w_out, T)
     w_o = np.zeros((H, K), np.int64)
     w_o[layers[-1].ids] = np.clip(np.round(w_out * g_out[:, None]), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int64).T
     spec = XyloSpec(w_in, w_rec, w_o, dash_mem, dash_syn, np.full(K, OUTPUT_DASH_MEM), np.full(K, OUTPUT_DASH_SYN),
