@@ -169,7 +169,8 @@ def gate(v: Verification, floor: MinAgreement, allow_stand_in: bool = False) -> 
     """Judge ``v`` once: add a failure when a stand-in ran instead of the target's runtime
     (``v.stand_in``) unless ``allow_stand_in``, when the class agreement is below
     ``floor.classes`` and for each layer whose spike agreement is below ``floor.spikes``;
-    then ``passed`` = no failures. Returns ``v``."""
+    where any failed, the target's reading of why (``v.details["diagnosis"]``) last; then
+    ``passed`` = no failures. Returns ``v``."""
     if v.stand_in and not allow_stand_in:
         v.failures.append(f"the {v.target} runtime did not run ({v.stand_in}), so the numbers are a "
                           f"stand-in's, not the target's; set the runtime up (scripts/setup) or accept "
@@ -183,5 +184,7 @@ def gate(v: Verification, floor: MinAgreement, allow_stand_in: bool = False) -> 
         if a < floor.spikes:
             v.failures.append(f"{name}: spike agreement {a:.6f} < {floor.spikes:g} (--min-agreement); "
                               f"fine-tune for the target (--qat) or accept it with a lower --min-agreement")
+    if v.failures and v.details.get("diagnosis"):   # the target's own reading of why (e.g. Xylo's bursts)
+        v.failures.append(str(v.details["diagnosis"]))
     v.passed = not v.failures
     return v

@@ -23,11 +23,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ...errors import notice
 from ...runs.files import atomic_write_text
 from ..base import MinAgreement, Samples, Verification
 from ..reference import compare, must_equal
 from . import emulator
 from .grid import XyloGrid
+from .limits import MAX_HIDDEN_SPIKES
 from .mapping import XyloNet, build_xylo_net
 from .sim import run_xylosim, xylosim_available
 
@@ -50,6 +52,17 @@ def host_record(plan: XyloNet) -> dict[str, Any]:
         "readout": {"name": plan.readout_name, "gain": plan.readout_gain.tolist(), "bias": plan.readout_bias.tolist(),
                     "rule": "logits = (Vmem_out + Isyn_out) / (gain * T) + bias, read after the last step"},
     }
+
+
+def bursts_without_qat(bursts: int, saturations: int, trained_on_grid: bool) -> str | None:
+    """Why a float model loses on Xylo, when it does: its emulator run fired bursts or
+    saturated. None for a model fine-tuned with ``--qat xylo`` (its forward has Xylo's rule) or
+    a run with neither."""
+    if trained_on_grid or not (bursts or saturations):
+        return None
+    return (f"Xylo fires up to {MAX_HIDDEN_SPIKES} spikes per step where the membrane exceeds k thresholds, "
+            f"and this model was not trained for it (measured: {bursts} burst events, {saturations} "
+            "16-bit saturations; its float neuron fires one): retrain or fine-tune with --qat xylo")
 
 
 STAND_IN = "emulator; xylosim not run"   # what ran instead of the vendor simulator
@@ -121,6 +134,11 @@ class XyloExporter:
             spikes[l.neuron] = torch.from_numpy(counts.astype(np.float32))
             multi[l.neuron] = int((counts > 1).sum())
         details["multi_spike_events"] = multi
+        burst_note = bursts_without_qat(sum(multi.values()), sum(emulated.saturated.values()),
+                                        f"--qat {self.name}" in samples.reference.source)
+        if burst_note:
+            notice(f"xylo: {burst_note}")
+            details["diagnosis"] = burst_note     # the gate adds it to its failures, if it fails
         output = torch.from_numpy(plan.logits(target.v_out[-1], target.i_out[-1], T))
         v = compare(self.name, samples.reference, spikes, output, samples.y, details)
         v.failures[:0] = runtime_failures
