@@ -14,7 +14,8 @@ call over ``T*B*C`` rows, and a layer with per-chip weights is one batched
 matrix product (``torch.baddbmm``) or one grouped convolution (``groups = C``).
 Neurons call :func:`snn2hw.core.neuron.lif_sequence` / ``lif_step`` with
 per-chip, per-neuron ``lam`` and ``V_th`` tensors: the LIF update is not
-re-written here.
+re-written here. A target with its own arithmetic (Xylo, ``hwsim/xylo.py``) passes
+its neuron step, readout and input grid in ``ChipParams``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ Per simulated chip, drawn once and fixed over time:
   membrane potential held between steps on that grid, saturating at
   ``state_bits``. Quantisation happens first (the programmed value), mismatch
   after it (the realised value). This models precision, not any one chip's
-  rounding order: the Loihi exporter owns the bit-exact emulator.
+  rounding order: the Loihi exporter owns the bit-exact emulator. Xylo
+  (``quant.name == "xylo"``) on a network of CUBA layers runs Xylo's own
+  arithmetic instead (``hwsim/xylo.py``), with weight mismatch only.
 
 Per step, drawn afresh (``RunNoise`` in graph.py):
 
@@ -58,8 +60,8 @@ QUANT_PRESETS: dict[str, QuantSpec] = {
                        source="Speck: 8-bit weights, 16-bit state; IAF only (targets.md B.2)"),
     "xylo": QuantSpec("xylo", weight_bits=8, state_bits=16, decay_bits=None,
                       source="Xylo: 8-bit weights, 16-bit saturating Isyn/Vmem (xylosim 0.1.3 "
-                             "XyloIAFNeuron.h); decays are bit shifts 1 - 2^-dash, which the xylo "
-                             "exporter rounds (not a fractional grid)"),
+                             "XyloIAFNeuron.h); on CUBA networks hwsim runs Xylo's own step instead "
+                             "(hwsim/xylo.py: bit-shift decays, bursts, the exporter's integers)"),
 }
 
 
