@@ -113,6 +113,9 @@ class LoweredNet:
     timesteps: int
     # 'rate' | 'latency': the host encodes a static frame into events before the chip (run())
     encoding: str = "direct"
+    # what reports derive from the weights alone, keyed on the weights' versions (energy.py);
+    # not an init field, so ``to`` and ``replace`` start a copy with an empty one
+    cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def walk(self) -> list:
         """Every op in execution order, residual bodies and shortcuts included."""
