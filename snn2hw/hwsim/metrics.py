@@ -81,15 +81,22 @@ def static_metrics(model: nn.Module) -> dict:
     was replaced or written in place since the last call (``tensor_versions``): a report's
     fixed cost, which matters next to the inference of a small network."""
     params, buffers, connections, seen = [], [], [], set()
-    for m in model.modules():
+    stack, visited = [model], set()
+    while stack:  # depth first over the submodules, each once (nn.Module.modules without its prefixes)
+        m = stack.pop()
+        if id(m) in visited:
+            continue
+        visited.add(id(m))
         for store, out in ((m._parameters, params), (m._buffers, buffers)):
             for t in store.values():
                 if t is not None and id(t) not in seen:
                     seen.add(id(t))
                     out.append(t)
+        children = [c for c in m._modules.values() if c is not None]
         get = CONNECTION_WEIGHTS.get(type(m))
-        if get is not None and next(m.children(), None) is None:
+        if get is not None and not children:
             connections.extend(get(m))
+        stack.extend(reversed(children))
     tensors = params + buffers
     versions, hit = tensor_versions(tensors), _STATIC_CACHE.get(model)
     if hit is not None and unchanged(hit[0], versions):
