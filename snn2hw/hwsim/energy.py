@@ -214,8 +214,9 @@ class SynOpCounter:
 class _SynapseStatics:
     """What a report needs of one synapse that depends on its shape and weights only."""
 
-    fan_out: Tensor        # f per input unit, flattened, float64
-    fan_out_nz: Tensor     # f over the non-zero weights (``fan_out`` itself when none is 0)
+    # rows f, f over the non-zero weights, 1 (float64, (3, input units)): one product with
+    # a count per unit gives its ACs, NeuroBench's effective ACs and its total
+    fan_outs: Tensor
     ann: float             # sum of f: the ANN's MACs per frame
     dense: float           # dense_macs
     kernel: int            # out_channels x kernel taps (conv addressing); 0 for linear
@@ -239,8 +240,9 @@ def _net_statics(net: LoweredNet, synapses: list[Synapse]
         f_nz = fan_out(op, nonzero_weights=True) if bool((op.weight == 0).any()) else f
         kernel = int(op.weight.shape[0] * math.prod(op.weight.shape[2:])) if op.kind != "linear" else 0
         params = op.weight.numel() + (op.bias.numel() if op.bias is not None else 0)
-        statics[op.name] = _SynapseStatics(f.reshape(-1).cpu(), f_nz.reshape(-1).cpu(), float(f.sum()),
-                                           float(dense_macs(op)), kernel, params)
+        f = f.reshape(-1).cpu()
+        fan_outs = torch.stack([f, f_nz.reshape(-1).cpu(), torch.ones_like(f)])
+        statics[op.name] = _SynapseStatics(fan_outs, float(f.sum()), float(dense_macs(op)), kernel, params)
     if versions is not None:
         net.cache["energy"] = (versions, (sources, statics))
     return sources, statics
@@ -295,19 +297,22 @@ def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size:
     for op in synapses:
         kind, _, source = counter.src[op.name]
         st = statics[op.name]
-        ev = counter.events.get(op.name)
-        ev = ev.cpu() if ev is not None else None
-        spiking = kind == "spikes" and ev is not None
-        # dot products of integer counts in float64: exact, whatever the order of the sums
-        ac = float(ev @ st.fan_out) / n if spiking else 0.0
+        ev, units = counter.events.get(op.name), counter.nb_units.get(op.name)
+        # per-unit counts (events; NeuroBench's binary and non-binary inputs) times the fan-outs,
+        # in one product: integer counts in float64, exact whatever the order of the sums
+        counts = [ev] + (list(units) if units is not None else [])
+        present = [i for i, t in enumerate(counts) if t is not None]
+        dots = (st.fan_outs @ torch.stack([counts[i].cpu() for i in present], 1)).t().tolist() if present else []
+        by = dict(zip(present, dots))                  # index -> (. f, . f_nz, sum)
+        spiking = kind == "spikes" and 0 in by
+        ac = by[0][0] / n if spiking else 0.0
         mac = counter.mac_rows[op.name] * st.ann / n
-        units = counter.nb_units.get(op.name)
         if units is None:  # fed by its neuron's spikes alone: NeuroBench's ACs are its events
-            nb_ac, nb_mac = (float(ev @ st.fan_out_nz) if ev is not None else 0.0), 0.0
+            nb_ac, nb_mac = (by[0][1] if 0 in by else 0.0), 0.0
         else:
-            nb_ac, nb_mac = (float(u.cpu() @ st.fan_out_nz) if u is not None else 0.0 for u in units)
+            nb_ac, nb_mac = (by[i][1] if i in by else 0.0 for i in (1, 2))
         nb_rows.append({"nb_ac": round(nb_ac), "nb_mac": round(nb_mac), "nb_dense": counter.rows[op.name] * st.ann})
-        events = float(ev.sum()) / n if spiking else 0.0
+        events = by[0][2] / n if spiking else 0.0
         lc = _layer_counts(op, st, kind, events, round(ac, 6), mac, T)
         e_snn, e_ann = em.layer_pj(lc), em.ann_layer_pj(lc)
         rows.append(EnergyRow(op.name, op.kind, list(op.in_shape), list(op.out_shape), kind,
