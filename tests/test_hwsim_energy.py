@@ -203,3 +203,37 @@ def test_chip_profiles_cite_their_figures_and_unpublished_ones_refuse():
     for name in ("speck", "xylo"):
         with pytest.raises(ConfigError, match=f"{name!r} has no verified.*--profile-file"):
             get_profile(name)
+
+
+def _same_version(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """``new`` with ``old``'s version counter: then only its identity tells them apart."""
+    while new._version < old._version:
+        new.mul_(1.0)
+    assert new._version == old._version
+    return new
+
+
+def test_a_report_follows_weights_replaced_or_written_in_place():
+    """The per-net statics (fan-outs, zero weights) are cached on the weights' identity and
+    version; the reference is the same net with an empty cache (``dataclasses.replace``)."""
+    import dataclasses
+
+    model = _strided_net()
+    net, x = lower(model), _spike_input(8)
+    first = count_energy(net, x, FP32, temporal=True)
+    conv = net.synapses()[1]
+    # replaced: zeros in the kernel, so NeuroBench's effective ACs drop
+    keep = torch.ones_like(conv.weight)
+    keep[:, :, 0] = 0.0
+    conv.weight = _same_version(conv.weight * keep, conv.weight)
+    replaced = count_energy(net, x, FP32, temporal=True)
+    assert replaced == count_energy(dataclasses.replace(net), x, FP32, temporal=True)
+    assert (replaced["neurobench"]["SynapticOperations"]["Effective_ACs"]
+            < first["neurobench"]["SynapticOperations"]["Effective_ACs"])
+    # written in place: more zeros, the same tensor
+    with torch.no_grad():
+        conv.weight[:, :, 1] = 0.0
+    written = count_energy(net, x, FP32, temporal=True)
+    assert written == count_energy(dataclasses.replace(net), x, FP32, temporal=True)
+    assert (written["neurobench"]["SynapticOperations"]["Effective_ACs"]
+            < replaced["neurobench"]["SynapticOperations"]["Effective_ACs"])

@@ -242,3 +242,32 @@ def test_resnet_energy_equals_neurobench_count():
     nb = ref["SynapticOperations"]
     assert rep["total"]["snn_pj"] == pytest.approx(
         nb["Effective_ACs"] * FP32.ac_pj + nb["Effective_MACs"] * FP32.mac_pj, rel=1e-9)
+
+
+def test_static_metrics_follow_parameters_replaced_or_written_in_place():
+    """``static_metrics`` is cached per model on its tensors' identity and version."""
+    from neurobench.metrics.static import ConnectionSparsity, Footprint
+    from neurobench.models import TorchModel
+
+    from snn2hw.hwsim import static_metrics
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(arch="mlp", input_shape=(20,), hidden=(16, 12), timesteps=4)).eval()
+    first = static_metrics(m)
+    lin = next(x for x in m.modules() if isinstance(x, nn.Linear))
+    old = lin.weight
+    keep = (torch.arange(old.shape[1]) % 2).float()
+    new = nn.Parameter(old.detach() * keep)   # half the columns zero, a new tensor ...
+    with torch.no_grad():
+        while new._version < old._version:    # ... with the old one's version: only identity differs
+            new.mul_(1.0)
+    assert new._version == old._version
+    lin.weight = new
+    replaced = static_metrics(m)
+    assert replaced["ConnectionSparsity"] == ConnectionSparsity()(TorchModel(m)) > first["ConnectionSparsity"]
+    with torch.no_grad():
+        lin.weight[:4] = 0.0                  # written in place: the same tensor, a new version
+    written = static_metrics(m)
+    assert written["ConnectionSparsity"] == ConnectionSparsity()(TorchModel(m)) > replaced["ConnectionSparsity"]
+    m.register_buffer("extra", torch.zeros(7))  # a new buffer: a new footprint
+    assert static_metrics(m)["Footprint"] == Footprint()(TorchModel(m)) == written["Footprint"] + 28

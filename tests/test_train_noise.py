@@ -62,6 +62,36 @@ def test_training_forward_is_the_simulators_chip_for_the_same_key(name):
     torch.testing.assert_close(seq.detach(), ref, atol=1e-5, rtol=1e-5)  # ... the simulator's noise
 
 
+# CUBA feed-forward, recurrent LIF, recurrent CUBA: per-step noise inside the recurrent loop
+STATEFUL = {
+    "cuba mlp": ModelConfig(arch="mlp", input_shape=(1, 6, 6), hidden=(24, 12), num_classes=5, timesteps=6,
+                            v_th=0.7, lam=0.6, neuron="cuba", alpha=0.4),
+    "lif srnn": ModelConfig(arch="srnn", input_shape=(8,), hidden=(16, 12), num_classes=5, timesteps=6,
+                            v_th=0.7, lam=0.6, reset="hard"),
+    "cuba srnn": ModelConfig(arch="srnn", input_shape=(8,), hidden=(16, 12), num_classes=5, timesteps=6,
+                             v_th=0.7, lam=0.6, reset="soft", neuron="cuba", alpha=0.4),
+}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("arch", list(STATEFUL))
+def test_cuba_and_recurrent_training_forward_is_the_simulators_chip(arch, name):
+    spec, cfg = SPECS[name], STATEFUL[arch]
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # enough drive that spikes recur and thresholds matter
+        for p in model.parameters():
+            p.mul_(3.0)
+    x = 2.0 * torch.rand(16, *cfg.input_shape, generator=torch.Generator().manual_seed(5))
+    noise = training_noise(model.train(), spec)
+    with noise.batch(1234):
+        seq = model.forward_sequence(x)
+    clean = model.forward_sequence(x)
+    ref = _simulated(model, spec, 1234, x)
+    assert not torch.allclose(seq, clean, atol=1e-3)
+    torch.testing.assert_close(seq.detach(), ref, atol=1e-5, rtol=1e-5)
+
+
 def test_chip_draws_equal_the_robustness_samplers():
     spec, model = SPECS["all"], _model()
     drawn = training_noise(model.train(), spec).draw(77)

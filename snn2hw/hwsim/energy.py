@@ -44,7 +44,7 @@ from ..runs.model import load_model
 from .energy_models import LayerCounts, NeuronCounts
 from .energy_models import energy_model as make_energy_model
 from .graph import LoweredNet, Neuron, Recurrent, Residual, Stateless, Synapse, lower, run
-from .metrics import static_metrics, workload_metrics
+from .metrics import static_metrics, tensor_versions, unchanged, workload_metrics
 from .profiles import EnergyProfile, get_profile
 from ..runs.checkpoint import checkpoint_file
 from .provenance import command_line, sha256_of, versions
@@ -132,26 +132,34 @@ def call_counts(x: Tensor, nlead: int) -> tuple[Tensor, Tensor, Tensor]:
     return nz, sums, binary
 
 
+def _plus(total: Tensor | None, more: Tensor | None) -> Tensor | None:
+    """``total + more`` where None is zero (accumulators start empty: no allocation)."""
+    return more if total is None else total if more is None else total + more
+
+
 class SynOpCounter:
     """Observer for :func:`graph.run` that accumulates events, MAC rows, spikes, membrane
-    updates and NeuroBench's per-call counts (all summed over the samples seen)."""
+    updates and NeuroBench's per-call counts (all summed over the samples seen). Per-unit
+    sums are flattened float64 tensors, absent until something arrives."""
 
     wants_counts = True
 
-    def __init__(self, net: LoweredNet, timesteps: int) -> None:
+    def __init__(self, net: LoweredNet, timesteps: int,
+                 sources: dict[str, tuple[str, float, str]] | None = None) -> None:
         self.T = timesteps
-        self.src: dict[str, tuple[str, float, str]] = {}
-        _sources(net.ops, ("input", 1.0, ""), self.src)
-        device = net.synapses()[0].weight.device if net.synapses() else torch.device("cpu")
-        self.events = {op.name: torch.zeros(op.in_shape, dtype=torch.float64, device=device)
-                       for op in net.synapses()}
-        self.mac_rows = {op.name: 0 for op in net.synapses()}
-        self.rows = {op.name: 0 for op in net.synapses()}       # frames x samples, all calls
-        # NeuroBench: non-zero inputs per unit in binary / non-binary calls (None: = events)
-        self.nb_units: dict[str, tuple[Tensor, Tensor] | None] = {op.name: None for op in net.synapses()}
-        self.spikes = {op.name: 0.0 for op in net.neurons()}
-        self.neuron_steps = {op.name: 0 for op in net.neurons()}
-        self.membrane_updates = {op.name: 0 for op in net.neurons()}
+        if sources is None:
+            sources = {}
+            _sources(net.ops, ("input", 1.0, ""), sources)
+        self.src = dict(sources)  # copied: an event-data input relabels its first synapse
+        names = list(self.src)
+        self.events: dict[str, Tensor] = {}
+        self.mac_rows = dict.fromkeys(names, 0)
+        self.rows = dict.fromkeys(names, 0)       # frames x samples, all calls
+        # NeuroBench: non-zero inputs per unit in binary / non-binary calls (absent: = events)
+        self.nb_units: dict[str, tuple[Tensor | None, Tensor | None]] = {}
+        self.spikes: dict[str, float] = {}
+        self.neuron_steps: dict[str, int] = {}
+        self.membrane_updates: dict[str, int] = {}
         # neurons whose spikes reach a synapse unpooled: their per-unit sums are reused there
         self._feeds = {src for kind, scale, src in self.src.values() if kind == "spikes" and scale == 1.0}
         self._last: tuple[Tensor | None, Tensor | None] = (None, None)
@@ -163,14 +171,15 @@ class SynOpCounter:
         own = kind == "spikes" and scale == 1.0 and source != "input"  # binary: NeuroBench's = events
         last, per_unit = self._last
         if own and last is not None and x.data_ptr() == last.data_ptr() and x.numel() == last.numel():
-            self.events[op.name] += per_unit.reshape(op.in_shape)  # the neuron's own spikes, maybe flattened
+            self.events[op.name] = _plus(self.events.get(op.name), per_unit)  # the neuron's own spikes
             return
         if kind == "input" and nlead == 3 and bool((x >= 0).all()) and torch.equal(x, x.round()):
             kind = "spikes"  # event-data input: counts of input events
             self.src[op.name] = ("spikes", 1.0, "input")
         nz, sums, binary = call_counts(x, nlead)
         if kind == "spikes":
-            self.events[op.name] += sums.sum(0).reshape(op.in_shape) * scale
+            events = sums.sum(0)
+            self.events[op.name] = _plus(self.events.get(op.name), events * scale if scale != 1.0 else events)
         else:  # MACs: every row is a full pass; static input is applied once per step
             self.mac_rows[op.name] += rows
         if not own:
@@ -178,23 +187,65 @@ class SynOpCounter:
 
     def _neurobench_units(self, op: Synapse, nz: Tensor, binary: Tensor, nlead: int) -> None:
         """Accumulate non-zero inputs per unit (``nz``, (steps, units)) into NeuroBench's AC
-        and MAC counts by whether their call (one step over the batch) is ``binary``."""
-        binary = binary.reshape(-1, 1)
-        ac, mac = (nz * binary).sum(0), (nz * ~binary).sum(0)
-        if nlead == 2:  # static input: the same frame at each of the T steps
-            ac, mac = ac * self.T, mac * self.T
-        ac, mac = ac.reshape(op.in_shape), mac.reshape(op.in_shape)
-        old = self.nb_units[op.name]
-        self.nb_units[op.name] = (ac, mac) if old is None else (old[0] + ac, old[1] + mac)
+        and MAC counts by whether their call (one step over the batch) is ``binary``. The
+        counts are integers in float64, so every grouping of the sums is exact."""
+        if nz.shape[0] == 1:  # one call (static input: the same frame at each of the T steps)
+            per_unit = nz[0] * self.T if nlead == 2 else nz[0]
+            ac, mac = (per_unit, None) if bool(binary[0]) else (None, per_unit)
+        else:
+            ac = binary.to(nz.dtype) @ nz
+            mac = nz.sum(0) - ac
+        old_ac, old_mac = self.nb_units.get(op.name, (None, None))
+        self.nb_units[op.name] = (_plus(old_ac, ac), _plus(old_mac, mac))
 
     def neuron(self, op: Neuron, spikes: Tensor, counts: tuple[Tensor, Tensor] | None = None) -> None:
         per_unit, changes = counts  # counted in the LIF's own pass (graph.Observer)
+        name = op.name
         # per-unit float sums of 0/1 values are exact below 2^24 per unit; the total in float64
-        self._last = (spikes, per_unit.double()) if op.name in self._feeds else (None, None)
-        self.spikes[op.name] += float(per_unit.sum(dtype=torch.float64))
-        self.neuron_steps[op.name] += spikes.numel()
+        per_unit = per_unit.double()
+        self._last = (spikes, per_unit) if name in self._feeds else (None, None)
+        self.spikes[name] = self.spikes.get(name, 0.0) + float(per_unit.sum())
+        self.neuron_steps[name] = self.neuron_steps.get(name, 0) + spikes.numel()
         # NeuroBench: every neuron at the first step, then each change of u
-        self.membrane_updates[op.name] += int(changes) + spikes[0].numel()
+        self.membrane_updates[name] = self.membrane_updates.get(name, 0) + int(changes) + spikes[0].numel()
+
+
+@dataclass(frozen=True)
+class _SynapseStatics:
+    """What a report needs of one synapse that depends on its shape and weights only."""
+
+    # rows f, f over the non-zero weights, 1 (float64, (3, input units)): one product with
+    # a count per unit gives its ACs, NeuroBench's effective ACs and its total
+    fan_outs: Tensor
+    ann: float             # sum of f: the ANN's MACs per frame
+    dense: float           # dense_macs
+    kernel: int            # out_channels x kernel taps (conv addressing); 0 for linear
+    params: int            # weights + biases
+
+
+def _net_statics(net: LoweredNet, synapses: list[Synapse]
+                 ) -> tuple[dict[str, tuple[str, float, str]], dict[str, _SynapseStatics]]:
+    """(synapse input sources, per-synapse statics) of ``net``, computed once per state of
+    its weights (``metrics.tensor_versions``): a report's fixed cost, which matters next to
+    the inference of a small network."""
+    versions = tensor_versions(t for op in synapses for t in (op.weight, op.bias) if t is not None)
+    hit = net.cache.get("energy")
+    if hit is not None and unchanged(hit[0], versions):
+        return hit[1]
+    sources: dict[str, tuple[str, float, str]] = {}
+    _sources(net.ops, ("input", 1.0, ""), sources)
+    statics = {}
+    for op in synapses:
+        f = fan_out(op)
+        f_nz = fan_out(op, nonzero_weights=True) if bool((op.weight == 0).any()) else f
+        kernel = int(op.weight.shape[0] * math.prod(op.weight.shape[2:])) if op.kind != "linear" else 0
+        params = op.weight.numel() + (op.bias.numel() if op.bias is not None else 0)
+        f = f.reshape(-1).cpu()
+        fan_outs = torch.stack([f, f_nz.reshape(-1).cpu(), torch.ones_like(f)])
+        statics[op.name] = _SynapseStatics(fan_outs, float(f.sum()), float(dense_macs(op)), kernel, params)
+    if versions is not None:
+        net.cache["energy"] = (versions, (sources, statics))
+    return sources, statics
 
 
 @dataclass
@@ -216,14 +267,11 @@ class EnergyRow:
     energy: dict          # the model's breakdown (pJ per sample)
 
 
-def _layer_counts(op: Synapse, kind: str, events: float, ac: float, mac: float, ann: float,
+def _layer_counts(op: Synapse, st: _SynapseStatics, kind: str, events: float, ac: float, mac: float,
                   T: int) -> LayerCounts:
-    dense = float(dense_macs(op))
-    kernel = int(op.weight.shape[0] * math.prod(op.weight.shape[2:])) if op.kind != "linear" else 0
-    params = op.weight.numel() + (op.bias.numel() if op.bias is not None else 0)
-    return LayerCounts(op.kind, kind, events, ac, mac, (T * dense if kind != "spikes" else 0.0),
-                       float(T), math.prod(op.in_shape), math.prod(op.out_shape), ann, dense,
-                       params, op.bias is not None, kernel, T)
+    return LayerCounts(op.kind, kind, events, ac, mac, (T * st.dense if kind != "spikes" else 0.0),
+                       float(T), math.prod(op.in_shape), math.prod(op.out_shape), st.ann, st.dense,
+                       st.params, op.bias is not None, st.kernel, T)
 
 
 def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size: int = 256,
@@ -233,46 +281,57 @@ def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size:
     NeuroBench's metrics (static ones only with ``model``), per sample of ``x``, counted on
     the device that holds ``net`` (``LoweredNet.to``)."""
     em = make_energy_model(energy_model, profile)
-    counter = SynOpCounter(net, net.timesteps if not temporal else x.shape[1])
+    ops = net.walk()
+    synapses = [op for op in ops if isinstance(op, Synapse)]
+    neuron_ops = [op for op in ops if isinstance(op, Neuron)]
+    sources, statics = _net_statics(net, synapses)
+    counter = SynOpCounter(net, net.timesteps if not temporal else x.shape[1], sources)
     n, T = len(x), counter.T
-    device = net.synapses()[0].weight.device if net.synapses() else torch.device("cpu")
+    device = synapses[0].weight.device if synapses else torch.device("cpu")
     with torch.inference_mode():
         for i in range(0, n, batch_size):
             run(net, to_time_major(x[i:i + batch_size].to(device), temporal), observer=counter)
-    rates = {k: counter.spikes[k] / max(counter.neuron_steps[k], 1) for k in counter.spikes}
+    rates = {k: counter.spikes.get(k, 0.0) / max(counter.neuron_steps.get(k, 0), 1)
+             for k in (op.name for op in neuron_ops)}
     rows, nb_rows = [], []
-    for op in net.synapses():
+    for op in synapses:
         kind, _, source = counter.src[op.name]
-        f = fan_out(op)
-        f_nz = fan_out(op, nonzero_weights=True) if bool((op.weight == 0).any()) else f
-        ann = float(f.sum())
-        ev = counter.events[op.name].cpu()
-        ac = float((ev * f).sum()) / n if kind == "spikes" else 0.0
-        mac = counter.mac_rows[op.name] * ann / n
-        units = counter.nb_units[op.name]
-        nb_ac, nb_mac = ((float((ev * f_nz).sum()), 0.0) if units is None
-                         else (float((units[0] * f_nz).sum()), float((units[1] * f_nz).sum())))
-        nb_rows.append({"nb_ac": round(nb_ac), "nb_mac": round(nb_mac), "nb_dense": counter.rows[op.name] * ann})
-        events = float(ev.sum()) / n if kind == "spikes" else 0.0
-        lc = _layer_counts(op, kind, events, round(ac, 6), mac, ann, T)
+        st = statics[op.name]
+        ev, units = counter.events.get(op.name), counter.nb_units.get(op.name)
+        # per-unit counts (events; NeuroBench's binary and non-binary inputs) times the fan-outs,
+        # in one product: integer counts in float64, exact whatever the order of the sums
+        counts = [ev] + (list(units) if units is not None else [])
+        present = [i for i, t in enumerate(counts) if t is not None]
+        dots = (st.fan_outs @ torch.stack([counts[i].cpu() for i in present], 1)).t().tolist() if present else []
+        by = dict(zip(present, dots))                  # index -> (. f, . f_nz, sum)
+        spiking = kind == "spikes" and 0 in by
+        ac = by[0][0] / n if spiking else 0.0
+        mac = counter.mac_rows[op.name] * st.ann / n
+        if units is None:  # fed by its neuron's spikes alone: NeuroBench's ACs are its events
+            nb_ac, nb_mac = (by[0][1] if 0 in by else 0.0), 0.0
+        else:
+            nb_ac, nb_mac = (by[i][1] if i in by else 0.0 for i in (1, 2))
+        nb_rows.append({"nb_ac": round(nb_ac), "nb_mac": round(nb_mac), "nb_dense": counter.rows[op.name] * st.ann})
+        events = by[0][2] / n if spiking else 0.0
+        lc = _layer_counts(op, st, kind, events, round(ac, 6), mac, T)
         e_snn, e_ann = em.layer_pj(lc), em.ann_layer_pj(lc)
         rows.append(EnergyRow(op.name, op.kind, list(op.in_shape), list(op.out_shape), kind,
                               source or ("input" if kind == "input" else ""), rates.get(source),
-                              events, round(ac, 6), mac, ann, lc.ann_mac_dense,
+                              events, round(ac, 6), mac, st.ann, lc.ann_mac_dense,
                               e_snn["total"], e_ann["total"], e_snn))
     neurons, nb_neurons = [], []
-    for op in net.neurons():
+    for op in neuron_ops:
         size = math.prod(op.out_shape)
-        spk = counter.spikes[op.name] / n
+        spk = counter.spikes.get(op.name, 0.0) / n
         e = em.neuron_pj(NeuronCounts(size, T, spk, op.lam != 1.0))
         neurons.append({"layer": op.name, "neurons": size, "firing_rate": rates[op.name],
-                        "spikes_per_sample": spk, "membrane_updates": counter.membrane_updates[op.name] / n,
+                        "spikes_per_sample": spk, "membrane_updates": counter.membrane_updates.get(op.name, 0) / n,
                         # CUBA: the synaptic current i <- alpha i + c is a state update at every step
-                        "synaptic_updates": counter.neuron_steps[op.name] / n if op.cuba else 0.0,
+                        "synaptic_updates": counter.neuron_steps.get(op.name, 0) / n if op.cuba else 0.0,
                         "snn_pj": e["total"], "energy": e})
-        nb_neurons.append({"layer": op.name, "neurons": size, "steps": counter.neuron_steps[op.name],
-                           "spikes": counter.spikes[op.name], "reset": op.reset,
-                           "membrane_updates": counter.membrane_updates[op.name]})
+        nb_neurons.append({"layer": op.name, "neurons": size, "steps": counter.neuron_steps.get(op.name, 0),
+                           "spikes": counter.spikes.get(op.name, 0.0), "reset": op.reset,
+                           "membrane_updates": counter.membrane_updates.get(op.name, 0)})
     tot = {k: sum(getattr(r, k) for r in rows) for k in ("ac", "mac", "ann_mac", "snn_pj", "ann_pj")}
     tot["neuron_pj"] = sum(v["snn_pj"] for v in neurons)
     tot["snn_pj"] += tot["neuron_pj"]

@@ -22,6 +22,7 @@ class with ``name``, ``description``, ``costs`` and ``layer_pj``/``neuron_pj``/
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import ClassVar, Protocol
 
@@ -152,7 +153,7 @@ class LemaireModel:
         return cls()  # its own 45 nm costs; per-operation profiles are the compute model's
 
     def costs_dict(self) -> dict:
-        return asdict(self.costs)
+        return dict(_costs_dict(self.costs))  # values are immutable: a shallow copy is the caller's own
 
     def _mem(self, words: float, size_words: float) -> float:
         return words * WORD_BYTES * self.costs.memory_pj_per_byte(size_words * WORD_BYTES)
@@ -189,6 +190,12 @@ class LemaireModel:
 
     def ann_layer_pj(self, c: LayerCounts) -> dict[str, float]:
         return self._synapse(c, False, 1.0, c.ann_mac_dense, True)
+
+
+@functools.lru_cache(maxsize=8)
+def _costs_dict(costs: LemaireCosts) -> dict:
+    """``asdict`` of frozen costs, once per value (it is slow next to a small network's report)."""
+    return asdict(costs)
 
 
 # name -> model class; --energy-model's choices and help read this

@@ -117,6 +117,9 @@ class LoweredNet:
     encoding: str = "direct"
     # (min, max) of the analog input the model was trained on; a target's input grid follows it
     input_range: tuple[float, float] | None = None
+    # what reports derive from the weights alone, keyed on the weights' versions (energy.py);
+    # not an init field, so ``to`` and ``replace`` start a copy with an empty one
+    cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def walk(self) -> list:
         """Every op in execution order, residual bodies and shortcuts included."""

@@ -29,7 +29,8 @@ Extension point: a connection layer type adds its weights to
 
 from __future__ import annotations
 
-from typing import Callable
+import weakref
+from typing import Callable, Iterable
 
 from torch import Tensor, nn
 
@@ -46,22 +47,70 @@ CONNECTION_WEIGHTS: dict[type, Callable[[nn.Module], list[Tensor]]] = {
 NEURON_OPS: dict[str, dict[str, int]] = {"LIF": {"hard": 4, "soft": 4}}
 
 
+TensorVersions = list[tuple[Tensor, int]]
+
+
+def tensor_versions(tensors: Iterable[Tensor]) -> TensorVersions | None:
+    """Each tensor with its in-place version counter: a cache key that changes when a
+    tensor is replaced or written in place (the entry holds the tensor, so its identity
+    cannot be reused). Writes through ``.data`` bypass the counter and are not seen. None
+    where a tensor keeps no counter (made in inference mode): such values are not cached."""
+    out = []
+    for t in tensors:
+        if t.is_inference():
+            return None
+        out.append((t, t._version))
+    return out
+
+
+def unchanged(saved: TensorVersions | None, now: TensorVersions | None) -> bool:
+    """Whether ``now`` names the same tensors at the same versions as ``saved``."""
+    return (saved is not None and now is not None and len(saved) == len(now)
+            and all(t is t0 and v == v0 for (t, v), (t0, v0) in zip(now, saved)))
+
+
+# model -> (tensor_versions of its parameters and buffers, its static metrics)
+_STATIC_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[TensorVersions, dict]]" = weakref.WeakKeyDictionary()
+
+
 def static_metrics(model: nn.Module) -> dict:
-    """``Footprint``, ``ParameterCount`` and ``ConnectionSparsity`` of ``model``, as NeuroBench."""
-    params, buffers = list(model.parameters()), list(model.buffers())
-    zeros = total = 0
-    for m in model.modules():
-        get = CONNECTION_WEIGHTS.get(type(m))
-        if get is None or any(True for _ in m.children()):
+    """``Footprint``, ``ParameterCount`` and ``ConnectionSparsity`` of ``model``, as NeuroBench.
+
+    One walk over the modules finds every parameter and buffer (each once, as
+    ``model.parameters()`` does); the metrics are computed again only when one of them
+    was replaced or written in place since the last call (``tensor_versions``): a report's
+    fixed cost, which matters next to the inference of a small network."""
+    params, buffers, connections, seen = [], [], [], set()
+    stack, visited = [model], set()
+    while stack:  # depth first over the submodules, each once (nn.Module.modules without its prefixes)
+        m = stack.pop()
+        if id(m) in visited:
             continue
-        for w in get(m):
-            zeros += int((w == 0).sum())
-            total += w.numel()
-    return {
-        "Footprint": sum(t.numel() * t.element_size() for t in params + buffers),
+        visited.add(id(m))
+        for store, out in ((m._parameters, params), (m._buffers, buffers)):
+            for t in store.values():
+                if t is not None and id(t) not in seen:
+                    seen.add(id(t))
+                    out.append(t)
+        children = [c for c in m._modules.values() if c is not None]
+        get = CONNECTION_WEIGHTS.get(type(m))
+        if get is not None and not children:
+            connections.extend(get(m))
+        stack.extend(reversed(children))
+    tensors = params + buffers
+    versions, hit = tensor_versions(tensors), _STATIC_CACHE.get(model)
+    if hit is not None and unchanged(hit[0], versions):
+        return dict(hit[1])
+    zeros = sum(int((w == 0).sum()) for w in connections)
+    total = sum(w.numel() for w in connections)
+    metrics = {
+        "Footprint": sum(t.numel() * t.element_size() for t in tensors),
         "ParameterCount": sum(p.numel() for p in params),
         "ConnectionSparsity": round(zeros / total, 4) if total else 0.0,
     }
+    if versions is not None:
+        _STATIC_CACHE[model] = (versions, metrics)
+    return dict(metrics)
 
 
 def workload_metrics(samples: int, synapses: list[dict], neurons: list[dict]) -> dict:

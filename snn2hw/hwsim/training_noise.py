@@ -7,8 +7,11 @@ parameters, so the perturbation is differentiable: a weight becomes
 straight through (``export.grid.ste_round``), thresholds and decays become the
 chip's per-neuron tensors. During the forward each neuron layer gets the
 simulator's per-step noise, drawn in the simulator's order: thermal current
-``sigma |V_th| N(0, 1)`` added to its input, then spike loss and dead neurons
-applied to its spikes (the surrogate gradient passes through the kept spikes).
+``sigma |V_th| N(0, 1)`` added to its input (before a CUBA layer's synaptic
+filter), then spike loss and dead neurons applied to its spikes (the surrogate
+gradient passes through the kept spikes). A recurrent layer gets the same noise
+per step, and, as on the chip, its ``W_rec`` sees the spikes delivered at t-1
+while its neurons reset on the spikes they emitted.
 
 Seeds follow ``noise.simulate``: chip parameters from ``key``, per-step noise
 from ``key + 1``; so for one key the training forward of a network without tdBN
@@ -32,13 +35,14 @@ from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
+from ..core.layers import neuron_lif
 from ..export.grid import ste_round
-from .graph import ChipParams, Neuron, Synapse, lower
+from .graph import ChipParams, Neuron, Recurrent, Residual, Synapse, lower
 from .noise import NoiseSpec, noise_spec, sample_chips
 
 
@@ -79,12 +83,15 @@ class TrainingNoise:
 
     def __init__(self, model: nn.Module, spec: NoiseSpec) -> None:
         self.model, self.spec = model, spec
+        self.recurrent_of: dict[str, str] = {}
         if _noise_free(spec):
             self.net = None
             return
         # names, order, shapes and quantisation sources of what the simulator runs; it
-        # refuses, by layer, any layer it cannot simulate (recurrent, CUBA)
+        # refuses, by layer, any layer it cannot simulate
         self.net = lower(model)
+        # neuron layer -> its RecurrentSpiking module: those neurons run one step at a time
+        self.recurrent_of = {op.neuron.name: op.name for op in _recurrent_ops(self.net.ops)}
 
     @property
     def active(self) -> bool:
@@ -117,35 +124,84 @@ class TrainingNoise:
 
     @contextmanager
     def _neuron(self, op: Neuron, chip: ChipParams, g: torch.Generator) -> Iterator[None]:
-        lif = self.model.get_submodule(op.name)
+        layer = self.model.get_submodule(op.name)     # a LIF or a CUBA (whose LIF holds lam, V_th)
         device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         constants = {k: d[op.name][0].to(device) for k, d in (("lam", chip.lam), ("v_th", chip.v_th))
                      if op.name in d}
         sigma, loss, alive = self.spec.thermal, self.spec.spike_loss, chip.alive.get(op.name)
 
-        def thermal(_: nn.Module, args: tuple) -> tuple:
-            c = args[0]
+        def thermal(c: Tensor) -> Tensor:
             eps = torch.randn(c.shape, generator=g, dtype=c.dtype)
-            return (c + (sigma * abs(op.v_th)) * eps.to(c.device), *args[1:])
+            return c + (sigma * abs(op.v_th)) * eps.to(c.device)
 
-        def spikes_out(_: nn.Module, args: tuple, s: Tensor) -> Tensor:
+        def delivered(s: Tensor) -> Tensor:
             if loss > 0:  # as the simulator: the neuron reset, the event is lost on the way
                 s = s * (torch.rand(s.shape, generator=g) >= loss).to(s.device, s.dtype)
             if alive is not None:
                 s = s * alive[0].to(s.device, s.dtype)
             return s
 
-        handles = []
-        if sigma > 0:
-            handles.append(lif.register_forward_pre_hook(thermal))
-        if loss > 0 or alive is not None:
-            handles.append(lif.register_forward_hook(spikes_out))
-        try:
-            with _swapped(lif, constants, parameters=False):
-                yield
-        finally:
-            for h in handles:
-                h.remove()
+        with ExitStack() as stack:
+            stack.enter_context(_swapped(neuron_lif(layer), constants, parameters=False))
+            if sigma > 0 or loss > 0 or alive is not None:
+                if op.name in self.recurrent_of:
+                    loop = self.model.get_submodule(self.recurrent_of[op.name])
+                    stack.enter_context(_noisy_steps(loop, layer, thermal if sigma > 0 else None, delivered))
+                else:
+                    stack.enter_context(_noisy_forward(layer, thermal if sigma > 0 else None, delivered))
+            yield
+
+
+def _recurrent_ops(ops: list) -> list[Recurrent]:
+    out: list[Recurrent] = []
+    for op in ops:
+        if isinstance(op, Recurrent):
+            out.append(op)
+        elif isinstance(op, Residual):
+            out += _recurrent_ops(op.body) + _recurrent_ops(op.shortcut)
+    return out
+
+
+@contextmanager
+def _noisy_forward(layer: nn.Module, thermal: Callable[[Tensor], Tensor] | None,
+                   delivered: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Hooks on a feed-forward neuron layer: ``thermal`` on its input currents (T, B, ...),
+    ``delivered`` on its spikes."""
+    handles = [layer.register_forward_hook(lambda _m, _a, s: delivered(s))]
+    if thermal is not None:
+        handles.append(layer.register_forward_pre_hook(lambda _m, args: (thermal(args[0]), *args[1:])))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def _noisy_steps(loop: nn.Module, layer: nn.Module, thermal: Callable[[Tensor], Tensor] | None,
+                 delivered: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """The same noise per step of a ``RecurrentSpiking`` loop, which calls ``layer.step``.
+
+    The loop feeds ``state.s`` back through ``W_rec``, so the wrapped step returns a state
+    that carries the *delivered* spikes (what the simulator feeds back) and hands the
+    neurons their *emitted* spikes again at the next step (what they reset on)."""
+    step, emitted = layer.step, {}
+
+    def noisy_step(c: Tensor, state: Any) -> tuple[Tensor, Any]:
+        if "s" in emitted:
+            state = state._replace(s=emitted["s"])
+        s, state = step(thermal(c) if thermal is not None else c, state)
+        emitted["s"] = s
+        s = delivered(s)
+        return s, state._replace(s=s)
+
+    handle = loop.register_forward_pre_hook(lambda _m, _a: emitted.clear())  # a new sequence
+    layer.step = noisy_step
+    try:
+        yield
+    finally:
+        handle.remove()
+        del layer.step  # the class's method again
 
 
 def training_noise(model: nn.Module, options: dict[str, Any] | NoiseSpec | None) -> TrainingNoise:
