@@ -17,16 +17,18 @@ Reading (``build_loihi_graph``):
   incoming matrices side by side): even 8-bit weights, 13-bit bias, vThMant = V_th G.
 * CubaLIF (snn2hw's CUBA, node metadata ``lam``, ``alpha``): Lava's native current
   decay, du = round(4096 (1 - alpha)), dv = round(4096 (1 - lam)).
-* Bias of a CUBA node with alpha > 0. The float model adds b to the current
-  (``i = alpha i + W x + b``), so v sees b (1 - alpha^(t+1)) / (1 - alpha); Lava adds
-  ``bias_mant`` to v, a constant, so no LIF bias equals it. Instead the input gets one
-  extra channel that carries a binary 1 in every frame (``BIAS_CHANNEL``), and b is
-  that channel's weight: it reaches the current through the input's own Dense, so it
-  arrives in frame t exactly as b does in the float model (a deeper neuron gets it
-  through a DelayDense like any input edge). The bias is then quantised on the weight
-  grid (even, 8-bit), with the neuron's gain chosen to fit it. This keeps every
-  trained srnn exportable without retraining (a bias-free model option would not).
-  LIF biases (alpha = 0, u keeps no memory) stay Lava's bias_mant, which is exact.
+* Biases, all of them, through an always-on input channel (``BIAS_CHANNEL``): the input
+  gets one extra channel that carries a binary 1 in every frame 0..T-1, and a neuron's
+  bias b is that channel's weight. It reaches the current through an input edge like any
+  other input, delayed by ``depth - 1`` steps, so it arrives in frame t exactly as b does
+  in the float model, for both neuron kinds: a CUBA node (alpha > 0) adds b to the
+  current (``i = alpha i + W x + b``), which Lava's ``bias_mant`` (added to v) cannot
+  express; a LIF node (du = 4096, u keeps no memory) adds b to v, but ``bias_mant`` is
+  added from Lava's step 0, ``depth`` steps before the first input arrives (one step of
+  latency per connection), and would charge v that long before the float model does
+  (issue 18: a tdBN ResNet, whose folded offsets are biases, lost class agreement). The
+  bias is quantised on the weight grid (even, 8-bit) with the neuron's gain chosen to fit
+  it, coarser than bias_mant's 13 bits: the price of the exact timing.
 
 Timing (measured, targets.md A.3): every connection delivers at step i what its
 source emitted at step i - 1 - delay. Neuron n sits at depth d(n) = the longest
@@ -313,17 +315,18 @@ def build_loihi_graph(graph: Any, input_levels: int | None = None,
     lo, hi = (int(round(v * levels)) for v in rng)
     # integer input per column: graded model input (one unit = 1/levels), then the bias channel
     in_scale, in_peak = np.full(n_in, 1.0 / levels), np.full(n_in, float(max(abs(lo), abs(hi))))
-    cuba_bias = [n for n in neurons if readings[n][1] > 0 and np.any(inputs[n][1] != 0)]
-    if cuba_bias:   # CUBA biases become weights from an always-on input channel (module docstring)
+    biased = [n for n in neurons if np.any(inputs[n][1] != 0)]
+    if biased:   # biases become weights from an always-on input channel (module docstring)
         in_scale, in_peak = np.append(in_scale, 1.0), np.append(in_peak, 1.0)
-        for n in neurons:
+        for n in biased:
             mats, bias, shape = inputs[n]
-            if n in cuba_bias:
-                w_in = mats.get(INPUT, np.zeros((len(bias), n_in)))
-                mats[INPUT] = np.concatenate([w_in, bias[:, None]], axis=1)
-                inputs[n] = (mats, np.zeros_like(bias), shape)
-            elif INPUT in mats:
-                mats[INPUT] = np.concatenate([mats[INPUT], np.zeros((len(bias), 1))], axis=1)
+            w_in = mats.get(INPUT, np.zeros((len(bias), n_in)))
+            mats[INPUT] = np.concatenate([w_in, bias[:, None]], axis=1)
+            inputs[n] = (mats, np.zeros_like(bias), shape)
+        for n in set(neurons) - set(biased):
+            mats = inputs[n][0]
+            if INPUT in mats:
+                mats[INPUT] = np.concatenate([mats[INPUT], np.zeros((len(inputs[n][1]), 1))], axis=1)
     order = [n for n in neurons]
     depth, recurrent = _depths(order, {n: inputs[n][0] for n in order})
     order.sort(key=lambda n: depth[n])
@@ -357,7 +360,7 @@ def build_loihi_graph(graph: Any, input_levels: int | None = None,
         raise ExportError("the readout reads the network input directly; Loihi streams out only spikes. "
                           "Fix: end the network with neuron -> Affine")
     info = {"model_input_shape": model_in, "recurrent_edges": sorted(recurrent),
-            "delayed_edges": [(e.src, e.dst, e.delay) for e in g_edges if e.delay], BIAS_CHANNEL: cuba_bias}
+            "delayed_edges": [(e.src, e.dst, e.delay) for e in g_edges if e.delay], BIAS_CHANNEL: biased}
     return LoihiGraph(g_neurons, g_edges, len(in_scale), levels, (float(rng[0]), float(rng[1])),
                       out[0], out[1], int(meta.get("timesteps", 0) or 0), info)
 
