@@ -14,7 +14,7 @@ from snn2hw.environment import loihi_python
 from snn2hw.errors import ExportError
 from snn2hw.export.from_nir import nir_to_network, node_spikes
 from snn2hw.export.loihi import LoihiExporter, emulator as emu
-from snn2hw.export.loihi.graph import BIAS_CHANNEL, build_loihi_graph, write_graph
+from snn2hw.export.loihi.graph import BIAS_CHANNEL, BIAS_PAYLOADS, build_loihi_graph, write_graph
 from snn2hw.export.loihi.graph_verify import graph_readout, run_lava_graph
 from snn2hw.export.loihi.mapping import LoihiNet
 from snn2hw.export.to_nir import model_to_nir
@@ -117,7 +117,7 @@ def _input(net, seed=2):
 
 def _model_input(net, x):
     """The chip's input x without the always-on bias channel: the float model's input."""
-    return x[..., :-1] if net.info[BIAS_CHANNEL] else x
+    return x[..., :-len(BIAS_PAYLOADS)] if net.info[BIAS_CHANNEL] else x
 
 
 def float_recurrent(graph, x):
@@ -196,7 +196,7 @@ def test_lava_needs_the_cuba_bias_channel(lava_runs):
     dropped = copy.deepcopy(net)
     for e in dropped.edges:
         if e.src == "input":
-            e.weight[:, -1] = 0
+            e.weight[:, -2:] = 0
     wrong = emu.run_graph_stream(dropped, x)
     assert all((wrong[n] != lava[n]).sum() > 0 for n in lava)
 
@@ -218,7 +218,7 @@ def test_cuba_bias_reaches_the_current_from_frame_0():
     g = _bias_only([1.2, 0.6, 0.3, -0.5])
     net = build_loihi_graph(g)
     x = net.quantise_input(np.zeros((T, 1, 5)))
-    assert np.all(x[..., -1] == 1) and not x[..., :-1].any()
+    assert np.all(x[..., -2:] == BIAS_PAYLOADS) and not x[..., :-2].any()
     got = emu.run_graph(net, x)["layers_2_neuron_lif"][:, 0]
     first = [int(np.argmax(got[:, k])) if got[:, k].any() else None for k in range(4)]
     assert first == [0, 1, 2, None]
@@ -250,13 +250,15 @@ def test_biases_start_in_the_frame_the_first_input_arrives():
     layer 1, b 0.4: v = 0.4, 0.8, 1.2 -> first spike in frame 2;
     layer 2, b 0.3 + 0.5 s1: v = 0.3, 0.6, 0.9 + 0.5 -> frame 2 (bias 2 steps early: 1.2 in frame 1);
     layer 3, b 0.3 alone: v = 0.3, 0.6, 0.9, 1.2 -> frame 3 (bias 3 steps early: frame 0).
-    Integers: G 635/508/846, bias columns 254/152/254, each bias edge delayed depth - 1."""
+    Integers: G = vThMant 10237/508/13649 (13-bit bias range), biases 4096/152/4096 as w_lo + 16 w_hi
+    on the bias channels, each bias edge delayed depth - 1."""
     g = bias_chain()
     net = build_loihi_graph(g)
     assert net.info[BIAS_CHANNEL] == ["layers_1", "layers_3", "layers_5"]
     assert all(not n.bias.any() for n in net.neurons)                     # Lava's bias_mant unused
-    bias_edges = {e.dst: (int(e.weight[0, -1]), e.delay) for e in net.edges if e.src == "input"}
-    assert bias_edges == {"layers_1": (254, 0), "layers_3": (152, 1), "layers_5": (254, 2)}
+    assert [n.vth for n in net.neurons] == [10237, 508, 13649]          # float32 0.3 > 0.3
+    bias_edges = {e.dst: (tuple(e.weight[0, -2:]), e.delay) for e in net.edges if e.src == "input"}
+    assert bias_edges == {"layers_1": ((32, 254), 0), "layers_3": ((-8, 10), 1), "layers_5": ((32, 254), 2)}
     x = net.quantise_input(np.zeros((T, 1, 1)))
     got = emu.run_graph(net, x)
     assert _first_spikes(got) == {"layers_1": 2, "layers_3": 2, "layers_5": 3}
@@ -267,8 +269,8 @@ def test_biases_start_in_the_frame_the_first_input_arrives():
     from_step_0 = copy.deepcopy(net)
     for e in from_step_0.edges:
         if e.src == "input":
-            next(n for n in from_step_0.neurons if n.name == e.dst).bias = e.weight[:, -1].copy()
-            e.weight[:, -1] = 0
+            next(n for n in from_step_0.neurons if n.name == e.dst).bias = e.weight[:, -2:] @ BIAS_PAYLOADS
+            e.weight[:, -2:] = 0
     assert _first_spikes(emu.run_graph(from_step_0, x)) == {"layers_1": 1, "layers_3": 1, "layers_5": 0}
     for shift, want in ((-1, 2), (1, 4)):
         moved = copy.deepcopy(net)
