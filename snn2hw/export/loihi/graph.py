@@ -60,7 +60,7 @@ from .mapping import A_LIMIT, INPUT_LEVELS, INPUT_RANGE, WEIGHT_MAX, loihi_grid,
 NEURONS = ("LIF", "IF", "CubaLIF")
 LINEAR = ("Affine", "Linear", "Conv1d", "Conv2d", "AvgPool2d", "SumPool2d", "Flatten")
 INPUT = "input"
-BIAS_CHANNEL = "constant 1"   # info key and README name of the always-on input channels
+BIAS_CHANNEL = "bias channels"   # info key: the neurons whose biases the always-on input channels carry
 BIAS_PAYLOADS = (1, 16)       # their graded values: a bias b = w_lo + 16 w_hi, both even weights
 
 
@@ -118,7 +118,8 @@ class LoihiGraph:
         lead = xi.ndim - len(self.info["model_input_shape"])
         xi = xi.reshape(xi.shape[:lead] + (-1,))
         if self.info.get(BIAS_CHANNEL):
-            xi = np.concatenate([xi, np.broadcast_to(np.array(BIAS_PAYLOADS), xi.shape[:-1] + (2,))], axis=-1)
+            always_on = np.broadcast_to(np.array(BIAS_PAYLOADS), xi.shape[:-1] + (len(BIAS_PAYLOADS),))
+            xi = np.concatenate([xi, always_on], axis=-1)
         return xi
 
     def input_bits(self) -> int:
