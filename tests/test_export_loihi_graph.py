@@ -14,7 +14,7 @@ from snn2hw.environment import loihi_python
 from snn2hw.errors import ExportError
 from snn2hw.export.from_nir import nir_to_network, node_spikes
 from snn2hw.export.loihi import LoihiExporter, emulator as emu
-from snn2hw.export.loihi.graph import BIAS_CHANNEL, build_loihi_graph, write_graph
+from snn2hw.export.loihi.graph import BIAS_CHANNEL, BIAS_PAYLOADS, build_loihi_graph, write_graph
 from snn2hw.export.loihi.graph_verify import graph_readout, run_lava_graph
 from snn2hw.export.loihi.mapping import LoihiNet
 from snn2hw.export.to_nir import model_to_nir
@@ -115,6 +115,11 @@ def _input(net, seed=2):
     return net.quantise_input(x)
 
 
+def _model_input(net, x):
+    """The chip's input x without the always-on bias channel: the float model's input."""
+    return x[..., :-len(BIAS_PAYLOADS)] if net.info[BIAS_CHANNEL] else x
+
+
 def float_recurrent(graph, x):
     """The float model (core.neuron's CUBA): i = alpha i + W_in x + W_rec s[t-1]; v = lam v (1 - s) + i."""
     nd = graph.nodes
@@ -191,7 +196,7 @@ def test_lava_needs_the_cuba_bias_channel(lava_runs):
     dropped = copy.deepcopy(net)
     for e in dropped.edges:
         if e.src == "input":
-            e.weight[:, -1] = 0
+            e.weight[:, -2:] = 0
     wrong = emu.run_graph_stream(dropped, x)
     assert all((wrong[n] != lava[n]).sum() > 0 for n in lava)
 
@@ -213,12 +218,66 @@ def test_cuba_bias_reaches_the_current_from_frame_0():
     g = _bias_only([1.2, 0.6, 0.3, -0.5])
     net = build_loihi_graph(g)
     x = net.quantise_input(np.zeros((T, 1, 5)))
-    assert np.all(x[..., -1] == 1) and not x[..., :-1].any()
+    assert np.all(x[..., -2:] == BIAS_PAYLOADS) and not x[..., :-2].any()
     got = emu.run_graph(net, x)["layers_2_neuron_lif"][:, 0]
     first = [int(np.argmax(got[:, k])) if got[:, k].any() else None for k in range(4)]
     assert first == [0, 1, 2, None]
     ref, _ = node_spikes(nir_to_network(g), torch.zeros(T, 1, 5))
     np.testing.assert_array_equal(got, ref["layers_2_neuron_lif"][:, 0].numpy())
+
+
+def bias_chain(biases=(0.4, 0.3, 0.3), w=(0.0, 0.5, 0.0)):
+    """input -> [Affine(w_k, b_k) -> LIF(lam 1, V_th 1)] x 3 -> readout, one neuron per layer."""
+    nodes = {"input": nir.Input(input_type={"input": np.array([1])})}
+    edges, prev = [], "input"
+    for k, (b, wk) in enumerate(zip(biases, w)):
+        nodes[f"layers_{2 * k}"] = nir.Affine(weight=np.full((1, 1), wk, np.float32), bias=np.full(1, b, np.float32))
+        nodes[f"layers_{2 * k + 1}"] = _lif(1, 1.0)
+        edges += [(prev, f"layers_{2 * k}"), (f"layers_{2 * k}", f"layers_{2 * k + 1}")]
+        prev = f"layers_{2 * k + 1}"
+    nodes["layers_6"] = nir.Affine(weight=np.ones((1, 1), np.float32), bias=np.zeros(1, np.float32))
+    nodes["output"] = nir.Output(output_type={"output": np.array([1])})
+    edges += [(prev, "layers_6"), ("layers_6", "output")]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(META))
+
+
+def _first_spikes(spikes):
+    return {k: int(np.argmax(s[:, 0, 0])) if s[:, 0, 0].any() else None for k, s in spikes.items()}
+
+
+def test_biases_start_in_the_frame_the_first_input_arrives():
+    """Hand computation, lam 1, V_th 1, zero input, the graph path (depths 1, 2, 3):
+    layer 1, b 0.4: v = 0.4, 0.8, 1.2 -> first spike in frame 2;
+    layer 2, b 0.3 + 0.5 s1: v = 0.3, 0.6, 0.9 + 0.5 -> frame 2 (bias 2 steps early: 1.2 in frame 1);
+    layer 3, b 0.3 alone: v = 0.3, 0.6, 0.9, 1.2 -> frame 3 (bias 3 steps early: frame 0).
+    Integers: G = vThMant 10237/508/13649 (13-bit bias range), biases 4096/152/4096 as w_lo + 16 w_hi
+    on the bias channels, each bias edge delayed depth - 1."""
+    g = bias_chain()
+    net = build_loihi_graph(g)
+    assert net.info[BIAS_CHANNEL] == ["layers_1", "layers_3", "layers_5"]
+    assert all(not n.bias.any() for n in net.neurons)                     # Lava's bias_mant unused
+    assert [n.vth for n in net.neurons] == [10237, 508, 13649]          # float32 0.3 > 0.3
+    bias_edges = {e.dst: (tuple(e.weight[0, -2:]), e.delay) for e in net.edges if e.src == "input"}
+    assert bias_edges == {"layers_1": ((32, 254), 0), "layers_3": ((-8, 10), 1), "layers_5": ((32, 254), 2)}
+    x = net.quantise_input(np.zeros((T, 1, 1)))
+    got = emu.run_graph(net, x)
+    assert _first_spikes(got) == {"layers_1": 2, "layers_3": 2, "layers_5": 3}
+    ref, _ = node_spikes(nir_to_network(g), torch.zeros(T, 1, 1))
+    for k, s in got.items():
+        np.testing.assert_array_equal(s, ref[k].numpy().reshape(s.shape), err_msg=k)
+    # the rules pinned: Lava's own bias (from step 0) and an edge one step early or late
+    from_step_0 = copy.deepcopy(net)
+    for e in from_step_0.edges:
+        if e.src == "input":
+            next(n for n in from_step_0.neurons if n.name == e.dst).bias = e.weight[:, -2:] @ BIAS_PAYLOADS
+            e.weight[:, -2:] = 0
+    assert _first_spikes(emu.run_graph(from_step_0, x)) == {"layers_1": 1, "layers_3": 1, "layers_5": 0}
+    for shift, want in ((-1, 2), (1, 4)):
+        moved = copy.deepcopy(net)
+        for e in moved.edges:
+            if e.src == "input" and e.dst == "layers_5":
+                e.delay += shift
+        assert _first_spikes(emu.run_graph(moved, x))["layers_5"] == want
 
 
 def test_emulator_agrees_with_float_models():
@@ -237,7 +296,8 @@ def test_emulator_agrees_with_float_models():
         x = _input(net)
         got = emu.run_graph(net, x)
         shape = (T, N) + tuple(graph.nodes["input"].input_type["input"])
-        ref, out = node_spikes(nir_to_network(graph), torch.from_numpy(x.reshape(shape).astype(np.float32)))
+        x_model = _model_input(net, x).reshape(shape).astype(np.float32)
+        ref, out = node_spikes(nir_to_network(graph), torch.from_numpy(x_model))
         agreement = {k: float((got[k] == ref[k].numpy().reshape(got[k].shape)).mean()) for k in got}
         classes = float((graph_readout(net, got).argmax(1) == out.numpy().argmax(1)).mean())
         print(f"residual {agreement}, classes {classes}")
@@ -308,7 +368,7 @@ def test_exporter_writes_and_verifies_a_graph(tmp_path, monkeypatch):
     assert path.name == "loihi_graph.npz"
     with np.load(path) as f:
         assert [str(s) for s in f["edge_ends"][:, 1]].count("layers_2_out") == 2   # body + shortcut
-    x = torch.from_numpy(_input(plan).astype(np.float32))
+    x = torch.from_numpy(_model_input(plan, _input(plan)).astype(np.float32))
     samples = Samples(x, torch.zeros(N, dtype=torch.long), T, temporal=True)
     samples.reference = run_reference(nir_to_network(g), samples)
     v = exporter.verify(plan, tmp_path, samples)

@@ -17,16 +17,21 @@ Reading (``build_loihi_graph``):
   incoming matrices side by side): even 8-bit weights, 13-bit bias, vThMant = V_th G.
 * CubaLIF (snn2hw's CUBA, node metadata ``lam``, ``alpha``): Lava's native current
   decay, du = round(4096 (1 - alpha)), dv = round(4096 (1 - lam)).
-* Bias of a CUBA node with alpha > 0. The float model adds b to the current
-  (``i = alpha i + W x + b``), so v sees b (1 - alpha^(t+1)) / (1 - alpha); Lava adds
-  ``bias_mant`` to v, a constant, so no LIF bias equals it. Instead the input gets one
-  extra channel that carries a binary 1 in every frame (``BIAS_CHANNEL``), and b is
-  that channel's weight: it reaches the current through the input's own Dense, so it
-  arrives in frame t exactly as b does in the float model (a deeper neuron gets it
-  through a DelayDense like any input edge). The bias is then quantised on the weight
-  grid (even, 8-bit), with the neuron's gain chosen to fit it. This keeps every
-  trained srnn exportable without retraining (a bias-free model option would not).
-  LIF biases (alpha = 0, u keeps no memory) stay Lava's bias_mant, which is exact.
+* Biases, all of them, through two always-on input channels (``BIAS_CHANNEL``): the
+  input gets two extra channels that carry the graded values 1 and 16 in every frame
+  0..T-1, and a neuron's integer bias b is their weights, ``b = w_lo + 16 w_hi``
+  (``split_bias``). It reaches the current through an input edge like any other input,
+  delayed by ``depth - 1`` steps, so it arrives in frame t exactly as b does in the float
+  model, for both neuron kinds: a CUBA node (alpha > 0) adds b to the current
+  (``i = alpha i + W x + b``), which Lava's ``bias_mant`` (added to v) cannot express; a
+  LIF node (du = 4096, u keeps no memory) adds b to v, but ``bias_mant`` is added from
+  Lava's step 0, ``depth`` steps before the first input arrives (one step of latency per
+  connection), and would charge v that long before the float model does (issue 18: a
+  tdBN ResNet, whose folded offsets are biases, lost class agreement). G is chosen as
+  for a 13-bit bias_mant and the two weights keep that range; b is rounded to even (Lava's
+  8-bit weights are even), at most one unit from bias_mant's value. One channel of
+  payload 1 would put b on the 8-bit weight grid and, for tdBN layers whose biases exceed
+  their weights, lower G (measured: spike agreement 0.85 instead of 0.95 at depth 5).
 
 Timing (measured, targets.md A.3): every connection delivers at step i what its
 source emitted at step i - 1 - delay. Neuron n sits at depth d(n) = the longest
@@ -50,12 +55,13 @@ import torch
 from ...errors import ExportError
 from ..nir_reading import check_weights, producer_of, read_input, read_neuron
 from .emulator import DECAY_UNIT
-from .mapping import A_LIMIT, INPUT_LEVELS, INPUT_RANGE, loihi_grid, v_decay_of
+from .mapping import A_LIMIT, INPUT_LEVELS, INPUT_RANGE, WEIGHT_MAX, loihi_grid, v_decay_of
 
 NEURONS = ("LIF", "IF", "CubaLIF")
 LINEAR = ("Affine", "Linear", "Conv1d", "Conv2d", "AvgPool2d", "SumPool2d", "Flatten")
 INPUT = "input"
-BIAS_CHANNEL = "constant 1"   # info key and README name of the always-on input channel
+BIAS_CHANNEL = "bias channels"   # info key: the neurons whose biases the always-on input channels carry
+BIAS_PAYLOADS = (1, 16)       # their graded values: a bias b = w_lo + 16 w_hi, both even weights
 
 
 @dataclass
@@ -112,12 +118,23 @@ class LoihiGraph:
         lead = xi.ndim - len(self.info["model_input_shape"])
         xi = xi.reshape(xi.shape[:lead] + (-1,))
         if self.info.get(BIAS_CHANNEL):
-            xi = np.concatenate([xi, np.ones(xi.shape[:-1] + (1,), np.int64)], axis=-1)
+            always_on = np.broadcast_to(np.array(BIAS_PAYLOADS), xi.shape[:-1] + (len(BIAS_PAYLOADS),))
+            xi = np.concatenate([xi, always_on], axis=-1)
         return xi
 
     def input_bits(self) -> int:
         lo, hi = (round(v * self.input_levels) for v in self.input_range)
-        return max(int(max(abs(lo), abs(hi))).bit_length() + 1, 2)
+        peak = max(abs(lo), abs(hi), max(BIAS_PAYLOADS) if self.info.get(BIAS_CHANNEL) else 0)
+        return max(int(peak).bit_length() + 1, 2)
+
+
+def split_bias(b_int: np.ndarray) -> np.ndarray:
+    """(size, 2) even weights (w_lo, w_hi) of the bias channels, w_lo + 16 w_hi = b_int rounded
+    to even (Lava's 8-bit weights are even): 13-bit range, error <= 1 unit of the 13-bit grid."""
+    b_even = 2 * np.round(np.asarray(b_int, np.float64) / 2)
+    p = BIAS_PAYLOADS[1]
+    hi = (2 * np.round(b_even / (2 * p))).clip(-256, WEIGHT_MAX)
+    return np.stack([b_even - p * hi, hi], axis=1).astype(np.int64)
 
 
 # ---- linear nodes as matrices over their (flattened) input ----
@@ -311,19 +328,13 @@ def build_loihi_graph(graph: Any, input_levels: int | None = None,
     readings = {n: _neuron_reading(n, nodes[n], meta, producer) for n in neurons}
     n_in = int(np.prod(model_in))
     lo, hi = (int(round(v * levels)) for v in rng)
-    # integer input per column: graded model input (one unit = 1/levels), then the bias channel
+    # integer input per column: graded model input (one unit = 1/levels), then the bias channels
     in_scale, in_peak = np.full(n_in, 1.0 / levels), np.full(n_in, float(max(abs(lo), abs(hi))))
-    cuba_bias = [n for n in neurons if readings[n][1] > 0 and np.any(inputs[n][1] != 0)]
-    if cuba_bias:   # CUBA biases become weights from an always-on input channel (module docstring)
-        in_scale, in_peak = np.append(in_scale, 1.0), np.append(in_peak, 1.0)
-        for n in neurons:
-            mats, bias, shape = inputs[n]
-            if n in cuba_bias:
-                w_in = mats.get(INPUT, np.zeros((len(bias), n_in)))
-                mats[INPUT] = np.concatenate([w_in, bias[:, None]], axis=1)
-                inputs[n] = (mats, np.zeros_like(bias), shape)
-            elif INPUT in mats:
-                mats[INPUT] = np.concatenate([mats[INPUT], np.zeros((len(bias), 1))], axis=1)
+    biased = [n for n in neurons if np.any(inputs[n][1] != 0)]
+    for n in biased:   # a deep neuron gets its bias through its own (delayed) edge from the input
+        inputs[n][0].setdefault(INPUT, np.zeros((len(inputs[n][1]), n_in)))
+    n_bias = len(BIAS_PAYLOADS) if biased else 0
+    in_peak = np.append(in_peak, BIAS_PAYLOADS[:n_bias])
     order = [n for n in neurons]
     depth, recurrent = _depths(order, {n: inputs[n][0] for n in order})
     order.sort(key=lambda n: depth[n])
@@ -334,7 +345,7 @@ def build_loihi_graph(graph: Any, input_levels: int | None = None,
         mats, bias, _ = inputs[n]
         srcs = list(mats)
         w_cat = np.concatenate([mats[s] * gain * (in_scale if s == INPUT else 1.0) for s in srcs], axis=1)
-        try:
+        try:   # the bias keeps its 13-bit range in the choice of G, then moves to the bias channels
             q = loihi_grid(w_cat, bias * gain, v_th, 1.0, ">=" if geq else ">")
         except ValueError as exc:
             raise ExportError(f"neuron {n}: {exc}") from None
@@ -343,22 +354,25 @@ def build_loihi_graph(graph: Any, input_levels: int | None = None,
         for s in srcs:
             w = q.weight[:, col:col + mats[s].shape[1]]
             col += mats[s].shape[1]
+            if s == INPUT:
+                extra = split_bias(q.bias) if n in biased else np.zeros((len(w), n_bias), np.int64)
+                w = np.concatenate([w, extra], axis=1)
             worst += np.abs(w) @ (in_peak if s == INPUT else np.ones(w.shape[1])).astype(np.int64)
             delay = 0 if (s, n) in recurrent else depth[n] - depth[s] - 1
             g_edges.append(GraphEdge(s, n, w.astype(np.int64), int(delay)))
-        if int((worst + np.abs(q.bias)).max()) >= A_LIMIT:
+        if int(worst.max()) >= A_LIMIT:
             raise ExportError(f"neuron {n}: worst-case synaptic input reaches 2^17 = {A_LIMIT}; Lava's 24-bit "
                               "current would wrap. Fix: fewer inputs per neuron or smaller weights")
         g_neurons.append(GraphNeuron(n, len(bias), v_decay_of(alpha) if alpha else DECAY_UNIT,
-                                     v_decay_of(lam), int(q.vth), q.bias.astype(np.int64), depth[n], q.gain))
+                                     v_decay_of(lam), int(q.vth), np.zeros(len(bias), np.int64), depth[n], q.gain))
     out_name = next(k for k, v in nodes.items() if type(v).__name__ == "Output")
     out = _sum(out_name, [form(p) for p in preds[out_name]])
     if INPUT in out[0]:
         raise ExportError("the readout reads the network input directly; Loihi streams out only spikes. "
                           "Fix: end the network with neuron -> Affine")
     info = {"model_input_shape": model_in, "recurrent_edges": sorted(recurrent),
-            "delayed_edges": [(e.src, e.dst, e.delay) for e in g_edges if e.delay], BIAS_CHANNEL: cuba_bias}
-    return LoihiGraph(g_neurons, g_edges, len(in_scale), levels, (float(rng[0]), float(rng[1])),
+            "delayed_edges": [(e.src, e.dst, e.delay) for e in g_edges if e.delay], BIAS_CHANNEL: biased}
+    return LoihiGraph(g_neurons, g_edges, len(in_peak), levels, (float(rng[0]), float(rng[1])),
                       out[0], out[1], int(meta.get("timesteps", 0) or 0), info)
 
 

@@ -118,8 +118,10 @@ def graph_readme(net: LoihiGraph) -> str:
                    for n in net.neurons)
     edges = "".join(f"| {e.src} | {e.dst} | {tuple(e.weight.shape)} | {e.delay} |\n" for e in net.edges)
     moved = net.info.get(BIAS_CHANNEL)
-    bias_note = (f"\nThe last input channel carries a constant 1 in every frame: its weights are the biases of "
-                 f"the CUBA neurons {', '.join(moved)}, which Lava's LIF would add to v instead of the current.\n"
+    bias_note = (f"\nThe last two input channels carry the graded values 1 and 16 in frames 0..T-1: their "
+                 f"weights are the biases of the neurons {', '.join(moved)} (b = w_lo + 16 w_hi). Lava's "
+                 "bias_mant (0 here) would start at step 0, `depth` steps before the first input, and a CUBA "
+                 "neuron's would go to v instead of the current.\n"
                  if moved else "")
     return f"""# Loihi 2 export (Lava process graph)
 
