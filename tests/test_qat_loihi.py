@@ -10,7 +10,7 @@ import torch
 
 from snn2hw.core.layers import RecurrentSpiking
 from snn2hw.export.loihi import emulator
-from snn2hw.export.loihi.graph import build_loihi_graph
+from snn2hw.export.loihi.graph import BIAS_CHANNEL, build_loihi_graph
 from snn2hw.export.to_nir import model_to_nir
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model
@@ -55,12 +55,12 @@ def _chip_spikes(model, x: torch.Tensor, alpha: float) -> list[np.ndarray]:
     graph.metadata["input_range"] = list(RANGE)               # graded input, 16 levels, as QAT's
     net = build_loihi_graph(graph)
     assert net.input_levels == 16
-    assert bool(net.info["constant 1"]) == (alpha > 0)          # biases on the always-on channel, or bias_mant
+    assert net.info[BIAS_CHANNEL] == [n.name for n in net.neurons]   # every bias on the always-on channels
     got = emulator.run_graph(net, net.quantise_input(x.numpy()))
     return [got[n.name] for n in net.neurons]
 
 
-@pytest.mark.parametrize("hidden,alpha", [((24,), 0.7), ((16, 12), 0.7), ((10,), 0.3)])
+@pytest.mark.parametrize("hidden,alpha", [((24,), 0.7), ((16, 12), 0.7), ((10,), 0.3), ((12,), 0.0)])
 def test_qat_forward_equals_the_loihi_graph_emulator_to_the_spike(hidden, alpha):
     model = _model(hidden, seed=len(hidden) + hidden[0], alpha=alpha)
     x = torch.rand(T, 64, 4) * 2.4 - 1.2                        # temporal, both signs, some clipped

@@ -59,8 +59,9 @@ class LoihiGrid:
     bias and an exact threshold per layer; the readout stays float (computed on the host).
 
     A CUBA site (``alpha`` given) is put on the graph path's grid (``graph.build_loihi_graph``):
-    one gain G over its input weights (times the input unit), its bias as the weight of the
-    always-on input channel (even 8-bit, alpha > 0) and its W_rec, all side by side; du/dv on
+    one gain G over its input weights (times the input unit) and its W_rec side by side, chosen
+    with the bias on its 13-bit range; the bias then rides the two always-on input channels
+    (``graph.split_bias``: rounded to even); du/dv on
     the 12-bit decay grid; and the neuron runs ``LoihiCubaStep``, so that the QAT forward
     computes Lava's spikes. Assumes a hard reset and the strict ``>`` spike (the export refuses
     a soft reset)."""
@@ -88,16 +89,15 @@ class LoihiGrid:
         alpha = float(site.alpha)
         as_np = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
         cols = [as_np(w).reshape(w.shape[0], -1) * site.input_unit]
-        channel = alpha > 0                      # the bias rides the always-on input channel
-        if channel:
-            cols.append(as_np(b)[:, None])
         if w_rec is not None:
             cols.append(as_np(w_rec))
-        grid = loihi_grid(np.concatenate(cols, axis=1), None if channel else as_np(b), float(site.v_th), 1.0)
+        # G as graph.build_loihi_graph chooses it: the bias keeps its 13-bit range in the choice
+        grid = loihi_grid(np.concatenate(cols, axis=1), as_np(b), float(site.v_th), 1.0)
         g = grid.gain
         w_q = quantise_weight(w, g * site.input_unit, ste_round) / (g * site.input_unit)
-        b_q = (quantise_weight(b, g, ste_round) if channel else quantise_bias(b, g, ste_round)) / g
+        # then it rides the bias channels as even weights (graph.split_bias): 13-bit, rounded to even
+        b_q = 2 * ste_round(quantise_bias(b, g, ste_round) / 2) / g
         rec_q = None if w_rec is None else quantise_weight(w_rec, g, ste_round) / g
         lam = float(site.lam if site.lam is not None else 0.0)
-        step = LoihiCubaStep(float(g), v_decay_of(alpha) if channel else DECAY_UNIT, v_decay_of(lam), int(grid.vth))
+        step = LoihiCubaStep(float(g), v_decay_of(alpha) if alpha > 0 else DECAY_UNIT, v_decay_of(lam), int(grid.vth))
         return Quantised(w_q, b_q, grid.vth / g, lam_effective(lam), rec_q, step)
