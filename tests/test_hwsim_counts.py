@@ -145,3 +145,21 @@ def test_counts_are_of_delivered_spikes(kernel):
         assert torch.equal(per_unit, s.reshape(-1, s[0, 0, 0].numel()).sum(0))
         assert per_unit.sum() < clean.seen[name][1][0].sum()  # some spikes were lost
         assert int(changes) == int(clean.seen[name][1][1])    # the same membranes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+@pytest.mark.parametrize("T,B,F,v_th", [(5, 7, 3, 1.0), (3, 9, 57, 1.0), (4, 7, 3, -0.3), (1, 5, 3, 1.0)])
+def test_counted_lif_kernel_tails(kernel, dtype, reset, T, B, F, v_th):
+    """The kernel's vector blocks at their edges: neuron counts that leave a partial block
+    at the end (21, 513: a second chunk of one neuron), fewer units than a block's lanes
+    (3), a negative threshold (a padded lane would spike at once and, soft, change its u)
+    and one step; counts equal the torch path's."""
+    g = torch.Generator().manual_seed(11)
+    c = torch.randn(T, B, 1, F, generator=g, dtype=dtype) * 1.2 + 0.4
+    s, per_unit, changes = counted_lif(c, 0.5, v_th, reset, F)
+    s_ref, u = fused_lif(c, torch.zeros(()), 0.5, v_th, reset, Triangle(), membrane=True)
+    unit_ref, changes_ref = neuron_counts(s_ref, u, F)
+    assert torch.equal(s, s_ref) and torch.equal(per_unit, unit_ref)
+    assert int(changes) == int(changes_ref)
+    assert unit_ref.sum() > 0 and (T == 1 or int(changes_ref) > 0)

@@ -112,8 +112,11 @@ def forward_counted(c: Tensor, lam: float, v_th: float, hard: bool, units: int
                     ) -> tuple[Tensor, Tensor, Tensor]:
     """(spikes (T, ...), spikes per unit (``units``: the trailing feature size, summed over
     T and the leading sample axes), and the number of (t >= 1, neuron) at which u changed,
-    u[t] != u[t-1] (int64, 0-dim)), counted in the forward pass itself."""
+    u[t] != u[t-1] (int64, 0-dim)), counted in the forward pass itself (T < 2^22: the
+    kernel's per-lane change counters are int32 over a 512-neuron chunk)."""
     lib, T = _library(), c.shape[0]
+    if T >= 1 << 22:
+        raise ValueError(f"forward_counted: {T} steps overflow the kernel's counters (T < 2^22)")
     c, ts = _time_major(c)
     n = c[0].numel()
     threads = torch.get_num_threads()
