@@ -16,24 +16,15 @@ from snn2hw.export.base import Samples
 from snn2hw.export.reference import gate
 from snn2hw.export.to_nir import model_to_nir
 from snn2hw.export.xylo import XyloExporter
-from snn2hw.models.config import ModelConfig
-from snn2hw.models.network import build_model
+
+from cuba_models import bursting_cuba_model
 
 T, RANGE = 12, (-1.0, 1.0)
 
 
 def _bursting_srnn():
     """A float srnn (seeded) whose weights, once on Xylo's grid, burst."""
-    torch.manual_seed(25)
-    model = build_model(ModelConfig(arch="srnn", input_shape=(3,), hidden=(24,), num_classes=3, timesteps=T,
-                                    neuron="cuba", alpha=0.5, lam=0.875, reset="soft", v_th=1.0))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("weight"):
-                p.mul_(2.5 if p.shape[1] == 3 else 0.6)
-            elif name.endswith("bias"):
-                p.uniform_(-0.1, 0.4)
-    return model.eval()
+    return bursting_cuba_model("srnn", (24,), 25, T, alpha=0.5, lam=0.875, input_gain=2.5)
 
 
 def _checked(tmp_path, qat: str | None):

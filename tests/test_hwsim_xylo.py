@@ -16,24 +16,15 @@ from snn2hw.export.xylo import emulator
 from snn2hw.export.xylo.mapping import build_xylo_net
 from snn2hw.hwsim.graph import lower, run
 from snn2hw.hwsim.noise import QUANT_PRESETS, NoiseSpec, sample_chips, simulate
-from snn2hw.models.config import ModelConfig
-from snn2hw.models.network import build_model
+
+from cuba_models import bursting_cuba_model
 
 T, RANGE = 12, (-1.0, 1.0)
 
 
 def _model(arch: str, hidden: tuple[int, ...], seed: int):
-    """A float model (off-grid leaks: lam 0.9 -> 0.875, alpha 0.7 -> 0.75) whose weights burst."""
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(arch=arch, input_shape=(3,), hidden=hidden, num_classes=3, timesteps=T,
-                                    neuron="cuba", alpha=0.7, lam=0.9, reset="soft", v_th=1.0))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("weight"):
-                p.mul_(1.5 if p.shape[1] == 3 else 0.6)
-            elif name.endswith("bias"):
-                p.uniform_(-0.1, 0.4)
-    return model.eval()
+    """A float model (off-grid leaks) whose weights burst on Xylo's grid."""
+    return bursting_cuba_model(arch, hidden, seed, T)
 
 
 def _emulated_logits(model, x: torch.Tensor) -> tuple[np.ndarray, emulator.XyloRun]:

@@ -16,6 +16,8 @@ from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model
 from snn2hw.train.qat import attach_qat
 
+from cuba_models import qat_spikes
+
 T, RANGE = 12, (-1.0, 1.0)
 
 
@@ -36,18 +38,7 @@ def _model(hidden: tuple[int, ...], seed: int, alpha: float = 0.7, lam: float = 
 
 
 def _qat_spikes(model, x: torch.Tensor) -> list[np.ndarray]:
-    got = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: got.append(out.detach().numpy()))
-             for m in model.modules() if isinstance(m, RecurrentSpiking)]
-    handle = attach_qat(model, "loihi", RANGE)
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.detach()
-        for h in hooks:
-            h.remove()
-    return got
+    return qat_spikes(model, x, "loihi", RANGE, lambda m: isinstance(m, RecurrentSpiking))
 
 
 def _chip_spikes(model, x: torch.Tensor, alpha: float) -> list[np.ndarray]:

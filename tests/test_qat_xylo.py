@@ -13,42 +13,26 @@ from snn2hw.export.to_nir import model_to_nir
 from snn2hw.export.xylo import emulator
 from snn2hw.export.xylo.mapping import build_xylo_net
 from snn2hw.models.config import ModelConfig
-from snn2hw.models.network import build_model
 from snn2hw.train.qat import attach_qat, plan_sites
+
+from cuba_models import bursting_cuba_model, qat_spikes
 
 T, RANGE = 12, (-1.0, 1.0)
 
 
 def _model(arch: str, hidden: tuple[int, ...], seed: int):
-    """Off-grid leaks (lam 0.9 -> 0.875, alpha 0.7 -> 0.75) and weights that make bursts."""
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(arch=arch, input_shape=(3,), hidden=hidden, num_classes=3, timesteps=T,
-                                    neuron="cuba", alpha=0.7, lam=0.9, reset="soft", v_th=1.0))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("weight"):
-                p.mul_(1.5 if p.shape[1] == 3 else 0.6)
-            elif name.endswith("bias"):
-                p.uniform_(-0.1, 0.4)
-    return model.eval()
+    return bursting_cuba_model(arch, hidden, seed, T)
+
+
+def _is_cuba_layer(model):
+    """A recurrent layer, or a CUBA neuron that is not one's own (the mlp's layers)."""
+    owned = {id(r.neuron) for r in model.modules() if isinstance(r, RecurrentSpiking)}
+    return lambda m: isinstance(m, RecurrentSpiking) or (isinstance(m, CUBA) and id(m) not in owned)
 
 
 def _qat_spikes(model, x: torch.Tensor) -> list[np.ndarray]:
     """Per CUBA layer, its QAT spike counts (T, N, n)."""
-    got, hooks = [], []
-    for m in model.modules():
-        if isinstance(m, RecurrentSpiking) or (isinstance(m, CUBA) and not any(
-                isinstance(r, RecurrentSpiking) and r.neuron is m for r in model.modules())):
-            hooks.append(m.register_forward_hook(lambda mod, inp, out: got.append(out.detach().numpy())))
-    handle = attach_qat(model, "xylo", RANGE)
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.detach()
-        for h in hooks:
-            h.remove()
-    return got
+    return qat_spikes(model, x, "xylo", RANGE, _is_cuba_layer(model))
 
 
 @pytest.mark.parametrize("arch,hidden", [("srnn", (24,)), ("srnn", (16, 12)), ("mlp", (20,))])
