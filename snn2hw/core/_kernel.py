@@ -67,6 +67,9 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
         getattr(lib, f"lif_forward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, i64, ct, ct, i, i]
         getattr(lib, f"lif_backward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ct, ct, i, i]
         getattr(lib, f"call_counts_{suf}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i]
+        getattr(lib, f"asgl_forward_{suf}").argtypes = [ptr, i64, ptr, ptr, i64, i64, ct, ct, i, ct, ct, i, i]
+        getattr(lib, f"asgl_backward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, ct, ct, ct, ct, i,
+                                                         ct, i]
     return lib
 
 
@@ -178,6 +181,48 @@ def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, h
             gp = gp.sum() if p.dim() == 0 else gp.sum_to_size(p.shape)
             grad_p = gp if grad_p is None else grad_p + gp
     return gu, grad_p
+
+
+# ---- ASGL dual-mode (the kernel's section of the same name) ----
+
+DUAL_MODE_SMOOTH, DUAL_MODE_MIXED, DUAL_MODE_STEP = 0, 1, 2  # p <= 0, 0 < p < 1, p >= 1
+
+
+def asgl_forward(c: Tensor, lam: float, v_th: float, hard: bool, alpha: float, p: float,
+                 r: Tensor | None, keep_x: bool) -> tuple[Tensor, Tensor | None]:
+    """(spike values s (T, ...), x = u - V_th (T, ...) if ``keep_x``) of the LIF with
+    ASGL's dual-mode spike ``s = r < p ? H(x) : H_alpha(x)`` at the width ``alpha``.
+
+    ``r`` (T, ..., contiguous, c's dtype) are the uniforms for ``0 < p < 1`` (None
+    otherwise: s is ``H_alpha`` for p <= 0, ``H`` for p >= 1); s is written over them."""
+    lib, T = _library(), c.shape[0]
+    c, ts = _time_major(c)
+    n = c[0].numel()
+    mode = DUAL_MODE_SMOOTH if p <= 0.0 else DUAL_MODE_STEP if p >= 1.0 else DUAL_MODE_MIXED
+    if (r is None) != (mode != DUAL_MODE_MIXED):
+        raise ValueError(f"asgl_forward: uniforms are needed exactly for 0 < p < 1 (p={p})")
+    s = r if r is not None else torch.empty(c.shape, dtype=c.dtype)
+    x = torch.empty(c.shape, dtype=c.dtype) if keep_x else None
+    fn = getattr(lib, f"asgl_forward_{_SUFFIX[c.dtype]}")
+    fn(_ptr(c), ts, _ptr(s), _ptr(x), T, n, lam, v_th, int(hard), alpha, p, mode, torch.get_num_threads())
+    return s, x
+
+
+def asgl_backward(go: Tensor, x: Tensor, s: Tensor, alpha: float, lam: float, v_th: float,
+                  hard: bool, need_alpha: bool) -> tuple[Tensor, Tensor | None]:
+    """(gradient of the currents (T, ...), gradient of alpha (0-dim) or None) of fused.py's
+    recurrence with non-binary spikes ``s`` and AsglRect's derivatives at ``alpha``,
+    rounded as ``fused._backward_torch`` rounds them (the same numbers, not just close)."""
+    lib, T = _library(), x.shape[0]
+    n = x[0].numel()
+    go, ts = _time_major(go.to(x.dtype))
+    gu = torch.empty_like(x)
+    gp = torch.empty_like(x) if need_alpha else None  # gs * dp, summed below as torch sums it
+    fn = getattr(lib, f"asgl_backward_{_SUFFIX[x.dtype]}")
+    # -lam and -v_th*lam are the torch loop's scalars, rounded to x's type as torch does
+    fn(_ptr(go), ts, _ptr(x), _ptr(s), _ptr(gu), _ptr(gp), T, n, lam, v_th, -lam, -v_th * lam, int(hard),
+       alpha, torch.get_num_threads())
+    return gu, (gp.sum() if need_alpha else None)
 
 
 def main() -> None:

@@ -170,6 +170,103 @@ void lif_backward_##SUF(const T_ *go, int64_t go_ts, const T_ *g, const T_ *xs, 
     }                                                                                  \
 }
 
+/* ---- ASGL dual-mode (fused.DualModeValue, methods/asgl.py) --------------------------
+ * The LIF loop of ASGL's training forward, s = H_alpha(x) + m (H(x) - H_alpha(x)), and
+ * its BPTT, each in one pass (the kernels above take binary spikes only):
+ * forward:  u as above with non-binary s (lif_step's expressions), x = u - vth,
+ *           ha = clip(x/alpha + 1/2, 0, 1) (torch's division, add and clamp),
+ *           s = mode 0: ha;  mode 1: r < p ? (x > 0) : ha;  mode 2: (x > 0)
+ *           where r (T, N) are the uniforms torch drew beforehand (mode 1 only);
+ *           s is written to rs (over r: each r is read first), x to xs if given.
+ * backward: AsglRect's derivatives at the width alpha, w = |x| < alpha/2:
+ *           g = w / alpha,  dp = -w x / (alpha*alpha);  over the whole T (no carry)
+ *           gu = go*g + k*gu',  gs = go + b*gu',  gp (if given) = gs*dp per element
+ *           hard k = lam*((1-s) - u*g), b = -lam*u (u = x+vth);  soft k = lam*(1 - vth*g),
+ *           b = -lam*vth: fused.py's torch backward with its very roundings, so that
+ *           training with the kernel reproduces the torch loop's run bit for bit: its
+ *           addcmul_ and add(alpha=) are fused multiply-adds on CPUs with FMA (AVX2 and
+ *           up, measured), hence fma() for k*gu' and b*gu' (a clone with FMA
+ *           instructions where the CPU has them); the caller sums gp as torch would.
+ * Plain loops over a chunk's lanes: the selects vectorise (if-conversion). */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define FMA_CLONES __attribute__((target_clones("fma", "default")))
+#endif
+#endif
+#ifndef FMA_CLONES
+#define FMA_CLONES  /* elsewhere fma() is an instruction or a library call: same numbers */
+#endif
+#define FMA_f32 __builtin_fmaf
+#define FMA_f64 __builtin_fma
+#define DEFINE_DUAL_MODE(T_, SUF)                                                      \
+void asgl_forward_##SUF(const T_ *c, int64_t c_ts, T_ *rs, T_ *xs, int64_t T,          \
+                        int64_t N, T_ lam, T_ vth, int hard, T_ alpha, T_ p, int mode, \
+                        int nthreads)                                                  \
+{                                                                                      \
+    int64_t nchunks = (N + CHUNK - 1) / CHUNK;                                         \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
+    for (int64_t k = 0; k < nchunks; k++) {                                            \
+        int64_t n0 = k * CHUNK, len = N - n0 < CHUNK ? N - n0 : CHUNK;                 \
+        T_ u[CHUNK], s[CHUNK];                                                         \
+        for (int64_t t = 0; t < T; t++) {                                              \
+            const T_ *ct = c + t * c_ts + n0;                                          \
+            T_ *st = rs + t * N + n0, *xt = xs ? xs + t * N + n0 : 0;                  \
+            for (int64_t i = 0; i < len; i++) {                                        \
+                T_ v = t == 0 ? ct[i] : hard ? lam * u[i] * ((T_)1 - s[i]) + ct[i]     \
+                                             : lam * (u[i] - vth * s[i]) + ct[i];      \
+                T_ x = v - vth, ha = x / alpha + (T_)0.5, h = x > 0 ? (T_)1 : (T_)0;   \
+                ha = ha < 0 ? (T_)0 : ha;                                              \
+                ha = ha > 1 ? (T_)1 : ha;                                              \
+                T_ sv = mode == 0 ? ha : mode == 2 ? h : st[i] < p ? h : ha;           \
+                u[i] = v;                                                              \
+                s[i] = sv;                                                             \
+                st[i] = sv;                                                            \
+                if (xt) xt[i] = x;                                                     \
+            }                                                                          \
+        }                                                                              \
+    }                                                                                  \
+}                                                                                      \
+                                                                                       \
+FMA_CLONES                                                                             \
+void asgl_backward_##SUF(const T_ *go, int64_t go_ts, const T_ *xs, const T_ *ss,      \
+                         T_ *gu_out, T_ *gp_out, int64_t T, int64_t N, T_ lam, T_ vth,  \
+                         T_ nlam, T_ nlamvth, int hard, T_ alpha, int nthreads)        \
+{                                                                                      \
+    int64_t nchunks = (N + CHUNK - 1) / CHUNK;                                         \
+    T_ half = (T_)0.5 * alpha, inv = (T_)1 / alpha, a2 = alpha * alpha;                \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
+    for (int64_t k = 0; k < nchunks; k++) {                                            \
+        int64_t n0 = k * CHUNK, len = N - n0 < CHUNK ? N - n0 : CHUNK;                 \
+        T_ gun[CHUNK];                                                                 \
+        for (int64_t i = 0; i < len; i++) gun[i] = 0;                                  \
+        for (int64_t t = T - 1; t >= 0; t--) {                                         \
+            const T_ *got = go + t * go_ts + n0, *xt = xs + t * N + n0;                \
+            const T_ *st = ss + t * N + n0;                                            \
+            T_ *gut = gu_out + t * N + n0, *gpt = gp_out ? gp_out + t * N + n0 : 0;    \
+            for (int64_t i = 0; i < len; i++) {                                        \
+                T_ x = xt[i], ax = x < 0 ? -x : x, gs, kk;                             \
+                int w = ax < half;                                                     \
+                T_ g = w ? inv : (T_)0, dp = w ? -x / a2 : (T_)0;                      \
+                if (hard) {                                                            \
+                    T_ u = x + vth;                                                    \
+                    kk = (-(u * g) + ((T_)1 - st[i])) * lam;                           \
+                    gs = FMA_##SUF(u * nlam, gun[i], got[i]);                          \
+                } else {                                                               \
+                    kk = g * nlamvth + lam;                                            \
+                    gs = FMA_##SUF(nlamvth, gun[i], got[i]);                           \
+                }                                                                      \
+                gun[i] = FMA_##SUF(kk, gun[i], got[i] * g);                            \
+                gut[i] = gun[i];                                                       \
+                if (gpt) gpt[i] = gs * dp;                                             \
+            }                                                                          \
+        }                                                                              \
+    }                                                                                  \
+}
+
+DEFINE_DUAL_MODE(float, f32)
+DEFINE_DUAL_MODE(double, f64)
+/* ---- end of ASGL dual-mode ---------------------------------------------------------- */
+
 /* hwsim's per-call input counts (NeuroBench's convention: a call is one step over the
  * batch) in one pass over x (steps, rows, units), one step per thread:
  *   nz[t,u] = #{r : x[t,r,u] != 0},  sums[t,u] = sum_r x[t,r,u]  (accumulated in x's

@@ -26,6 +26,7 @@ vectorised torch loop below gives the same result.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
@@ -33,10 +34,11 @@ from torch import Tensor
 
 from . import _kernel
 from .neuron import LIFParams, lif_sequence
-from .surrogate import SurrogateShape, Triangle, spike
+from .surrogate import AsglRect, SurrogateShape, Triangle, spike
 
 ValueFn = Callable[[Tensor], Tensor]
 _STEP = Triangle()  # counted_lif's surrogate: unused, no gradient is taken
+_RECT = AsglRect()  # DualModeValue's smoothing (its width is the value's own alpha)
 
 
 class FusedStrategy(Protocol):
@@ -53,6 +55,45 @@ class FusedStrategy(Protocol):
     fused_shape: SurrogateShape
     fused_param: Tensor
     fused_value: ValueFn | None
+
+
+@dataclass(frozen=True, eq=False)
+class DualModeValue:
+    """ASGL's dual-mode spike value, a ``ValueFn`` the compiled kernel also runs whole.
+
+    ``H_alpha(x) + m (H(x) - H_alpha(x))`` with ``H_alpha = clip(x/alpha + 1/2, 0, 1)``
+    (AsglRect's primitive) and ``m = r < p``, r ~ U[0, 1) in x's dtype drawn from the
+    global torch RNG per call (no draw for p <= 0: H_alpha, or p >= 1: H). Called per
+    step it is the torch loop's value; ``fused_lif`` instead draws all T steps' r in
+    one ``torch.rand`` (the same numbers as T per-step draws on CPU) and runs the kernel.
+    """
+
+    alpha: Tensor  # the width, 0-dim, already clamped by the caller; no gradient
+    p: float
+
+    def __call__(self, x: Tensor) -> Tensor:
+        # float arithmetic only (bool masks and ``where`` cost more on CPU), exact:
+        # H - H_alpha is 1 - H_alpha with H_alpha >= 1/2 (Sterbenz) or -H_alpha, so
+        # m = 1 gives H itself; m = max(sign(p - r), 0) is r < p; H = max(sign x, 0)
+        h_alpha = _RECT.primitive(x, self.alpha)
+        if self.p <= 0.0:
+            return h_alpha
+        h = x.sign().clamp_min_(0.0)
+        if self.p >= 1.0:
+            return h
+        m = torch.rand_like(x).neg_().add_(self.p).sign_().clamp_min_(0.0)
+        return h.sub_(h_alpha).mul_(m).add_(h_alpha)
+
+
+def _dual_mode_forward(c: Tensor, lam: float, v_th: float, hard: bool, value_fn: ValueFn | None,
+                       keep_x: bool) -> tuple[Tensor, Tensor | None] | None:
+    """(spike values, x if asked) of a ``DualModeValue`` from the compiled kernel, with
+    the torch loop's random draws; None where the kernel does not run it."""
+    if not (isinstance(value_fn, DualModeValue) and value_fn.alpha.dim() == 0 and _kernel.available(c)):
+        return None
+    p = value_fn.p
+    r = torch.rand(c.shape, dtype=c.dtype) if 0.0 < p < 1.0 else None
+    return _kernel.asgl_forward(c, lam, v_th, hard, float(value_fn.alpha), p, r, keep_x)
 
 
 def _forward_torch(c: Tensor, lam: float, v_th: float, hard: bool, value_fn: ValueFn | None,
@@ -142,6 +183,11 @@ class FusedLIF(torch.autograd.Function):
                 spikes, x = _heaviside_forward(c, lam, v_th, hard, spikes=True, keep_x=True)
                 ctx.save_for_backward(None, p, x, None, None)
             return spikes
+        compiled = None if membrane else _dual_mode_forward(c, lam, v_th, hard, value_fn, keep_x=True)
+        if compiled is not None:
+            s_val, x = compiled
+            ctx.save_for_backward(None, p, x, s_val, None)
+            return s_val
         x, s_val, u_all = _forward_torch(c, lam, v_th, hard, value_fn, keep_u=membrane)
         spikes = s_val if value_fn is not None else (x > 0).to(c.dtype)
         ctx.save_for_backward(None, p, None if membrane else x, s_val, u_all)
@@ -159,6 +205,8 @@ class FusedLIF(torch.autograd.Function):
         need_p = ctx.needs_input_grad[1]
         if s_val is None and _kernel.available(x):
             gu, grad_p = _kernel.backward(go, x, p, shape, lam, v_th, hard, need_p, gext, overwrite=fresh)
+        elif s_val is not None and isinstance(shape, AsglRect) and p.dim() == 0 and gext is None and _kernel.available(x):
+            gu, grad_p = _kernel.asgl_backward(go, x, s_val, float(p), lam, v_th, hard, need_p)
         else:
             s = s_val if s_val is not None else (x > 0).to(x.dtype)
             gu, gs = _backward_torch(go.contiguous(), x, s, shape.grad(x, p), lam, v_th, hard, gext)
@@ -204,6 +252,9 @@ def fused_lif(currents: Tensor, p: Tensor, lam: float, v_th: float, reset: str,
     # inference (evaluate, export checks, noise sweeps, probes): nothing kept for backward
     if value_fn is None and not membrane:
         return _heaviside_forward(currents, lam, v_th, hard, True, False)[0]
+    compiled = None if membrane else _dual_mode_forward(currents, lam, v_th, hard, value_fn, keep_x=False)
+    if compiled is not None:
+        return compiled[0]
     x, s_val, u_all = _forward_torch(currents, lam, v_th, hard, value_fn, keep_u=membrane)
     spikes = s_val if value_fn is not None else (x > 0).to(currents.dtype)
     return (spikes, u_all) if membrane else spikes

@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..core.fused import DualModeValue
 from ..core.layers import LIF
 from ..core.surrogate import AsglRect, heaviside
 from ..errors import ConfigError
@@ -46,20 +47,11 @@ def dual_mode_spike(x: Tensor, alpha: Tensor, p: float, shape: AsglRect) -> Tens
     return value + (h_alpha - h_alpha.detach())  # value forward, dH_alpha backward
 
 
-def dual_mode_value(x: Tensor, alpha: Tensor, p: float, shape: AsglRect) -> Tensor:
+def dual_mode_value(x: Tensor, alpha: Tensor, p: float) -> Tensor:
     """The forward value of ``dual_mode_spike`` (no gradient), bit for bit and from the
-    same random draw, in float arithmetic only (bool masks and ``where`` cost more on
-    CPU): ``H_alpha + m (H - H_alpha)`` is exact, since ``H - H_alpha`` is ``1 - H_alpha``
-    with ``H_alpha >= 1/2`` (Sterbenz) or ``-H_alpha``; ``m = max(sign(p - r), 0)`` is
-    ``r < p``; ``H = max(sign x, 0)``."""
-    h_alpha = shape.primitive(x, alpha.clamp_min(MIN_WIDTH))
-    if p <= 0.0:
-        return h_alpha
-    h = x.sign().clamp_min_(0.0)
-    if p >= 1.0:
-        return h
-    m = torch.rand_like(x).neg_().add_(p).sign_().clamp_min_(0.0)
-    return h.sub_(h_alpha).mul_(m).add_(h_alpha)
+    same random draw: the fused loop's ``DualModeValue`` at the clamped width."""
+    with torch.no_grad():
+        return DualModeValue(alpha.detach().clamp_min(MIN_WIDTH), p)(x)
 
 
 class DualModeStrategy:
@@ -75,8 +67,9 @@ class DualModeStrategy:
         return dual_mode_spike(x, self.layer.shape_param, self.method.p, self.layer.surrogate)
 
     # The fused LIF's interface (core/fused.py, FusedStrategy): the forward value
-    # without autograd, the local derivatives dH_alpha/dx and dH_alpha/dalpha from
-    # the layer's shape at the (clamped) width; in eval mode the exact step (None).
+    # without autograd (a DualModeValue: the compiled kernel runs it), the local
+    # derivatives dH_alpha/dx and dH_alpha/dalpha from the layer's shape at the
+    # (clamped) width; in eval mode the exact step (None).
     @property
     def fused_shape(self) -> AsglRect:
         return self.layer.surrogate
@@ -87,12 +80,10 @@ class DualModeStrategy:
         return alpha.clamp_min(MIN_WIDTH) if self.layer.training else alpha
 
     @property
-    def fused_value(self):
-        return self._value if self.layer.training else None
-
-    def _value(self, x: Tensor) -> Tensor:
-        with torch.no_grad():  # same value and the same random draw as __call__
-            return dual_mode_value(x, self.layer.shape_param, self.method.p, self.layer.surrogate)
+    def fused_value(self) -> DualModeValue | None:
+        if not self.layer.training:
+            return None
+        return DualModeValue(self.layer.shape_param.detach().clamp_min(MIN_WIDTH), self.method.p)
 
 
 def noise_probability(p0: float, zeta: float, milestones: tuple[int, ...], epoch: int) -> float:
