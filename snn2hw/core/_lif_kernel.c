@@ -187,7 +187,15 @@ void lif_backward_##SUF(const T_ *go, int64_t go_ts, const T_ *g, const T_ *xs, 
  *           addcmul_ and add(alpha=) are fused multiply-adds on CPUs with FMA (AVX2 and
  *           up, measured), hence fma() for k*gu' and b*gu' (a clone with FMA
  *           instructions where the CPU has them); the caller sums gp as torch would.
- * Plain loops over a chunk's lanes: the selects vectorise (if-conversion). */
+ * Each step is a plain loop over a chunk's lanes, inlined with constant flags: its
+ * selects vectorise (if-conversion), as the fma() calls do in the FMA clone. */
+#if defined(__GNUC__) && !defined(__clang__)
+/* GCC: no trapping-math here, so that it may compute AsglRect's derivative and
+ * division for every lane and select (else it moves them under a branch and does not
+ * vectorise; the values are the same, only FP exception flags could differ) */
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
 #if defined(__x86_64__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
 #define FMA_CLONES __attribute__((target_clones("fma", "default")))
@@ -198,7 +206,30 @@ void lif_backward_##SUF(const T_ *go, int64_t go_ts, const T_ *g, const T_ *xs, 
 #endif
 #define FMA_f32 __builtin_fmaf
 #define FMA_f64 __builtin_fma
+#define ABS_f32 __builtin_fabsf
+#define ABS_f64 __builtin_fabs
 #define DEFINE_DUAL_MODE(T_, SUF)                                                      \
+/* one forward step on len lanes; the flags are constants where it is inlined */       \
+static inline __attribute__((always_inline)) void                                      \
+asgl_fwd_step_##SUF(int64_t len, const T_ *restrict ct, T_ *restrict st,               \
+                    T_ *restrict xt, T_ *restrict u, T_ *restrict s, T_ lam, T_ vth,   \
+                    T_ alpha, T_ p, const int first, const int hard, const int mode,   \
+                    const int has_x)                                                   \
+{                                                                                      \
+    for (int64_t i = 0; i < len; i++) {                                                \
+        T_ v = first ? ct[i] : hard ? lam * u[i] * ((T_)1 - s[i]) + ct[i]              \
+                                    : lam * (u[i] - vth * s[i]) + ct[i];               \
+        T_ x = v - vth, ha = x / alpha + (T_)0.5, h = x > 0 ? (T_)1 : (T_)0;           \
+        ha = ha < 0 ? (T_)0 : ha;                                                      \
+        ha = ha > 1 ? (T_)1 : ha;                                                      \
+        T_ sv = mode == 0 ? ha : mode == 2 ? h : st[i] < p ? h : ha;                   \
+        u[i] = v;                                                                      \
+        s[i] = sv;                                                                     \
+        st[i] = sv;                                                                    \
+        if (has_x) xt[i] = x;                                                          \
+    }                                                                                  \
+}                                                                                      \
+                                                                                       \
 void asgl_forward_##SUF(const T_ *c, int64_t c_ts, T_ *rs, T_ *xs, int64_t T,          \
                         int64_t N, T_ lam, T_ vth, int hard, T_ alpha, T_ p, int mode, \
                         int nthreads)                                                  \
@@ -211,19 +242,33 @@ void asgl_forward_##SUF(const T_ *c, int64_t c_ts, T_ *rs, T_ *xs, int64_t T,   
         for (int64_t t = 0; t < T; t++) {                                              \
             const T_ *ct = c + t * c_ts + n0;                                          \
             T_ *st = rs + t * N + n0, *xt = xs ? xs + t * N + n0 : 0;                  \
-            for (int64_t i = 0; i < len; i++) {                                        \
-                T_ v = t == 0 ? ct[i] : hard ? lam * u[i] * ((T_)1 - s[i]) + ct[i]     \
-                                             : lam * (u[i] - vth * s[i]) + ct[i];      \
-                T_ x = v - vth, ha = x / alpha + (T_)0.5, h = x > 0 ? (T_)1 : (T_)0;   \
-                ha = ha < 0 ? (T_)0 : ha;                                              \
-                ha = ha > 1 ? (T_)1 : ha;                                              \
-                T_ sv = mode == 0 ? ha : mode == 2 ? h : st[i] < p ? h : ha;           \
-                u[i] = v;                                                              \
-                s[i] = sv;                                                             \
-                st[i] = sv;                                                            \
-                if (xt) xt[i] = x;                                                     \
-            }                                                                          \
+            ASGL_FWD(SUF, t == 0)                                                      \
         }                                                                              \
+    }                                                                                  \
+}                                                                                      \
+                                                                                       \
+/* one backward step on len lanes (gun: gu of the next step, replaced by this one's) */ \
+static inline __attribute__((always_inline)) void                                      \
+asgl_bwd_step_##SUF(int64_t len, const T_ *restrict got, const T_ *restrict xt,        \
+                    const T_ *restrict st, T_ *restrict gut, T_ *restrict gpt,         \
+                    T_ *restrict gun, T_ lam, T_ vth, T_ nlam, T_ nlamvth, T_ half,    \
+                    T_ inv, T_ a2, const int hard, const int has_gp)                   \
+{                                                                                      \
+    for (int64_t i = 0; i < len; i++) {                                                \
+        T_ x = xt[i], gs, kk;                                                          \
+        int w = ABS_##SUF(x) < half;                                                   \
+        T_ q = -x / a2, g = w ? inv : (T_)0, dp = w ? q : (T_)0;                       \
+        if (hard) {                                                                    \
+            T_ u = x + vth;                                                            \
+            kk = (-(u * g) + ((T_)1 - st[i])) * lam;                                   \
+            gs = FMA_##SUF(u * nlam, gun[i], got[i]);                                  \
+        } else {                                                                       \
+            kk = g * nlamvth + lam;                                                    \
+            gs = FMA_##SUF(nlamvth, gun[i], got[i]);                                   \
+        }                                                                              \
+        gun[i] = FMA_##SUF(kk, gun[i], got[i] * g);                                    \
+        gut[i] = gun[i];                                                               \
+        if (has_gp) gpt[i] = gs * dp;                                                  \
     }                                                                                  \
 }                                                                                      \
                                                                                        \
@@ -243,28 +288,38 @@ void asgl_backward_##SUF(const T_ *go, int64_t go_ts, const T_ *xs, const T_ *ss
             const T_ *got = go + t * go_ts + n0, *xt = xs + t * N + n0;                \
             const T_ *st = ss + t * N + n0;                                            \
             T_ *gut = gu_out + t * N + n0, *gpt = gp_out ? gp_out + t * N + n0 : 0;    \
-            for (int64_t i = 0; i < len; i++) {                                        \
-                T_ x = xt[i], ax = x < 0 ? -x : x, gs, kk;                             \
-                int w = ax < half;                                                     \
-                T_ g = w ? inv : (T_)0, dp = w ? -x / a2 : (T_)0;                      \
-                if (hard) {                                                            \
-                    T_ u = x + vth;                                                    \
-                    kk = (-(u * g) + ((T_)1 - st[i])) * lam;                           \
-                    gs = FMA_##SUF(u * nlam, gun[i], got[i]);                          \
-                } else {                                                               \
-                    kk = g * nlamvth + lam;                                            \
-                    gs = FMA_##SUF(nlamvth, gun[i], got[i]);                           \
-                }                                                                      \
-                gun[i] = FMA_##SUF(kk, gun[i], got[i] * g);                            \
-                gut[i] = gun[i];                                                       \
-                if (gpt) gpt[i] = gs * dp;                                             \
-            }                                                                          \
+            ASGL_BWD(SUF)                                                              \
         }                                                                              \
     }                                                                                  \
 }
 
+/* the step loops with constant flags: one branch-free (vectorised) copy per combination */
+#define ASGL_FWD_CALL(SUF, first, h, m, x)                                             \
+    asgl_fwd_step_##SUF(len, ct, st, xt, u, s, lam, vth, alpha, p, first, h, m, x);
+#define ASGL_FWD_X(SUF, first, h, m)                                                   \
+    if (xt) { ASGL_FWD_CALL(SUF, first, h, m, 1) } else { ASGL_FWD_CALL(SUF, first, h, m, 0) }
+#define ASGL_FWD_M(SUF, first, h)                                                      \
+    if (mode == 0) { ASGL_FWD_X(SUF, first, h, 0) }                                    \
+    else if (mode == 1) { ASGL_FWD_X(SUF, first, h, 1) }                               \
+    else { ASGL_FWD_X(SUF, first, h, 2) }
+#define ASGL_FWD(SUF, is_first)                                                        \
+    if (is_first) { ASGL_FWD_M(SUF, 1, 0) }  /* u = c: the reset kind is unused */     \
+    else if (hard) { ASGL_FWD_M(SUF, 0, 1) }                                           \
+    else { ASGL_FWD_M(SUF, 0, 0) }
+#define ASGL_BWD_CALL(SUF, h, gp)                                                      \
+    asgl_bwd_step_##SUF(len, got, xt, st, gut, gpt, gun, lam, vth, nlam, nlamvth, half, \
+                        inv, a2, h, gp);
+#define ASGL_BWD(SUF)                                                                  \
+    if (hard && gpt) { ASGL_BWD_CALL(SUF, 1, 1) }                                      \
+    else if (hard) { ASGL_BWD_CALL(SUF, 1, 0) }                                        \
+    else if (gpt) { ASGL_BWD_CALL(SUF, 0, 1) }                                         \
+    else { ASGL_BWD_CALL(SUF, 0, 0) }
+
 DEFINE_DUAL_MODE(float, f32)
 DEFINE_DUAL_MODE(double, f64)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
 /* ---- end of ASGL dual-mode ---------------------------------------------------------- */
 
 /* hwsim's per-call input counts (NeuroBench's convention: a call is one step over the
