@@ -21,7 +21,10 @@ gradient is ``gu``; the shape parameter's is ``sum gs * shape.grad_param(x, p)``
 
 A compiled kernel (``snn2hw/core/_lif_kernel.c``, built by ``scripts/setup``)
 runs both loops in one pass over memory when it is present; without it the
-vectorised torch loop below gives the same result.
+vectorised torch loop below gives the same result. ASGL's dual-mode spike
+(``DualModeValue``, non-binary s) has its own compiled loops, which round as the
+torch loop does: a run with the kernel is the run without it, bit for bit (on
+CPUs where torch's addcmul is a fused multiply-add: AVX2 and up).
 """
 
 from __future__ import annotations
