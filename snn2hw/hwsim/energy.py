@@ -320,11 +320,9 @@ def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size:
         kind, _, source = counter.src[name]
         ev, units = counter.events.get(name), counter.nb_units.get(name)
         # per-unit counts (events; NeuroBench's binary and non-binary inputs) times the fan-outs,
-        # in one product: integer counts in float64, exact whatever the order of the sums
-        counts = [ev] + (list(units) if units is not None else [])
-        present = [i for i, t in enumerate(counts) if t is not None]
-        dots = (st.fan_outs @ torch.stack([counts[i].cpu() for i in present], 1)).t().tolist() if present else []
-        by = dict(zip(present, dots))                  # index -> (. f, . f_nz, sum)
+        # one product each: integer counts in float64, exact whatever the order of the sums
+        counts = (ev,) + (units if units is not None else ())
+        by = {i: (st.fan_outs @ t.cpu()).tolist() for i, t in enumerate(counts) if t is not None}  # (. f, . f_nz, sum)
         spiking = kind == "spikes" and 0 in by
         ac = round(by[0][0] / n, 6) if spiking else 0.0
         mac = counter.mac_rows[name] * st.ann / n
