@@ -138,10 +138,10 @@ def call_counts(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     steps, rows, units = x.shape
     nz = torch.empty(steps, units, dtype=torch.float64)
     sums = torch.empty(steps, units, dtype=torch.float64)
-    binary = torch.empty(steps, dtype=torch.int32)
+    binary = torch.empty(steps, dtype=torch.bool)  # the kernel writes 0 or 1 bytes
     getattr(lib, f"call_counts_{_SUFFIX[x.dtype]}")(_ptr(x), steps, rows, units, _ptr(nz), _ptr(sums),
                                                     _ptr(binary), torch.get_num_threads())
-    return nz, sums, binary.bool()
+    return nz, sums, binary
 
 
 def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, hard: bool,

@@ -191,8 +191,8 @@ class SynOpCounter:
         and MAC counts by whether their call (one step over the batch) is ``binary``. The
         counts are integers in float64, so every grouping of the sums is exact."""
         if nz.shape[0] == 1:  # one call (static input: the same frame at each of the T steps)
-            per_unit = nz[0] * self.T if nlead == 2 else nz[0]
-            ac, mac = (per_unit, None) if bool(binary[0]) else (None, per_unit)
+            per_unit = nz.view(-1) * self.T if nlead == 2 else nz.view(-1)
+            ac, mac = (per_unit, None) if bool(binary) else (None, per_unit)
         else:
             ac = binary.to(nz.dtype) @ nz
             mac = nz.sum(0) - ac
@@ -208,7 +208,8 @@ class SynOpCounter:
         self.spikes[name] = self.spikes.get(name, 0.0) + float(per_unit.sum())
         self.neuron_steps[name] = self.neuron_steps.get(name, 0) + spikes.numel()
         # NeuroBench: every neuron at the first step, then each change of u
-        self.membrane_updates[name] = self.membrane_updates.get(name, 0) + int(changes) + spikes[0].numel()
+        self.membrane_updates[name] = (self.membrane_updates.get(name, 0) + int(changes)
+                                       + spikes.numel() // spikes.shape[0])
 
 
 @dataclass(frozen=True)
