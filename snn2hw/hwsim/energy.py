@@ -133,37 +133,45 @@ def call_counts(x: Tensor, nlead: int) -> tuple[Tensor, Tensor, Tensor]:
     return nz, sums, binary
 
 
-def _plus(total: Tensor | None, more: Tensor | None) -> Tensor | None:
-    """``total + more`` where None is zero (accumulators start empty: no allocation)."""
-    return more if total is None else total if more is None else total + more
+# what a synapse's per-unit counts are, in the order of SynOpCounter.dots' second axis
+EVENTS, NB_BINARY, NB_OTHER = 0, 1, 2
 
 
 class SynOpCounter:
-    """Observer for :func:`graph.run` that accumulates events, MAC rows, spikes, membrane
-    updates and NeuroBench's per-call counts (all summed over the samples seen). Per-unit
-    sums are flattened float64 tensors, absent until something arrives."""
+    """Observer for :func:`graph.run` that accumulates, for each synapse of ``plan``, its
+    per-unit counts (input events; NeuroBench's non-zero inputs in binary and in
+    non-binary calls) times its fan-outs, and MAC rows, spikes, membrane updates (all summed
+    over the samples seen).
+
+    The products are taken as the counts arrive, inside the run, into one float64 tensor
+    ``dots`` (synapses, count kind, (. f, . f_nz, sum)) that the report reads with one
+    conversion: the counts are integers in float64, so every grouping of the sums is exact.
+    ``seen`` says which count kinds arrived (an absent one differs from zeros)."""
 
     wants_counts = True
 
-    def __init__(self, net: LoweredNet, timesteps: int,
-                 sources: dict[str, tuple[str, float, str]] | None = None) -> None:
+    def __init__(self, plan: "_CountPlan", timesteps: int) -> None:
         self.T = timesteps
-        if sources is None:
-            sources = {}
-            _sources(net.ops, ("input", 1.0, ""), sources)
-        self.src = dict(sources)  # copied: an event-data input relabels its first synapse
+        self.src = dict(plan.sources)  # copied: an event-data input relabels its first synapse
         names = list(self.src)
-        self.events: dict[str, Tensor] = {}
+        self._index = plan.index
+        self._fan_outs = plan.fan_outs
+        self.dots = torch.zeros(len(plan.synapses), 3, 3, dtype=torch.float64, device=plan.device)
+        self.seen: set[tuple[str, int]] = set()
         self.mac_rows = dict.fromkeys(names, 0)
         self.rows = dict.fromkeys(names, 0)       # frames x samples, all calls
-        # NeuroBench: non-zero inputs per unit in binary / non-binary calls (absent: = events)
-        self.nb_units: dict[str, tuple[Tensor | None, Tensor | None]] = {}
         self.spikes: dict[str, float] = {}
         self.neuron_steps: dict[str, int] = {}
         self.membrane_updates: dict[str, int] = {}
         # neurons whose spikes reach a synapse unpooled: their per-unit sums are reused there
         self._feeds = {src for kind, scale, src in self.src.values() if kind == "spikes" and scale == 1.0}
         self._last: tuple[Tensor | None, Tensor | None] = (None, None)
+
+    def _add(self, name: str, kind: int, per_unit: Tensor, scale: float = 1.0) -> None:
+        """dots[synapse, kind] += scale x (fan-outs @ per_unit)."""
+        i = self._index[name]
+        self.dots[i, kind].addmv_(self._fan_outs[i], per_unit, alpha=scale)
+        self.seen.add((name, kind))
 
     def synapse(self, op: Synapse, x: Tensor, nlead: int) -> None:
         kind, scale, source = self.src[op.name]
@@ -172,7 +180,7 @@ class SynOpCounter:
         own = kind == "spikes" and scale == 1.0 and source != "input"  # binary: NeuroBench's = events
         last, per_unit = self._last
         if own and last is not None and x.data_ptr() == last.data_ptr() and x.numel() == last.numel():
-            self.events[op.name] = _plus(self.events.get(op.name), per_unit)  # the neuron's own spikes
+            self._add(op.name, EVENTS, per_unit)  # the neuron's own spikes
             return
         if kind == "input" and nlead == 3 and bool((x >= 0).all()) and torch.equal(x, x.round()):
             kind = "spikes"  # event-data input: counts of input events
@@ -180,24 +188,21 @@ class SynOpCounter:
         nz, sums, binary = call_counts(x, nlead)
         if kind == "spikes":
             events = sums.sum(0)
-            self.events[op.name] = _plus(self.events.get(op.name), events * scale if scale != 1.0 else events)
+            self._add(op.name, EVENTS, events * scale if scale != 1.0 else events)
         else:  # MACs: every row is a full pass; static input is applied once per step
             self.mac_rows[op.name] += rows
         if not own:
             self._neurobench_units(op, nz, binary, nlead)
 
     def _neurobench_units(self, op: Synapse, nz: Tensor, binary: Tensor, nlead: int) -> None:
-        """Accumulate non-zero inputs per unit (``nz``, (steps, units)) into NeuroBench's AC
-        and MAC counts by whether their call (one step over the batch) is ``binary``. The
-        counts are integers in float64, so every grouping of the sums is exact."""
+        """Add non-zero inputs per unit (``nz``, (steps, units)) to NeuroBench's AC and MAC
+        counts by whether their call (one step over the batch) is ``binary``."""
         if nz.shape[0] == 1:  # one call (static input: the same frame at each of the T steps)
-            per_unit = nz.view(-1) * self.T if nlead == 2 else nz.view(-1)
-            ac, mac = (per_unit, None) if bool(binary) else (None, per_unit)
+            self._add(op.name, NB_BINARY if bool(binary) else NB_OTHER, nz.view(-1), self.T if nlead == 2 else 1)
         else:
             ac = binary.to(nz.dtype) @ nz
-            mac = nz.sum(0) - ac
-        old_ac, old_mac = self.nb_units.get(op.name, (None, None))
-        self.nb_units[op.name] = (_plus(old_ac, ac), _plus(old_mac, mac))
+            self._add(op.name, NB_BINARY, ac)
+            self._add(op.name, NB_OTHER, nz.sum(0) - ac)
 
     def neuron(self, op: Neuron, spikes: Tensor, counts: tuple[Tensor, Tensor] | None = None) -> None:
         per_unit, changes = counts  # counted in the LIF's own pass (graph.Observer)
@@ -240,6 +245,8 @@ class _CountPlan:
     sources: dict[str, tuple[str, float, str]]
     statics: list[_SynapseStatics]          # in the order of ``synapses``
     device: torch.device
+    index: dict[str, int] = field(default_factory=dict)   # synapse name -> position
+    fan_outs: list[Tensor] = field(default_factory=list)  # statics' fan-outs on ``device``
     ann_pj: dict = field(default_factory=dict)  # energy model -> ANN pJ per synapse
 
     def ann_totals(self, em) -> list[float]:
@@ -274,7 +281,8 @@ def _count_plan(net: LoweredNet) -> _CountPlan:
         statics.append(_SynapseStatics(fan_outs, float(f.sum()), float(dense_macs(op)), kernel, params,
                                        math.prod(op.in_shape), math.prod(op.out_shape)))
     device = synapses[0].weight.device if synapses else torch.device("cpu")
-    plan = _CountPlan(ops, synapses, [op for op in ops if isinstance(op, Neuron)], sources, statics, device)
+    plan = _CountPlan(ops, synapses, [op for op in ops if isinstance(op, Neuron)], sources, statics, device,
+                      {op.name: i for i, op in enumerate(synapses)}, [st.fan_outs.to(device) for st in statics])
     if versions is not None:
         net.cache["energy"] = (versions, plan)
     return plan
@@ -295,7 +303,7 @@ def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size:
     the device that holds ``net`` (``LoweredNet.to``)."""
     em = make_energy_model(energy_model, profile)
     plan = _count_plan(net)
-    counter = SynOpCounter(net, net.timesteps if not temporal else x.shape[1], plan.sources)
+    counter = SynOpCounter(plan, net.timesteps if not temporal else x.shape[1])
     n, T = len(x), counter.T
     with torch.inference_mode():
         for i in range(0, n, batch_size):
@@ -316,23 +324,19 @@ def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size:
         nb_neurons.append({"layer": name, "neurons": size, "steps": steps, "spikes": spikes, "reset": op.reset,
                            "membrane_updates": updates})
     rows, nb_rows = [], []
-    for op, st, ann_pj in zip(plan.synapses, plan.statics, plan.ann_totals(em)):
+    dots, seen = counter.dots.tolist(), counter.seen   # dots[synapse][kind] = (. f, . f_nz, sum)
+    for op, st, ann_pj, by in zip(plan.synapses, plan.statics, plan.ann_totals(em), dots):
         name = op.name
         kind, _, source = counter.src[name]
-        ev, units = counter.events.get(name), counter.nb_units.get(name)
-        # per-unit counts (events; NeuroBench's binary and non-binary inputs) times the fan-outs,
-        # one product each: integer counts in float64, exact whatever the order of the sums
-        counts = (ev,) + (units if units is not None else ())
-        by = {i: (st.fan_outs @ t.cpu()).tolist() for i, t in enumerate(counts) if t is not None}  # (. f, . f_nz, sum)
-        spiking = kind == "spikes" and 0 in by
-        ac = round(by[0][0] / n, 6) if spiking else 0.0
+        spiking = kind == "spikes" and (name, EVENTS) in seen
+        ac = round(by[EVENTS][0] / n, 6) if spiking else 0.0
         mac = counter.mac_rows[name] * st.ann / n
-        if units is None:  # fed by its neuron's spikes alone: NeuroBench's ACs are its events
-            nb_ac, nb_mac = (by[0][1] if 0 in by else 0.0), 0.0
-        else:
-            nb_ac, nb_mac = (by[i][1] if i in by else 0.0 for i in (1, 2))
+        if (name, NB_BINARY) in seen or (name, NB_OTHER) in seen:
+            nb_ac, nb_mac = by[NB_BINARY][1], by[NB_OTHER][1]
+        else:  # fed by its neuron's spikes alone: NeuroBench's ACs are its events
+            nb_ac, nb_mac = by[EVENTS][1], 0.0
         nb_rows.append({"nb_ac": round(nb_ac), "nb_mac": round(nb_mac), "nb_dense": counter.rows[name] * st.ann})
-        events = by[0][2] / n if spiking else 0.0
+        events = by[EVENTS][2] / n if spiking else 0.0
         lc = _layer_counts(op, st, kind, events, ac, mac, T)
         e_snn = em.layer_pj(lc)
         rows.append({"layer": name, "kind": op.kind, "in_shape": list(op.in_shape), "out_shape": list(op.out_shape),
