@@ -156,7 +156,8 @@ class SynOpCounter:
         names = list(self.src)
         self._index = plan.index
         self._fan_outs = plan.fan_outs
-        self.dots = torch.zeros(len(plan.synapses), 3, 3, dtype=torch.float64, device=plan.device)
+        self._shape, self._device = (len(plan.synapses), 3, 3), plan.device
+        self.dots: Tensor | None = None  # made by the first count, inside the run
         self.seen: set[tuple[str, int]] = set()
         self.mac_rows = dict.fromkeys(names, 0)
         self.rows = dict.fromkeys(names, 0)       # frames x samples, all calls
@@ -170,6 +171,8 @@ class SynOpCounter:
     def _add(self, name: str, kind: int, per_unit: Tensor, scale: float = 1.0) -> None:
         """dots[synapse, kind] += scale x (fan-outs @ per_unit)."""
         i = self._index[name]
+        if self.dots is None:
+            self.dots = torch.zeros(self._shape, dtype=torch.float64, device=self._device)
         self.dots[i, kind].addmv_(self._fan_outs[i], per_unit, alpha=scale)
         self.seen.add((name, kind))
 
@@ -324,7 +327,9 @@ def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size:
         nb_neurons.append({"layer": name, "neurons": size, "steps": steps, "spikes": spikes, "reset": op.reset,
                            "membrane_updates": updates})
     rows, nb_rows = [], []
-    dots, seen = counter.dots.tolist(), counter.seen   # dots[synapse][kind] = (. f, . f_nz, sum)
+    # dots[synapse][kind] = (. f, . f_nz, sum); none made where no synapse saw anything
+    dots = counter.dots.tolist() if counter.dots is not None else [[[0.0] * 3] * 3] * len(plan.synapses)
+    seen = counter.seen
     for op, st, ann_pj, by in zip(plan.synapses, plan.statics, plan.ann_totals(em), dots):
         name = op.name
         kind, _, source = counter.src[name]
