@@ -145,8 +145,9 @@ class SynOpCounter:
 
     The products are taken as the counts arrive, inside the run, into one float64 tensor
     ``dots`` (synapses, count kind, (. f, . f_nz, sum)) that the report reads with one
-    conversion: the counts are integers in float64, so every grouping of the sums is exact.
-    ``seen`` says which count kinds arrived (an absent one differs from zeros)."""
+    conversion: the counts are integers in float64 (avg-pooled events too, for pools of
+    2^k inputs), so every grouping of the sums is exact. ``seen`` says which count kinds
+    arrived (an absent one differs from zeros)."""
 
     wants_counts = True
 
