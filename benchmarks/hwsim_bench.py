@@ -4,10 +4,11 @@ model), and the robustness sweep's time per simulated chip, on the digits test s
     .venv/bin/python benchmarks/hwsim_bench.py [CKPT ...] [--repeats 15] [--rounds 3] [--clock cpu]
 
 Without checkpoints it trains a digits MLP and a digits conv net for 2 epochs
-(timings depend on the architecture, hardly on the weights). Ratios are taken
-in one run from interleaved repeats, taking each variant's fastest run (the
-least disturbed by other processes); ``--rounds`` repeats that and prints every
-round's ratios and their spread. ``--clock cpu`` times the thread's CPU time
+(timings depend on the architecture, hardly on the weights). Every variant runs
+its inference in inference mode on the same input tensor, after one warm-up call.
+Ratios are taken in one run from interleaved repeats (the order rotated at each
+repeat), taking each variant's fastest run (the least disturbed by other
+processes); ``--rounds`` repeats that and prints every round's ratios and their spread. ``--clock cpu`` times the thread's CPU time
 (``time.thread_time``: waiting for a loaded machine's cores is not counted) instead
 of wall time. One torch thread unless --threads.
 """
@@ -89,11 +90,14 @@ def main() -> None:
         for fn in variants.values():  # warm-up
             fn()
         ratios: dict[str, list[float]] = {k: [] for k in variants if k != "plain"}
+        names = list(variants)
         for r in range(args.rounds):
             t = {k: [] for k in variants}
-            for _ in range(args.repeats):
-                for name, fn in variants.items():
-                    t[name].append(_time(fn, clock))
+            for i in range(args.repeats):
+                # rotated each repeat: no variant always runs right after the same one (the one
+                # before leaves the caches holding its code and data)
+                for name in names[i % len(names):] + names[:i % len(names)]:
+                    t[name].append(_time(variants[name], clock))
             best = {k: min(v) for k, v in t.items()}
             for k in ratios:
                 ratios[k].append(best[k] / best["plain"])

@@ -124,11 +124,12 @@ def forward_counted(c: Tensor, lam: float, v_th: float, hard: bool, units: int
     n = c[0].numel()
     threads = torch.get_num_threads()
     out = torch.empty(c.shape, dtype=c.dtype)
-    nspk = torch.zeros(threads, units, dtype=c.dtype)   # one row per thread: no shared writes
-    nchg = torch.zeros(threads, dtype=torch.int64)
+    # one row per thread: no shared writes (one thread: the row and counter returned as they are)
+    nspk = torch.zeros(units, dtype=c.dtype) if threads == 1 else torch.zeros(threads, units, dtype=c.dtype)
+    nchg = torch.zeros((), dtype=torch.int64) if threads == 1 else torch.zeros(threads, dtype=torch.int64)
     fn = getattr(lib, f"lif_forward_{_SUFFIX[c.dtype]}")
     fn(_ptr(c), ts, _ptr(out), None, _ptr(nspk), _ptr(nchg), units, T, n, lam, v_th, int(hard), threads)
-    return (out, nspk[0], nchg[0]) if threads == 1 else (out, nspk.sum(0), nchg.sum())
+    return (out, nspk, nchg) if threads == 1 else (out, nspk.sum(0), nchg.sum())
 
 
 def call_counts(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -140,10 +141,10 @@ def call_counts(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     steps, rows, units = x.shape
     nz = torch.empty(steps, units, dtype=torch.float64)
     sums = torch.empty(steps, units, dtype=torch.float64)
-    binary = torch.empty(steps, dtype=torch.int32)
+    binary = torch.empty(steps, dtype=torch.bool)  # the kernel writes 0 or 1 bytes
     getattr(lib, f"call_counts_{_SUFFIX[x.dtype]}")(_ptr(x), steps, rows, units, _ptr(nz), _ptr(sums),
                                                     _ptr(binary), torch.get_num_threads())
-    return nz, sums, binary.bool()
+    return nz, sums, binary
 
 
 def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, hard: bool,

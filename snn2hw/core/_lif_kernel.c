@@ -325,11 +325,19 @@ DEFINE_DUAL_MODE(double, f64)
 /* hwsim's per-call input counts (NeuroBench's convention: a call is one step over the
  * batch) in one pass over x (steps, rows, units), one step per thread:
  *   nz[t,u] = #{r : x[t,r,u] != 0},  sums[t,u] = sum_r x[t,r,u]  (accumulated in x's
- *   type, as torch's x.sum(1); stored as double),  binary[t] = every x[t,.,.] in {-1, 0, 1}.
- * Branch-free with an integer flag, so that the loop vectorises without fast-math. */
+ *   type, as torch's x.sum(1); stored as double),  binary[t] = every x[t,.,.] in {-1, 0, 1}
+ *   (one byte, 0 or 1: a torch bool).
+ * Branch-free with an integer flag, so that the loop vectorises without fast-math.
+ * Vectorised across units, so each unit's sum adds its rows in order whatever the vector
+ * width: an AVX2 clone where the CPU has it (chosen at load time) gives the same numbers. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define COUNTS_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define COUNTS_CLONES
+#endif
 #define DEFINE_COUNTS(T_, SUF, ABS_)                                                \
-void call_counts_##SUF(const T_ *x, int64_t steps, int64_t rows, int64_t units,        \
-                       double *nz, double *sums, int32_t *binary, int nthreads)         \
+COUNTS_CLONES void call_counts_##SUF(const T_ *x, int64_t steps, int64_t rows, int64_t units,        \
+                       double *nz, double *sums, uint8_t *binary, int nthreads)         \
 {                                                                                      \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
     for (int64_t t = 0; t < steps; t++) {                                              \

@@ -28,8 +28,9 @@ pooling and neurons free) or ``lemaire`` (memory accesses included).
 from __future__ import annotations
 
 import math
+import operator
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -132,37 +133,49 @@ def call_counts(x: Tensor, nlead: int) -> tuple[Tensor, Tensor, Tensor]:
     return nz, sums, binary
 
 
-def _plus(total: Tensor | None, more: Tensor | None) -> Tensor | None:
-    """``total + more`` where None is zero (accumulators start empty: no allocation)."""
-    return more if total is None else total if more is None else total + more
+# what a synapse's per-unit counts are, in the order of SynOpCounter.dots' second axis
+EVENTS, NB_BINARY, NB_OTHER = 0, 1, 2
 
 
 class SynOpCounter:
-    """Observer for :func:`graph.run` that accumulates events, MAC rows, spikes, membrane
-    updates and NeuroBench's per-call counts (all summed over the samples seen). Per-unit
-    sums are flattened float64 tensors, absent until something arrives."""
+    """Observer for :func:`graph.run` that accumulates, for each synapse of ``plan``, its
+    per-unit counts (input events; NeuroBench's non-zero inputs in binary and in
+    non-binary calls) times its fan-outs, and MAC rows, spikes, membrane updates (all summed
+    over the samples seen).
+
+    The products are taken as the counts arrive, inside the run, into one float64 tensor
+    ``dots`` (synapses, count kind, (. f, . f_nz, sum)) that the report reads with one
+    conversion: the counts are integers in float64 (avg-pooled events too, for pools of
+    2^k inputs), so every grouping of the sums is exact. ``seen`` says which count kinds
+    arrived (an absent one differs from zeros)."""
 
     wants_counts = True
 
-    def __init__(self, net: LoweredNet, timesteps: int,
-                 sources: dict[str, tuple[str, float, str]] | None = None) -> None:
+    def __init__(self, plan: "_CountPlan", timesteps: int) -> None:
         self.T = timesteps
-        if sources is None:
-            sources = {}
-            _sources(net.ops, ("input", 1.0, ""), sources)
-        self.src = dict(sources)  # copied: an event-data input relabels its first synapse
+        self.src = dict(plan.sources)  # copied: an event-data input relabels its first synapse
         names = list(self.src)
-        self.events: dict[str, Tensor] = {}
+        self._index = plan.index
+        self._fan_outs = plan.fan_outs
+        self._shape, self._device = (len(plan.synapses), 3, 3), plan.device
+        self.dots: Tensor | None = None  # made by the first count, inside the run
+        self.seen: set[tuple[str, int]] = set()
         self.mac_rows = dict.fromkeys(names, 0)
         self.rows = dict.fromkeys(names, 0)       # frames x samples, all calls
-        # NeuroBench: non-zero inputs per unit in binary / non-binary calls (absent: = events)
-        self.nb_units: dict[str, tuple[Tensor | None, Tensor | None]] = {}
         self.spikes: dict[str, float] = {}
         self.neuron_steps: dict[str, int] = {}
         self.membrane_updates: dict[str, int] = {}
         # neurons whose spikes reach a synapse unpooled: their per-unit sums are reused there
         self._feeds = {src for kind, scale, src in self.src.values() if kind == "spikes" and scale == 1.0}
         self._last: tuple[Tensor | None, Tensor | None] = (None, None)
+
+    def _add(self, name: str, kind: int, per_unit: Tensor, scale: float = 1.0) -> None:
+        """dots[synapse, kind] += scale x (fan-outs @ per_unit)."""
+        i = self._index[name]
+        if self.dots is None:
+            self.dots = torch.zeros(self._shape, dtype=torch.float64, device=self._device)
+        self.dots[i, kind].addmv_(self._fan_outs[i], per_unit, alpha=scale)
+        self.seen.add((name, kind))
 
     def synapse(self, op: Synapse, x: Tensor, nlead: int) -> None:
         kind, scale, source = self.src[op.name]
@@ -171,7 +184,7 @@ class SynOpCounter:
         own = kind == "spikes" and scale == 1.0 and source != "input"  # binary: NeuroBench's = events
         last, per_unit = self._last
         if own and last is not None and x.data_ptr() == last.data_ptr() and x.numel() == last.numel():
-            self.events[op.name] = _plus(self.events.get(op.name), per_unit)  # the neuron's own spikes
+            self._add(op.name, EVENTS, per_unit)  # the neuron's own spikes
             return
         if kind == "input" and nlead == 3 and bool((x >= 0).all()) and torch.equal(x, x.round()):
             kind = "spikes"  # event-data input: counts of input events
@@ -179,24 +192,21 @@ class SynOpCounter:
         nz, sums, binary = call_counts(x, nlead)
         if kind == "spikes":
             events = sums.sum(0)
-            self.events[op.name] = _plus(self.events.get(op.name), events * scale if scale != 1.0 else events)
+            self._add(op.name, EVENTS, events * scale if scale != 1.0 else events)
         else:  # MACs: every row is a full pass; static input is applied once per step
             self.mac_rows[op.name] += rows
         if not own:
             self._neurobench_units(op, nz, binary, nlead)
 
     def _neurobench_units(self, op: Synapse, nz: Tensor, binary: Tensor, nlead: int) -> None:
-        """Accumulate non-zero inputs per unit (``nz``, (steps, units)) into NeuroBench's AC
-        and MAC counts by whether their call (one step over the batch) is ``binary``. The
-        counts are integers in float64, so every grouping of the sums is exact."""
+        """Add non-zero inputs per unit (``nz``, (steps, units)) to NeuroBench's AC and MAC
+        counts by whether their call (one step over the batch) is ``binary``."""
         if nz.shape[0] == 1:  # one call (static input: the same frame at each of the T steps)
-            per_unit = nz[0] * self.T if nlead == 2 else nz[0]
-            ac, mac = (per_unit, None) if bool(binary[0]) else (None, per_unit)
+            self._add(op.name, NB_BINARY if bool(binary) else NB_OTHER, nz.view(-1), self.T if nlead == 2 else 1)
         else:
             ac = binary.to(nz.dtype) @ nz
-            mac = nz.sum(0) - ac
-        old_ac, old_mac = self.nb_units.get(op.name, (None, None))
-        self.nb_units[op.name] = (_plus(old_ac, ac), _plus(old_mac, mac))
+            self._add(op.name, NB_BINARY, ac)
+            self._add(op.name, NB_OTHER, nz.sum(0) - ac)
 
     def neuron(self, op: Neuron, spikes: Tensor, counts: tuple[Tensor, Tensor] | None = None) -> None:
         per_unit, changes = counts  # counted in the LIF's own pass (graph.Observer)
@@ -207,7 +217,8 @@ class SynOpCounter:
         self.spikes[name] = self.spikes.get(name, 0.0) + float(per_unit.sum())
         self.neuron_steps[name] = self.neuron_steps.get(name, 0) + spikes.numel()
         # NeuroBench: every neuron at the first step, then each change of u
-        self.membrane_updates[name] = self.membrane_updates.get(name, 0) + int(changes) + spikes[0].numel()
+        self.membrane_updates[name] = (self.membrane_updates.get(name, 0) + int(changes)
+                                       + spikes.numel() // spikes.shape[0])
 
 
 @dataclass(frozen=True)
@@ -221,20 +232,49 @@ class _SynapseStatics:
     dense: float           # dense_macs
     kernel: int            # out_channels x kernel taps (conv addressing); 0 for linear
     params: int            # weights + biases
+    in_size: int           # input units of one frame
+    out_size: int          # output units of one frame
 
 
-def _net_statics(net: LoweredNet, synapses: list[Synapse]
-                 ) -> tuple[dict[str, tuple[str, float, str]], dict[str, _SynapseStatics]]:
-    """(synapse input sources, per-synapse statics) of ``net``, computed once per state of
-    its weights (``metrics.tensor_versions``): a report's fixed cost, which matters next to
-    the inference of a small network."""
+@dataclass
+class _CountPlan:
+    """A report's per-network work, done once per state of the weights (``_count_plan``):
+    the walk, the input sources, the synapses' statics and, per energy model, the ANN's
+    pricing (its counts are the statics alone). Next to the inference of a small network
+    this fixed cost is what a report adds."""
+
+    walk: list                              # net.walk() when made: a replaced op makes it again
+    synapses: list[Synapse]
+    neurons: list[Neuron]
+    sources: dict[str, tuple[str, float, str]]
+    statics: list[_SynapseStatics]          # in the order of ``synapses``
+    device: torch.device
+    index: dict[str, int] = field(default_factory=dict)   # synapse name -> position
+    fan_outs: list[Tensor] = field(default_factory=list)  # statics' fan-outs on ``device``
+    ann_pj: dict = field(default_factory=dict)  # energy model -> ANN pJ per synapse
+
+    def ann_totals(self, em) -> list[float]:
+        """The ANN's pJ per synapse under ``em``, priced on the first report of ``em``."""
+        hit = self.ann_pj.get(em)
+        if hit is None:
+            hit = self.ann_pj[em] = [em.ann_layer_pj(_layer_counts(op, st, "analog", 0.0, 0.0, 0.0, 1))["total"]
+                                     for op, st in zip(self.synapses, self.statics)]
+        return hit
+
+
+def _count_plan(net: LoweredNet) -> _CountPlan:
+    """``net``'s counting plan, cached on ``net`` and keyed on its synapses' weights
+    (``metrics.tensor_versions``: replaced or written in place, the plan is made again)."""
+    ops = net.walk()
+    synapses = [op for op in ops if isinstance(op, Synapse)]
     versions = tensor_versions(t for op in synapses for t in (op.weight, op.bias) if t is not None)
     hit = net.cache.get("energy")
-    if hit is not None and unchanged(hit[0], versions):
+    if (hit is not None and unchanged(hit[0], versions) and len(hit[1].walk) == len(ops)
+            and all(map(operator.is_, hit[1].walk, ops))):
         return hit[1]
     sources: dict[str, tuple[str, float, str]] = {}
     _sources(net.ops, ("input", 1.0, ""), sources)
-    statics = {}
+    statics = []
     for op in synapses:
         f = fan_out(op)
         f_nz = fan_out(op, nonzero_weights=True) if bool((op.weight == 0).any()) else f
@@ -242,35 +282,20 @@ def _net_statics(net: LoweredNet, synapses: list[Synapse]
         params = op.weight.numel() + (op.bias.numel() if op.bias is not None else 0)
         f = f.reshape(-1).cpu()
         fan_outs = torch.stack([f, f_nz.reshape(-1).cpu(), torch.ones_like(f)])
-        statics[op.name] = _SynapseStatics(fan_outs, float(f.sum()), float(dense_macs(op)), kernel, params)
+        statics.append(_SynapseStatics(fan_outs, float(f.sum()), float(dense_macs(op)), kernel, params,
+                                       math.prod(op.in_shape), math.prod(op.out_shape)))
+    device = synapses[0].weight.device if synapses else torch.device("cpu")
+    plan = _CountPlan(ops, synapses, [op for op in ops if isinstance(op, Neuron)], sources, statics, device,
+                      {op.name: i for i, op in enumerate(synapses)}, [st.fan_outs.to(device) for st in statics])
     if versions is not None:
-        net.cache["energy"] = (versions, (sources, statics))
-    return sources, statics
-
-
-@dataclass
-class EnergyRow:
-    layer: str
-    kind: str
-    in_shape: list
-    out_shape: list
-    input: str            # "spikes" | "input" | "analog"
-    source: str           # neuron layer (or "input") whose events arrive here
-    source_rate: float | None
-    events: float         # per sample: input events (spike input)
-    ac: float             # per sample
-    mac: float            # per sample
-    ann_mac: float        # per sample
-    ann_mac_dense: float
-    snn_pj: float         # under the selected energy model
-    ann_pj: float
-    energy: dict          # the model's breakdown (pJ per sample)
+        net.cache["energy"] = (versions, plan)
+    return plan
 
 
 def _layer_counts(op: Synapse, st: _SynapseStatics, kind: str, events: float, ac: float, mac: float,
                   T: int) -> LayerCounts:
     return LayerCounts(op.kind, kind, events, ac, mac, (T * st.dense if kind != "spikes" else 0.0),
-                       float(T), math.prod(op.in_shape), math.prod(op.out_shape), st.ann, st.dense,
+                       float(T), st.in_size, st.out_size, st.ann, st.dense,
                        st.params, op.bias is not None, st.kernel, T)
 
 
@@ -281,58 +306,51 @@ def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size:
     NeuroBench's metrics (static ones only with ``model``), per sample of ``x``, counted on
     the device that holds ``net`` (``LoweredNet.to``)."""
     em = make_energy_model(energy_model, profile)
-    ops = net.walk()
-    synapses = [op for op in ops if isinstance(op, Synapse)]
-    neuron_ops = [op for op in ops if isinstance(op, Neuron)]
-    sources, statics = _net_statics(net, synapses)
-    counter = SynOpCounter(net, net.timesteps if not temporal else x.shape[1], sources)
+    plan = _count_plan(net)
+    counter = SynOpCounter(plan, net.timesteps if not temporal else x.shape[1])
     n, T = len(x), counter.T
-    device = synapses[0].weight.device if synapses else torch.device("cpu")
     with torch.inference_mode():
         for i in range(0, n, batch_size):
-            run(net, to_time_major(x[i:i + batch_size].to(device), temporal), observer=counter)
-    rates = {k: counter.spikes.get(k, 0.0) / max(counter.neuron_steps.get(k, 0), 1)
-             for k in (op.name for op in neuron_ops)}
-    rows, nb_rows = [], []
-    for op in synapses:
-        kind, _, source = counter.src[op.name]
-        st = statics[op.name]
-        ev, units = counter.events.get(op.name), counter.nb_units.get(op.name)
-        # per-unit counts (events; NeuroBench's binary and non-binary inputs) times the fan-outs,
-        # in one product: integer counts in float64, exact whatever the order of the sums
-        counts = [ev] + (list(units) if units is not None else [])
-        present = [i for i, t in enumerate(counts) if t is not None]
-        dots = (st.fan_outs @ torch.stack([counts[i].cpu() for i in present], 1)).t().tolist() if present else []
-        by = dict(zip(present, dots))                  # index -> (. f, . f_nz, sum)
-        spiking = kind == "spikes" and 0 in by
-        ac = by[0][0] / n if spiking else 0.0
-        mac = counter.mac_rows[op.name] * st.ann / n
-        if units is None:  # fed by its neuron's spikes alone: NeuroBench's ACs are its events
-            nb_ac, nb_mac = (by[0][1] if 0 in by else 0.0), 0.0
-        else:
-            nb_ac, nb_mac = (by[i][1] if i in by else 0.0 for i in (1, 2))
-        nb_rows.append({"nb_ac": round(nb_ac), "nb_mac": round(nb_mac), "nb_dense": counter.rows[op.name] * st.ann})
-        events = by[0][2] / n if spiking else 0.0
-        lc = _layer_counts(op, st, kind, events, round(ac, 6), mac, T)
-        e_snn, e_ann = em.layer_pj(lc), em.ann_layer_pj(lc)
-        rows.append(EnergyRow(op.name, op.kind, list(op.in_shape), list(op.out_shape), kind,
-                              source or ("input" if kind == "input" else ""), rates.get(source),
-                              events, round(ac, 6), mac, st.ann, lc.ann_mac_dense,
-                              e_snn["total"], e_ann["total"], e_snn))
-    neurons, nb_neurons = [], []
-    for op in neuron_ops:
-        size = math.prod(op.out_shape)
-        spk = counter.spikes.get(op.name, 0.0) / n
+            xb = x if n <= batch_size else x[i:i + batch_size]
+            run(net, to_time_major(xb.to(plan.device), temporal), observer=counter)
+    neurons, nb_neurons, rates = [], [], {}
+    for op in plan.neurons:
+        name, size = op.name, math.prod(op.out_shape)
+        spikes, steps, updates = (counter.spikes.get(name, 0.0), counter.neuron_steps.get(name, 0),
+                                  counter.membrane_updates.get(name, 0))
+        spk, rates[name] = spikes / n, spikes / max(steps, 1)
         e = em.neuron_pj(NeuronCounts(size, T, spk, op.lam != 1.0))
-        neurons.append({"layer": op.name, "neurons": size, "firing_rate": rates[op.name],
-                        "spikes_per_sample": spk, "membrane_updates": counter.membrane_updates.get(op.name, 0) / n,
+        neurons.append({"layer": name, "neurons": size, "firing_rate": rates[name],
+                        "spikes_per_sample": spk, "membrane_updates": updates / n,
                         # CUBA: the synaptic current i <- alpha i + c is a state update at every step
-                        "synaptic_updates": counter.neuron_steps.get(op.name, 0) / n if op.cuba else 0.0,
+                        "synaptic_updates": steps / n if op.cuba else 0.0,
                         "snn_pj": e["total"], "energy": e})
-        nb_neurons.append({"layer": op.name, "neurons": size, "steps": counter.neuron_steps.get(op.name, 0),
-                           "spikes": counter.spikes.get(op.name, 0.0), "reset": op.reset,
-                           "membrane_updates": counter.membrane_updates.get(op.name, 0)})
-    tot = {k: sum(getattr(r, k) for r in rows) for k in ("ac", "mac", "ann_mac", "snn_pj", "ann_pj")}
+        nb_neurons.append({"layer": name, "neurons": size, "steps": steps, "spikes": spikes, "reset": op.reset,
+                           "membrane_updates": updates})
+    rows, nb_rows = [], []
+    # dots[synapse][kind] = (. f, . f_nz, sum); none made where no synapse saw anything
+    dots = counter.dots.tolist() if counter.dots is not None else [[[0.0] * 3] * 3] * len(plan.synapses)
+    seen = counter.seen
+    for op, st, ann_pj, by in zip(plan.synapses, plan.statics, plan.ann_totals(em), dots):
+        name = op.name
+        kind, _, source = counter.src[name]
+        spiking = kind == "spikes" and (name, EVENTS) in seen
+        ac = round(by[EVENTS][0] / n, 6) if spiking else 0.0
+        mac = counter.mac_rows[name] * st.ann / n
+        if (name, NB_BINARY) in seen or (name, NB_OTHER) in seen:
+            nb_ac, nb_mac = by[NB_BINARY][1], by[NB_OTHER][1]
+        else:  # fed by its neuron's spikes alone: NeuroBench's ACs are its events
+            nb_ac, nb_mac = by[EVENTS][1], 0.0
+        nb_rows.append({"nb_ac": round(nb_ac), "nb_mac": round(nb_mac), "nb_dense": counter.rows[name] * st.ann})
+        events = by[EVENTS][2] / n if spiking else 0.0
+        lc = _layer_counts(op, st, kind, events, ac, mac, T)
+        e_snn = em.layer_pj(lc)
+        rows.append({"layer": name, "kind": op.kind, "in_shape": list(op.in_shape), "out_shape": list(op.out_shape),
+                     "input": kind, "source": source or ("input" if kind == "input" else ""),
+                     "source_rate": rates.get(source),
+                     "events": events, "ac": ac, "mac": mac, "ann_mac": st.ann, "ann_mac_dense": lc.ann_mac_dense,
+                     "snn_pj": e_snn["total"], "ann_pj": ann_pj, "energy": e_snn})
+    tot = {k: sum(r[k] for r in rows) for k in ("ac", "mac", "ann_mac", "snn_pj", "ann_pj")}
     tot["neuron_pj"] = sum(v["snn_pj"] for v in neurons)
     tot["snn_pj"] += tot["neuron_pj"]
     tot["ratio"] = tot["snn_pj"] / tot["ann_pj"] if tot["ann_pj"] else float("nan")
@@ -341,7 +359,7 @@ def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size:
                   **workload_metrics(n, nb_rows, nb_neurons)}
     return {"profile": profile.to_dict(), "energy_model": {"name": em.name, "description": em.description,
                                                            "costs": em.costs_dict()},
-            "samples": n, "timesteps": T, "layers": [r.__dict__ for r in rows], "neurons": neurons,
+            "samples": n, "timesteps": T, "layers": rows, "neurons": neurons,
             "total": tot, "neurobench": neurobench}
 
 

@@ -76,6 +76,9 @@ class EnergyModel(Protocol):
 
     def neuron_pj(self, n: NeuronCounts) -> dict[str, float]: ...
 
+    # the ANN of the same architecture: reads only the fields that do not depend on the run
+    # (kind, in_size, out_size, ann_mac, ann_mac_dense, params, has_bias, kernel); count_energy
+    # prices it once per network and model
     def ann_layer_pj(self, c: LayerCounts) -> dict[str, float]: ...
 
 

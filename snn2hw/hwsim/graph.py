@@ -20,6 +20,7 @@ its neuron step, readout and input grid in ``ChipParams``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
@@ -363,7 +364,7 @@ def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise,
     elif q is None and op.name not in chips.lam and op.name not in chips.v_th:
         # nominal constants: the fused loop (compiled kernel), the same numbers as lif_sequence
         if want_counts:
-            s, *counts = counted_lif(c, op.lam, op.v_th, op.reset, c[0, 0, 0].numel())
+            s, *counts = counted_lif(c, op.lam, op.v_th, op.reset, math.prod(c.shape[3:]))
             u = None
         else:
             s, u = fused_lif(c, _NO_PARAM, op.lam, op.v_th, op.reset, _EXACT), None
@@ -383,7 +384,7 @@ def _apply_neuron(op: Neuron, c: Tensor, chips: ChipParams, noise: RunNoise,
     if alive is not None:
         s = s * alive.to(s.dtype)
     if observer is not None and want_counts:
-        units = s[0, 0, 0].numel()
+        units = math.prod(s.shape[3:])
         if u is not None:
             counts = neuron_counts(s, u, units)
         elif noise.spike_loss > 0 or alive is not None:  # count what is delivered

@@ -10,6 +10,7 @@ See docs/hwsim.md for the provenance of every number.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -30,7 +31,14 @@ class EnergyProfile:
         return self.mac_pj if self.ann_mac_pj is None else self.ann_mac_pj
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # flat: asdict's deep copy is slow
+        return dict(_fields_of(self))  # values are immutable: a shallow copy is the caller's own
+
+
+@functools.lru_cache(maxsize=64)
+def _fields_of(profile: EnergyProfile) -> dict:
+    """A profile's fields, once per value (flat: asdict's deep copy is slow; every report
+    carries its profile, and next to a small network's inference this counts)."""
+    return {f.name: getattr(profile, f.name) for f in fields(profile)}
 
 
 _HOROWITZ = ("M. Horowitz, 'Computing's energy problem (and what we can do about it)', "
