@@ -39,6 +39,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..core import _kernel
 from ..core.surrogate import PSG_DGAMMA, PsgArctan
 from ..errors import ConfigError
 from ..models.network import SpikingNetwork
@@ -71,12 +72,17 @@ def _blocks(values: Tensor) -> list[tuple[int, int]]:
 
 
 class _LinearBinning(torch.autograd.Function):
-    """Unnormalised linear-binning counts (R, K), by ``bincount`` forward and ``index_select``
-    backward, over blocks of columns: a dozen passes over a block that stays in cache
-    instead of over the whole (R, M) tensor (the autograd version was memory-bound)."""
+    """Unnormalised linear-binning counts (R, K). The compiled kernel (``core/_kernel.py``,
+    "soft histogram") does forward and backward in one pass each over the values; without
+    it, ``bincount`` forward and ``index_select`` backward over blocks of columns: a dozen
+    passes over a block that stays in cache instead of over the whole (R, M) tensor."""
 
     @staticmethod
     def forward(ctx, values: Tensor, c0: float, h: float, k: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(values)
+        ctx.consts = (c0, h, k)
+        if _kernel.soft_hist_available(values, k):
+            return _kernel.soft_hist_forward(values, c0, h, k)
         n = values.shape[0] * k
         upper = values.new_zeros(n)  # sum of f over the values in bin i0: they add f to bin i0 + 1
         total = values.new_zeros(n)  # number of values in bin i0: they add 1 - f to it
@@ -86,14 +92,14 @@ class _LinearBinning(torch.autograd.Function):
             total += torch.bincount(idx, minlength=n)
         counts = total.sub_(upper).view(-1, k)
         counts[:, 1:] += upper.view(-1, k)[:, :-1]
-        ctx.save_for_backward(values)
-        ctx.consts = (c0, h, k)
         return counts
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (values,) = ctx.saved_tensors
         c0, h, k = ctx.consts
+        if _kernel.soft_hist_available(values, k):
+            return _kernel.soft_hist_backward(values, c0, h, grad), None, None, None
         step = torch.zeros_like(grad)  # d counts / d f: +1 at bin i0 + 1, -1 at bin i0
         step[:, :-1] = grad[:, 1:] - grad[:, :-1]
         step = step.flatten()
