@@ -128,3 +128,30 @@ def test_a_library_without_the_soft_histogram_falls_back_to_torch(monkeypatch):
     v = _values(1, 300, torch.float64)
     assert not _kernel.soft_hist_available(v, len(GRID))
     np.testing.assert_allclose(soft_histogram(v, torch.from_numpy(GRID64))[0].numpy(), _soft_hist_by_hand(v[0].numpy()), rtol=1e-12)
+
+
+@pytest.mark.parametrize("broadcast", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_membranes_recorded_for_pda_equal_lif_sequence_bit_for_bit(kernel_lib, monkeypatch, reset, dtype, broadcast):
+    """The compiled forward that records u (``_kernel.forward_membrane``, what PDA reads in
+    training): spikes and u equal lif_sequence's bit for bit, over 1301 neurons (two full
+    chunks of 512 and a tail that is not a whole vector), with u == V_th exactly (no spike),
+    and for one frame broadcast over T (a direct-encoded input, time stride 0)."""
+    from snn2hw.core.neuron import LIFParams, lif_sequence
+
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    gen = torch.Generator().manual_seed(6)
+    if broadcast:
+        c = (torch.randn(1, 1301, generator=gen, dtype=dtype) * 0.8 + 0.5).expand(7, 1301)
+    else:
+        c = torch.randn(7, 1301, generator=gen, dtype=dtype) * 1.2 + 0.6  # many spikes and resets
+        c[0, :40] = 1.0  # u == V_th exactly: no spike (strict step)
+    assert _kernel.forward_membrane_available(c)
+    s, u = _kernel.forward_membrane(c, 0.7, 1.0, reset == "hard")
+    s_ref, u_ref = lif_sequence(c, LIFParams(0.7, 1.0, reset), lambda x: (x > 0).to(x.dtype), True)
+    assert 0.1 < float(s.mean()) < 0.9
+    assert torch.equal(s, s_ref) and torch.equal(u, u_ref)

@@ -233,3 +233,24 @@ def soft_hist_backward(values: Tensor, c0: float, h: float, grad: Tensor) -> Ten
     _soft_hist_fn(values.dtype, "backward")(_ptr(values), rows, m, c0, h, grad.shape[1], _ptr(grad), _ptr(out),
                                             torch.get_num_threads())
     return out
+
+
+def forward_membrane_available(c: Tensor) -> bool:
+    """Whether the compiled LIF forward that records u can run on ``c``."""
+    return available(c) and hasattr(_library(), f"lif_forward_membrane_{_SUFFIX[c.dtype]}")
+
+
+def forward_membrane(c: Tensor, lam: float, v_th: float, hard: bool) -> tuple[Tensor, Tensor]:
+    """(spikes (T, ...), membrane potentials u (T, ...)) of the exact-step LIF driven by
+    ``c`` (T, ...): u bit for bit as ``fused._forward_torch`` and ``lif_sequence`` record it."""
+    lib, T = _library(), c.shape[0]
+    c, ts = _time_major(c)
+    n = c[0].numel()
+    out = torch.empty(c.shape, dtype=c.dtype)
+    u = torch.empty(c.shape, dtype=c.dtype)
+    fn = getattr(lib, f"lif_forward_membrane_{_SUFFIX[c.dtype]}")
+    if fn.argtypes is None:
+        ptr, i64, ct = ctypes.c_void_p, ctypes.c_int64, _CTYPES[c.dtype]
+        fn.argtypes = [ptr, i64, ptr, ptr, i64, i64, ct, ct, ctypes.c_int, ctypes.c_int]
+    fn(_ptr(c), ts, _ptr(out), _ptr(u), T, n, lam, v_th, int(hard), torch.get_num_threads())
+    return out, u

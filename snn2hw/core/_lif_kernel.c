@@ -317,3 +317,51 @@ void soft_hist_backward_##SUF(const T_ *v, int64_t R, int64_t M, T_ c0, T_ h, in
 
 DEFINE_SOFT_HIST(float, f32)
 DEFINE_SOFT_HIST(double, f64)
+
+/* The LIF forward that records u for the PDA loss (fused.py, membrane=True): the same
+ * recurrence and rounding as the forward above (hard: u = (s ? 0 : lam*u) + c, soft:
+ * u = (s ? lam*(u - vth) : lam*u) + c, s = u - vth > 0), writing spikes and u instead
+ * of x, so that the recorded u is lif_sequence's bit for bit (x + vth is not). A
+ * separate function: the forward above is being changed elsewhere, and this one is
+ * only as fast as PDA needs (plain loops that the compiler vectorises). */
+#define DEFINE_LIF_MEMBRANE(T_, SUF)                                                   \
+void lif_forward_membrane_##SUF(const T_ *c, int64_t c_ts, T_ *out, T_ *us, int64_t T, \
+                                int64_t N, T_ lam, T_ vth, int hard, int nthreads)     \
+{                                                                                      \
+    const int64_t vn = VN_##SUF, nchunks = (N + CHUNK - 1) / CHUNK;                    \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
+    for (int64_t q = 0; q < nchunks; q++) {                                            \
+        int64_t n0 = q * CHUNK, len = N - n0 < CHUNK ? N - n0 : CHUNK;                 \
+        vec_##SUF u[CHUNK / VN_##SUF], one = (vec_##SUF){0} + (T_)1;                   \
+        mask_##SUF spk[CHUNK / VN_##SUF];  /* lanes -1 where the neuron spiked */      \
+        for (int64_t t = 0; t < T; t++) {                                              \
+            const T_ *ct = c + t * c_ts + n0;                                          \
+            T_ *ot = out + t * N + n0, *ut = us + t * N + n0;                          \
+            for (int64_t v = 0; v * vn < len; v++) {                                   \
+                int64_t m = len - v * vn < vn ? len - v * vn : vn;                     \
+                vec_##SUF cv = (vec_##SUF){0}, s;                                      \
+                if (m == vn) __builtin_memcpy(&cv, ct + v * vn, sizeof cv);  /* inlined */ \
+                else __builtin_memcpy(&cv, ct + v * vn, m * sizeof(T_));               \
+                if (t == 0) u[v] = cv;                                                 \
+                else {  /* both sides computed, then selected by the spike mask */     \
+                    vec_##SUF decayed = lam * u[v], reset = hard ? (vec_##SUF){0}     \
+                                                                 : lam * (u[v] - vth); \
+                    u[v] = (vec_##SUF)(((mask_##SUF)reset & spk[v])                    \
+                                       | ((mask_##SUF)decayed & ~spk[v])) + cv;        \
+                }                                                                      \
+                spk[v] = (mask_##SUF)(u[v] - vth > 0);                                 \
+                s = (vec_##SUF)((mask_##SUF)one & spk[v]);                             \
+                if (m == vn) {                                                         \
+                    __builtin_memcpy(ut + v * vn, &u[v], sizeof s);                    \
+                    __builtin_memcpy(ot + v * vn, &s, sizeof s);                       \
+                } else {                                                               \
+                    __builtin_memcpy(ut + v * vn, &u[v], m * sizeof(T_));              \
+                    __builtin_memcpy(ot + v * vn, &s, m * sizeof(T_));                 \
+                }                                                                      \
+            }                                                                          \
+        }                                                                              \
+    }                                                                                  \
+}
+
+DEFINE_LIF_MEMBRANE(float, f32)
+DEFINE_LIF_MEMBRANE(double, f64)

@@ -142,6 +142,10 @@ class FusedLIF(torch.autograd.Function):
                 spikes, x = _heaviside_forward(c, lam, v_th, hard, spikes=True, keep_x=True)
                 ctx.save_for_backward(None, p, x, None, None)
             return spikes
+        if value_fn is None and _kernel.forward_membrane_available(c):  # u recorded for PDA
+            spikes, u_all = _kernel.forward_membrane(c, lam, v_th, hard)
+            ctx.save_for_backward(None, p, None, None, u_all)
+            return spikes, u_all
         x, s_val, u_all = _forward_torch(c, lam, v_th, hard, value_fn, keep_u=membrane)
         spikes = s_val if value_fn is not None else (x > 0).to(c.dtype)
         ctx.save_for_backward(None, p, None if membrane else x, s_val, u_all)
