@@ -110,6 +110,16 @@ class _LinearBinning(torch.autograd.Function):
         return out, None, None, None
 
 
+def _linear_binning(values: Tensor, centres: Tensor) -> Tensor:
+    """Unnormalised soft-histogram counts (R, K) of the rows of ``values`` (R, M)."""
+    c = centres.to(values)
+    return _LinearBinning.apply(values, float(c[0]), float(c[1] - c[0]), len(c))
+
+
+def _normalised(counts: Tensor) -> Tensor:
+    return counts / counts.sum(-1, keepdim=True).clamp_min(_TINY)
+
+
 def soft_histogram(values: Tensor, centres: Tensor = GRID) -> Tensor:
     """Normalised soft histograms of the rows of ``values`` (R, M) over ``centres`` -> (R, K).
 
@@ -118,10 +128,7 @@ def soft_histogram(values: Tensor, centres: Tensor = GRID) -> Tensor:
     kernel of half-width h); values beyond the grid count in its end bins. The
     weights are differentiable in v and the cost is O(M), not O(M K).
     """
-    c = centres.to(values)
-    k, h = len(c), float(c[1] - c[0])
-    counts = _LinearBinning.apply(values, float(c[0]), h, k)
-    return counts / counts.sum(-1, keepdim=True).clamp_min(_TINY)
+    return _normalised(_linear_binning(values, centres))
 
 
 def gaussian_bins(mean: Tensor, std: Tensor, centres: Tensor = GRID) -> Tensor:
@@ -144,17 +151,20 @@ def symmetric_kl(p: Tensor, q: Tensor) -> Tensor:
 
 
 def pda_loss(membranes: list[Tensor], target: str = "standard") -> Tensor:
-    """``L_PD = 1/(2TN) sum_t sum_n symKL`` over layers n of membrane tensors u_n (T, B, ...)."""
-    per_layer = []
-    for u in membranes:
-        rows = u.flatten(1)  # (T, B * neurons): one distribution per step
-        if target == "matched":
-            d = rows.detach()
-            ref = gaussian_bins(d.mean(1), d.std(1))
-        else:
-            ref = gaussian_bins(rows.new_zeros(len(rows)), rows.new_ones(len(rows)))
-        per_layer.append(symmetric_kl(soft_histogram(rows), ref))
-    terms = torch.cat(per_layer)
+    """``L_PD = 1/(2TN) sum_t sum_n symKL`` over layers n of membrane tensors u_n (T, B, ...).
+
+    The rows (one distribution per layer and step) of every layer are stacked before the
+    normalisation and the KL, so that those run once, not once per layer (the same
+    numbers: every operation after the binning is per row).
+    """
+    rows = [u.flatten(1) for u in membranes]  # (T, B * neurons): one distribution per step
+    hist = _normalised(torch.cat([_linear_binning(r, GRID) for r in rows]))
+    if target == "matched":
+        d = [r.detach() for r in rows]
+        ref = gaussian_bins(torch.cat([x.mean(1) for x in d]), torch.cat([x.std(1) for x in d]))
+    else:  # one row, broadcast over all
+        ref = gaussian_bins(hist.new_zeros(1), hist.new_ones(1))
+    terms = symmetric_kl(hist, ref)
     return terms.sum() / (2.0 * len(terms))
 
 
