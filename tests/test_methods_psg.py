@@ -202,3 +202,19 @@ def test_soft_histogram_and_its_gradient_equal_the_scatter_version(dtype):
     tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(outs[0][0], outs[1][0], **tol)
     torch.testing.assert_close(outs[0][1], outs[1][1], **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("variant", ["analytic", "printed"])
+def test_psg_arctan_derivatives_equal_their_expressions_bit_for_bit(dtype, variant):
+    """``PsgArctan.grad``/``grad_param`` run in place on one temporary: the same bits as
+    the expressions ``1 / (1 + (p x)^2)`` and ``2 p x / (1 + (p x)^2)`` (so the training
+    numbers do not move), on values spread over the surrogate's whole range."""
+    from snn2hw.core.surrogate import PsgArctan
+
+    x = torch.randn(20000, generator=torch.Generator().manual_seed(7), dtype=dtype) * 3
+    p = torch.tensor(1.7, dtype=dtype)
+    shape = PsgArctan(1.7, variant)
+    assert torch.equal(shape.grad(x, p), 1.0 / (1.0 + (p * x) ** 2))
+    want = 2.0 * p * x / (1.0 + (p * x) ** 2) if variant == "analytic" else 1.0 / (1.0 + (p * x) ** 2)
+    assert torch.equal(shape.grad_param(x, p), want)

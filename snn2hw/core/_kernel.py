@@ -232,3 +232,71 @@ def main() -> None:
         print(f"built {build()}")
     except RuntimeError as exc:  # optional: say so, do not fail the set-up
         print(f"note: {exc}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------- soft histogram (PSG's PDA)
+SOFT_HIST_MAX_BINS = 4096  # the kernel keeps per-thread bins on the stack
+
+
+def _soft_hist_fn(dtype: torch.dtype, which: str):
+    """The kernel's ``soft_hist_{which}_{suffix}`` with its argument types, or None when the
+    library (possibly built before the soft histogram existed) does not have it."""
+    lib = _library()
+    fn = getattr(lib, f"soft_hist_{which}_{_SUFFIX[dtype]}", None) if lib is not None else None
+    if fn is not None and fn.argtypes is None:
+        ptr, i64, ct = ctypes.c_void_p, ctypes.c_int64, _CTYPES[dtype]
+        fn.argtypes = [ptr, i64, i64, ct, ct, i64, ptr, ptr, ctypes.c_int]  # forward and backward
+    return fn
+
+
+def soft_hist_available(values: Tensor, k: int) -> bool:
+    """Whether the compiled soft histogram can bin ``values`` (CPU, float32/64) on k bins."""
+    return (available(values) and 2 <= k <= SOFT_HIST_MAX_BINS
+            and _soft_hist_fn(values.dtype, "forward") is not None)
+
+
+def soft_hist_forward(values: Tensor, c0: float, h: float, k: int) -> Tensor:
+    """Unnormalised linear-binning counts (R, k) of the rows of ``values`` (R, M) on the
+    centres ``c0 + i h``, in one pass (``_lif_kernel.c``, "soft histogram"); summed in
+    float64, returned in ``values``' dtype."""
+    values = values.contiguous()
+    rows, m = values.shape
+    threads = torch.get_num_threads()
+    ws = torch.zeros(threads, 2, rows, k, dtype=torch.float64)
+    counts = torch.empty(rows, k, dtype=torch.float64)
+    _soft_hist_fn(values.dtype, "forward")(_ptr(values), rows, m, c0, h, k, _ptr(ws), _ptr(counts), threads)
+    return counts.to(values.dtype)
+
+
+def soft_hist_backward(values: Tensor, c0: float, h: float, grad: Tensor) -> Tensor:
+    """The gradient (R, M) of ``sum(grad * soft_hist_forward(values, c0, h, k))`` in
+    ``values``, in one pass: ``(grad[r, i+1] - grad[r, i]) / h`` at each value's lower bin
+    i, 0 where the value lies beyond the grid."""
+    values = values.contiguous()
+    grad = grad.to(values.dtype).contiguous()
+    rows, m = values.shape
+    out = torch.empty_like(values)
+    _soft_hist_fn(values.dtype, "backward")(_ptr(values), rows, m, c0, h, grad.shape[1], _ptr(grad), _ptr(out),
+                                            torch.get_num_threads())
+    return out
+
+
+def forward_membrane_available(c: Tensor) -> bool:
+    """Whether the compiled LIF forward that records u can run on ``c``."""
+    return available(c) and hasattr(_library(), f"lif_forward_membrane_{_SUFFIX[c.dtype]}")
+
+
+def forward_membrane(c: Tensor, lam: float, v_th: float, hard: bool) -> tuple[Tensor, Tensor]:
+    """(spikes (T, ...), membrane potentials u (T, ...)) of the exact-step LIF driven by
+    ``c`` (T, ...): u bit for bit as ``fused._forward_torch`` and ``lif_sequence`` record it."""
+    lib, T = _library(), c.shape[0]
+    c, ts = _time_major(c)
+    n = c[0].numel()
+    out = torch.empty(c.shape, dtype=c.dtype)
+    u = torch.empty(c.shape, dtype=c.dtype)
+    fn = getattr(lib, f"lif_forward_membrane_{_SUFFIX[c.dtype]}")
+    if fn.argtypes is None:
+        ptr, i64, ct = ctypes.c_void_p, ctypes.c_int64, _CTYPES[c.dtype]
+        fn.argtypes = [ptr, i64, ptr, ptr, i64, i64, ct, ct, ctypes.c_int, ctypes.c_int]
+    fn(_ptr(c), ts, _ptr(out), _ptr(u), T, n, lam, v_th, int(hard), torch.get_num_threads())
+    return out, u

@@ -368,3 +368,160 @@ DEFINE_KERNELS(float, f32)
 DEFINE_KERNELS(double, f64)
 DEFINE_COUNTS(float, f32, __builtin_fabsf)
 DEFINE_COUNTS(double, f64, __builtin_fabs)
+
+/* ======================= soft histogram (methods/psg.py, PDA) =======================
+ * Linear binning of the rows of v (R, M) on K centres c0 + i*h, as psg.soft_histogram
+ * computes it with torch ops (same arithmetic in T_, so each value's bin and fraction
+ * are torch's bit for bit):
+ *   raw = (v - c0)/h,  pos = clamp(raw, 0, K-1),  i = min(floor(pos), K-2),  f = pos - i
+ *   counts[r, i] += 1 - f,  counts[r, i+1] += f
+ * forward: one pass over v; per thread (ws: nthreads x 2 x R x K doubles, zeroed by the
+ *   caller) the number of values in bin i and the sum of their f, in LANES interleaved
+ *   copies (a run of values in one bin would otherwise chain every add on the last);
+ *   then counts[r, i] = n[i] - sf[i] + sf[i-1] in double.
+ * backward: d counts[r, .] / d v = (grad[r, i+1] - grad[r, i]) * d pos / d v, with
+ *   d pos / d v = 1/h where raw == pos (torch's clamp passes the gradient there), else 0;
+ *   one pass writing gv (R, M). */
+#define SH_LANES 4
+#define SH_BLOCK 256   /* values whose bins are computed in one vectorised loop */
+#define SH_CHUNK 4096  /* values per task of the parallel loops */
+#define DEFINE_SOFT_HIST(T_, SUF)                                                      \
+/* bins i and fractions f of len <= SH_BLOCK values; in[j] = raw == pos (gradient passes). \
+ * Branch-free and apart from the scatter, so that it vectorises (the division included). */ \
+static inline __attribute__((always_inline)) void                                      \
+sh_bins_##SUF(const T_ *restrict v, int64_t len, T_ c0, T_ h, T_ kmax, int32_t kmax2,  \
+              int32_t *restrict idx, T_ *restrict frac, T_ *restrict in)               \
+{                                                                                      \
+    for (int64_t j = 0; j < len; j++) {                                                \
+        T_ r = (v[j] - c0) / h;                                                        \
+        T_ p = r > 0 ? r : (T_)0;                                                      \
+        p = p < kmax ? p : kmax;                                                       \
+        int32_t i = (int32_t)p;             /* p >= 0: truncation is floor */          \
+        i = i < kmax2 ? i : kmax2;                                                     \
+        i = i > 0 ? i : 0;                  /* < 0 only for NaN: stay in bounds */     \
+        idx[j] = i;                                                                    \
+        frac[j] = p - (T_)i;                                                           \
+        if (in) in[j] = r == p ? (T_)1 : (T_)0;                                        \
+    }                                                                                  \
+}                                                                                      \
+                                                                                       \
+void soft_hist_forward_##SUF(const T_ *v, int64_t R, int64_t M, T_ c0, T_ h, int64_t k, \
+                             double *ws, double *counts, int nthreads)                 \
+{                                                                                      \
+    T_ kmax = (T_)(k - 1);                                                             \
+    int64_t nchunks = (M + SH_CHUNK - 1) / SH_CHUNK;                                   \
+    _Pragma("omp parallel num_threads(nthreads)")                                      \
+    {                                                                                  \
+        double *n = ws + (int64_t)THREAD() * 2 * R * k, *sf = n + R * k;              \
+        double ln[SH_LANES][k], lf[SH_LANES][k];                                       \
+        int32_t idx[SH_BLOCK];                                                         \
+        T_ frac[SH_BLOCK];                                                             \
+        _Pragma("omp for schedule(static)")                                            \
+        for (int64_t q = 0; q < R * nchunks; q++) {                                    \
+            int64_t r = q / nchunks, j0 = (q % nchunks) * SH_CHUNK;                    \
+            int64_t j1 = j0 + SH_CHUNK < M ? j0 + SH_CHUNK : M;                        \
+            for (int a = 0; a < SH_LANES; a++)                                         \
+                for (int64_t i = 0; i < k; i++) { ln[a][i] = 0; lf[a][i] = 0; }        \
+            for (int64_t b = j0; b < j1; b += SH_BLOCK) {                              \
+                int64_t len = j1 - b < SH_BLOCK ? j1 - b : SH_BLOCK;                   \
+                sh_bins_##SUF(v + r * M + b, len, c0, h, kmax, (int32_t)(k - 2), idx, frac, 0); \
+                /* SH_LANES interleaved copies: a run of values in one bin would  \
+                 * otherwise chain every add on the previous one */                   \
+                for (int64_t j = 0; j < len; j++) {                                    \
+                    ln[j % SH_LANES][idx[j]] += 1.0;                                   \
+                    lf[j % SH_LANES][idx[j]] += (double)frac[j];                       \
+                }                                                                      \
+            }                                                                          \
+            for (int a = 0; a < SH_LANES; a++)                                         \
+                for (int64_t i = 0; i < k; i++) {                                      \
+                    n[r * k + i] += ln[a][i];                                          \
+                    sf[r * k + i] += lf[a][i];                                         \
+                }                                                                      \
+        }                                                                              \
+    }                                                                                  \
+    for (int64_t r = 0; r < R; r++)                                                    \
+        for (int64_t i = 0; i < k; i++) {                                              \
+            double nn = 0, s = 0, sp = 0;                                              \
+            for (int th = 0; th < nthreads; th++) {                                    \
+                const double *w = ws + (int64_t)th * 2 * R * k;                        \
+                nn += w[r * k + i];                                                    \
+                s += w[R * k + r * k + i];                                             \
+                if (i > 0) sp += w[R * k + r * k + i - 1];                             \
+            }                                                                          \
+            counts[r * k + i] = (nn - s) + sp;                                         \
+        }                                                                              \
+}                                                                                      \
+                                                                                       \
+void soft_hist_backward_##SUF(const T_ *v, int64_t R, int64_t M, T_ c0, T_ h, int64_t k, \
+                              const T_ *grad, T_ *gv, int nthreads)                    \
+{                                                                                      \
+    T_ kmax = (T_)(k - 1), slope = (T_)1 / h;                                          \
+    int64_t nchunks = (M + SH_CHUNK - 1) / SH_CHUNK;                                   \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
+    for (int64_t q = 0; q < R * nchunks; q++) {                                        \
+        int64_t r = q / nchunks, j0 = (q % nchunks) * SH_CHUNK;                        \
+        int64_t j1 = j0 + SH_CHUNK < M ? j0 + SH_CHUNK : M;                            \
+        int32_t idx[SH_BLOCK];                                                         \
+        T_ frac[SH_BLOCK], in[SH_BLOCK];                                               \
+        T_ step[k];                     /* d counts / d f: +1 at bin i+1, -1 at bin i */ \
+        for (int64_t i = 0; i + 1 < k; i++) step[i] = grad[r * k + i + 1] - grad[r * k + i]; \
+        step[k - 1] = 0;                                                               \
+        for (int64_t b = j0; b < j1; b += SH_BLOCK) {                                  \
+            int64_t len = j1 - b < SH_BLOCK ? j1 - b : SH_BLOCK;                       \
+            sh_bins_##SUF(v + r * M + b, len, c0, h, kmax, (int32_t)(k - 2), idx, frac, in); \
+            T_ *out = gv + r * M + b;                                                  \
+            for (int64_t j = 0; j < len; j++) out[j] = step[idx[j]] * slope * in[j];   \
+        }                                                                              \
+    }                                                                                  \
+}
+
+DEFINE_SOFT_HIST(float, f32)
+DEFINE_SOFT_HIST(double, f64)
+
+/* The LIF forward that records u for the PDA loss (fused.py, membrane=True): the same
+ * recurrence and rounding as the forward above (hard: u = (s ? 0 : lam*u) + c, soft:
+ * u = (s ? lam*(u - vth) : lam*u) + c, s = u - vth > 0), writing spikes and u instead
+ * of x, so that the recorded u is lif_sequence's bit for bit (x + vth is not). A
+ * separate function: the forward above is being changed elsewhere, and this one is
+ * only as fast as PDA needs (plain loops that the compiler vectorises). */
+#define DEFINE_LIF_MEMBRANE(T_, SUF)                                                   \
+void lif_forward_membrane_##SUF(const T_ *c, int64_t c_ts, T_ *out, T_ *us, int64_t T, \
+                                int64_t N, T_ lam, T_ vth, int hard, int nthreads)     \
+{                                                                                      \
+    const int64_t vn = VN_##SUF, nchunks = (N + CHUNK - 1) / CHUNK;                    \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
+    for (int64_t q = 0; q < nchunks; q++) {                                            \
+        int64_t n0 = q * CHUNK, len = N - n0 < CHUNK ? N - n0 : CHUNK;                 \
+        vec_##SUF u[CHUNK / VN_##SUF], one = (vec_##SUF){0} + (T_)1;                   \
+        mask_##SUF spk[CHUNK / VN_##SUF];  /* lanes -1 where the neuron spiked */      \
+        for (int64_t t = 0; t < T; t++) {                                              \
+            const T_ *ct = c + t * c_ts + n0;                                          \
+            T_ *ot = out + t * N + n0, *ut = us + t * N + n0;                          \
+            for (int64_t v = 0; v * vn < len; v++) {                                   \
+                int64_t m = len - v * vn < vn ? len - v * vn : vn;                     \
+                vec_##SUF cv = (vec_##SUF){0}, s;                                      \
+                if (m == vn) __builtin_memcpy(&cv, ct + v * vn, sizeof cv);  /* inlined */ \
+                else __builtin_memcpy(&cv, ct + v * vn, m * sizeof(T_));               \
+                if (t == 0) u[v] = cv;                                                 \
+                else {  /* both sides computed, then selected by the spike mask */     \
+                    vec_##SUF decayed = lam * u[v], reset = hard ? (vec_##SUF){0}     \
+                                                                 : lam * (u[v] - vth); \
+                    u[v] = (vec_##SUF)(((mask_##SUF)reset & spk[v])                    \
+                                       | ((mask_##SUF)decayed & ~spk[v])) + cv;        \
+                }                                                                      \
+                spk[v] = (mask_##SUF)(u[v] - vth > 0);                                 \
+                s = (vec_##SUF)((mask_##SUF)one & spk[v]);                             \
+                if (m == vn) {                                                         \
+                    __builtin_memcpy(ut + v * vn, &u[v], sizeof s);                    \
+                    __builtin_memcpy(ot + v * vn, &s, sizeof s);                       \
+                } else {                                                               \
+                    __builtin_memcpy(ut + v * vn, &u[v], m * sizeof(T_));              \
+                    __builtin_memcpy(ot + v * vn, &s, m * sizeof(T_));                 \
+                }                                                                      \
+            }                                                                          \
+        }                                                                              \
+    }                                                                                  \
+}
+
+DEFINE_LIF_MEMBRANE(float, f32)
+DEFINE_LIF_MEMBRANE(double, f64)

@@ -191,6 +191,10 @@ class FusedLIF(torch.autograd.Function):
             s_val, x = compiled
             ctx.save_for_backward(None, p, x, s_val, None)
             return s_val
+        if value_fn is None and _kernel.forward_membrane_available(c):  # u recorded for PDA
+            spikes, u_all = _kernel.forward_membrane(c, lam, v_th, hard)
+            ctx.save_for_backward(None, p, None, None, u_all)
+            return spikes, u_all
         x, s_val, u_all = _forward_torch(c, lam, v_th, hard, value_fn, keep_u=membrane)
         spikes = s_val if value_fn is not None else (x > 0).to(c.dtype)
         ctx.save_for_backward(None, p, None if membrane else x, s_val, u_all)

@@ -39,6 +39,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..core import _kernel
 from ..core.surrogate import PSG_DGAMMA, PsgArctan
 from ..errors import ConfigError
 from ..models.network import SpikingNetwork
@@ -71,12 +72,17 @@ def _blocks(values: Tensor) -> list[tuple[int, int]]:
 
 
 class _LinearBinning(torch.autograd.Function):
-    """Unnormalised linear-binning counts (R, K), by ``bincount`` forward and ``index_select``
-    backward, over blocks of columns: a dozen passes over a block that stays in cache
-    instead of over the whole (R, M) tensor (the autograd version was memory-bound)."""
+    """Unnormalised linear-binning counts (R, K). The compiled kernel (``core/_kernel.py``,
+    "soft histogram") does forward and backward in one pass each over the values; without
+    it, ``bincount`` forward and ``index_select`` backward over blocks of columns: a dozen
+    passes over a block that stays in cache instead of over the whole (R, M) tensor."""
 
     @staticmethod
     def forward(ctx, values: Tensor, c0: float, h: float, k: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(values)
+        ctx.consts = (c0, h, k)
+        if _kernel.soft_hist_available(values, k):
+            return _kernel.soft_hist_forward(values, c0, h, k)
         n = values.shape[0] * k
         upper = values.new_zeros(n)  # sum of f over the values in bin i0: they add f to bin i0 + 1
         total = values.new_zeros(n)  # number of values in bin i0: they add 1 - f to it
@@ -86,14 +92,14 @@ class _LinearBinning(torch.autograd.Function):
             total += torch.bincount(idx, minlength=n)
         counts = total.sub_(upper).view(-1, k)
         counts[:, 1:] += upper.view(-1, k)[:, :-1]
-        ctx.save_for_backward(values)
-        ctx.consts = (c0, h, k)
         return counts
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (values,) = ctx.saved_tensors
         c0, h, k = ctx.consts
+        if _kernel.soft_hist_available(values, k):
+            return _kernel.soft_hist_backward(values, c0, h, grad), None, None, None
         step = torch.zeros_like(grad)  # d counts / d f: +1 at bin i0 + 1, -1 at bin i0
         step[:, :-1] = grad[:, 1:] - grad[:, :-1]
         step = step.flatten()
@@ -104,6 +110,16 @@ class _LinearBinning(torch.autograd.Function):
         return out, None, None, None
 
 
+def _linear_binning(values: Tensor, centres: Tensor) -> Tensor:
+    """Unnormalised soft-histogram counts (R, K) of the rows of ``values`` (R, M)."""
+    c = centres.to(values)
+    return _LinearBinning.apply(values, float(c[0]), float(c[1] - c[0]), len(c))
+
+
+def _normalised(counts: Tensor) -> Tensor:
+    return counts / counts.sum(-1, keepdim=True).clamp_min(_TINY)
+
+
 def soft_histogram(values: Tensor, centres: Tensor = GRID) -> Tensor:
     """Normalised soft histograms of the rows of ``values`` (R, M) over ``centres`` -> (R, K).
 
@@ -112,10 +128,7 @@ def soft_histogram(values: Tensor, centres: Tensor = GRID) -> Tensor:
     kernel of half-width h); values beyond the grid count in its end bins. The
     weights are differentiable in v and the cost is O(M), not O(M K).
     """
-    c = centres.to(values)
-    k, h = len(c), float(c[1] - c[0])
-    counts = _LinearBinning.apply(values, float(c[0]), h, k)
-    return counts / counts.sum(-1, keepdim=True).clamp_min(_TINY)
+    return _normalised(_linear_binning(values, centres))
 
 
 def gaussian_bins(mean: Tensor, std: Tensor, centres: Tensor = GRID) -> Tensor:
@@ -138,17 +151,20 @@ def symmetric_kl(p: Tensor, q: Tensor) -> Tensor:
 
 
 def pda_loss(membranes: list[Tensor], target: str = "standard") -> Tensor:
-    """``L_PD = 1/(2TN) sum_t sum_n symKL`` over layers n of membrane tensors u_n (T, B, ...)."""
-    per_layer = []
-    for u in membranes:
-        rows = u.flatten(1)  # (T, B * neurons): one distribution per step
-        if target == "matched":
-            d = rows.detach()
-            ref = gaussian_bins(d.mean(1), d.std(1))
-        else:
-            ref = gaussian_bins(rows.new_zeros(len(rows)), rows.new_ones(len(rows)))
-        per_layer.append(symmetric_kl(soft_histogram(rows), ref))
-    terms = torch.cat(per_layer)
+    """``L_PD = 1/(2TN) sum_t sum_n symKL`` over layers n of membrane tensors u_n (T, B, ...).
+
+    The rows (one distribution per layer and step) of every layer are stacked before the
+    normalisation and the KL, so that those run once, not once per layer (the same
+    numbers: every operation after the binning is per row).
+    """
+    rows = [u.flatten(1) for u in membranes]  # (T, B * neurons): one distribution per step
+    hist = _normalised(torch.cat([_linear_binning(r, GRID) for r in rows]))
+    if target == "matched":
+        d = [r.detach() for r in rows]
+        ref = gaussian_bins(torch.cat([x.mean(1) for x in d]), torch.cat([x.std(1) for x in d]))
+    else:  # one row, broadcast over all
+        ref = gaussian_bins(hist.new_zeros(1), hist.new_ones(1))
+    terms = symmetric_kl(hist, ref)
     return terms.sum() / (2.0 * len(terms))
 
 

@@ -1,0 +1,157 @@
+"""PDA's soft histogram: the compiled kernel (``_lif_kernel.c``, "soft histogram") and the
+torch fallback give the same counts and gradient as a value-by-value hand computation and
+as autograd of the scatter version, on values inside, on and beyond the grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from snn2hw.core import _kernel
+from snn2hw.methods.psg import GRID, pda_loss, soft_histogram
+
+from test_methods_psg import GRID as GRID64, _soft_hist_by_hand, _soft_histogram_scatter
+
+
+@pytest.fixture(scope="module")
+def kernel_lib(tmp_path_factory):
+    """The compiled kernel with its soft histogram: the set-up's build, else one built
+    here, else None."""
+    lib = _kernel.load()
+    if lib is None or not hasattr(lib, "soft_hist_forward_f64"):
+        try:
+            lib = _kernel.load(_kernel.build(tmp_path_factory.mktemp("kernel") / "k.so"))
+        except RuntimeError:
+            lib = None
+    return lib
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def backend(request, kernel_lib, monkeypatch):
+    """Run the test once with the compiled kernel and once with the torch fallback."""
+    if request.param == "kernel" and kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib if request.param == "kernel" else None)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    return request.param
+
+
+def _values(rows: int, m: int, dtype: torch.dtype, seed: int = 1) -> torch.Tensor:
+    """Gaussian values (spread 2.5: a few beyond the grid), every centre and both end
+    points, values beyond both ends and just inside/outside them, and a run of equal values
+    (one bin hit many times in a row)."""
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.randn(rows, m, generator=gen, dtype=torch.float64) * 2.5
+    v[:, :41] = GRID.double()
+    v[0, 41:47] = torch.tensor([-9.0, 9.0, -4.05, 4.05, -3.99, 3.99], dtype=torch.float64)
+    v[-1, 50:150] = 0.3
+    return v.to(dtype)
+
+
+def _hist_and_grad(fn, v: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = v.clone().requires_grad_()
+    hist = fn(x, GRID)
+    (hist * up).sum().backward()
+    return hist.detach(), x.grad
+
+
+TOLS = {torch.float64: dict(rtol=1e-12, atol=1e-14), torch.float32: dict(rtol=1e-6, atol=1e-7)}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_histogram_and_gradient_equal_autograd_of_the_scatter_version(backend, dtype, threads):
+    """Several rows, M not a multiple of the kernel's blocks (9001 values: three chunks of
+    4096 and a tail), 1 and 2 threads (per-thread bins); a random upstream gradient. The
+    float32 tolerance is summation order (the kernel sums in float64, bincount in float32)."""
+    v = _values(3, 9001, dtype)
+    up = torch.randn(3, len(GRID), generator=torch.Generator().manual_seed(2), dtype=dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        hist, grad = _hist_and_grad(soft_histogram, v, up)
+    finally:
+        torch.set_num_threads(before)
+    ref_hist, ref_grad = _hist_and_grad(_soft_histogram_scatter, v, up)
+    torch.testing.assert_close(hist, ref_hist, **TOLS[dtype])
+    torch.testing.assert_close(grad, ref_grad, **TOLS[dtype])
+
+
+def test_histogram_equals_the_hand_computation(backend):
+    """Linear binning value by value (numpy, float64): pins the bin of each value, its
+    fraction (the kernel's width h) and the end bins that collect values beyond the grid."""
+    v = _values(2, 700, torch.float64, seed=4)
+    hist = soft_histogram(v, torch.from_numpy(GRID64))  # the hand computation's float64 grid
+    for r in range(len(v)):
+        np.testing.assert_allclose(hist[r].numpy(), _soft_hist_by_hand(v[r].numpy()), rtol=1e-12, atol=1e-15)
+
+
+def test_gradient_by_hand(backend):
+    """d hist / d v for an upstream gradient that is the bin index i: (i+1 - i)/h = 1/h,
+    divided by the row's count M, for a value inside the grid or on either end point
+    (torch's clamp passes the gradient there); 0 beyond the grid. Pins the gradient's sign
+    and scale, the last lower bin (K-2, not K-1, for a value on the top end point) and the
+    outside-the-grid rule. The grid's width 0.25 is exact in binary: (4 - -4)/h is 32."""
+    centres = torch.arange(-4.0, 4.125, 0.25, dtype=torch.float64)
+    v = torch.tensor([[0.13, -2.71, 3.5, -4.0, 4.0, -5.0, 6.0, 4.4]], dtype=torch.float64, requires_grad=True)
+    (soft_histogram(v, centres) * torch.arange(len(centres), dtype=torch.float64)).sum().backward()
+    want = torch.tensor([[4.0, 4.0, 4.0, 4.0, 4.0, 0.0, 0.0, 0.0]], dtype=torch.float64) / v.shape[1]
+    torch.testing.assert_close(v.grad, want, rtol=1e-12, atol=1e-15)
+
+
+def test_pda_loss_and_gradient_equal_between_kernel_and_torch(kernel_lib, monkeypatch):
+    """The whole loss on a (T, B, C, L) membrane tensor, float32 as in training."""
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_tried", True)
+    u = torch.randn(4, 8, 6, 40, generator=torch.Generator().manual_seed(5)) * 1.4 + 0.3
+    out = {}
+    for name, lib in (("kernel", kernel_lib), ("torch", None)):
+        monkeypatch.setattr(_kernel, "_lib", lib)
+        x = u.clone().requires_grad_()
+        loss = pda_loss([x])
+        loss.backward()
+        out[name] = (loss.detach(), x.grad)
+    torch.testing.assert_close(out["kernel"][0], out["torch"][0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(out["kernel"][1], out["torch"][1], rtol=1e-5, atol=1e-9)
+
+
+def test_a_library_without_the_soft_histogram_falls_back_to_torch(monkeypatch):
+    """A kernel built before the soft histogram existed: the torch version runs."""
+
+    class OldLibrary:
+        pass
+
+    monkeypatch.setattr(_kernel, "_lib", OldLibrary())
+    monkeypatch.setattr(_kernel, "_tried", True)
+    v = _values(1, 300, torch.float64)
+    assert not _kernel.soft_hist_available(v, len(GRID))
+    np.testing.assert_allclose(soft_histogram(v, torch.from_numpy(GRID64))[0].numpy(), _soft_hist_by_hand(v[0].numpy()), rtol=1e-12)
+
+
+@pytest.mark.parametrize("broadcast", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_membranes_recorded_for_pda_equal_lif_sequence_bit_for_bit(kernel_lib, monkeypatch, reset, dtype, broadcast):
+    """The compiled forward that records u (``_kernel.forward_membrane``, what PDA reads in
+    training): spikes and u equal lif_sequence's bit for bit, over 1301 neurons (two full
+    chunks of 512 and a tail that is not a whole vector), with u == V_th exactly (no spike),
+    and for one frame broadcast over T (a direct-encoded input, time stride 0)."""
+    from snn2hw.core.neuron import LIFParams, lif_sequence
+
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    gen = torch.Generator().manual_seed(6)
+    if broadcast:
+        c = (torch.randn(1, 1301, generator=gen, dtype=dtype) * 0.8 + 0.5).expand(7, 1301)
+    else:
+        c = torch.randn(7, 1301, generator=gen, dtype=dtype) * 1.2 + 0.6  # many spikes and resets
+        c[0, :40] = 1.0  # u == V_th exactly: no spike (strict step)
+    assert _kernel.forward_membrane_available(c)
+    s, u = _kernel.forward_membrane(c, 0.7, 1.0, reset == "hard")
+    s_ref, u_ref = lif_sequence(c, LIFParams(0.7, 1.0, reset), lambda x: (x > 0).to(x.dtype), True)
+    assert 0.1 < float(s.mean()) < 0.9
+    assert torch.equal(s, s_ref) and torch.equal(u, u_ref)
