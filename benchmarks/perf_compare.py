@@ -232,8 +232,10 @@ def _memory_probe(candidate: str, net: str, T: str) -> None:
     x, y = data()
     model, step = build(candidate, net, int(T))
     model.train()
-    with torch.no_grad():  # touch the code paths once without keeping anything
-        model(x[:2]) if candidate == "ann" else model.forward_sequence(x[:2])
+    # warm-up: one whole step (forward, loss, backward), so first-touch code and library
+    # pages, the autograd engine's start-up and other one-off allocations are not counted
+    step(x, y)
+    model.zero_grad(set_to_none=True)  # the measured step allocates its gradients again
     gc.collect()
     base = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
