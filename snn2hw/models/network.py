@@ -46,9 +46,12 @@ class SpikingNetwork(nn.Module):
     def forward_sequence(self, x: Tensor) -> Tensor:
         """Per-step readout currents (T, B, classes).
 
-        While autograd records, spikes that a layer saves for backward are kept as
-        bool (``fused.compact_spikes``): same numbers, less memory."""
-        with compact_spikes() if torch.is_grad_enabled() else nullcontext():
+        While autograd records, spikes of the fused LIF that a layer saves for backward
+        are kept as bool (``fused.compact_spikes``): same numbers, less memory. Without
+        a fused LIF (neurons of another framework) no hook is installed: it would cost
+        a call per saved tensor and find nothing to pack."""
+        fused = torch.is_grad_enabled() and any(isinstance(m, LIF) and m.use_fused for m in self.modules())
+        with compact_spikes() if fused else nullcontext():
             return self._forward_sequence(x)
 
     def _forward_sequence(self, x: Tensor) -> Tensor:
