@@ -97,7 +97,8 @@ def _backward_torch(go: Tensor, x: Tensor, s: Tensor, g: Tensor, lam: float, v_t
                     hard: bool, gext: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Return (gu, gs): the gradients of the membrane and of the spikes, (T, ...).
 
-    ``g`` (the surrogate's values) is overwritten. ``gext`` is a gradient reaching u from outside (a loss on recorded membranes)."""
+    ``g`` (the surrogate's values) is overwritten. ``gext`` is a gradient reaching u from
+    outside (a loss on recorded membranes)."""
     if hard:
         u = x + v_th
         k = torch.mul(u, g).neg_().add_(1.0 - s).mul_(lam)
