@@ -205,7 +205,8 @@ def time_all(nets, Ts, candidates, rounds: int, reps: int, clock=time.process_ti
 
 
 def peak_memory(candidate: str, net: str, T: int) -> float:
-    """MiB of peak resident memory above the start of one training step, in a fresh process.
+    """MiB of peak resident memory above the start of one training step, in a fresh process,
+    after one warm-up step (the same for every candidate: one-off pages are not the step's).
 
     glibc is told to map every block of 64 KiB or more separately, so a freed
     tensor leaves the resident set at once and the high-water mark (VmHWM,
