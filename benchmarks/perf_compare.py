@@ -205,7 +205,8 @@ def time_all(nets, Ts, candidates, rounds: int, reps: int, clock=time.process_ti
 
 
 def peak_memory(candidate: str, net: str, T: int) -> float:
-    """MiB of peak resident memory above the start of one training step, in a fresh process.
+    """MiB of peak resident memory above the start of one training step, in a fresh process,
+    after one warm-up step (the same for every candidate: one-off pages are not the step's).
 
     glibc is told to map every block of 64 KiB or more separately, so a freed
     tensor leaves the resident set at once and the high-water mark (VmHWM,
@@ -232,8 +233,10 @@ def _memory_probe(candidate: str, net: str, T: str) -> None:
     x, y = data()
     model, step = build(candidate, net, int(T))
     model.train()
-    with torch.no_grad():  # touch the code paths once without keeping anything
-        model(x[:2]) if candidate == "ann" else model.forward_sequence(x[:2])
+    # warm-up: one whole step (forward, loss, backward), so first-touch code and library
+    # pages, the autograd engine's start-up and other one-off allocations are not counted
+    step(x, y)
+    model.zero_grad(set_to_none=True)  # the measured step allocates its gradients again
     gc.collect()
     base = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS

@@ -166,11 +166,15 @@ def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, h
     carry = torch.zeros(n, dtype=x.dtype)
     steps = max(1, BLOCK // max(n, 1))
     grad_p = None
-    gu = x if overwrite else torch.empty_like(x)
+    # one block and x kept: gu takes the surrogate's fresh buffer (the kernel reads g[t] before
+    # it writes gu[t]), one (T, ...) tensor less at the peak
+    gu = x if overwrite else (None if steps >= T else torch.empty_like(x))
     for t1 in range(T, 0, -steps):
         t0 = max(0, t1 - steps)
         xb = x[t0:t1]
         g = shape.grad(xb, p).expand(xb.shape).contiguous()
+        if gu is None:
+            gu = g
         dp = shape.grad_param(xb, p) if need_p else None
         gs = torch.empty_like(xb) if need_p else None
         gob, ts = _time_major(go[t0:t1])

@@ -141,7 +141,8 @@ def _backward_torch(go: Tensor, x: Tensor, s: Tensor, g: Tensor, lam: float, v_t
                     hard: bool, gext: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Return (gu, gs): the gradients of the membrane and of the spikes, (T, ...).
 
-    ``gext`` is a gradient reaching u from outside (a loss on recorded membranes)."""
+    ``g`` (the surrogate's values) is overwritten. ``gext`` is a gradient reaching u from
+    outside (a loss on recorded membranes)."""
     if hard:
         u = x + v_th
         k = torch.mul(u, g).neg_().add_(1.0 - s).mul_(lam)
@@ -149,7 +150,8 @@ def _backward_torch(go: Tensor, x: Tensor, s: Tensor, g: Tensor, lam: float, v_t
     else:
         k = torch.mul(g, -v_th * lam).add_(lam)
         b = None
-    gu = torch.mul(go, g)
+    # g is the surrogate's fresh tensor, not read again: the gradient takes its memory
+    gu = g.mul_(go) if g.shape == go.shape and g.is_contiguous() else torch.mul(go, g)
     if gext is not None:
         gu.add_(gext)
     for t in range(x.shape[0] - 2, -1, -1):
@@ -178,6 +180,7 @@ class FusedLIF(torch.autograd.Function):
                 shape: SurrogateShape, value_fn: ValueFn | None, membrane: bool):
         hard = reset == "hard"
         ctx.consts = (lam, v_th, hard, shape)
+        ctx.binary_spikes = value_fn is None and not membrane  # read by compact_spikes' pack hook
         if value_fn is None and not membrane:
             if c.shape[0] > 1 and c.stride(0) == 0:  # one frame broadcast over T: keep it
                 spikes, _ = _heaviside_forward(c, lam, v_th, hard, spikes=True, keep_x=False)
@@ -222,6 +225,39 @@ class FusedLIF(torch.autograd.Function):
                 gp = gs * shape.grad_param(x, p)
                 grad_p = gp.sum() if p.dim() == 0 else gp.sum_to_size(p.shape)
         return gu if ctx.needs_input_grad[0] else None, grad_p, None, None, None, None, None, None
+
+
+class _CompactSpikes:
+    """A saved spike tensor as bool, and the float dtype its unpacking gives back."""
+
+    __slots__ = ("bits", "dtype")
+
+    def __init__(self, bits: Tensor, dtype: torch.dtype) -> None:
+        self.bits, self.dtype = bits, dtype
+
+
+def _pack_saved(t: Tensor) -> Tensor | _CompactSpikes:
+    base = t if t._base is None else t._base
+    # version 0: not changed in place since the exact step wrote 0.0 / 1.0 (autograd's own
+    # check would only see changes made after saving)
+    if getattr(base.grad_fn, "binary_spikes", False) and base._version == 0:
+        return _CompactSpikes(t.to(torch.bool), t.dtype)
+    return t
+
+
+def _unpack_saved(saved: Tensor | _CompactSpikes) -> Tensor:
+    if not isinstance(saved, _CompactSpikes):
+        return saved
+    return saved.bits.view(torch.uint8).to(saved.dtype)  # the same 0/1 bytes; torch converts uint8 faster
+
+
+def compact_spikes() -> torch.autograd.graph.saved_tensors_hooks:
+    """Context manager: a tensor that a layer saves for backward and that is the output of
+    an exact-step ``FusedLIF`` (or a view of it, unchanged since) is kept as bool and turned
+    back into the same float values when backward reads it: exact, and a synapse's saved
+    input spikes cost 1 byte per value instead of 4 (float32) while the float spikes are
+    freed once the next layer ran. Any other saved tensor is kept as is."""
+    return torch.autograd.graph.saved_tensors_hooks(_pack_saved, _unpack_saved)
 
 
 def _plain_spike(shape: SurrogateShape, p: Tensor, value_fn: ValueFn | None) -> Callable[[Tensor], Tensor]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from ..core.encoders import encode
+from ..core.fused import compact_spikes
 from ..core.layers import CUBA, LIF, Neuron, Pool, RecurrentSpiking, ResidualBlock, TDBatchNorm, run_layers
 from ..core.surrogate import make_surrogate
 from .config import ModelConfig
@@ -43,7 +44,17 @@ class SpikingNetwork(nn.Module):
         return [m for m in self.modules() if isinstance(m, LIF)]
 
     def forward_sequence(self, x: Tensor) -> Tensor:
-        """Per-step readout currents (T, B, classes)."""
+        """Per-step readout currents (T, B, classes).
+
+        While autograd records, spikes of the fused LIF that a layer saves for backward
+        are kept as bool (``fused.compact_spikes``): same numbers, less memory. Without
+        a fused LIF (neurons of another framework) no hook is installed: it would cost
+        a call per saved tensor and find nothing to pack."""
+        fused = torch.is_grad_enabled() and any(isinstance(m, LIF) and m.use_fused for m in self.modules())
+        with compact_spikes() if fused else nullcontext():
+            return self._forward_sequence(x)
+
+    def _forward_sequence(self, x: Tensor) -> Tensor:
         T = self.config.timesteps
         static = x.dim() == len(self.config.input_shape) + 1
         if static and self.config.encoding != "direct":
