@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from snn2hw.core.layers import TDBatchNorm
 from snn2hw.core.surrogate import Dspike
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model
@@ -120,10 +121,16 @@ def test_batched_fdg_equals_one_pass_at_a_time_on_a_spiking_conv_net_with_bn():
 def test_batched_fdg_equals_the_per_coordinate_loop_in_float64(cfg):
     """Copies stacked along the batch: each copy's own W1 coordinate and sign, its own tdBN
     training statistics (a copy shares no statistics with another), in float64 where the
-    loop's and the batch's rounding differ by far less than 1e-6."""
+    loop's and the batch's rounding differ by far less than 1e-6. conv1d and mlp-tdbn take
+    the channel-local path (one channel per copy up to the second synapse), conv2d-current
+    (pool, flatten, readout) the full copies."""
     torch.manual_seed(3)
     model = build_model(ModelConfig(**cfg)).double()
     make_method("dspike").setup(model)
+    with torch.no_grad():  # tdBN affines that differ per channel, as after training
+        for m in model.modules():
+            if isinstance(m, TDBatchNorm):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
     model.train()
     x = torch.rand(10, *cfg["input_shape"], dtype=torch.float64) * 2
     y = torch.randint(0, 10, (10,))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.encoders import encode
-from ..core.layers import TDBatchNorm
+from ..core.layers import CUBA, LIF, Pool, TDBatchNorm
 from ..core.surrogate import Dspike
 from ..errors import ConfigError
 from ..models.network import SpikingNetwork
@@ -77,13 +77,14 @@ class _Copies:
     without a copy): the first layer computes each copy with its own weight, every tdBN
     takes training statistics per copy; the other layers act per sample anyway.
 
-    ``weights`` (P, *W.shape) is set before each batched pass."""
+    ``count`` (P) and, for the first layer, ``weights`` (P, *W.shape) are set before each pass."""
 
     def __init__(self, model: nn.Module, weight: str, batch: int) -> None:
         self.model, self.batch = model, batch
         owner, _, self.param = weight.rpartition(".")
         self.layer = model.get_submodule(owner)
         self.weights: Tensor | None = None
+        self.count = 0
         self._inside = False
         for name, m in model.named_modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -92,10 +93,11 @@ class _Copies:
 
     def _groups(self, x: Tensor) -> Tensor:
         """(N, ...) with N = R * B * P -> (R, B, P, ...)."""
-        return x.view(-1, self.batch, self.weights.shape[0], *x.shape[1:])
+        return x.view(-1, self.batch, self.count, *x.shape[1:])
 
     def _first_layer(self, x: Tensor) -> Tensor:
-        if self._inside:  # functional_call below calls the module again: its own forward
+        if self._inside or self.weights is None:  # called again by functional_call below, or the
+            # unperturbed pass of _ChannelLocal: the layer's own forward
             return type(self.layer).forward(self.layer, x)
 
         def one(xc: Tensor, wc: Tensor) -> Tensor:  # xc (R, B, ...): one copy
@@ -112,8 +114,7 @@ class _Copies:
     def _norm(self, x: Tensor, bn: TDBatchNorm) -> Tensor:
         """Training-mode normalisation with statistics per copy and channel: copies
         become extra channels of one ``F.batch_norm``."""
-        p = self.weights.shape[0]
-        as_channels = x.reshape(-1, p * x.shape[1], *x.shape[2:])
+        as_channels = x.reshape(-1, self.count * x.shape[1], *x.shape[2:])
         return F.batch_norm(as_channels, None, None, None, None, True, 0.0, bn.eps).view(x.shape)
 
     @contextmanager
@@ -143,6 +144,105 @@ def _shared_input(model: nn.Module, x: Tensor) -> tuple[Tensor, int]:
     return x, 0
 
 
+_PER_CHANNEL = (TDBatchNorm, LIF, CUBA, Pool)  # layers in which channel c of the output reads channel c only
+
+
+def _mixes_channels(layer: nn.Module) -> bool:
+    """A layer whose output is linear in its input, computed per copy below."""
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+        return layer.groups == 1 and layer.padding_mode == "zeros"
+    return isinstance(layer, nn.Linear)
+
+
+def _channel_local_span(model: nn.Module, weight: str) -> tuple[int, int] | None:
+    """(f, m) when W1 is ``layers[f].weight``, every layer strictly between f and m acts
+    per channel and ``layers[m]`` is a Linear/Conv: a perturbation of W1's row o then
+    changes channel o only, up to layer m. None for any other structure."""
+    if not isinstance(model, SpikingNetwork):
+        return None
+    layers = list(model.layers)
+    f = next((i for i in range(len(layers)) if weight == f"layers.{i}.weight"), None)
+    if f is None or not _mixes_channels(layers[f]):
+        return None
+    for m in range(f + 1, len(layers)):
+        if _mixes_channels(layers[m]):
+            return f, m
+        if not isinstance(layers[m], _PER_CHANNEL):
+            return None
+    return None
+
+
+def _folded(fn: Callable[[Tensor], Tensor], h: Tensor, temporal: bool) -> Tensor:
+    """A stateless layer on (T, N, ...) with time folded into the batch, as run_layers does."""
+    return fn(h.flatten(0, 1)).unflatten(0, h.shape[:2]) if temporal else fn(h)
+
+
+def _run(layers: list[nn.Module], h: Tensor, temporal: bool, timesteps: int,
+         norm: Callable[[Tensor, TDBatchNorm], Tensor] | None = None) -> tuple[Tensor, bool]:
+    """``SpikingNetwork.forward_sequence`` over ``layers``: static frames broadcast over T
+    at the first temporal layer; ``norm`` replaces tdBN (channels = copies)."""
+    for layer in layers:
+        if getattr(layer, "temporal", False):
+            if not temporal:
+                h, temporal = h.unsqueeze(0).expand(timesteps, *h.shape), True
+            h = layer(h)
+        elif norm is not None and isinstance(layer, TDBatchNorm):
+            h = _folded(lambda z, bn=layer: norm(z, bn), h, temporal)
+        else:
+            h = _folded(layer, h, temporal)
+    return h, temporal
+
+
+class _ChannelLocal:
+    """The FDG's copies where W1's output channels stay apart up to layer m
+    (``_channel_local_span``): copy p perturbs row o_p of W1, so up to layer m it differs
+    from the unperturbed network in channel o_p only. That one channel is computed per copy
+    (a tensor whose channel axis holds the copies), and layer m's output is
+    ``m(base) + m_o(change)``, with ``m_o`` the weights of input channel o only: the same
+    numbers as the full copies up to rounding, at 1/C of their work up to m. Later layers run on all copies stacked along the batch axis."""
+
+    def __init__(self, model: SpikingNetwork, span: tuple[int, int], x: Tensor, temporal: bool) -> None:
+        self.f, self.m = span
+        self.layers, self.timesteps = list(model.layers), model.config.timesteps
+        self.x, self.temporal0 = _run(self.layers[:self.f], x, temporal, self.timesteps)
+        self.base, self.temporal = _run(self.layers[self.f:self.m], self.x, self.temporal0, self.timesteps)
+        self.base_out = _folded(self.layers[self.m], self.base, self.temporal)
+
+    def forward(self, w: Tensor, flat: Tensor, signed: Tensor) -> Tensor:
+        """Per-step outputs (T, B * P, K), sample-major, of the copies perturbing ``flat``."""
+        first, mix, p = self.layers[self.f], self.layers[self.m], len(flat)
+        o, r = flat // w[0].numel(), flat % w[0].numel()
+        rows = w.flatten(1)[o]  # row o_p of each copy's W1, perturbed
+        rows[torch.arange(p, device=w.device), r] += signed
+        bias = None if first.bias is None else first.bias[o]
+        if isinstance(first, nn.Linear):
+            h = _folded(lambda z: F.linear(z, rows, bias), self.x, self.temporal0)
+        else:
+            h = _folded(lambda z: first._conv_forward(z, rows.view(p, *w.shape[1:]), bias), self.x, self.temporal0)
+
+        def selected_norm(z: Tensor, bn: TDBatchNorm) -> Tensor:  # TDBatchNorm.forward on channels o
+            view = (1, -1) + (1,) * (z.dim() - 2)
+            zn = F.batch_norm(z, None, None, None, None, True, 0.0, bn.eps)
+            return zn * (bn.scale * bn.weight)[o].view(view) + bn.bias[o].view(view)
+
+        h, temporal = _run(self.layers[self.f + 1:self.m], h, self.temporal0, self.timesteps, selected_norm)
+        change = h - self.base.index_select(2 if temporal else 1, o)  # channel axis: copies
+        z = change.flatten(0, 1) if temporal else change  # (N, P, ...)
+        if isinstance(mix, nn.Linear):
+            delta = z.unsqueeze(-1) * mix.weight[:, o].t()  # (N, P, C_out)
+        else:
+            conv = F.conv1d if isinstance(mix, nn.Conv1d) else F.conv2d
+            wo = mix.weight[:, o].transpose(0, 1).reshape(p * mix.out_channels, 1, *mix.weight.shape[2:])
+            delta = conv(z, wo, None, mix.stride, mix.padding, mix.dilation, p)
+            delta = delta.view(delta.shape[0], p, mix.out_channels, *delta.shape[2:])
+        base_out = self.base_out.flatten(0, 1) if temporal else self.base_out
+        out = (base_out.unsqueeze(1) + delta).flatten(0, 1)  # (N * P, C_out, ...), sample-major
+        if temporal:
+            out = out.unflatten(0, (self.timesteps, -1))
+        out, temporal = _run(self.layers[self.m + 1:], out, temporal, self.timesteps)
+        return out if temporal else out.unsqueeze(0).expand(self.timesteps, *out.shape)
+
+
 def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, loss_fn: LossFn,
                            coords: Tensor, eps: float = 0.1, chunk_size: int | None = 64) -> Tensor:
     """Central differences ``(L(w + eps e_i) - L(w - eps e_i)) / 2 eps`` for i in ``coords``.
@@ -152,7 +252,10 @@ def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, 
     The 2K perturbed copies run ``chunk_size`` at a time (all at once for None), each chunk
     as ONE forward of the copies stacked along the batch axis, under no_grad: per-copy
     first-layer weights, per-copy tdBN training statistics, the fused LIF loop (compiled
-    kernel) for all copies at once. No buffer of ``model`` changes.
+    kernel) for all copies at once; where W1's output channels stay apart up to the next
+    synapse (``_ChannelLocal``), only the perturbed channel is computed per copy there.
+    Spikes are the exact step (an installed strategy is set aside). No buffer of ``model``
+    changes.
     """
     batch = len(y)
     w = dict(model.named_parameters())[weight].detach()
@@ -163,14 +266,21 @@ def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, 
     copies = _Copies(model, weight, batch)
     step = chunk_size or 2 * k
     losses = []
+    span = _channel_local_span(model, weight)
     with torch.no_grad(), _exact_step(model), copies.installed():
+        copies.count = 1
+        local = _ChannelLocal(model, span, shared, axis == 1) if span else None
         for start in range(0, 2 * k, step):
             j = torch.arange(start, min(start + step, 2 * k), device=w.device)
-            stacked = w.flatten().repeat(len(j), 1)
-            stacked[torch.arange(len(j), device=w.device), flat[j]] += signed[j]
-            copies.weights = stacked.view(len(j), *w.shape)
-            tiled = shared.unsqueeze(axis + 1).expand(*shared.shape[:axis + 1], len(j), *shared.shape[axis + 1:])
-            seq = model.forward_sequence(tiled.flatten(axis, axis + 1))
+            copies.count = len(j)
+            if local is not None:
+                seq = local.forward(w, flat[j], signed[j])
+            else:
+                stacked = w.flatten().repeat(len(j), 1)
+                stacked[torch.arange(len(j), device=w.device), flat[j]] += signed[j]
+                copies.weights = stacked.view(len(j), *w.shape)
+                tiled = shared.unsqueeze(axis + 1).expand(*shared.shape[:axis + 1], len(j), *shared.shape[axis + 1:])
+                seq = model.forward_sequence(tiled.flatten(axis, axis + 1))
             seq = seq.view(seq.shape[0], batch, len(j), *seq.shape[2:])
             losses += [loss_fn(seq[:, :, i], y) for i in range(len(j))]
     losses_t = torch.stack(losses)
