@@ -244,7 +244,7 @@ class _ChannelLocal:
 
 
 def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, loss_fn: LossFn,
-                           coords: Tensor, eps: float = 0.1, chunk_size: int | None = 16) -> Tensor:
+                           coords: Tensor, eps: float = 0.1, chunk_size: int | None = 4) -> Tensor:
     """Central differences ``(L(w + eps e_i) - L(w - eps e_i)) / 2 eps`` for i in ``coords``.
 
     ``model`` must have ``forward_sequence`` (per-step outputs (T, B, K), as ``loss_fn``
@@ -308,7 +308,7 @@ class DspikeMethod:
     db: float = field(default=0.2, metadata={"help": "Dspike: step of b per epoch (default 0.2)"})
     fdg_eps: float = field(default=0.1, metadata={"help": "Dspike: finite-difference step (default 0.1)"})
     fdg_max_coords: int = field(default=576, metadata={"help": "Dspike: most W1 coordinates in the FDG (default 576)"})
-    fdg_chunk: int = field(default=16, metadata={"help": "Dspike: perturbed copies per batched forward call (default 16: cache-sized on mnist1d)"})
+    fdg_chunk: int = field(default=4, metadata={"help": "Dspike: perturbed copies per batched forward call (default 4: cache-sized, no allocation churn)"})
     name: ClassVar[str] = "dspike"
     surrogates: ClassVar[tuple[str, ...]] = (Dspike.name,)
 
