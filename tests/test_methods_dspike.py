@@ -241,3 +241,30 @@ def test_tit_fine_tunes_a_lower_T_run_from_a_higher_T_checkpoint(tmp_path):
     assert tuned.summary["test_accuracy"] > 0.85
     # the inherited weights start far ahead of a fresh low-T run with the same budget
     assert tuned.history[0]["test_accuracy"] > fresh.history[0]["test_accuracy"] + 0.05
+
+
+def test_fdg_on_a_qat_model_runs_its_grid_forwards_and_keeps_them():
+    """A model computing on a target's grid (train --qat) has forwards installed on its
+    modules: the FDG runs them (the loop's numbers) and leaves them in place."""
+    from snn2hw.train.qat import attach_qat
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="conv", input_shape=(1, 8, 8), channels=(4, 8), timesteps=3,
+                                    lam=1.0, v_th=0.5))
+    make_method("dspike").setup(model)
+    with torch.no_grad():  # enough drive for both layers to spike on the grid (as test_qat)
+        for m in model.modules():
+            if isinstance(m, TDBatchNorm):
+                m.bias.uniform_(0.0, 0.4)
+    handle = attach_qat(model, "loihi", (0.0, 1.0))
+    installed = {n: vars(m)["forward"] for n, m in model.named_modules() if "forward" in vars(m)}
+    assert "layers.0" in installed
+    model.train()
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    loss_fn, coords = make_loss("tet"), torch.arange(model.layers[0].weight.numel())
+    batched = finite_difference_grad(model, "layers.0.weight", x, y, loss_fn, coords, 0.5, chunk_size=7)
+    assert {n: vars(m).get("forward") for n, m in model.named_modules() if n in installed} == installed
+    ref = _looped_fdg(model, "layers.0.weight", x, y, loss_fn, coords, 0.5)
+    assert (ref != 0).sum() > 5, ref
+    torch.testing.assert_close(batched, ref, rtol=1e-4, atol=1e-5)
+    handle.detach()

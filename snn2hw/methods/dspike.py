@@ -85,6 +85,7 @@ class _Copies:
         self.layer = model.get_submodule(owner)
         self.weights: Tensor | None = None
         self.count = 0
+        self._own: Callable[[Tensor], Tensor] | None = None
         self._inside = False
         for name, m in model.named_modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -97,16 +98,21 @@ class _Copies:
 
     def _first_layer(self, x: Tensor) -> Tensor:
         if self._inside or self.weights is None:  # called again by functional_call below, or the
-            # unperturbed pass of _ChannelLocal: the layer's own forward
-            return type(self.layer).forward(self.layer, x)
+            # unperturbed pass of _ChannelLocal: the layer's own forward (QAT's, if it has one)
+            return self._own(x) if self._own is not None else type(self.layer).forward(self.layer, x)
 
         def one(xc: Tensor, wc: Tensor) -> Tensor:  # xc (R, B, ...): one copy
             out = torch.func.functional_call(self.layer, {self.param: wc}, (xc.flatten(0, 1),))
             return out.unflatten(0, xc.shape[:2])
 
         self._inside = True
-        try:  # vmap over copies of one layer: a grouped conv / batched matmul, one call
-            out = torch.func.vmap(one, in_dims=(2, 0), out_dims=2)(self._groups(x), self.weights)
+        try:  # vmap over copies of one layer: a grouped conv / batched matmul, one call; an
+            # installed forward (QAT's grid, numpy inside) one copy at a time
+            if self._own is None:
+                out = torch.func.vmap(one, in_dims=(2, 0), out_dims=2)(self._groups(x), self.weights)
+            else:
+                g = self._groups(x)
+                out = torch.stack([one(g[:, :, i], wi) for i, wi in enumerate(self.weights)], dim=2)
         finally:
             self._inside = False
         return out.flatten(0, 2)
@@ -123,11 +129,15 @@ class _Copies:
         saved = [m.norm_strategy for m in bns]
         for m in bns:
             m.norm_strategy = self._norm
+        self._own = vars(self.layer).get("forward")  # a forward installed on the instance (QAT)
         self.layer.forward = self._first_layer  # an instance attribute: nn.Module calls it
         try:
             yield
         finally:
-            del self.layer.forward
+            if self._own is not None:
+                self.layer.forward = self._own
+            else:
+                del self.layer.forward
             for m, s in zip(bns, saved):
                 m.norm_strategy = s
 
@@ -158,8 +168,8 @@ def _channel_local_span(model: nn.Module, weight: str) -> tuple[int, int] | None
     """(f, m) when W1 is ``layers[f].weight``, every layer strictly between f and m acts
     per channel and ``layers[m]`` is a Linear/Conv: a perturbation of W1's row o then
     changes channel o only, up to layer m. None for any other structure."""
-    if not isinstance(model, SpikingNetwork):
-        return None
+    if not isinstance(model, SpikingNetwork) or any("forward" in vars(m) for m in model.modules()):
+        return None  # a forward installed on a module (QAT's grid) is not what this path computes
     layers = list(model.layers)
     f = next((i for i in range(len(layers)) if weight == f"layers.{i}.weight"), None)
     if f is None or not _mixes_channels(layers[f]):
