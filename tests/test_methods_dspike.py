@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from snn2hw.core.layers import TDBatchNorm
 from snn2hw.core.surrogate import Dspike
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model
@@ -93,7 +94,7 @@ def _looped_fdg(model, weight, x, y, loss_fn, coords, eps):
                 losses.append(float(loss_fn(model.forward_sequence(x), y)))
             out.append((losses[0] - losses[1]) / (2 * eps))
     model.load_state_dict(state)
-    return torch.tensor(out)
+    return torch.tensor(out, dtype=w.dtype)
 
 
 def test_batched_fdg_equals_one_pass_at_a_time_on_a_spiking_conv_net_with_bn():
@@ -110,6 +111,67 @@ def test_batched_fdg_equals_one_pass_at_a_time_on_a_spiking_conv_net_with_bn():
         assert torch.equal(v, before[k]), f"{k} changed by the FDG"
     ref = _looped_fdg(model, first_weight_name(model), x, y, loss_fn, coords, 0.1)
     torch.testing.assert_close(batched, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(arch="conv", input_shape=(1, 16), channels=(4, 6), timesteps=3),  # 1-D, direct: first stage once
+    dict(arch="conv", input_shape=(2, 6, 6), channels=(3,), timesteps=2, carrier="current"),
+    dict(arch="mlp", input_shape=(12,), hidden=(9, 7), timesteps=3, tdbn=True, reset="soft"),
+], ids=["conv1d", "conv2d-current", "mlp-tdbn"])
+def test_batched_fdg_equals_the_per_coordinate_loop_in_float64(cfg):
+    """Copies stacked along the batch: each copy's own W1 coordinate and sign, its own tdBN
+    training statistics (a copy shares no statistics with another), in float64 where the
+    loop's and the batch's rounding differ by far less than 1e-6. conv1d and mlp-tdbn take
+    the channel-local path (one channel per copy up to the second synapse), conv2d-current
+    (pool, flatten, readout) the full copies."""
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(**cfg)).double()
+    make_method("dspike").setup(model)
+    with torch.no_grad():  # tdBN affines that differ per channel, as after training
+        for m in model.modules():
+            if isinstance(m, TDBatchNorm):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
+    model.train()
+    x = torch.rand(10, *cfg["input_shape"], dtype=torch.float64) * 2
+    y = torch.randint(0, 10, (10,))
+    loss_fn = make_loss("tet")
+    weight = first_weight_name(model)
+    coords = coordinate_subset(dict(model.named_parameters())[weight].numel(), 20, seed=1)
+    ref = _looped_fdg(model, weight, x, y, loss_fn, coords, 0.1)
+    assert (ref != 0).sum() >= len(coords) // 2  # enough coordinates that move the loss
+    for chunk in (None, 7):
+        batched = finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.1, chunk_size=chunk)
+        torch.testing.assert_close(batched, ref, rtol=0, atol=1e-6)
+    assert "forward" not in vars(dict(model.named_modules())[weight.rpartition(".")[0]])
+
+
+def test_a_random_encoding_is_drawn_once_for_all_copies():
+    """Rate-encoded input: every perturbed copy sees the same draw, so the FDG is the loop's
+    on that one encoded batch (time-major), not a difference of encoding noise."""
+    cfg = ModelConfig(arch="mlp", input_shape=(12,), hidden=(16,), timesteps=4, encoding="rate", tdbn=True)
+    torch.manual_seed(0)
+    model = build_model(cfg).double()
+    make_method("dspike").setup(model)
+    model.train()
+    x, y = torch.rand(16, 12, dtype=torch.float64), torch.randint(0, 10, (16,))
+    loss_fn, coords = make_loss("ce"), torch.arange(40)
+    torch.manual_seed(5)
+    batched = finite_difference_grad(model, "layers.1.weight", x, y, loss_fn, coords, 0.1)
+    torch.manual_seed(5)
+    from snn2hw.core.encoders import rate_encode
+    ref = _looped_fdg(model, "layers.1.weight", rate_encode(x, 4), y, loss_fn, coords, 0.1)
+    assert (ref != 0).any()
+    torch.testing.assert_close(batched, ref, rtol=0, atol=1e-9)
+
+
+def test_a_batch_mixing_norm_other_than_tdbn_is_refused_by_name():
+    from snn2hw.errors import ConfigError
+
+    net = _ANN()
+    net.bn = nn.BatchNorm1d(20)
+    with pytest.raises(ConfigError, match="layer bn .BatchNorm1d.*tdBN"):
+        finite_difference_grad(net, "fc1.weight", torch.randn(4, 12), torch.zeros(4, dtype=torch.long),
+                               make_loss("ce"), torch.arange(3))
 
 
 def test_chosen_b_is_the_argmax_of_cosine_similarity():
@@ -179,3 +241,30 @@ def test_tit_fine_tunes_a_lower_T_run_from_a_higher_T_checkpoint(tmp_path):
     assert tuned.summary["test_accuracy"] > 0.85
     # the inherited weights start far ahead of a fresh low-T run with the same budget
     assert tuned.history[0]["test_accuracy"] > fresh.history[0]["test_accuracy"] + 0.05
+
+
+def test_fdg_on_a_qat_model_runs_its_grid_forwards_and_keeps_them():
+    """A model computing on a target's grid (train --qat) has forwards installed on its
+    modules: the FDG runs them (the loop's numbers) and leaves them in place."""
+    from snn2hw.train.qat import attach_qat
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="conv", input_shape=(1, 8, 8), channels=(4, 8), timesteps=3,
+                                    lam=1.0, v_th=0.5))
+    make_method("dspike").setup(model)
+    with torch.no_grad():  # enough drive for both layers to spike on the grid (as test_qat)
+        for m in model.modules():
+            if isinstance(m, TDBatchNorm):
+                m.bias.uniform_(0.0, 0.4)
+    handle = attach_qat(model, "loihi", (0.0, 1.0))
+    installed = {n: vars(m)["forward"] for n, m in model.named_modules() if "forward" in vars(m)}
+    assert "layers.0" in installed
+    model.train()
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    loss_fn, coords = make_loss("tet"), torch.arange(model.layers[0].weight.numel())
+    batched = finite_difference_grad(model, "layers.0.weight", x, y, loss_fn, coords, 0.5, chunk_size=7)
+    assert {n: vars(m).get("forward") for n, m in model.named_modules() if n in installed} == installed
+    ref = _looped_fdg(model, "layers.0.weight", x, y, loss_fn, coords, 0.5)
+    assert (ref != 0).sum() > 5, ref
+    torch.testing.assert_close(batched, ref, rtol=1e-4, atol=1e-5)
+    handle.detach()

@@ -6,8 +6,9 @@ running statistics untouched):
 
 1. FDG of the loss w.r.t. the first layer's weights W1,
    ``g_i = (L(W1 + eps e_i) - L(W1 - eps e_i)) / (2 eps)``; the 2K perturbed
-   forward passes run as ONE batched computation (``torch.func.vmap`` over
-   stacked weight copies, in chunks). When W1 has more than ``fdg_max_coords``
+   networks run as copies stacked along the batch axis, ``fdg_chunk`` copies per
+   forward call, without autograd and through the fused LIF loop (compiled
+   kernel); each copy keeps its own tdBN statistics. When W1 has more than ``fdg_max_coords``
    entries, a fixed random subset of that many coordinates is used (recorded in
    the history as ``fdg_coords`` of ``fdg_weights``).
 2. The surrogate gradient of the same coordinates for b - db, b, b + db.
@@ -24,9 +25,12 @@ from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.surrogate import Dspike, heaviside
+from ..core.encoders import encode
+from ..core.layers import CUBA, LIF, Pool, TDBatchNorm
+from ..core.surrogate import Dspike
 from ..errors import ConfigError
 from ..models.network import SpikingNetwork
 from ..distributed import broadcast_object
@@ -52,24 +56,14 @@ def coordinate_subset(numel: int, max_coords: int, seed: int = 0) -> Tensor:
     return torch.randperm(numel, generator=gen)[:max_coords].sort().values
 
 
-class _Sequence(nn.Module):
-    """Calls ``forward_sequence`` so that functional_call sees per-step outputs."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net.forward_sequence(x)
-
-
 @contextmanager
-def _plain_heaviside(model: nn.Module) -> Iterator[None]:
-    """Spike with the bare step (no autograd.Function, which vmap cannot batch)."""
+def _exact_step(model: nn.Module) -> Iterator[None]:
+    """Spike with the exact step: no installed strategy (ASGL's mask), so the fused loop
+    (compiled kernel) runs; under no_grad the surrogate spike's forward is the step."""
     lifs = named_lifs(model)
     saved = [m.spike_strategy for _, m in lifs]
     for _, m in lifs:
-        m.spike_strategy = heaviside
+        m.spike_strategy = None
     try:
         yield
     finally:
@@ -77,32 +71,230 @@ def _plain_heaviside(model: nn.Module) -> Iterator[None]:
             m.spike_strategy = s
 
 
+class _Copies:
+    """P perturbed copies of the network stacked along the batch axis, sample-major
+    (sample b of copy p at b * P + p, so that a (N, C, ...) tensor is (N / P, P * C, ...)
+    without a copy): the first layer computes each copy with its own weight, every tdBN
+    takes training statistics per copy; the other layers act per sample anyway.
+
+    ``count`` (P) and, for the first layer, ``weights`` (P, *W.shape) are set before each pass."""
+
+    def __init__(self, model: nn.Module, weight: str, batch: int) -> None:
+        self.model, self.batch = model, batch
+        owner, _, self.param = weight.rpartition(".")
+        self.layer = model.get_submodule(owner)
+        self.weights: Tensor | None = None
+        self.count = 0
+        self._own: Callable[[Tensor], Tensor] | None = None
+        self._inside = False
+        for name, m in model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                raise ConfigError(f"dspike: layer {name} ({type(m).__name__}) mixes the samples of a batch, "
+                                  "which the FDG's batched passes cannot keep apart; use tdBN (TDBatchNorm)")
+
+    def _groups(self, x: Tensor) -> Tensor:
+        """(N, ...) with N = R * B * P -> (R, B, P, ...)."""
+        return x.view(-1, self.batch, self.count, *x.shape[1:])
+
+    def _first_layer(self, x: Tensor) -> Tensor:
+        if self._inside or self.weights is None:  # called again by functional_call below, or the
+            # unperturbed pass of _ChannelLocal: the layer's own forward (QAT's, if it has one)
+            return self._own(x) if self._own is not None else type(self.layer).forward(self.layer, x)
+
+        def one(xc: Tensor, wc: Tensor) -> Tensor:  # xc (R, B, ...): one copy
+            out = torch.func.functional_call(self.layer, {self.param: wc}, (xc.flatten(0, 1),))
+            return out.unflatten(0, xc.shape[:2])
+
+        self._inside = True
+        try:  # vmap over copies of one layer: a grouped conv / batched matmul, one call; an
+            # installed forward (QAT's grid, numpy inside) one copy at a time
+            if self._own is None:
+                out = torch.func.vmap(one, in_dims=(2, 0), out_dims=2)(self._groups(x), self.weights)
+            else:
+                g = self._groups(x)
+                out = torch.stack([one(g[:, :, i], wi) for i, wi in enumerate(self.weights)], dim=2)
+        finally:
+            self._inside = False
+        return out.flatten(0, 2)
+
+    def _norm(self, x: Tensor, bn: TDBatchNorm) -> Tensor:
+        """Training-mode normalisation with statistics per copy and channel: copies
+        become extra channels of one ``F.batch_norm``."""
+        as_channels = x.reshape(-1, self.count * x.shape[1], *x.shape[2:])
+        return F.batch_norm(as_channels, None, None, None, None, True, 0.0, bn.eps).view(x.shape)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        bns = [m for m in self.model.modules() if isinstance(m, TDBatchNorm)]
+        saved = [m.norm_strategy for m in bns]
+        for m in bns:
+            m.norm_strategy = self._norm
+        self._own = vars(self.layer).get("forward")  # a forward installed on the instance (QAT)
+        self.layer.forward = self._first_layer  # an instance attribute: nn.Module calls it
+        try:
+            yield
+        finally:
+            if self._own is not None:
+                self.layer.forward = self._own
+            else:
+                del self.layer.forward
+            for m, s in zip(bns, saved):
+                m.norm_strategy = s
+
+
+def _shared_input(model: nn.Module, x: Tensor) -> tuple[Tensor, int]:
+    """(input every copy sees, its batch axis). A static batch under a random encoding is
+    encoded once here, so that all copies see the same draw (a finite difference of the
+    weights, not of the encoding's noise)."""
+    config = getattr(model, "config", None)
+    if config is None or x.dim() != len(config.input_shape) + 1:
+        return x, (0 if config is None else 1)
+    if config.encoding != "direct":
+        return encode(config.encoding, x, config.timesteps), 1
+    return x, 0
+
+
+_PER_CHANNEL = (TDBatchNorm, LIF, CUBA, Pool)  # layers in which channel c of the output reads channel c only
+
+
+def _mixes_channels(layer: nn.Module) -> bool:
+    """A layer whose output is linear in its input, computed per copy below."""
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+        return layer.groups == 1 and layer.padding_mode == "zeros"
+    return isinstance(layer, nn.Linear)
+
+
+def _channel_local_span(model: nn.Module, weight: str) -> tuple[int, int] | None:
+    """(f, m) when W1 is ``layers[f].weight``, every layer strictly between f and m acts
+    per channel and ``layers[m]`` is a Linear/Conv: a perturbation of W1's row o then
+    changes channel o only, up to layer m. None for any other structure."""
+    if not isinstance(model, SpikingNetwork) or any("forward" in vars(m) for m in model.modules()):
+        return None  # a forward installed on a module (QAT's grid) is not what this path computes
+    layers = list(model.layers)
+    f = next((i for i in range(len(layers)) if weight == f"layers.{i}.weight"), None)
+    if f is None or not _mixes_channels(layers[f]):
+        return None
+    for m in range(f + 1, len(layers)):
+        if _mixes_channels(layers[m]):
+            return f, m
+        if not isinstance(layers[m], _PER_CHANNEL):
+            return None
+    return None
+
+
+def _folded(fn: Callable[[Tensor], Tensor], h: Tensor, temporal: bool) -> Tensor:
+    """A stateless layer on (T, N, ...) with time folded into the batch, as run_layers does."""
+    return fn(h.flatten(0, 1)).unflatten(0, h.shape[:2]) if temporal else fn(h)
+
+
+def _run(layers: list[nn.Module], h: Tensor, temporal: bool, timesteps: int,
+         norm: Callable[[Tensor, TDBatchNorm], Tensor] | None = None) -> tuple[Tensor, bool]:
+    """``SpikingNetwork.forward_sequence`` over ``layers``: static frames broadcast over T
+    at the first temporal layer; ``norm`` replaces tdBN (channels = copies)."""
+    for layer in layers:
+        if getattr(layer, "temporal", False):
+            if not temporal:
+                h, temporal = h.unsqueeze(0).expand(timesteps, *h.shape), True
+            h = layer(h)
+        elif norm is not None and isinstance(layer, TDBatchNorm):
+            h = _folded(lambda z, bn=layer: norm(z, bn), h, temporal)
+        else:
+            h = _folded(layer, h, temporal)
+    return h, temporal
+
+
+class _ChannelLocal:
+    """The FDG's copies where W1's output channels stay apart up to layer m
+    (``_channel_local_span``): copy p perturbs row o_p of W1, so up to layer m it differs
+    from the unperturbed network in channel o_p only. That one channel is computed per copy
+    (a tensor whose channel axis holds the copies), and layer m's output is
+    ``m(base) + m_o(change)``, with ``m_o`` the weights of input channel o only: the same
+    numbers as the full copies up to rounding, at 1/C of their work up to m. Later layers run on all copies stacked along the batch axis."""
+
+    def __init__(self, model: SpikingNetwork, span: tuple[int, int], x: Tensor, temporal: bool) -> None:
+        self.f, self.m = span
+        self.layers, self.timesteps = list(model.layers), model.config.timesteps
+        self.x, self.temporal0 = _run(self.layers[:self.f], x, temporal, self.timesteps)
+        self.base, self.temporal = _run(self.layers[self.f:self.m], self.x, self.temporal0, self.timesteps)
+        self.base_out = _folded(self.layers[self.m], self.base, self.temporal)
+
+    def forward(self, w: Tensor, flat: Tensor, signed: Tensor) -> Tensor:
+        """Per-step outputs (T, B * P, K), sample-major, of the copies perturbing ``flat``."""
+        first, mix, p = self.layers[self.f], self.layers[self.m], len(flat)
+        o, r = flat // w[0].numel(), flat % w[0].numel()
+        rows = w.flatten(1)[o]  # row o_p of each copy's W1, perturbed
+        rows[torch.arange(p, device=w.device), r] += signed
+        bias = None if first.bias is None else first.bias[o]
+        if isinstance(first, nn.Linear):
+            h = _folded(lambda z: F.linear(z, rows, bias), self.x, self.temporal0)
+        else:
+            h = _folded(lambda z: first._conv_forward(z, rows.view(p, *w.shape[1:]), bias), self.x, self.temporal0)
+
+        def selected_norm(z: Tensor, bn: TDBatchNorm) -> Tensor:  # TDBatchNorm.forward on channels o
+            view = (1, -1) + (1,) * (z.dim() - 2)
+            zn = F.batch_norm(z, None, None, None, None, True, 0.0, bn.eps)
+            return zn * (bn.scale * bn.weight)[o].view(view) + bn.bias[o].view(view)
+
+        h, temporal = _run(self.layers[self.f + 1:self.m], h, self.temporal0, self.timesteps, selected_norm)
+        change = h - self.base.index_select(2 if temporal else 1, o)  # channel axis: copies
+        z = change.flatten(0, 1) if temporal else change  # (N, P, ...)
+        if isinstance(mix, nn.Linear):
+            delta = z.unsqueeze(-1) * mix.weight[:, o].t()  # (N, P, C_out)
+        else:
+            conv = F.conv1d if isinstance(mix, nn.Conv1d) else F.conv2d
+            wo = mix.weight[:, o].transpose(0, 1).reshape(p * mix.out_channels, 1, *mix.weight.shape[2:])
+            delta = conv(z, wo, None, mix.stride, mix.padding, mix.dilation, p)
+            delta = delta.view(delta.shape[0], p, mix.out_channels, *delta.shape[2:])
+        base_out = self.base_out.flatten(0, 1) if temporal else self.base_out
+        out = (base_out.unsqueeze(1) + delta).flatten(0, 1)  # (N * P, C_out, ...), sample-major
+        if temporal:
+            out = out.unflatten(0, (self.timesteps, -1))
+        out, temporal = _run(self.layers[self.m + 1:], out, temporal, self.timesteps)
+        return out if temporal else out.unsqueeze(0).expand(self.timesteps, *out.shape)
+
+
 def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, loss_fn: LossFn,
-                           coords: Tensor, eps: float = 0.1, chunk_size: int | None = 64) -> Tensor:
+                           coords: Tensor, eps: float = 0.1, chunk_size: int | None = 4) -> Tensor:
     """Central differences ``(L(w + eps e_i) - L(w - eps e_i)) / 2 eps`` for i in ``coords``.
 
-    ``model`` must have ``forward_sequence`` (per-step outputs, as ``loss_fn``
-    takes). All 2K perturbed passes are one ``vmap`` over stacked copies of the
-    weight (``chunk_size`` copies at a time); BN running statistics are passed
-    as per-copy clones so their in-place updates stay private.
+    ``model`` must have ``forward_sequence`` (per-step outputs (T, B, K), as ``loss_fn``
+    takes) and its first weight ``weight`` in a layer that acts per sample (Linear, Conv).
+    The 2K perturbed copies run ``chunk_size`` at a time (all at once for None), each chunk
+    as ONE forward of the copies stacked along the batch axis, under no_grad: per-copy
+    first-layer weights, per-copy tdBN training statistics, the fused LIF loop (compiled
+    kernel) for all copies at once; where W1's output channels stay apart up to the next
+    synapse (``_ChannelLocal``), only the perturbed channel is computed per copy there.
+    Spikes are the exact step (an installed strategy is set aside). No buffer of ``model``
+    changes.
     """
-    wrapper = _Sequence(model)
-    w = dict(wrapper.named_parameters())["net." + weight].detach()
+    batch = len(y)
+    w = dict(model.named_parameters())[weight].detach()
     k = len(coords)
-    delta = torch.zeros(k, w.numel(), dtype=w.dtype, device=w.device)
-    delta[torch.arange(k, device=w.device), coords.to(w.device)] = eps
-    delta = delta.view(k, *w.shape)
-    stacked = torch.cat([w + delta, w - delta])  # (2K, *W.shape)
-    stats = {n: b for n, b in wrapper.named_buffers() if n.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-
-    def loss_of(wi: Tensor, bufs: dict[str, Tensor]) -> Tensor:
-        seq = torch.func.functional_call(wrapper, {"net." + weight: wi, **bufs}, (x,))
-        return loss_fn(seq, y)
-
-    batched_stats = {n: b.detach().unsqueeze(0).repeat(2 * k, *([1] * b.dim())) for n, b in stats.items()}
-    with torch.no_grad(), _plain_heaviside(model):
-        losses = torch.func.vmap(loss_of, chunk_size=chunk_size)(stacked, batched_stats)
-    return (losses[:k] - losses[k:]) / (2.0 * eps)
+    flat = torch.cat([coords, coords]).to(w.device)  # copy j perturbs coordinate flat[j]
+    signed = torch.cat([torch.full((k,), eps), torch.full((k,), -eps)]).to(w)
+    shared, axis = _shared_input(model, x)
+    copies = _Copies(model, weight, batch)
+    step = chunk_size or 2 * k
+    losses = []
+    span = _channel_local_span(model, weight)
+    with torch.no_grad(), _exact_step(model), copies.installed():
+        copies.count = 1
+        local = _ChannelLocal(model, span, shared, axis == 1) if span else None
+        for start in range(0, 2 * k, step):
+            j = torch.arange(start, min(start + step, 2 * k), device=w.device)
+            copies.count = len(j)
+            if local is not None:
+                seq = local.forward(w, flat[j], signed[j])
+            else:
+                stacked = w.flatten().repeat(len(j), 1)
+                stacked[torch.arange(len(j), device=w.device), flat[j]] += signed[j]
+                copies.weights = stacked.view(len(j), *w.shape)
+                tiled = shared.unsqueeze(axis + 1).expand(*shared.shape[:axis + 1], len(j), *shared.shape[axis + 1:])
+                seq = model.forward_sequence(tiled.flatten(axis, axis + 1))
+            seq = seq.view(seq.shape[0], batch, len(j), *seq.shape[2:])
+            losses += [loss_fn(seq[:, :, i], y) for i in range(len(j))]
+    losses_t = torch.stack(losses)
+    return (losses_t[:k] - losses_t[k:]) / (2.0 * eps)
 
 
 def surrogate_grad(model: SpikingNetwork, weight: str, x: Tensor, y: Tensor, loss_fn: LossFn,
@@ -120,13 +312,13 @@ def cosine(a: Tensor, b: Tensor) -> float:
 
 @dataclass
 class DspikeMethod:
-    """Options: initial b, its step db, the FDG step eps, the coordinate cap, the vmap chunk."""
+    """Options: initial b, its step db, the FDG step eps, the coordinate cap, the copies per call."""
 
     b_init: float = field(default=1.0, metadata={"help": "Dspike: initial temperature b (default 1)"})
     db: float = field(default=0.2, metadata={"help": "Dspike: step of b per epoch (default 0.2)"})
     fdg_eps: float = field(default=0.1, metadata={"help": "Dspike: finite-difference step (default 0.1)"})
     fdg_max_coords: int = field(default=576, metadata={"help": "Dspike: most W1 coordinates in the FDG (default 576)"})
-    fdg_chunk: int = field(default=64, metadata={"help": "Dspike: perturbed copies per batched pass (memory)"})
+    fdg_chunk: int = field(default=4, metadata={"help": "Dspike: perturbed copies per batched forward call (default 4: cache-sized, no allocation churn)"})
     name: ClassVar[str] = "dspike"
     surrogates: ClassVar[tuple[str, ...]] = (Dspike.name,)
 
