@@ -71,7 +71,8 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
         getattr(lib, f"lif_pool_forward_{suf}").argtypes = [ptr, i64, ptr, i64, i, ptr, ptr, ptr, i64, i64, i64,
                                                             i64, i64, i64, ct, ct, ct, ct, i, i]
         getattr(lib, f"lif_pool_backward_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i,
-                                                             ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct, ct, i, i]
+                                                             ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct,
+                                                             ct, i, i]
         getattr(lib, f"bn_input_grad_{suf}").argtypes = [ptr, ptr, ptr, ptr, i64, i, i64, i64, i]
     return lib
 
@@ -216,6 +217,14 @@ def pool_forward(z: Tensor, coef: Tensor | None, mode: int, lay: PlaneLayout, di
     return pooled, x
 
 
+def _windows(lay: PlaneLayout) -> Tensor:
+    """Per neuron of a plane (H x W): 1 + its pooling window's index, 0 if in none (floor)."""
+    i = torch.arange(lay.H * lay.W)
+    oi, oj = i // lay.W // lay.kh, i % lay.W // lay.kw
+    Ho, Wo = lay.H // lay.kh, lay.W // lay.kw
+    return torch.where((oi < Ho) & (oj < Wo), 1 + oi * Wo + oj, 0)
+
+
 def pool_backward(gp: Tensor, x: Tensor, p: Tensor, shape, z: Tensor | None, coef: Tensor | None, mode: int,
                   lay: PlaneLayout, div: float, mul: float, lam: float, v_th: float, hard: bool, need_p: bool
                   ) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -230,6 +239,9 @@ def pool_backward(gp: Tensor, x: Tensor, p: Tensor, shape, z: Tensor | None, coe
     carry = torch.zeros(n, dtype=x.dtype)
     sums = torch.zeros(lay.P, 2, dtype=torch.float64) if mode else None
     steps = max(1, BLOCK // max(n, 1))
+    # each thread's scaled window gradients of one plane over a block of steps
+    gbuf = torch.empty(threads, min(steps, lay.T) * (lay.H // lay.kh) * (lay.W // lay.kw) + 1, dtype=x.dtype)
+    window = _windows(lay)
     grad_p = None
     for t1 in range(lay.T, 0, -steps):
         t0 = max(0, t1 - steps)
@@ -239,7 +251,7 @@ def pool_backward(gp: Tensor, x: Tensor, p: Tensor, shape, z: Tensor | None, coe
         gs = torch.empty_like(xb) if need_p else None
         zb = zt[t0:t1] if zt is not None and zts else zt
         fn(_ptr(gp[t0:t1]), _ptr(g), _ptr(xb), _ptr(xb), _ptr(gs), _ptr(carry), _ptr(zb), zts, _ptr(coef), lay.C,
-           mode, _ptr(sums), t1 - t0, lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul, lam, v_th, int(hard), threads)
+           mode, _ptr(sums), _ptr(gbuf), _ptr(window), t1 - t0, lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul, lam, v_th, int(hard), threads)
         if need_p:
             gpar = gs * dp
             gpar = gpar.sum() if p.dim() == 0 else gpar.sum_to_size(p.shape)

@@ -180,6 +180,7 @@ void lif_backward_##SUF(const T_ *go, int64_t go_ts, const T_ *g, const T_ *xs, 
  * forward:  the LIF of lif_forward on c; pooled[t, p, i, j] = (sum of the kh x kw window's
  *           spikes) / div, times mul if mul != 0 (sum pooling is avg_pool * k^d), windows
  *           kernel = stride, rows/columns past the last whole window dropped (floor);
+ *           window[i] = 1 + the window of a plane's neuron i, 0 if in none (backward);
  *           xs = x (if given), as lif_forward.
  * backward: go of a neuron in a window = (gp * mul if mul != 0) / div, else 0; then
  *           lif_backward's step; with a tdBN, sums[p] += (sum gc, sum gc * xn) over the
@@ -273,9 +274,10 @@ FMA_CLONES void lif_pool_forward_##SUF(const T_ *z, int64_t z_ts, const T_ *coef
                 }                                                                      \
     }                                                                                  \
 }                                                                                      \
-FMA_CLONES void lif_pool_backward_##SUF(const T_ *gp, const T_ *g, const T_ *xs, T_ *gu_out,      \
-                             T_ *gs_out, T_ *carry, const T_ *z, int64_t z_ts,         \
-                             const T_ *coef, int64_t C, int mode, double *sums,        \
+FMA_CLONES void lif_pool_backward_##SUF(const T_ *gp, const T_ *g, const T_ *xs,          \
+                             T_ *gu_out, T_ *gs_out, T_ *carry, const T_ *z, int64_t z_ts, \
+                             const T_ *coef, int64_t C, int mode, double *sums, T_ *gbuf,  \
+                             const int64_t *window,                                    \
                              int64_t T, int64_t P, int64_t H, int64_t W, int64_t kh,   \
                              int64_t kw, T_ div, T_ mul, T_ lam, T_ vth, int hard,     \
                              int nthreads)                                             \
@@ -284,17 +286,23 @@ FMA_CLONES void lif_pool_backward_##SUF(const T_ *gp, const T_ *g, const T_ *xs,
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
     for (int64_t p = 0; p < P; p++) {                                                  \
         const T_ *k = coef ? coef + 4 * (p % C) : 0;                                   \
+        T_ *gw = gbuf + THREAD() * (T * So + 1);  /* [0]: 0, for neurons in no window */ \
         double s0 = 0, s1 = 0;                                                         \
+        gw[0] = 0;                                                                     \
+        /* each window's gradient once per step, as avg_pool's backward rounds it */   \
+        for (int64_t t = 0; t < T; t++)                                                \
+            for (int64_t o = 0; o < So; o++) {                                         \
+                T_ gy = gp[t * P * So + p * So + o];                                   \
+                gw[1 + t * So + o] = (mul != 0 ? gy * mul : gy) / div;                 \
+            }                                                                          \
         for (int64_t i0 = 0; i0 < S; i0 += CHUNK) {                                    \
             int64_t len = S - i0 < CHUNK ? S - i0 : CHUNK, n0 = p * S + i0;            \
             T_ gun[CHUNK], gsl[CHUNK], gol[CHUNK];                                     \
+            const int64_t *at = window + i0;                                           \
             for (int64_t i = 0; i < len; i++) gun[i] = carry[n0 + i];                  \
             for (int64_t t = T - 1; t >= 0; t--) {                                     \
-                for (int64_t i = 0; i < len; i++) {                                    \
-                    int64_t h = (i0 + i) / W, oi = h / kh, oj = ((i0 + i) - h * W) / kw; \
-                    T_ gy = oi < Ho && oj < Wo ? gp[t * P * So + p * So + oi * Wo + oj] : 0; \
-                    gol[i] = (mul != 0 ? gy * mul : gy) / div;                         \
-                }                                                                      \
+                const T_ *gwt = gw + t * So;                                           \
+                for (int64_t i = 0; i < len; i++) gol[i] = at[i] ? gwt[at[i]] : gw[0];  \
                 bwd_step_##SUF(len, gol, g + t * N + n0, xs + t * N + n0, gun, gsl,    \
                                lam, vth, hard);                                        \
                 for (int64_t i = 0; i < len; i++) gu_out[t * N + n0 + i] = gun[i];     \
