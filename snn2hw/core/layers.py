@@ -314,8 +314,8 @@ def _fusable_run(layers: list, i: int, x: Tensor) -> tuple[int, TDBatchNorm | No
                                and isinstance(bn.momentum, float) and bn.weight.dtype == x.dtype
                                and bn.weight.shape[0] == x.shape[2]):
         return None
-    if pool is not None and (pool.dims != x.dim() - 3 or min(x.shape[3:]) < pool.k):
-        pool = None  # the LIF and tdBN may still fuse; the pool runs by itself
+    if pool is not None and (pool.dims != x.dim() - 3 or min(x.shape[3:]) < pool.k or not _plain_module(pool)):
+        pool = None  # the tdBN and LIF may still fuse; the pool runs by itself
         if bn is None:
             return None
     modules = [m for m in (bn, lif, pool) if m is not None]
