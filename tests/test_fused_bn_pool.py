@@ -114,10 +114,9 @@ def test_kernel_x_is_the_unfused_recurrence_bit_for_bit(reset):
         z = torch.randn(T, B, C, H, W, generator=torch.Generator().manual_seed(3)) * 2.0
         with torch.no_grad():
             c = copy.deepcopy(bn)(z.flatten(0, 1)).unflatten(0, (T, B))
-            coef, _ = fusion._bn_coefficients(z, fusion.TDBNArgs(
+            coef, _, mode = fusion._bn_coefficients(z, fusion.TDBNArgs(
                 bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.scale, bn.eps, bn.momentum, train))
         x_ref = _forward_torch(c, 0.5, 1.0, reset == "hard", None)[0]
-        mode = 2 if fusion.batch_norm_rounds_with_fma(torch.float32) else 1
         lay = _kernel.PlaneLayout(T, B * C, C, H, W, 1, 1)
         spikes, x = _kernel.pool_forward(z.flatten(1), coef, mode, lay, 1.0, 0.0, 0.5, 1.0, reset == "hard", True)
         assert torch.equal(x.view(x_ref.shape), x_ref)

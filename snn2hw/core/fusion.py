@@ -99,9 +99,10 @@ def _pool_scale(pool: PoolArgs | None) -> tuple[float, float]:
     return kd, kd if pool.mode == "sum" else 0.0
 
 
-def _bn_coefficients(z: Tensor, bn: TDBNArgs) -> tuple[Tensor, Tensor]:
-    """(coef (C, 4): alpha, beta, w' = scale * weight, bias; invstd (C,)), with the running
-    statistics updated in training exactly as ``F.batch_norm`` updates them."""
+def _bn_coefficients(z: Tensor, bn: TDBNArgs) -> tuple[Tensor, Tensor, int]:
+    """(coef (C, 4): alpha, beta, w' = scale * weight, bias; invstd (C,); the kernel's mode:
+    2 with torch's fma, else 1), with the running statistics updated in training exactly as
+    ``F.batch_norm`` updates them."""
     with torch.no_grad():
         if bn.training:
             mean, var = torch.batch_norm_update_stats(z.flatten(0, 1), bn.running_mean, bn.running_var,
@@ -110,7 +111,7 @@ def _bn_coefficients(z: Tensor, bn: TDBNArgs) -> tuple[Tensor, Tensor]:
         else:
             mean, invstd = bn.running_mean, 1.0 / torch.sqrt(bn.running_var + bn.eps)
         coef = torch.stack([invstd, 0.0 - mean * invstd, bn.scale * bn.weight, bn.bias]).t().contiguous()
-    return coef.to(z.dtype), invstd
+    return coef.to(z.dtype), invstd, 2 if batch_norm_rounds_with_fma(z.dtype) else 1
 
 
 class FusedBNLIFPool(torch.autograd.Function):
@@ -124,8 +125,7 @@ class FusedBNLIFPool(torch.autograd.Function):
         div, mul = _pool_scale(pool)
         coef, invstd, mode = None, None, 0
         if bn is not None:
-            coef, invstd = _bn_coefficients(z, bn)
-            mode = 2 if batch_norm_rounds_with_fma(z.dtype) else 1
+            coef, invstd, mode = _bn_coefficients(z, bn)
         broadcast = z.shape[0] > 1 and z.stride(0) == 0
         pooled, x = _kernel.pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.hard,
                                          keep_x=not broadcast)
@@ -179,8 +179,7 @@ def bn_lif_pool(z: Tensor, bn: TDBNArgs | None, lif: LIFArgs, pool: PoolArgs | N
     div, mul = _pool_scale(pool)
     coef, mode = None, 0
     if bn is not None:
-        coef, _ = _bn_coefficients(z, bn)
-        mode = 2 if batch_norm_rounds_with_fma(z.dtype) else 1
+        coef, _, mode = _bn_coefficients(z, bn)
     pooled, _ = _kernel.pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.hard,
                                      keep_x=False)
     return pooled.view(*z.shape[:3], *_out_spatial(z, pool))
