@@ -172,6 +172,8 @@ def bn_lif_pool(z: Tensor, bn: TDBNArgs | None, lif: LIFArgs, pool: PoolArgs | N
     tdBN (then ``z`` may be one frame broadcast over T); ``pool`` None: spikes."""
     weight = bn.weight if bn is not None else None
     bias = bn.bias if bn is not None else None
+    if bn is not None:
+        z = z.contiguous()  # the kernel and the BN backward read it as (T, B, C, ...) in memory
     needs_grad = any(t is not None and t.requires_grad for t in (z, weight, bias, lif.p))
     if torch.is_grad_enabled() and needs_grad:
         return FusedBNLIFPool.apply(z, weight, bias, lif.p, bn, lif, pool)
