@@ -251,7 +251,8 @@ def pool_backward(gp: Tensor, x: Tensor, p: Tensor, shape, z: Tensor | None, coe
         gs = torch.empty_like(xb) if need_p else None
         zb = zt[t0:t1] if zt is not None and zts else zt
         fn(_ptr(gp[t0:t1]), _ptr(g), _ptr(xb), _ptr(xb), _ptr(gs), _ptr(carry), _ptr(zb), zts, _ptr(coef), lay.C,
-           mode, _ptr(sums), _ptr(gbuf), _ptr(window), t1 - t0, lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul, lam, v_th, int(hard), threads)
+           mode, _ptr(sums), _ptr(gbuf), _ptr(window), t1 - t0, lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul,
+           lam, v_th, int(hard), threads)
         if need_p:
             gpar = gs * dp
             gpar = gpar.sum() if p.dim() == 0 else gpar.sum_to_size(p.shape)

@@ -305,7 +305,7 @@ def _fusable_run(layers: list, i: int, x: Tensor) -> tuple[int, TDBatchNorm | No
     if (torch.is_autocast_enabled("cpu") or torch.jit.is_tracing()
             or torch._C._functorch.is_functorch_wrapped_tensor(x)):
         return None
-    fused = lif._fused_args()
+    fused = lif._fused_args()  # (p, lam, v_th, reset, shape, value_fn): the exact step only
     if fused is None or fused[5] is not None or fused[3] not in ("hard", "soft"):
         return None
     if lif.record_membrane and lif.training:
