@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -70,6 +71,12 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
         getattr(lib, f"asgl_forward_{suf}").argtypes = [ptr, i64, ptr, ptr, i64, i64, ct, ct, i, ct, ct, i, i]
         getattr(lib, f"asgl_backward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, ct, ct, ct, ct, i,
                                                          ct, i]
+        getattr(lib, f"lif_pool_forward_{suf}").argtypes = [ptr, i64, ptr, i64, i, ptr, ptr, ptr, i64, i64, i64,
+                                                            i64, i64, i64, ct, ct, ct, ct, i, i]
+        getattr(lib, f"lif_pool_backward_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i,
+                                                             ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct,
+                                                             ct, i, i]
+        getattr(lib, f"bn_input_grad_{suf}").argtypes = [ptr, ptr, ptr, ptr, i64, i, i64, i64, i]
     return lib
 
 
@@ -228,6 +235,87 @@ def asgl_backward(go: Tensor, x: Tensor, s: Tensor, alpha: float, lam: float, v_
     fn(_ptr(go), ts, _ptr(x), _ptr(s), _ptr(gu), _ptr(gp), T, n, lam, v_th, -lam, -v_th * lam, int(hard),
        alpha, torch.get_num_threads())
     return gu, (gp.sum() if need_alpha else None)
+class PlaneLayout(NamedTuple):
+    """The neurons of ``lif_pool_*``: T steps of P planes (b, c) of H x W (1-D: H = 1),
+    channel p % C; pooling windows kh x kw (kernel = stride; 1 x 1: none)."""
+
+    T: int
+    P: int
+    C: int
+    H: int
+    W: int
+    kh: int
+    kw: int
+
+
+def pool_forward(z: Tensor, coef: Tensor | None, mode: int, lay: PlaneLayout, div: float, mul: float,
+                 lam: float, v_th: float, hard: bool, keep_x: bool) -> tuple[Tensor, Tensor | None]:
+    """(pooled spikes (T, P, H // kh, W // kw), x (T, P, H, W) if ``keep_x``) of the LIF
+    driven by ``c = affine(z)`` (``coef`` C x (alpha, beta, w, bias), ``mode`` 2: fma as
+    torch's batch_norm, 1: without, 0: c = z), ``z`` (T, P*H*W) time-major (time stride 0:
+    one frame broadcast over T). Pooled = window sum / ``div``, times ``mul`` if non-zero."""
+    lib, threads = _library(), torch.get_num_threads()
+    z, ts = _time_major(z)
+    pooled = torch.empty(lay.T, lay.P, lay.H // lay.kh, lay.W // lay.kw, dtype=z.dtype)
+    x = torch.empty(lay.T, lay.P, lay.H, lay.W, dtype=z.dtype) if keep_x else None
+    sbuf = torch.empty(threads, lay.T * lay.H * lay.W, dtype=z.dtype)  # each thread's plane of spikes
+    getattr(lib, f"lif_pool_forward_{_SUFFIX[z.dtype]}")(
+        _ptr(z), ts, _ptr(coef), lay.C, mode, _ptr(pooled), _ptr(x), _ptr(sbuf), lay.T, lay.P, lay.H, lay.W,
+        lay.kh, lay.kw, div, mul, lam, v_th, int(hard), threads)
+    return pooled, x
+
+
+def _windows(lay: PlaneLayout) -> Tensor:
+    """Per neuron of a plane (H x W): 1 + its pooling window's index, 0 if in none (floor)."""
+    i = torch.arange(lay.H * lay.W)
+    oi, oj = i // lay.W // lay.kh, i % lay.W // lay.kw
+    Ho, Wo = lay.H // lay.kh, lay.W // lay.kw
+    return torch.where((oi < Ho) & (oj < Wo), 1 + oi * Wo + oj, 0)
+
+
+def pool_backward(gp: Tensor, x: Tensor, p: Tensor, shape, z: Tensor | None, coef: Tensor | None, mode: int,
+                  lay: PlaneLayout, div: float, mul: float, lam: float, v_th: float, hard: bool, need_p: bool
+                  ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(gradient of c (T, P, H, W), of p or None, per-plane sums (P, 2) of (gc, gc * xn) in
+    float64 or None) of ``pool_forward``'s LIF, given ``gp`` the pooled spikes' gradient.
+    Blocks of steps as ``backward``; ``x`` is overwritten by the gradient of c."""
+    lib, threads = _library(), torch.get_num_threads()
+    fn = getattr(lib, f"lif_pool_backward_{_SUFFIX[x.dtype]}")
+    gp = gp.to(x.dtype).contiguous()
+    zt, zts = _time_major(z) if z is not None else (None, 0)
+    n = x[0].numel()
+    carry = torch.zeros(n, dtype=x.dtype)
+    sums = torch.zeros(lay.P, 2, dtype=torch.float64) if mode else None
+    steps = max(1, BLOCK // max(n, 1))
+    # each thread's scaled window gradients of one plane over a block of steps
+    gbuf = torch.empty(threads, min(steps, lay.T) * (lay.H // lay.kh) * (lay.W // lay.kw) + 1, dtype=x.dtype)
+    window = _windows(lay)
+    grad_p = None
+    for t1 in range(lay.T, 0, -steps):
+        t0 = max(0, t1 - steps)
+        xb = x[t0:t1]
+        g = shape.grad(xb, p).expand(xb.shape).contiguous()
+        dp = shape.grad_param(xb, p) if need_p else None
+        gs = torch.empty_like(xb) if need_p else None
+        zb = zt[t0:t1] if zt is not None and zts else zt
+        fn(_ptr(gp[t0:t1]), _ptr(g), _ptr(xb), _ptr(xb), _ptr(gs), _ptr(carry), _ptr(zb), zts, _ptr(coef), lay.C,
+           mode, _ptr(sums), _ptr(gbuf), _ptr(window), t1 - t0, lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul,
+           lam, v_th, int(hard), threads)
+        if need_p:
+            gpar = gs * dp
+            gpar = gpar.sum() if p.dim() == 0 else gpar.sum_to_size(p.shape)
+            grad_p = gpar if grad_p is None else grad_p + gpar
+    return x, grad_p, sums
+
+
+def bn_input_grad(gc: Tensor, z: Tensor, coef: Tensor, kk: Tensor, mode: int, C: int) -> Tensor:
+    """In place: ``gc = kk[:, 0] gc + kk[:, 1] xn + kk[:, 2]`` per channel (``kk`` C x 3), xn the
+    normalised ``z`` as ``pool_forward`` computes it; ``gc``, ``z`` contiguous (R, C, ...)."""
+    lib, kk = _library(), kk.to(gc.dtype).contiguous()  # bound: alive during the call
+    getattr(lib, f"bn_input_grad_{_SUFFIX[gc.dtype]}")(
+        _ptr(gc), _ptr(z), _ptr(coef), _ptr(kk), C, mode, gc.shape[0],
+        gc[0, 0].numel(), torch.get_num_threads())
+    return gc
 
 
 def main() -> None:

@@ -322,6 +322,160 @@ DEFINE_DUAL_MODE(double, f64)
 #endif
 /* ---- end of ASGL dual-mode ---------------------------------------------------------- */
 
+/* tdBN + LIF + pooling in one pass (snn2hw/core/fusion.py). The neurons are P planes
+ * (b, c) of H x W (1-D: H = 1), plane p of channel p % C, each run whole by one thread,
+ * so a pooled output has one writer; sbuf holds each thread's spikes of one plane
+ * (nthreads x T x H x W, given by the caller).
+ *   c = fma(z, alpha, beta) * w + bias   (mode 2: tdBN, rounded as torch's CPU batch_norm
+ *   c = (z * alpha + beta) * w + bias     mode 1: the same without fma
+ *   c = z                                 mode 0; coef: C x (alpha, beta, w, bias))
+ * forward:  the LIF of lif_forward on c; pooled[t, p, i, j] = (sum of the kh x kw window's
+ *           spikes) / div, times mul if mul != 0 (sum pooling is avg_pool * k^d), windows
+ *           kernel = stride, rows/columns past the last whole window dropped (floor);
+ *           window[i] = 1 + the window of a plane's neuron i, 0 if in none (backward);
+ *           xs = x (if given), as lif_forward.
+ * backward: go of a neuron in a window = (gp * mul if mul != 0) / div, else 0; then
+ *           lif_backward's step; with a tdBN, sums[p] += (sum gc, sum gc * xn) over the
+ *           plane's neurons and steps, xn = the normalised z of the forward. */
+/* FMA_CLONES, FMA_f32/f64: defined with the ASGL section above (baseline x86-64 has no
+ * fma instruction, fmaf would be a libm call per neuron: one clone for CPUs with it) */
+#define DEFINE_POOLED(T_, SUF)                                                         \
+static inline __attribute__((always_inline)) T_                                        \
+norm_##SUF(T_ z, const T_ *k, const int mode)                                          \
+{                                                                                      \
+    return mode == 2 ? FMA_##SUF(z, k[0], k[1]) : z * k[0] + k[1];                     \
+}                                                                                      \
+static inline __attribute__((always_inline)) vec_##SUF                                 \
+affine_##SUF(vec_##SUF z, const T_ *k, const int mode)                                 \
+{                                                                                      \
+    if (mode == 0) return z;                                                           \
+    vec_##SUF xn;                                                                      \
+    for (int j = 0; j < VN_##SUF; j++) xn[j] = norm_##SUF(z[j], k, mode);              \
+    return xn * k[2] + k[3];  /* two roundings: TDBatchNorm's mul and add */           \
+}                                                                                      \
+static inline __attribute__((always_inline)) void                                      \
+pool_block_##SUF(int64_t m, const T_ *z, int64_t z_ts, T_ *sb, int64_t S, T_ *xs,      \
+                 int64_t N, int64_t T, const T_ *k, const int mode, T_ lam, T_ vth,    \
+                 const int hard, const int has_xs)                                     \
+{                                                                                      \
+    vec_##SUF u, x, ct, one = (T_)1 - (vec_##SUF){0};                                  \
+    load_##SUF(&ct, z, m);                                                             \
+    u = affine_##SUF(ct, k, mode);                                                     \
+    x = u - vth;                                                                       \
+    vec_##SUF s = __builtin_convertvector(-(x > 0), vec_##SUF);                        \
+    __builtin_memcpy(sb, &s, m * sizeof(T_));                                          \
+    if (has_xs) __builtin_memcpy(xs, &x, m * sizeof(T_));                              \
+    for (int64_t t = 1; t < T; t++) {                                                  \
+        load_##SUF(&ct, z + t * z_ts, m);                                              \
+        ct = affine_##SUF(ct, k, mode);                                                \
+        u = hard ? lam * u * (one - s) + ct : lam * (u - vth * s) + ct;                \
+        x = u - vth;                                                                   \
+        s = __builtin_convertvector(-(x > 0), vec_##SUF);                              \
+        __builtin_memcpy(sb + t * S, &s, m * sizeof(T_));                              \
+        if (has_xs) __builtin_memcpy(xs + t * N, &x, m * sizeof(T_));                  \
+    }                                                                                  \
+}                                                                                      \
+static inline __attribute__((always_inline)) void                                      \
+pool_plane_##SUF(const T_ *z, int64_t z_ts, T_ *sb, int64_t S, T_ *xs, int64_t N,      \
+                 int64_t T, const T_ *k, const int mode, T_ lam, T_ vth,               \
+                 const int hard, const int has_xs)                                     \
+{                                                                                      \
+    int64_t i = 0;                                                                     \
+    for (; i + VN_##SUF <= S; i += VN_##SUF)                                           \
+        pool_block_##SUF(VN_##SUF, z + i, z_ts, sb + i, S, has_xs ? xs + i : 0, N, T,  \
+                         k, mode, lam, vth, hard, has_xs);                             \
+    if (i < S)                                                                         \
+        pool_block_##SUF(S - i, z + i, z_ts, sb + i, S, has_xs ? xs + i : 0, N, T,     \
+                         k, mode, lam, vth, hard, has_xs);                             \
+}                                                                                      \
+FMA_CLONES void lif_pool_forward_##SUF(const T_ *z, int64_t z_ts, const T_ *coef, int64_t C,      \
+                            int mode, T_ *pooled, T_ *xs, T_ *sbuf, int64_t T,         \
+                            int64_t P, int64_t H, int64_t W, int64_t kh, int64_t kw,   \
+                            T_ div, T_ mul, T_ lam, T_ vth, int hard, int nthreads)    \
+{                                                                                      \
+    int64_t S = H * W, N = P * S, Ho = H / kh, Wo = W / kw, So = Ho * Wo;              \
+    if (T < 1) return;                                                                 \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
+    for (int64_t p = 0; p < P; p++) {                                                  \
+        T_ *sb = sbuf + THREAD() * T * S;                                              \
+        const T_ *k = coef ? coef + 4 * (p % C) : 0, *zp = z + p * S;                  \
+        T_ *xp = xs ? xs + p * S : 0;                                                  \
+        /* constant flags: one specialised loop per combination */                     \
+        if (mode == 2 && hard) pool_plane_##SUF(zp, z_ts, sb, S, xp, N, T, k, 2, lam, vth, 1, xs != 0); \
+        else if (mode == 2) pool_plane_##SUF(zp, z_ts, sb, S, xp, N, T, k, 2, lam, vth, 0, xs != 0);   \
+        else if (mode == 1 && hard) pool_plane_##SUF(zp, z_ts, sb, S, xp, N, T, k, 1, lam, vth, 1, xs != 0); \
+        else if (mode == 1) pool_plane_##SUF(zp, z_ts, sb, S, xp, N, T, k, 1, lam, vth, 0, xs != 0);   \
+        else if (hard) pool_plane_##SUF(zp, z_ts, sb, S, xp, N, T, k, 0, lam, vth, 1, xs != 0);        \
+        else pool_plane_##SUF(zp, z_ts, sb, S, xp, N, T, k, 0, lam, vth, 0, xs != 0);                   \
+        for (int64_t t = 0; t < T; t++)                                                \
+            for (int64_t oi = 0; oi < Ho; oi++)                                        \
+                for (int64_t oj = 0; oj < Wo; oj++) {                                  \
+                    const T_ *w0 = sb + t * S + oi * kh * W + oj * kw;                 \
+                    T_ acc = 0;                                                        \
+                    for (int64_t a = 0; a < kh; a++)                                   \
+                        for (int64_t b = 0; b < kw; b++) acc += w0[a * W + b];         \
+                    T_ y = acc / div;                                                  \
+                    pooled[t * P * So + p * So + oi * Wo + oj] = mul != 0 ? y * mul : y; \
+                }                                                                      \
+    }                                                                                  \
+}                                                                                      \
+FMA_CLONES void lif_pool_backward_##SUF(const T_ *gp, const T_ *g, const T_ *xs,          \
+                             T_ *gu_out, T_ *gs_out, T_ *carry, const T_ *z, int64_t z_ts, \
+                             const T_ *coef, int64_t C, int mode, double *sums, T_ *gbuf,  \
+                             const int64_t *window,                                    \
+                             int64_t T, int64_t P, int64_t H, int64_t W, int64_t kh,   \
+                             int64_t kw, T_ div, T_ mul, T_ lam, T_ vth, int hard,     \
+                             int nthreads)                                             \
+{                                                                                      \
+    int64_t S = H * W, N = P * S, Ho = H / kh, Wo = W / kw, So = Ho * Wo;              \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
+    for (int64_t p = 0; p < P; p++) {                                                  \
+        const T_ *k = coef ? coef + 4 * (p % C) : 0;                                   \
+        T_ *gw = gbuf + THREAD() * (T * So + 1);  /* [0]: 0, for neurons in no window */ \
+        double s0 = 0, s1 = 0;                                                         \
+        gw[0] = 0;                                                                     \
+        /* each window's gradient once per step, as avg_pool's backward rounds it */   \
+        for (int64_t t = 0; t < T; t++)                                                \
+            for (int64_t o = 0; o < So; o++) {                                         \
+                T_ gy = gp[t * P * So + p * So + o];                                   \
+                gw[1 + t * So + o] = (mul != 0 ? gy * mul : gy) / div;                 \
+            }                                                                          \
+        for (int64_t i0 = 0; i0 < S; i0 += CHUNK) {                                    \
+            int64_t len = S - i0 < CHUNK ? S - i0 : CHUNK, n0 = p * S + i0;            \
+            T_ gun[CHUNK], gsl[CHUNK], gol[CHUNK];                                     \
+            const int64_t *at = window + i0;                                           \
+            for (int64_t i = 0; i < len; i++) gun[i] = carry[n0 + i];                  \
+            for (int64_t t = T - 1; t >= 0; t--) {                                     \
+                const T_ *gwt = gw + t * So;                                           \
+                for (int64_t i = 0; i < len; i++) gol[i] = at[i] ? gwt[at[i]] : gw[0];  \
+                bwd_step_##SUF(len, gol, g + t * N + n0, xs + t * N + n0, gun, gsl,    \
+                               lam, vth, hard);                                        \
+                for (int64_t i = 0; i < len; i++) gu_out[t * N + n0 + i] = gun[i];     \
+                if (gs_out) for (int64_t i = 0; i < len; i++) gs_out[t * N + n0 + i] = gsl[i]; \
+                if (mode) for (int64_t i = 0; i < len; i++) {                          \
+                    T_ xn = norm_##SUF(z[t * z_ts + n0 + i], k, mode);                 \
+                    s0 += gun[i];                                                      \
+                    s1 += (double)gun[i] * xn;                                         \
+                }                                                                      \
+            }                                                                          \
+            for (int64_t i = 0; i < len; i++) carry[n0 + i] = gun[i];                  \
+        }                                                                              \
+        if (mode) { sums[2 * p] += s0; sums[2 * p + 1] += s1; }                        \
+    }                                                                                  \
+}                                                                                      \
+/* tdBN's input gradient from that of c, in place: gc = kk0 gc + kk1 xn + kk2 per       \
+ * channel (kk: C x 3), over R x C planes of S (z time-major, contiguous). */          \
+FMA_CLONES void bn_input_grad_##SUF(T_ *gc, const T_ *z, const T_ *coef, const T_ *kk, int64_t C, \
+                         int mode, int64_t R, int64_t S, int nthreads)                 \
+{                                                                                      \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
+    for (int64_t p = 0; p < R * C; p++) {                                              \
+        const T_ *k = coef + 4 * (p % C), *q = kk + 3 * (p % C);                       \
+        for (int64_t i = p * S; i < (p + 1) * S; i++)                                  \
+            gc[i] = q[0] * gc[i] + q[1] * norm_##SUF(z[i], k, mode) + q[2];            \
+    }                                                                                  \
+}
+
 /* hwsim's per-call input counts (NeuroBench's convention: a call is one step over the
  * batch) in one pass over x (steps, rows, units), one step per thread:
  *   nz[t,u] = #{r : x[t,r,u] != 0},  sums[t,u] = sum_r x[t,r,u]  (accumulated in x's
@@ -366,6 +520,8 @@ COUNTS_CLONES void call_counts_##SUF(const T_ *x, int64_t steps, int64_t rows, i
 
 DEFINE_KERNELS(float, f32)
 DEFINE_KERNELS(double, f64)
+DEFINE_POOLED(float, f32)
+DEFINE_POOLED(double, f64)
 DEFINE_COUNTS(float, f32, __builtin_fabsf)
 DEFINE_COUNTS(double, f64, __builtin_fabs)
 

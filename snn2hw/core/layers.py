@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _kernel
 from .fused import fused_lif
+from .fusion import LIFArgs, PoolArgs, TDBNArgs, bn_lif_pool
 from .neuron import (CUBAParams, CUBAState, LIFParams, LIFState, SpikeFn, cuba_initial_state,
                      cuba_step, initial_state, lif_sequence, lif_step, synaptic_current)
 from .surrogate import SurrogateShape, Triangle, default_param, spike
@@ -269,15 +271,91 @@ class Pool(nn.Module):
         return f"mode={self.mode}, k={self.k}, dims={self.dims}"
 
 
+fuse_layers = True  # run_layers fuses tdBN/LIF/pool runs where they qualify; False: never
+
+
+def _plain_module(m: nn.Module) -> bool:
+    """No hook of any kind and its class's own forward (QAT overrides instance forwards;
+    hwsim, probes and CPNG register hooks): such a module must run by itself."""
+    return ("forward" not in m.__dict__ and not m._forward_hooks and not m._forward_pre_hooks
+            and not m._backward_hooks and not m._backward_pre_hooks)
+
+
+def _no_global_hooks() -> bool:
+    g = torch.nn.modules.module
+    return not (g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
+                or g._global_backward_pre_hooks or g._global_forward_hooks_always_called)
+
+
+def _fusable_run(layers: list, i: int, x: Tensor) -> tuple[int, TDBatchNorm | None, LIF, Pool | None] | None:
+    """(length, tdBN or None, LIF, Pool or None) of a run ``[TDBatchNorm, LIF, Pool]``,
+    ``[TDBatchNorm, LIF]`` or ``[LIF, Pool]`` at ``layers[i]`` that ``fusion.bn_lif_pool``
+    computes with the same numbers, or None: the run's modules are then applied one by one.
+    Every condition is one that op needs (exact Heaviside LIF, avg/sum pooling, plain
+    modules, CPU float32/64 conv activations (T, B, C, L) or (T, B, C, H, W), the kernel)."""
+    run = layers[i:i + 3]
+    bn = run[0] if isinstance(run[0], TDBatchNorm) else None
+    rest = run[1:] if bn is not None else run
+    lif = rest[0] if rest and type(rest[0]) is LIF else None
+    pool = rest[1] if len(rest) > 1 and type(rest[1]) is Pool and rest[1].mode != "max" else None
+    if lif is None or (bn is None and pool is None):
+        return None
+    if type(x) is not Tensor or x.dim() not in (4, 5) or not _kernel.available(x):
+        return None
+    if (torch.is_autocast_enabled("cpu") or torch.jit.is_tracing()
+            or torch._C._functorch.is_functorch_wrapped_tensor(x)):
+        return None
+    fused = lif._fused_args()  # (p, lam, v_th, reset, shape, value_fn): the exact step only
+    if fused is None or fused[5] is not None or fused[3] not in ("hard", "soft"):
+        return None
+    if lif.record_membrane and lif.training:
+        return None
+    if bn is not None and not (type(bn) is TDBatchNorm and (bn.norm_strategy is None or not bn.training)
+                               and isinstance(bn.momentum, float) and bn.weight.dtype == x.dtype
+                               and bn.weight.shape[0] == x.shape[2]):
+        return None
+    if pool is not None and (pool.dims != x.dim() - 3 or min(x.shape[3:]) < pool.k or not _plain_module(pool)):
+        pool = None  # the tdBN and LIF may still fuse; the pool runs by itself
+        if bn is None:
+            return None
+    modules = [m for m in (bn, lif, pool) if m is not None]
+    if not all(_plain_module(m) for m in modules) or not _no_global_hooks():
+        return None
+    return len(modules), bn, lif, pool
+
+
+def _run_fused(bn: TDBatchNorm | None, lif: LIF, pool: Pool | None, x: Tensor) -> Tensor:
+    p, lam, v_th, reset, shape, _ = lif._fused_args()
+    bn_args = None if bn is None else TDBNArgs(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.scale,
+                                               bn.eps, bn.momentum, bn.training)
+    pool_args = None if pool is None else PoolArgs(pool.mode, pool.k, pool.dims)
+    lif.last_membrane = None  # as LIF.forward when not recording
+    return bn_lif_pool(x, bn_args, LIFArgs(p, lam, v_th, reset == "hard", shape), pool_args)
+
+
 def run_layers(layers: nn.ModuleList | list, x: Tensor) -> Tensor:
-    """Apply layers to a (T, B, ...) tensor, folding time into batch where stateless."""
+    """Apply layers to a (T, B, ...) tensor, folding time into batch where stateless.
+
+    Runs of tdBN, LIF and avg/sum pooling that ``_fusable_run`` accepts go through
+    ``fusion.bn_lif_pool`` (same numbers, two full passes fewer each way);
+    ``fuse_layers = False`` turns that off."""
     T, B = x.shape[:2]
-    for layer in layers:
+    layers = list(layers)
+    i = 0
+    while i < len(layers):
+        run = _fusable_run(layers, i, x) if fuse_layers else None
+        if run is not None:
+            x = _run_fused(*run[1:], x)
+            i += run[0]
+            continue
+        layer = layers[i]
         if getattr(layer, "temporal", False):
             x = layer(x)
         else:
             x = layer(x.flatten(0, 1)).unflatten(0, (T, B))
+        i += 1
     return x
+
 
 
 class ResidualBlock(nn.Module):

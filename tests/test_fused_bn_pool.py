@@ -1,0 +1,250 @@
+"""tdBN -> LIF -> pooling fused (core/fusion.py, chosen by ``layers.run_layers``) against
+the same modules run one by one (``layers.fuse_layers = False``), the reference: spikes
+and pooled outputs bit for bit in float32, gradients of z, tdBN weight and bias, the
+shape parameter and everything downstream to 1e-6 in float64, running statistics equal;
+and the conditions under which a run must not be fused (hooks, strategies, sync-BN)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from snn2hw.core import _kernel, fusion, layers
+from snn2hw.core.fused import _forward_torch
+from snn2hw.core.layers import LIF, Pool, TDBatchNorm, run_layers
+from snn2hw.core.surrogate import Arctan
+from snn2hw.data.datasets import load_digits, load_mnist1d
+from snn2hw.models.config import ModelConfig
+from snn2hw.models.network import build_model, record_spikes
+
+TOL = 1e-6
+
+pytestmark = pytest.mark.skipif(_kernel._library() is None, reason="no compiled kernel: nothing is fused")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """How many times run_layers took the fused op."""
+    seen = []
+    real = layers.bn_lif_pool
+    monkeypatch.setattr(layers, "bn_lif_pool", lambda *a: seen.append(1) or real(*a))
+    return seen
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _block(channels: int, dims: int, pool: str | None, k: int, reset: str, lam: float, dtype, seed=0,
+           bn: bool = True) -> list[nn.Module]:
+    torch.manual_seed(seed)
+    mods: list[nn.Module] = [TDBatchNorm(channels, v_th=1.0, alpha=0.8)] if bn else []
+    mods += [LIF(lam, 1.0, reset, Arctan())]
+    if pool is not None:
+        mods.append(Pool(pool, k, dims))
+    for m in mods:
+        m.to(dtype)
+    if bn:
+        with torch.no_grad():  # away from the identity, so that a dropped term shows
+            mods[0].weight.uniform_(0.6, 1.6)
+            mods[0].bias.uniform_(-0.3, 0.4)
+            mods[0].running_mean.uniform_(-0.5, 0.5)
+            mods[0].running_var.uniform_(0.5, 2.0)
+    return mods
+
+
+def _both(mods, z, grad_out_seed=1):
+    """(outputs, input gradients, parameter gradients, modules) fused and unfused."""
+    results = []
+    for fuse in (True, False):
+        ms = copy.deepcopy(mods)
+        zi = z.detach().clone().requires_grad_()
+        layers.fuse_layers = fuse
+        try:
+            y = run_layers(ms, zi)
+        finally:
+            layers.fuse_layers = True
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_out_seed), dtype=y.dtype)
+        params = [p for m in ms for p in m.parameters()]
+        grads = torch.autograd.grad(y, [zi, *params], g) if y.requires_grad else None
+        results.append((y, grads, ms))
+    return results
+
+
+SHAPES = {2: (4, 3, 5, 11, 13), 1: (3, 4, 6, 23)}  # not divisible by 2 or 3: floor
+
+
+@pytest.mark.parametrize("dims,pool,k,reset,lam,train", [
+    c for c in itertools.product((1, 2), ("avg", "sum", None), (2, 3), ("hard", "soft"), (0.5, 1.0), (True, False))
+    if not (c[1] is None and c[2] == 3)])
+def test_fused_equals_unfused(dims, pool, k, reset, lam, train, calls, threads):
+    shape = SHAPES[dims]
+    for dtype in (torch.float32, torch.float64):
+        mods = _block(shape[2], dims, pool, k, reset, lam, dtype)
+        for m in mods:
+            m.train(train)
+        z = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=dtype) * 1.5 + 0.4
+        (y, g, ms), (y_ref, g_ref, ms_ref) = _both(mods, z)
+        assert torch.equal(y, y_ref), "outputs differ"
+        assert y.shape == y_ref.shape
+        for name in ("running_mean", "running_var"):
+            assert torch.equal(getattr(ms[0], name), getattr(ms_ref[0], name))
+        if dtype == torch.float64:
+            for a, b in zip(g, g_ref):
+                torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+            assert g[0].abs().sum() > 0 and g[1].abs().sum() > 0
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_kernel_x_is_the_unfused_recurrence_bit_for_bit(reset):
+    """x = u - V_th at every step from the folded affine equals fused.py's loop on the tdBN
+    module's own output, in float32 (the fma and the order of the two roundings show)."""
+    T, B, C, H, W = 5, 4, 3, 7, 9
+    for train in (True, False):
+        bn = _block(C, 2, None, 1, reset, 0.5, torch.float32)[0].train(train)
+        z = torch.randn(T, B, C, H, W, generator=torch.Generator().manual_seed(3)) * 2.0
+        with torch.no_grad():
+            c = copy.deepcopy(bn)(z.flatten(0, 1)).unflatten(0, (T, B))
+            coef, _, mode = fusion._bn_coefficients(z, fusion.TDBNArgs(
+                bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.scale, bn.eps, bn.momentum, train))
+        x_ref = _forward_torch(c, 0.5, 1.0, reset == "hard", None)[0]
+        lay = _kernel.PlaneLayout(T, B * C, C, H, W, 1, 1)
+        spikes, x = _kernel.pool_forward(z.flatten(1), coef, mode, lay, 1.0, 0.0, 0.5, 1.0, reset == "hard", True)
+        assert torch.equal(x.view(x_ref.shape), x_ref)
+        assert torch.equal(spikes.view(x_ref.shape), (x_ref > 0).float())
+
+
+def test_pooled_values_by_hand():
+    """One plane, one step, c = z (no tdBN): spikes where z > 1; windows 3 x 3 of a 7 x 8
+    plane (two by two windows, the last row and two last columns dropped)."""
+    z = torch.zeros(1, 1, 1, 7, 8)
+    z[0, 0, 0, 0, 0] = z[0, 0, 0, 2, 2] = z[0, 0, 0, 4, 5] = z[0, 0, 0, 6, 0] = z[0, 0, 0, 0, 7] = 2.0
+    want = {"avg": torch.tensor([[2 / 9, 0.0], [0.0, 1 / 9]]), "sum": torch.tensor([[2.0, 0.0], [0.0, 1.0]])}
+    for mode in ("avg", "sum"):
+        out = fusion.bn_lif_pool(z, None, fusion.LIFArgs(torch.zeros(()), 0.5, 1.0, True, Arctan()),
+                                 fusion.PoolArgs(mode, 3, 2))
+        assert torch.equal(out[0, 0, 0], want[mode])
+
+
+def test_broadcast_frame_lif_pool_and_learnable_shape(calls, threads):
+    """The direct-encoded first layer: one frame broadcast over T, [LIF, Pool] fused; the
+    frame's gradient sums over T; a learnable surrogate parameter gets its gradient."""
+    T = 4
+    mods = _block(3, 2, "avg", 2, "hard", 0.5, torch.float64, bn=False)
+    mods[0].shape_param = nn.Parameter(torch.tensor(1.3, dtype=torch.float64))
+    frame = torch.randn(5, 3, 9, 10, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 1.5 + 0.5
+    out = []
+    for fuse in (True, False):
+        ms = copy.deepcopy(mods)
+        f = frame.clone().requires_grad_()
+        layers.fuse_layers = fuse
+        try:
+            y = run_layers(ms, f.unsqueeze(0).expand(T, *f.shape))
+        finally:
+            layers.fuse_layers = True
+        out.append((y, torch.autograd.grad((y * y.detach().cos()).sum(), [f, ms[0].shape_param])))
+    (y, g), (y_ref, g_ref) = out
+    assert torch.equal(y, y_ref)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+    assert len(calls) == 1
+
+
+def _conv_model(input_shape, dtype, pool="avg", reset="hard"):
+    cfg = ModelConfig(arch="conv", input_shape=input_shape, num_classes=10, timesteps=4, channels=(6, 8),
+                      pool=pool, reset=reset, surrogate="arctan", fc_hidden=12)
+    torch.manual_seed(0)
+    return build_model(cfg).to(dtype)
+
+
+@pytest.mark.parametrize("dataset", ["mnist1d", "digits"])
+def test_whole_conv_model_loss_and_gradients(dataset, calls):
+    d = load_mnist1d() if dataset == "mnist1d" else load_digits()
+    x, y = torch.as_tensor(d.x_train[:48]), torch.as_tensor(d.y_train[:48]).long()
+    for dtype in (torch.float32, torch.float64):
+        model = _conv_model(tuple(x.shape[1:]), dtype)
+        results = []
+        for fuse in (True, False):
+            m = copy.deepcopy(model)
+            layers.fuse_layers = fuse
+            try:
+                loss = nn.functional.cross_entropy(m(x.to(dtype)), y)
+            finally:
+                layers.fuse_layers = True
+            results.append((loss, torch.autograd.grad(loss, list(m.parameters()))))
+        (loss, g), (loss_ref, g_ref) = results
+        if dtype == torch.float32:
+            assert torch.equal(loss, loss_ref)
+        else:
+            torch.testing.assert_close(loss, loss_ref, rtol=0, atol=1e-12)
+            for a, b in zip(g, g_ref):
+                torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+    # per model and dtype: the first block [LIF, Pool] and the second [tdBN, LIF, Pool]
+    assert len(calls) == 4
+
+
+def test_hooks_and_strategies_keep_the_unfused_path(calls):
+    """A hooked module (hwsim, probes, record_spikes, CPNG), a membrane probe, a strategy
+    without the fused interface or sync-BN: that run is not fused, and the hooks fire."""
+    mods = _block(3, 2, "avg", 2, "hard", 0.5, torch.float32)
+    z = torch.randn(3, 2, 3, 6, 6, generator=torch.Generator().manual_seed(5)) + 0.5
+    reference = run_layers(copy.deepcopy(mods), z)
+    assert len(calls) == 1
+    fired = []
+    # (install, fused runs left: the modules around a hooked one may still fuse)
+    cases = {
+        "forward hook": (lambda ms: ms[1].register_forward_hook(lambda m, a, o: fired.append(o)), 0),
+        "pre hook": (lambda ms: ms[0].register_forward_pre_hook(lambda m, a: fired.append(a[0])), 1),
+        "pool hook": (lambda ms: ms[2].register_forward_hook(lambda m, a, o: fired.append(o)), 1),
+        "membrane": (lambda ms: setattr(ms[1], "record_membrane", True), 0),
+        "strategy": (lambda ms: setattr(ms[1], "spike_strategy", lambda x: (x > 0).float()), 0),
+        "sync-BN": (lambda ms: setattr(ms[0], "norm_strategy", lambda x, bn: torch.nn.functional.batch_norm(
+            x, None, None, None, None, True, 0.0, bn.eps)), 1),
+    }
+    for name, (install, fused_runs) in cases.items():
+        ms = copy.deepcopy(mods)
+        install(ms)
+        fired.clear()
+        calls.clear()
+        out = run_layers(ms, z)
+        assert len(calls) == fused_runs, name
+        if "hook" in name:
+            assert len(fired) == 1, name
+        assert torch.equal(out, reference), name
+    calls.clear()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, a, o: fired.append(1))
+    try:
+        fired.clear()
+        run_layers(copy.deepcopy(mods), z)
+    finally:
+        handle.remove()
+    assert len(calls) == 0 and len(fired) == 3
+
+
+def test_record_spikes_sees_every_lif(calls):
+    model = _conv_model((1, 8, 8), torch.float32)
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad(), record_spikes(model) as rec:
+        model(x)
+    assert len(calls) == 0 and len(rec) == 3
+    with torch.no_grad():
+        model(x)
+    assert len(calls) == 2
+
+
+def test_max_pool_fuses_only_tdbn_and_lif(calls):
+    mods = _block(3, 2, "max", 2, "soft", 0.5, torch.float64)
+    z = torch.randn(3, 2, 3, 7, 7, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    (y, g, _), (y_ref, g_ref, _) = _both(mods, z)
+    assert torch.equal(y, y_ref) and len(calls) == 1
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
