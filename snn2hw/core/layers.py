@@ -357,7 +357,6 @@ def run_layers(layers: nn.ModuleList | list, x: Tensor) -> Tensor:
     return x
 
 
-
 class ResidualBlock(nn.Module):
     """``LIF(body(x) + shortcut(x))``: the spiking BasicBlock of ResNet-18/19."""
 
