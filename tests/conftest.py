@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from snn2hw.core import _kernel
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -12,6 +14,27 @@ def _one_thread():
     yield
     torch.set_num_threads(n)
 
+
+@pytest.fixture(scope="session")
+def kernel_lib(tmp_path_factory):
+    """The compiled LIF kernel: the set-up's build, else one built here, else None."""
+    lib = _kernel.load()
+    if lib is None:
+        try:
+            lib = _kernel.load(_kernel.build(tmp_path_factory.mktemp("kernel") / "k.so"))
+        except RuntimeError:
+            lib = None
+    return lib
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def backend(request, kernel_lib, monkeypatch):
+    """Run the test once with the compiled kernel and once with the torch loop."""
+    if request.param == "kernel" and kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib if request.param == "kernel" else None)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    return request.param
 
 
 def pytest_collection_modifyitems(config, items):

@@ -24,28 +24,6 @@ from snn2hw.methods import METHODS, make_method
 TOL = 1e-6
 
 
-@pytest.fixture(scope="module")
-def kernel_lib(tmp_path_factory):
-    """The compiled kernel: the set-up's build, else one built here, else None."""
-    lib = _kernel.load()
-    if lib is None:
-        try:
-            lib = _kernel.load(_kernel.build(tmp_path_factory.mktemp("kernel") / "k.so"))
-        except RuntimeError:
-            lib = None
-    return lib
-
-
-@pytest.fixture(params=["kernel", "torch"])
-def backend(request, kernel_lib, monkeypatch):
-    """Run the test once with the compiled kernel and once with the torch loop."""
-    if request.param == "kernel" and kernel_lib is None:
-        pytest.skip("no C compiler: the kernel cannot be built here")
-    monkeypatch.setattr(_kernel, "_lib", kernel_lib if request.param == "kernel" else None)
-    monkeypatch.setattr(_kernel, "_tried", True)
-    return request.param
-
-
 def _currents(T=6, shape=(3, 5), seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     # mean 0.6, spread 1.2: many spikes, many resets, x near 0 often

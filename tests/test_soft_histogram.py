@@ -14,29 +14,6 @@ from snn2hw.methods.psg import GRID, pda_loss, soft_histogram
 from test_methods_psg import GRID as GRID64, _soft_hist_by_hand, _soft_histogram_scatter
 
 
-@pytest.fixture(scope="module")
-def kernel_lib(tmp_path_factory):
-    """The compiled kernel with its soft histogram: the set-up's build, else one built
-    here, else None."""
-    lib = _kernel.load()
-    if lib is None or not hasattr(lib, "soft_hist_forward_f64"):
-        try:
-            lib = _kernel.load(_kernel.build(tmp_path_factory.mktemp("kernel") / "k.so"))
-        except RuntimeError:
-            lib = None
-    return lib
-
-
-@pytest.fixture(params=["kernel", "torch"])
-def backend(request, kernel_lib, monkeypatch):
-    """Run the test once with the compiled kernel and once with the torch fallback."""
-    if request.param == "kernel" and kernel_lib is None:
-        pytest.skip("no C compiler: the kernel cannot be built here")
-    monkeypatch.setattr(_kernel, "_lib", kernel_lib if request.param == "kernel" else None)
-    monkeypatch.setattr(_kernel, "_tried", True)
-    return request.param
-
-
 def _values(rows: int, m: int, dtype: torch.dtype, seed: int = 1) -> torch.Tensor:
     """Gaussian values (spread 2.5: a few beyond the grid), every centre and both end
     points, values beyond both ends and just inside/outside them, and a run of equal values
