@@ -480,10 +480,10 @@ def _run_ops(ops: list, x: Tensor, nlead: int, T: int, chips: ChipParams, noise:
             pool = (None if record or not isinstance(op, Neuron) or i + 1 == len(ops)
                     else _fused_pool(op, ops[i + 1], x, chips, noise, observer))
             if pool is not None:
-                full = x.new_zeros(()).expand(x.shape)  # the spikes' shape, for the observer
+                shape = x.shape
                 x, counts = lif_pool(op.lam, op.v_th, op.reset, pool, x, observer is not None)
-                if observer is not None:
-                    observer.neuron(op, full, counts)
+                if observer is not None:  # a stand-in of the spikes' shape (Observer)
+                    observer.neuron(op, x.new_zeros(()).expand(shape), counts)
                 pooled_by = op
             elif isinstance(op, Neuron):
                 x = _apply_neuron(op, x, chips, noise, observer)
