@@ -71,8 +71,8 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
         getattr(lib, f"asgl_forward_{suf}").argtypes = [ptr, i64, ptr, ptr, i64, i64, ct, ct, i, ct, ct, i, i]
         getattr(lib, f"asgl_backward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, ct, ct, ct, ct, i,
                                                          ct, i]
-        getattr(lib, f"lif_pool_forward_{suf}").argtypes = [ptr, i64, ptr, i64, i, ptr, ptr, ptr, i64, i64, i64,
-                                                            i64, i64, i64, ct, ct, ct, ct, i, i]
+        getattr(lib, f"lif_pool_forward_{suf}").argtypes = [ptr, i64, ptr, i64, i, ptr, ptr, ptr, ptr, ptr, i64,
+                                                            i64, i64, i64, i64, i64, ct, ct, ct, ct, i, i]
         getattr(lib, f"lif_pool_backward_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i,
                                                              ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct,
                                                              ct, i, i]
@@ -254,15 +254,35 @@ def pool_forward(z: Tensor, coef: Tensor | None, mode: int, lay: PlaneLayout, di
     driven by ``c = affine(z)`` (``coef`` C x (alpha, beta, w, bias), ``mode`` 2: fma as
     torch's batch_norm, 1: without, 0: c = z), ``z`` (T, P*H*W) time-major (time stride 0:
     one frame broadcast over T). Pooled = window sum / ``div``, times ``mul`` if non-zero."""
+    x = torch.empty(lay.T, lay.P, lay.H, lay.W, dtype=z.dtype) if keep_x else None
+    return _pool_call(z, coef, mode, lay, div, mul, lam, v_th, hard, x, None, None), x
+
+
+def pool_forward_counted(z: Tensor, lay: PlaneLayout, div: float, mul: float, lam: float, v_th: float,
+                         hard: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``pool_forward`` of ``c = z`` (no affine), and hwsim's counts of its LIF as
+    ``forward_counted`` gives them, made in the same pass: the LIF's own spikes (before
+    pooling) per unit (C x H x W: a sample's neurons; summed over T and the planes' samples)
+    and the number of (t >= 1, neuron) at which u changed (int64, 0-dim)."""
+    threads, units = torch.get_num_threads(), lay.C * lay.H * lay.W
+    # one row per thread: no shared writes
+    nspk = torch.zeros(threads, units, dtype=z.dtype)
+    nchg = torch.zeros(threads, dtype=torch.int64)
+    pooled = _pool_call(z, None, 0, lay, div, mul, lam, v_th, hard, None, nspk, nchg)
+    return (pooled, nspk[0], nchg[0]) if threads == 1 else (pooled, nspk.sum(0), nchg.sum())
+
+
+def _pool_call(z: Tensor, coef: Tensor | None, mode: int, lay: PlaneLayout, div: float, mul: float,
+               lam: float, v_th: float, hard: bool, x: Tensor | None, nspk: Tensor | None,
+               nchg: Tensor | None) -> Tensor:
     lib, threads = _library(), torch.get_num_threads()
     z, ts = _time_major(z)
     pooled = torch.empty(lay.T, lay.P, lay.H // lay.kh, lay.W // lay.kw, dtype=z.dtype)
-    x = torch.empty(lay.T, lay.P, lay.H, lay.W, dtype=z.dtype) if keep_x else None
     sbuf = torch.empty(threads, lay.T * lay.H * lay.W, dtype=z.dtype)  # each thread's plane of spikes
     getattr(lib, f"lif_pool_forward_{_SUFFIX[z.dtype]}")(
-        _ptr(z), ts, _ptr(coef), lay.C, mode, _ptr(pooled), _ptr(x), _ptr(sbuf), lay.T, lay.P, lay.H, lay.W,
-        lay.kh, lay.kw, div, mul, lam, v_th, int(hard), threads)
-    return pooled, x
+        _ptr(z), ts, _ptr(coef), lay.C, mode, _ptr(pooled), _ptr(x), _ptr(sbuf), _ptr(nspk), _ptr(nchg), lay.T,
+        lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul, lam, v_th, int(hard), threads)
+    return pooled
 
 
 def _windows(lay: PlaneLayout) -> Tensor:

@@ -333,12 +333,23 @@ DEFINE_DUAL_MODE(double, f64)
  *           spikes) / div, times mul if mul != 0 (sum pooling is avg_pool * k^d), windows
  *           kernel = stride, rows/columns past the last whole window dropped (floor);
  *           window[i] = 1 + the window of a plane's neuron i, 0 if in none (backward);
- *           xs = x (if given), as lif_forward.
+ *           xs = x (if given), as lif_forward; counts for hwsim (if nspk is given), as
+ *           lif_forward's with units = C x H x W: nspk[th, (p % C) * S + i] += the LIF's own
+ *           spikes (before pooling), nchg[th] += its membrane changes at t >= 1.
  * backward: go of a neuron in a window = (gp * mul if mul != 0) / div, else 0; then
  *           lif_backward's step; with a tdBN, sums[p] += (sum gc, sum gc * xn) over the
  *           plane's neurons and steps, xn = the normalised z of the forward. */
 /* FMA_CLONES, FMA_f32/f64: defined with the ASGL section above (baseline x86-64 has no
  * fma instruction, fmaf would be a libm call per neuron: one clone for CPUs with it) */
+#define POOL_CALL(SUF, md, h, cnt)                                                     \
+    pool_plane_##SUF(zp, z_ts, sb, S, xp, N, T, k, md, lam, vth, h, xs != 0, cnt, own, nc);
+#define POOL_MODES(SUF, cnt)                                                           \
+    if (mode == 2 && hard) POOL_CALL(SUF, 2, 1, cnt)                                   \
+    else if (mode == 2) POOL_CALL(SUF, 2, 0, cnt)                                      \
+    else if (mode == 1 && hard) POOL_CALL(SUF, 1, 1, cnt)                              \
+    else if (mode == 1) POOL_CALL(SUF, 1, 0, cnt)                                      \
+    else if (hard) POOL_CALL(SUF, 0, 1, cnt)                                           \
+    else POOL_CALL(SUF, 0, 0, cnt)
 #define DEFINE_POOLED(T_, SUF)                                                         \
 static inline __attribute__((always_inline)) T_                                        \
 norm_##SUF(T_ z, const T_ *k, const int mode)                                          \
@@ -356,40 +367,56 @@ affine_##SUF(vec_##SUF z, const T_ *k, const int mode)                          
 static inline __attribute__((always_inline)) void                                      \
 pool_block_##SUF(int64_t m, const T_ *z, int64_t z_ts, T_ *sb, int64_t S, T_ *xs,      \
                  int64_t N, int64_t T, const T_ *k, const int mode, T_ lam, T_ vth,    \
-                 const int hard, const int has_xs)                                     \
+                 const int hard, const int has_xs, const int count, T_ *own,           \
+                 int64_t *nchg)                                                        \
 {                                                                                      \
     vec_##SUF u, x, ct, one = (T_)1 - (vec_##SUF){0};                                  \
+    mask_##SUF live, changes = {0};  /* per lane: < T changes (T < 2^31) */            \
+    for (int j = 0; j < VN_##SUF; j++) live[j] = -(j < m);                             \
     load_##SUF(&ct, z, m);                                                             \
     u = affine_##SUF(ct, k, mode);                                                     \
     x = u - vth;                                                                       \
-    vec_##SUF s = __builtin_convertvector(-(x > 0), vec_##SUF);                        \
+    vec_##SUF s = __builtin_convertvector(-(x > 0), vec_##SUF), nsb = s;               \
     __builtin_memcpy(sb, &s, m * sizeof(T_));                                          \
     if (has_xs) __builtin_memcpy(xs, &x, m * sizeof(T_));                              \
     for (int64_t t = 1; t < T; t++) {                                                  \
         load_##SUF(&ct, z + t * z_ts, m);                                              \
         ct = affine_##SUF(ct, k, mode);                                                \
-        u = hard ? lam * u * (one - s) + ct : lam * (u - vth * s) + ct;                \
+        vec_##SUF v = hard ? lam * u * (one - s) + ct : lam * (u - vth * s) + ct;      \
+        if (count) changes -= (v != u) & live;  /* -1 where u changed */               \
+        u = v;                                                                         \
         x = u - vth;                                                                   \
         s = __builtin_convertvector(-(x > 0), vec_##SUF);                              \
+        if (count) nsb += s;                                                           \
         __builtin_memcpy(sb + t * S, &s, m * sizeof(T_));                              \
         if (has_xs) __builtin_memcpy(xs + t * N, &x, m * sizeof(T_));                  \
+    }                                                                                  \
+    if (count) {  /* the LIF's own spikes, before pooling; padded lanes left out */    \
+        int64_t n = 0;                                                                 \
+        for (int64_t j = 0; j < m; j++) own[j] += nsb[j];                              \
+        for (int j = 0; j < VN_##SUF; j++) n += changes[j];                            \
+        *nchg += n;                                                                    \
     }                                                                                  \
 }                                                                                      \
 static inline __attribute__((always_inline)) void                                      \
 pool_plane_##SUF(const T_ *z, int64_t z_ts, T_ *sb, int64_t S, T_ *xs, int64_t N,      \
                  int64_t T, const T_ *k, const int mode, T_ lam, T_ vth,               \
-                 const int hard, const int has_xs)                                     \
+                 const int hard, const int has_xs, const int count, T_ *own,           \
+                 int64_t *nchg)                                                        \
 {                                                                                      \
     int64_t i = 0;                                                                     \
     for (; i + VN_##SUF <= S; i += VN_##SUF)                                           \
         pool_block_##SUF(VN_##SUF, z + i, z_ts, sb + i, S, has_xs ? xs + i : 0, N, T,  \
-                         k, mode, lam, vth, hard, has_xs);                             \
+                         k, mode, lam, vth, hard, has_xs, count, count ? own + i : 0,  \
+                         nchg);                                                        \
     if (i < S)                                                                         \
         pool_block_##SUF(S - i, z + i, z_ts, sb + i, S, has_xs ? xs + i : 0, N, T,     \
-                         k, mode, lam, vth, hard, has_xs);                             \
+                         k, mode, lam, vth, hard, has_xs, count, count ? own + i : 0,  \
+                         nchg);                                                        \
 }                                                                                      \
 FMA_CLONES void lif_pool_forward_##SUF(const T_ *z, int64_t z_ts, const T_ *coef, int64_t C,      \
-                            int mode, T_ *pooled, T_ *xs, T_ *sbuf, int64_t T,         \
+                            int mode, T_ *pooled, T_ *xs, T_ *sbuf, T_ *nspk,          \
+                            int64_t *nchg, int64_t T,                                  \
                             int64_t P, int64_t H, int64_t W, int64_t kh, int64_t kw,   \
                             T_ div, T_ mul, T_ lam, T_ vth, int hard, int nthreads)    \
 {                                                                                      \
@@ -400,13 +427,11 @@ FMA_CLONES void lif_pool_forward_##SUF(const T_ *z, int64_t z_ts, const T_ *coef
         T_ *sb = sbuf + THREAD() * T * S;                                              \
         const T_ *k = coef ? coef + 4 * (p % C) : 0, *zp = z + p * S;                  \
         T_ *xp = xs ? xs + p * S : 0;                                                  \
+        /* this thread's spike sums of the plane's units (channel p % C of C x S) */    \
+        T_ *own = nspk ? nspk + THREAD() * C * S + (p % C) * S : 0;                    \
+        int64_t *nc = nchg ? nchg + THREAD() : 0;                                      \
         /* constant flags: one specialised loop per combination */                     \
-        if (mode == 2 && hard) pool_plane_##SUF(zp, z_ts, sb, S, xp, N, T, k, 2, lam, vth, 1, xs != 0); \
-        else if (mode == 2) pool_plane_##SUF(zp, z_ts, sb, S, xp, N, T, k, 2, lam, vth, 0, xs != 0);   \
-        else if (mode == 1 && hard) pool_plane_##SUF(zp, z_ts, sb, S, xp, N, T, k, 1, lam, vth, 1, xs != 0); \
-        else if (mode == 1) pool_plane_##SUF(zp, z_ts, sb, S, xp, N, T, k, 1, lam, vth, 0, xs != 0);   \
-        else if (hard) pool_plane_##SUF(zp, z_ts, sb, S, xp, N, T, k, 0, lam, vth, 1, xs != 0);        \
-        else pool_plane_##SUF(zp, z_ts, sb, S, xp, N, T, k, 0, lam, vth, 0, xs != 0);                   \
+        if (nspk) { POOL_MODES(SUF, 1) } else { POOL_MODES(SUF, 0) }                   \
         for (int64_t t = 0; t < T; t++)                                                \
             for (int64_t oi = 0; oi < Ho; oi++)                                        \
                 for (int64_t oj = 0; oj < Wo; oj++) {                                  \

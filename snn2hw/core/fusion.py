@@ -185,3 +185,16 @@ def bn_lif_pool(z: Tensor, bn: TDBNArgs | None, lif: LIFArgs, pool: PoolArgs | N
     pooled, _ = _kernel.pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.hard,
                                      keep_x=False)
     return pooled.view(*z.shape[:3], *_out_spatial(z, pool))
+
+
+def lif_pool_counted(z: Tensor, lam: float, v_th: float, hard: bool, pool: PoolArgs
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """Inference: ``(Pool(LIF(z)), spikes per unit, membrane changes)`` in one pass, with
+    hwsim's counts of the LIF as ``fused.counted_lif`` gives them (``_kernel.forward_counted``):
+    the LIF's own spikes before pooling, summed over T, B and the channels' samples per unit
+    (C x spatial), and the number of (t >= 1, neuron) at which u changed. Needs the compiled
+    kernel and CPU float32/64 ``z`` (T, B, C, L) or (T, B, C, H, W) contiguous per step."""
+    lay = _layout(z, pool)
+    div, mul = _pool_scale(pool)
+    pooled, per_unit, changes = _kernel.pool_forward_counted(z.flatten(1), lay, div, mul, lam, v_th, hard)
+    return pooled.view(*z.shape[:3], *_out_spatial(z, pool)), per_unit, changes

@@ -150,6 +150,7 @@ class SynOpCounter:
     arrived (an absent one differs from zeros)."""
 
     wants_counts = True
+    reads_spikes = False  # the spikes' shape and identity only: a LIF may run fused with its pool
 
     def __init__(self, plan: "_CountPlan", timesteps: int) -> None:
         self.T = timesteps

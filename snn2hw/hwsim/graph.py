@@ -37,6 +37,7 @@ from ..core.surrogate import Triangle, heaviside
 from ..errors import ExportError
 from ..models.network import SpikingNetwork
 from ..models.walk import Rule, Step, walk
+from .pooling import lif_pool, pool_args
 
 
 @dataclass
@@ -297,7 +298,9 @@ class Observer(Protocol):
     an observer whose ``wants_counts`` is True also gets ``fused.neuron_counts``: the
     delivered spikes per unit (flattened features, summed over T, B and C) and how many
     times (t >= 1, neuron) the membrane u changed (the compiled kernel counts them in
-    its own pass)."""
+    its own pass). An observer whose ``reads_spikes`` is False uses only the shape and
+    identity of ``spikes``: a LIF layer may then run fused with the avg/sum pooling after it
+    (``pooling.py``) and ``spikes`` is a zero-stride stand-in of their shape."""
 
     wants_counts: bool
 
@@ -440,9 +443,27 @@ def _apply_recurrent(op: Recurrent, c: Tensor, chips: ChipParams, noise: RunNois
     return s
 
 
+def _fused_pool(op: Neuron, nxt, x: Tensor, chips: ChipParams, noise: RunNoise,
+                observer: Observer | None):
+    """``pooling.pool_args`` where ``op`` and the pooling ``nxt`` may run as one op: the
+    nominal exact LIF on every chip, no noise, an observer that needs no spike values."""
+    if not isinstance(nxt, Stateless) or op.cuba or noise.thermal > 0 or noise.spike_loss > 0:
+        return None
+    if observer is not None and (not getattr(observer, "wants_counts", False)
+                                 or getattr(observer, "reads_spikes", True)):
+        return None
+    if any(op.name in d for d in (chips.steps, chips.lam, chips.v_th, chips.state_q, chips.alive)):
+        return None
+    return pool_args(nxt.module, op.reset, x)
+
+
 def _run_ops(ops: list, x: Tensor, nlead: int, T: int, chips: ChipParams, noise: RunNoise,
              observer: Observer | None, record: bool) -> tuple[Tensor, int]:
-    for op in ops:
+    pooled_by: Neuron | None = None  # the neuron whose fused op already ran the next (pooling) op
+    for i, op in enumerate(ops):
+        if pooled_by is not None:
+            pooled_by = None
+            continue
         in_shape = tuple(x.shape[nlead:])
         if isinstance(op, Synapse):
             if observer is not None:
@@ -456,7 +477,15 @@ def _run_ops(ops: list, x: Tensor, nlead: int, T: int, chips: ChipParams, noise:
         else:
             if nlead == 2:  # static input reaches the first temporal op: direct encoding
                 x, nlead = x.unsqueeze(0).expand(T, *x.shape), 3
-            if isinstance(op, Neuron):
+            pool = (None if record or not isinstance(op, Neuron) or i + 1 == len(ops)
+                    else _fused_pool(op, ops[i + 1], x, chips, noise, observer))
+            if pool is not None:
+                shape = x.shape
+                x, counts = lif_pool(op.lam, op.v_th, op.reset, pool, x, observer is not None)
+                if observer is not None:  # a stand-in of the spikes' shape (Observer)
+                    observer.neuron(op, x.new_zeros(()).expand(shape), counts)
+                pooled_by = op
+            elif isinstance(op, Neuron):
                 x = _apply_neuron(op, x, chips, noise, observer)
             elif isinstance(op, Recurrent):
                 x = _apply_recurrent(op, x, chips, noise, observer)
