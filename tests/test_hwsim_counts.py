@@ -186,10 +186,17 @@ def _shortcut_cases() -> list[tuple[torch.nn.Module, torch.Tensor, bool]]:
                                            fc_hidden=13)).eval())
     with torch.no_grad():  # the fc layer's bias: it spikes behind the sparse pooled events
         conv.layers[9].bias.uniform_(0.3, 0.9, generator=torch.Generator().manual_seed(6))
+    # max-pooled and recurrent (W_rec reads s[t-1]) spikes: binary, but not the tensor the LIF
+    # delivered, so counted by call_counts
+    maxpool = _pruned(build_model(ModelConfig(arch="conv", input_shape=(2, 8, 8), channels=(4, 6), timesteps=3,
+                                              pool="max")).eval())
+    srnn = _pruned(build_model(ModelConfig(arch="srnn", input_shape=(64,), hidden=(19,), timesteps=5)).eval())
     g = torch.Generator().manual_seed(2)
     return [(mlp, 2 * torch.rand(50, 64, generator=g), False),
             (mlp, (torch.rand(50, 4, 64, generator=g) > 0.6).float(), True),  # (B, T, ...)
-            (conv, 2 * torch.rand(20, 2, 8, 8, generator=g), False)]
+            (conv, 2 * torch.rand(20, 2, 8, 8, generator=g), False),
+            (maxpool, 2 * torch.rand(20, 2, 8, 8, generator=g), False),
+            (srnn, 2 * torch.rand(20, 64, generator=g), False)]
 
 
 @pytest.mark.parametrize("use_kernel", [True, False])
@@ -216,8 +223,8 @@ def test_report_equal_without_reusing_neuron_counts(kernel, monkeypatch, use_ker
 def test_call_counts_skips_lif_spikes(kernel, monkeypatch):
     """The counted run reads a synapse's input with call_counts only where it is not a
     LIF's spikes as delivered: the MLP's network input (once per batch of 16: 4 batches),
-    the conv net's input and avg-pooled spikes (events scaled, non-binary calls), not the
-    spikes of the LIFs that a linear layer reads unchanged."""
+    the conv nets' input and pooled spikes, the srnn's s[t-1]; not the spikes of the LIFs
+    that a linear layer reads unchanged (the MLP's hidden layers, the fc layer's)."""
     import sys
     energy_mod = sys.modules["snn2hw.hwsim.energy"]
     seen: list[tuple[int, ...]] = []
@@ -227,7 +234,8 @@ def test_call_counts_skips_lif_spikes(kernel, monkeypatch):
         return call_counts(x, nlead)
 
     monkeypatch.setattr(energy_mod, "call_counts", recording)
-    expected = [[(64,)] * 4, [(64,)] * 4, [(2, 8, 8), (4, 4, 4), (24,)] * 2]
+    conv = [(2, 8, 8), (4, 4, 4), (24,)]  # per batch; the srnn's W_rec reads s[t-1]: 19 units
+    expected = [[(64,)] * 4, [(64,)] * 4, conv * 2, conv * 2, [(64,), (19,)] * 2]
     for (model, x, temporal), want in zip(_shortcut_cases(), expected):
         seen.clear()
         count_energy(lower(model), x, PROFILES["45nm-fp32"], batch_size=16, temporal=temporal)
