@@ -163,3 +163,80 @@ def test_counted_lif_kernel_tails(kernel, dtype, reset, T, B, F, v_th):
     assert torch.equal(s, s_ref) and torch.equal(per_unit, unit_ref)
     assert int(changes) == int(changes_ref)
     assert unit_ref.sum() > 0 and (T == 1 or int(changes_ref) > 0)
+
+
+def _pruned(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with a third of its weights zero and the rest tripled (every layer spikes):
+    NeuroBench's effective ACs (the non-zero weights' fan-outs) differ from the ACs, so a
+    count taken with the wrong fan-out row shows."""
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                m.weight.mul_((torch.rand(m.weight.shape, generator=g) > 0.33).float()).mul_(3.0)
+    return model
+
+
+def _shortcut_cases() -> list[tuple[torch.nn.Module, torch.Tensor, bool]]:
+    """An MLP 64-37-21-10 (units not a multiple of the kernel's 4 lanes) on static and on
+    event input, and a conv net whose fc layer's spikes reach the readout unpooled."""
+    torch.manual_seed(0)
+    mlp = _pruned(build_model(ModelConfig(arch="mlp", input_shape=(64,), hidden=(37, 21), timesteps=4)).eval())
+    conv = _pruned(build_model(ModelConfig(arch="conv", input_shape=(2, 8, 8), channels=(4, 6), timesteps=3,
+                                           fc_hidden=13)).eval())
+    with torch.no_grad():  # the fc layer's bias: it spikes behind the sparse pooled events
+        conv.layers[9].bias.uniform_(0.3, 0.9, generator=torch.Generator().manual_seed(6))
+    # max-pooled and recurrent (W_rec reads s[t-1]) spikes: binary, but not the tensor the LIF
+    # delivered, so counted by call_counts
+    maxpool = _pruned(build_model(ModelConfig(arch="conv", input_shape=(2, 8, 8), channels=(4, 6), timesteps=3,
+                                              pool="max")).eval())
+    srnn = _pruned(build_model(ModelConfig(arch="srnn", input_shape=(64,), hidden=(19,), timesteps=5)).eval())
+    g = torch.Generator().manual_seed(2)
+    return [(mlp, 2 * torch.rand(50, 64, generator=g), False),
+            (mlp, (torch.rand(50, 4, 64, generator=g) > 0.6).float(), True),  # (B, T, ...)
+            (conv, 2 * torch.rand(20, 2, 8, 8, generator=g), False),
+            (maxpool, 2 * torch.rand(20, 2, 8, 8, generator=g), False),
+            (srnn, 2 * torch.rand(20, 64, generator=g), False)]
+
+
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_report_equal_without_reusing_neuron_counts(kernel, monkeypatch, use_kernel):
+    """A synapse fed by a LIF's unpooled spikes takes the LIF's per-unit sums as its events
+    and NeuroBench's ACs; the reference runs call_counts on those spikes instead (non-zeros,
+    sums and binary flags per call). Every number of the report is the same, over batches
+    of 16 (the reused sums are the current batch's)."""
+    from snn2hw.hwsim.energy import SynOpCounter
+    if not use_kernel:
+        _torch_only(monkeypatch)
+    for model, x, temporal in _shortcut_cases():
+        net = lower(model)
+        fast = count_energy(net, x, PROFILES["45nm-fp32"], batch_size=16, temporal=temporal, model=model)
+        monkeypatch.setattr(SynOpCounter, "reuse_neuron_counts", False)
+        ref = count_energy(net, x, PROFILES["45nm-fp32"], batch_size=16, temporal=temporal, model=model)
+        monkeypatch.setattr(SynOpCounter, "reuse_neuron_counts", True)
+        assert fast == ref
+        hidden = [r for r in ref["layers"] if r["source"] not in ("", "input")]
+        assert hidden and all(r["ac"] > 0 for r in hidden)  # the reused counts are not trivial
+        assert ref["neurobench"]["SynapticOperations"]["Effective_ACs"] > 0
+
+
+def test_call_counts_skips_lif_spikes(kernel, monkeypatch):
+    """The counted run reads a synapse's input with call_counts only where it is not a
+    LIF's spikes as delivered: the MLP's network input (once per batch of 16: 4 batches),
+    the conv nets' input and pooled spikes, the srnn's s[t-1]; not the spikes of the LIFs
+    that a linear layer reads unchanged (the MLP's hidden layers, the fc layer's)."""
+    import sys
+    energy_mod = sys.modules["snn2hw.hwsim.energy"]
+    seen: list[tuple[int, ...]] = []
+
+    def recording(x, nlead):
+        seen.append(tuple(x.shape[nlead:]))
+        return call_counts(x, nlead)
+
+    monkeypatch.setattr(energy_mod, "call_counts", recording)
+    conv = [(2, 8, 8), (4, 4, 4), (24,)]  # per batch; the srnn's W_rec reads s[t-1]: 19 units
+    expected = [[(64,)] * 4, [(64,)] * 4, conv * 2, conv * 2, [(64,), (19,)] * 2]
+    for (model, x, temporal), want in zip(_shortcut_cases(), expected):
+        seen.clear()
+        count_energy(lower(model), x, PROFILES["45nm-fp32"], batch_size=16, temporal=temporal)
+        assert seen == want

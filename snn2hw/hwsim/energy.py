@@ -152,6 +152,12 @@ class SynOpCounter:
     wants_counts = True
     reads_spikes = False  # the spikes' shape and identity only: a LIF may run fused with its pool
 
+    # A synapse reading a counted LIF's delivered spikes unchanged takes that LIF's per-unit
+    # spike sums as its events and NeuroBench's ACs (binary by construction, sums = non-zeros)
+    # instead of a call_counts pass over the spikes. False: every input goes through
+    # call_counts (the reference that tests/test_hwsim_counts.py compares the shortcut to).
+    reuse_neuron_counts = True
+
     def __init__(self, plan: "_CountPlan", timesteps: int) -> None:
         self.T = timesteps
         self.src = dict(plan.sources)  # copied: an event-data input relabels its first synapse
@@ -167,7 +173,8 @@ class SynOpCounter:
         self.neuron_steps: dict[str, int] = {}
         self.membrane_updates: dict[str, int] = {}
         # neurons whose spikes reach a synapse unpooled: their per-unit sums are reused there
-        self._feeds = {src for kind, scale, src in self.src.values() if kind == "spikes" and scale == 1.0}
+        self._feeds = ({src for kind, scale, src in self.src.values() if kind == "spikes" and scale == 1.0}
+                       if self.reuse_neuron_counts else set())
         self._last: tuple[Tensor | None, Tensor | None] = (None, None)
 
     def _add(self, name: str, kind: int, per_unit: Tensor, scale: float = 1.0) -> None:
@@ -182,7 +189,8 @@ class SynOpCounter:
         kind, scale, source = self.src[op.name]
         rows = math.prod(x.shape[:nlead]) * (self.T if nlead == 2 else 1)
         self.rows[op.name] += rows
-        own = kind == "spikes" and scale == 1.0 and source != "input"  # binary: NeuroBench's = events
+        # a LIF's spikes (unpooled; max-pooled too): binary, so NeuroBench's ACs are its events
+        own = self.reuse_neuron_counts and kind == "spikes" and scale == 1.0 and source != "input"
         last, per_unit = self._last
         if own and last is not None and x.data_ptr() == last.data_ptr() and x.numel() == last.numel():
             self._add(op.name, EVENTS, per_unit)  # the neuron's own spikes
