@@ -308,8 +308,6 @@ def _fusable_run(layers: list, i: int, x: Tensor) -> tuple[int, TDBatchNorm | No
     fused = lif._fused_args()  # (p, lam, v_th, reset, shape, value_fn): the exact step only
     if fused is None or fused[5] is not None or fused[3] not in ("hard", "soft"):
         return None
-    if lif.record_membrane and lif.training:
-        return None
     if bn is not None and not (type(bn) is TDBatchNorm and (bn.norm_strategy is None or not bn.training)
                                and isinstance(bn.momentum, float) and bn.weight.dtype == x.dtype
                                and bn.weight.shape[0] == x.shape[2]):
@@ -329,8 +327,10 @@ def _run_fused(bn: TDBatchNorm | None, lif: LIF, pool: Pool | None, x: Tensor) -
     bn_args = None if bn is None else TDBNArgs(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.scale,
                                                bn.eps, bn.momentum, bn.training)
     pool_args = None if pool is None else PoolArgs(pool.mode, pool.k, pool.dims)
-    lif.last_membrane = None  # as LIF.forward when not recording
-    return bn_lif_pool(x, bn_args, LIFArgs(p, lam, v_th, reset == "hard", shape), pool_args)
+    record = lif.record_membrane and lif.training  # as LIF.forward: membranes for training-time losses
+    out = bn_lif_pool(x, bn_args, LIFArgs(p, lam, v_th, reset == "hard", shape), pool_args, record)
+    y, lif.last_membrane = out if record else (out, None)
+    return y
 
 
 def run_layers(layers: nn.ModuleList | list, x: Tensor) -> Tensor:
