@@ -305,3 +305,33 @@ def test_recorded_membrane_without_grad_and_by_hand():
     pooled, u = fusion.bn_lif_pool(z, None, lif, fusion.PoolArgs("sum", 2, 2), membrane=True)
     assert torch.equal(u[:, 0, 0, 0, 0], torch.tensor([0.6, 0.3 + 0.9, 0.5]))
     assert torch.equal(pooled.flatten(), torch.tensor([0.0, 4.0, 0.0]))
+
+
+def test_psg_pda_whole_model_loss_and_gradients(calls):
+    """PSG with PDA on the conv model: the loss with PDA's term on every LIF's recorded u
+    and the gradients of all parameters (learnable gammas included), fused against unfused:
+    the loss bit for bit in float32, gradients to 1e-6 in float64."""
+    from snn2hw.methods.psg import PSG
+    d = load_mnist1d()
+    x, y = torch.as_tensor(d.x_train[:48]), torch.as_tensor(d.y_train[:48]).long()
+    for dtype in (torch.float32, torch.float64):
+        model = _conv_model(tuple(x.shape[1:]), dtype)
+        method = PSG(pda=True)
+        method.setup(model)
+        model.to(dtype).train()
+        results = []
+        for fuse in (True, False):
+            m = copy.deepcopy(model)
+            layers.fuse_layers = fuse
+            try:
+                loss = nn.functional.cross_entropy(m(x.to(dtype)), y) + method.extra_loss(m)
+            finally:
+                layers.fuse_layers = True
+            results.append((loss, torch.autograd.grad(loss, list(m.parameters()))))
+        (loss, g), (loss_ref, g_ref) = results
+        if dtype == torch.float32:
+            assert torch.equal(loss, loss_ref)
+        else:
+            for a, b in zip(g, g_ref):
+                torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+    assert len(calls) == 4
