@@ -83,7 +83,8 @@ SHAPES = {2: (4, 3, 5, 11, 13), 1: (3, 4, 6, 23)}  # not divisible by 2 or 3: fl
 
 
 @pytest.mark.parametrize("dims,pool,k,reset,lam,train", [
-    c for c in itertools.product((1, 2), ("avg", "sum", None), (2, 3), ("hard", "soft"), (0.5, 1.0), (True, False))
+    c for c in itertools.product((1, 2), ("avg", "sum", None), (2, 3), ("hard", "soft", "soft_nodecay"), (0.5, 1.0),
+                                 (True, False))
     if not (c[1] is None and c[2] == 3)])
 def test_fused_equals_unfused(dims, pool, k, reset, lam, train, calls, threads):
     shape = SHAPES[dims]
@@ -137,11 +138,12 @@ def test_pooled_values_by_hand():
         assert torch.equal(out[0, 0, 0], want[mode])
 
 
-def test_broadcast_frame_lif_pool_and_learnable_shape(calls, threads):
+@pytest.mark.parametrize("reset", ["hard", "soft_nodecay"])
+def test_broadcast_frame_lif_pool_and_learnable_shape(reset, calls, threads):
     """The direct-encoded first layer: one frame broadcast over T, [LIF, Pool] fused; the
     frame's gradient sums over T; a learnable surrogate parameter gets its gradient."""
     T = 4
-    mods = _block(3, 2, "avg", 2, "hard", 0.5, torch.float64, bn=False)
+    mods = _block(3, 2, "avg", 2, reset, 0.5, torch.float64, bn=False)
     mods[0].shape_param = nn.Parameter(torch.tensor(1.3, dtype=torch.float64))
     frame = torch.randn(5, 3, 9, 10, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 1.5 + 0.5
     out = []
@@ -254,7 +256,8 @@ def test_max_pool_fuses_only_tdbn_and_lif(calls):
 
 
 @pytest.mark.parametrize("dims,pool,reset,bn", [(2, "avg", "hard", True), (1, "sum", "soft", True),
-                                                (2, None, "soft", True), (2, "avg", "hard", False)])
+                                                (2, None, "soft", True), (2, "avg", "hard", False),
+                                                (2, "avg", "soft_nodecay", True), (1, None, "soft_nodecay", True)])
 def test_recorded_membrane_and_its_gradient(dims, pool, reset, bn, calls, threads):
     """PSG's PDA: with ``record_membrane`` in training the fused run sets ``last_membrane``
     to the unfused LIF's u bit for bit (float32), and a loss on both the pooled output and
@@ -295,6 +298,16 @@ def test_recorded_membrane_and_its_gradient(dims, pool, reset, bn, calls, thread
             run_layers(mods, z)
         assert lif.last_membrane is None
     assert len(calls) == 4
+
+
+def test_soft_nodecay_by_hand():
+    """GSG's reset on one neuron, c = z, lam 0.5, V_th 1: u = 1.5 (spike), then
+    0.75 + 0.5 - 1 = 0.25 (the threshold subtracted undecayed; soft would give 0.75)."""
+    z = torch.tensor([1.5, 0.5]).view(2, 1, 1, 1, 1).expand(2, 1, 1, 2, 2).contiguous()
+    lif = fusion.LIFArgs(torch.zeros(()), 0.5, 1.0, False, Arctan(), nodecay=True)
+    pooled, u = fusion.bn_lif_pool(z, None, lif, fusion.PoolArgs("sum", 2, 2), membrane=True)
+    assert torch.equal(u[:, 0, 0, 0, 0], torch.tensor([1.5, 0.25]))
+    assert torch.equal(pooled.flatten(), torch.tensor([4.0, 0.0]))
 
 
 def test_recorded_membrane_without_grad_and_by_hand():

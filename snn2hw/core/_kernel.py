@@ -248,17 +248,21 @@ class PlaneLayout(NamedTuple):
     kw: int
 
 
+POOL_RESETS = {"soft": 0, "hard": 1, "soft_nodecay": 2}  # the pool kernel's reset codes
+
+
 def pool_forward(z: Tensor, coef: Tensor | None, mode: int, lay: PlaneLayout, div: float, mul: float,
-                 lam: float, v_th: float, hard: bool, keep_x: bool, keep_u: bool = False
+                 lam: float, v_th: float, reset: int, keep_x: bool, keep_u: bool = False
                  ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(pooled spikes (T, P, H // kh, W // kw), x (T, P, H, W) if ``keep_x``, u (T, P, H, W) if
     ``keep_u``) of the LIF driven by ``c = affine(z)`` (``coef`` C x (alpha, beta, w, bias),
     ``mode`` 2: fma as torch's batch_norm, 1: without, 0: c = z), ``z`` (T, P*H*W) time-major
     (time stride 0: one frame broadcast over T). Pooled = window sum / ``div``, times ``mul``
-    if non-zero; u is the membrane ``forward_membrane`` records, bit for bit."""
+    if non-zero; u is the membrane ``forward_membrane`` records, bit for bit. ``reset``: one of
+    ``POOL_RESETS`` (GSG's soft_nodecay too, which the other loops here do not run)."""
     x = torch.empty(lay.T, lay.P, lay.H, lay.W, dtype=z.dtype) if keep_x else None
     u = torch.empty(lay.T, lay.P, lay.H, lay.W, dtype=z.dtype) if keep_u else None
-    return _pool_call(z, coef, mode, lay, div, mul, lam, v_th, hard, x, None, None, u), x, u
+    return _pool_call(z, coef, mode, lay, div, mul, lam, v_th, reset, x, None, None, u), x, u
 
 
 def pool_forward_counted(z: Tensor, lay: PlaneLayout, div: float, mul: float, lam: float, v_th: float,
@@ -271,12 +275,12 @@ def pool_forward_counted(z: Tensor, lay: PlaneLayout, div: float, mul: float, la
     # one row per thread: no shared writes
     nspk = torch.zeros(threads, units, dtype=z.dtype)
     nchg = torch.zeros(threads, dtype=torch.int64)
-    pooled = _pool_call(z, None, 0, lay, div, mul, lam, v_th, hard, None, nspk, nchg, None)
+    pooled = _pool_call(z, None, 0, lay, div, mul, lam, v_th, int(hard), None, nspk, nchg, None)
     return (pooled, nspk[0], nchg[0]) if threads == 1 else (pooled, nspk.sum(0), nchg.sum())
 
 
 def _pool_call(z: Tensor, coef: Tensor | None, mode: int, lay: PlaneLayout, div: float, mul: float,
-               lam: float, v_th: float, hard: bool, x: Tensor | None, nspk: Tensor | None,
+               lam: float, v_th: float, reset: int, x: Tensor | None, nspk: Tensor | None,
                nchg: Tensor | None, u: Tensor | None) -> Tensor:
     lib, threads = _library(), torch.get_num_threads()
     z, ts = _time_major(z)
@@ -284,7 +288,7 @@ def _pool_call(z: Tensor, coef: Tensor | None, mode: int, lay: PlaneLayout, div:
     sbuf = torch.empty(threads, lay.T * lay.H * lay.W, dtype=z.dtype)  # each thread's plane of spikes
     getattr(lib, f"lif_pool_forward_{_SUFFIX[z.dtype]}")(
         _ptr(z), ts, _ptr(coef), lay.C, mode, _ptr(pooled), _ptr(x), _ptr(u), _ptr(sbuf), _ptr(nspk), _ptr(nchg), lay.T,
-        lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul, lam, v_th, int(hard), threads)
+        lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul, lam, v_th, reset, threads)
     return pooled
 
 
@@ -297,12 +301,13 @@ def _windows(lay: PlaneLayout) -> Tensor:
 
 
 def pool_backward(gp: Tensor, x: Tensor, p: Tensor, shape, z: Tensor | None, coef: Tensor | None, mode: int,
-                  lay: PlaneLayout, div: float, mul: float, lam: float, v_th: float, hard: bool, need_p: bool,
+                  lay: PlaneLayout, div: float, mul: float, lam: float, v_th: float, reset: int, need_p: bool,
                   gext: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(gradient of c (T, P, H, W), of p or None, per-plane sums (P, 2) of (gc, gc * xn) in
     float64 or None) of ``pool_forward``'s LIF, given ``gp`` the pooled spikes' gradient and
     ``gext`` (T, P*H*W) or None, that of the recorded u (added to u's as ``backward`` adds it).
-    Blocks of steps as ``backward``; ``x`` is overwritten by the gradient of c."""
+    ``reset`` as ``pool_forward``'s. Blocks of steps as ``backward``; ``x`` is overwritten by
+    the gradient of c."""
     lib, threads = _library(), torch.get_num_threads()
     fn = getattr(lib, f"lif_pool_backward_{_SUFFIX[x.dtype]}")
     gp = gp.to(x.dtype).contiguous()
@@ -326,7 +331,7 @@ def pool_backward(gp: Tensor, x: Tensor, p: Tensor, shape, z: Tensor | None, coe
         geb = gext[t0:t1] if gext is not None else None
         fn(_ptr(gp[t0:t1]), _ptr(g), _ptr(xb), _ptr(geb), _ptr(xb), _ptr(gs), _ptr(carry), _ptr(zb), zts, _ptr(coef), lay.C,
            mode, _ptr(sums), _ptr(gbuf), _ptr(window), t1 - t0, lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul,
-           lam, v_th, int(hard), threads)
+           lam, v_th, reset, threads)
         if need_p:
             gpar = gs * dp
             gpar = gpar.sum() if p.dim() == 0 else gpar.sum_to_size(p.shape)

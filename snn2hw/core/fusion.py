@@ -54,13 +54,20 @@ class TDBNArgs(NamedTuple):
 
 
 class LIFArgs(NamedTuple):
-    """The exact-Heaviside LIF of ``fused_lif``: surrogate ``shape`` with parameter ``p``."""
+    """The exact-Heaviside LIF of ``fused_lif``: surrogate ``shape`` with parameter ``p``;
+    reset hard, soft, or with ``nodecay`` GSG's soft_nodecay (``u = lam u + c - V_th s``)."""
 
     p: Tensor
     lam: float
     v_th: float
     hard: bool
     shape: SurrogateShape
+    nodecay: bool = False
+
+    @property
+    def reset_code(self) -> int:
+        """The pool kernel's code of this reset (``_kernel.POOL_RESETS``)."""
+        return _kernel.POOL_RESETS["soft_nodecay" if self.nodecay else "hard" if self.hard else "soft"]
 
 
 class PoolArgs(NamedTuple):
@@ -126,9 +133,10 @@ class FusedBNLIFPool(torch.autograd.Function):
         coef, invstd, mode = None, None, 0
         if bn is not None:
             coef, invstd, mode = _bn_coefficients(z, bn)
-        broadcast = z.shape[0] > 1 and z.stride(0) == 0
+        # soft_nodecay: x kept, the plain kernel that would recompute it has no such reset
+        broadcast = z.shape[0] > 1 and z.stride(0) == 0 and not lif.nodecay
         # with u recorded, backward takes x = u - V_th from it (as FusedLIF): x is not kept
-        pooled, x, u = _kernel.pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.hard,
+        pooled, x, u = _kernel.pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.reset_code,
                                             keep_x=not (broadcast or membrane), keep_u=membrane)
         ctx.consts = (bn, lif, pool, lay, div, mul, mode, tuple(z.shape))
         # broadcast frame: backward recomputes x from it (T times less memory, as FusedLIF)
@@ -148,7 +156,7 @@ class FusedBNLIFPool(torch.autograd.Function):
         x = x.view(lay.T, lay.P, lay.H, lay.W)
         gc, grad_p, sums = _kernel.pool_backward(
             gp.reshape(lay.T, -1), x, p, lif.shape, z.flatten(1) if mode else None, coef, mode, lay, div, mul,
-            lif.lam, lif.v_th, lif.hard, ctx.needs_input_grad[3], gext)
+            lif.lam, lif.v_th, lif.reset_code, ctx.needs_input_grad[3], gext)
         gc = gc.view(shape)
         grad_w = grad_b = None
         if bn is not None:
@@ -189,7 +197,7 @@ def bn_lif_pool(z: Tensor, bn: TDBNArgs | None, lif: LIFArgs, pool: PoolArgs | N
     coef, mode = None, 0
     if bn is not None:
         coef, _, mode = _bn_coefficients(z, bn)
-    pooled, _, u = _kernel.pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.hard,
+    pooled, _, u = _kernel.pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.reset_code,
                                         keep_x=False, keep_u=membrane)
     pooled = pooled.view(*z.shape[:3], *_out_spatial(z, pool))
     return (pooled, u.view(z.shape)) if membrane else pooled
