@@ -83,7 +83,8 @@ SHAPES = {2: (4, 3, 5, 11, 13), 1: (3, 4, 6, 23)}  # not divisible by 2 or 3: fl
 
 
 @pytest.mark.parametrize("dims,pool,k,reset,lam,train", [
-    c for c in itertools.product((1, 2), ("avg", "sum", None), (2, 3), ("hard", "soft"), (0.5, 1.0), (True, False))
+    c for c in itertools.product((1, 2), ("avg", "sum", None), (2, 3), ("hard", "soft", "soft_nodecay"), (0.5, 1.0),
+                                 (True, False))
     if not (c[1] is None and c[2] == 3)])
 def test_fused_equals_unfused(dims, pool, k, reset, lam, train, calls, threads):
     shape = SHAPES[dims]
@@ -106,8 +107,8 @@ def test_fused_equals_unfused(dims, pool, k, reset, lam, train, calls, threads):
 
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 def test_kernel_x_is_the_unfused_recurrence_bit_for_bit(reset):
-    """x = u - V_th at every step from the folded affine equals fused.py's loop on the tdBN
-    module's own output, in float32 (the fma and the order of the two roundings show)."""
+    """x = u - V_th and u at every step from the folded affine equal fused.py's loop on the
+    tdBN module's own output, in float32 (the fma and the order of the two roundings show)."""
     T, B, C, H, W = 5, 4, 3, 7, 9
     for train in (True, False):
         bn = _block(C, 2, None, 1, reset, 0.5, torch.float32)[0].train(train)
@@ -116,10 +117,12 @@ def test_kernel_x_is_the_unfused_recurrence_bit_for_bit(reset):
             c = copy.deepcopy(bn)(z.flatten(0, 1)).unflatten(0, (T, B))
             coef, _, mode = fusion._bn_coefficients(z, fusion.TDBNArgs(
                 bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.scale, bn.eps, bn.momentum, train))
-        x_ref = _forward_torch(c, 0.5, 1.0, reset == "hard", None)[0]
+        x_ref, _, u_ref = _forward_torch(c, 0.5, 1.0, reset == "hard", None, keep_u=True)
         lay = _kernel.PlaneLayout(T, B * C, C, H, W, 1, 1)
-        spikes, x = _kernel.pool_forward(z.flatten(1), coef, mode, lay, 1.0, 0.0, 0.5, 1.0, reset == "hard", True)
+        spikes, x, u = _kernel.pool_forward(z.flatten(1), coef, mode, lay, 1.0, 0.0, 0.5, 1.0, reset == "hard",
+                                            True, keep_u=True)
         assert torch.equal(x.view(x_ref.shape), x_ref)
+        assert torch.equal(u.view(u_ref.shape), u_ref)
         assert torch.equal(spikes.view(x_ref.shape), (x_ref > 0).float())
 
 
@@ -135,11 +138,12 @@ def test_pooled_values_by_hand():
         assert torch.equal(out[0, 0, 0], want[mode])
 
 
-def test_broadcast_frame_lif_pool_and_learnable_shape(calls, threads):
+@pytest.mark.parametrize("reset", ["hard", "soft_nodecay"])
+def test_broadcast_frame_lif_pool_and_learnable_shape(reset, calls, threads):
     """The direct-encoded first layer: one frame broadcast over T, [LIF, Pool] fused; the
     frame's gradient sums over T; a learnable surrogate parameter gets its gradient."""
     T = 4
-    mods = _block(3, 2, "avg", 2, "hard", 0.5, torch.float64, bn=False)
+    mods = _block(3, 2, "avg", 2, reset, 0.5, torch.float64, bn=False)
     mods[0].shape_param = nn.Parameter(torch.tensor(1.3, dtype=torch.float64))
     frame = torch.randn(5, 3, 9, 10, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 1.5 + 0.5
     out = []
@@ -193,8 +197,9 @@ def test_whole_conv_model_loss_and_gradients(dataset, calls):
 
 
 def test_hooks_and_strategies_keep_the_unfused_path(calls):
-    """A hooked module (hwsim, probes, record_spikes, CPNG), a membrane probe, a strategy
-    without the fused interface or sync-BN: that run is not fused, and the hooks fire."""
+    """A hooked module (hwsim, probes, record_spikes, CPNG), a strategy without the fused
+    interface or sync-BN: that run is not fused, and the hooks fire (a recorded membrane,
+    PDA's, is fused: ``test_recorded_membrane_and_its_gradient``)."""
     mods = _block(3, 2, "avg", 2, "hard", 0.5, torch.float32)
     z = torch.randn(3, 2, 3, 6, 6, generator=torch.Generator().manual_seed(5)) + 0.5
     reference = run_layers(copy.deepcopy(mods), z)
@@ -205,7 +210,7 @@ def test_hooks_and_strategies_keep_the_unfused_path(calls):
         "forward hook": (lambda ms: ms[1].register_forward_hook(lambda m, a, o: fired.append(o)), 0),
         "pre hook": (lambda ms: ms[0].register_forward_pre_hook(lambda m, a: fired.append(a[0])), 1),
         "pool hook": (lambda ms: ms[2].register_forward_hook(lambda m, a, o: fired.append(o)), 1),
-        "membrane": (lambda ms: setattr(ms[1], "record_membrane", True), 0),
+        "membrane": (lambda ms: setattr(ms[1], "record_membrane", True), 1),  # PDA: fused, u recorded
         "strategy": (lambda ms: setattr(ms[1], "spike_strategy", lambda x: (x > 0).float()), 0),
         "sync-BN": (lambda ms: setattr(ms[0], "norm_strategy", lambda x, bn: torch.nn.functional.batch_norm(
             x, None, None, None, None, True, 0.0, bn.eps)), 1),
@@ -248,3 +253,98 @@ def test_max_pool_fuses_only_tdbn_and_lif(calls):
     assert torch.equal(y, y_ref) and len(calls) == 1
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("dims,pool,reset,bn", [(2, "avg", "hard", True), (1, "sum", "soft", True),
+                                                (2, None, "soft", True), (2, "avg", "hard", False),
+                                                (2, "avg", "soft_nodecay", True), (1, None, "soft_nodecay", True)])
+def test_recorded_membrane_and_its_gradient(dims, pool, reset, bn, calls, threads):
+    """PSG's PDA: with ``record_membrane`` in training the fused run sets ``last_membrane``
+    to the unfused LIF's u bit for bit (float32), and a loss on both the pooled output and
+    u gives the unfused gradients of z, the tdBN's weight and bias and the learnable shape
+    parameter (float64, 1e-6), u's own gradient reaching z through the BPTT."""
+    shape = SHAPES[dims]
+    for dtype in (torch.float32, torch.float64):
+        mods = _block(shape[2], dims, pool, 2, reset, 0.5, dtype, bn=bn)
+        lif = mods[1] if bn else mods[0]
+        lif.shape_param = nn.Parameter(torch.tensor(1.3, dtype=dtype))
+        lif.record_membrane = True
+        z = torch.randn(shape, generator=torch.Generator().manual_seed(7), dtype=dtype) * 1.5 + 0.4
+        results = []
+        for fuse in (True, False):
+            ms = copy.deepcopy(mods)
+            zi = z.clone().requires_grad_()
+            layers.fuse_layers = fuse
+            try:
+                y = run_layers(ms, zi)
+            finally:
+                layers.fuse_layers = True
+            u = (ms[1] if bn else ms[0]).last_membrane
+            gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(8), dtype=dtype)
+            gu = torch.randn(u.shape, generator=torch.Generator().manual_seed(9), dtype=dtype)
+            params = [p for m in ms for p in m.parameters()]
+            # u's gradient dominates: a gext dropped or misplaced in time shows well above 1e-6
+            grads = torch.autograd.grad((y * gy).sum() + (u * gu).sum(), [zi, *params])
+            results.append((y, u, grads))
+        (y, u, g), (y_ref, u_ref, g_ref) = results
+        assert u.shape == z.shape
+        assert torch.equal(y, y_ref) and torch.equal(u, u_ref)
+        if dtype == torch.float64:
+            for a, b in zip(g, g_ref):
+                torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+        for m in mods:
+            m.eval()
+        with torch.no_grad():  # eval: no membrane kept, as LIF.forward
+            run_layers(mods, z)
+        assert lif.last_membrane is None
+    assert len(calls) == 4
+
+
+def test_soft_nodecay_by_hand():
+    """GSG's reset on one neuron, c = z, lam 0.5, V_th 1: u = 1.5 (spike), then
+    0.75 + 0.5 - 1 = 0.25 (the threshold subtracted undecayed; soft would give 0.75)."""
+    z = torch.tensor([1.5, 0.5]).view(2, 1, 1, 1, 1).expand(2, 1, 1, 2, 2).contiguous()
+    lif = fusion.LIFArgs(torch.zeros(()), 0.5, 1.0, False, Arctan(), nodecay=True)
+    pooled, u = fusion.bn_lif_pool(z, None, lif, fusion.PoolArgs("sum", 2, 2), membrane=True)
+    assert torch.equal(u[:, 0, 0, 0, 0], torch.tensor([1.5, 0.25]))
+    assert torch.equal(pooled.flatten(), torch.tensor([4.0, 0.0]))
+
+
+def test_recorded_membrane_without_grad_and_by_hand():
+    """Inference with ``membrane``: u as well; one neuron, c = z, hard reset, lam 0.5,
+    V_th 1: u = 0.6, 0.3 + 0.9 = 1.2 (spike), reset then 0.5: u = 0.5."""
+    z = torch.tensor([0.6, 0.9, 0.5]).view(3, 1, 1, 1, 1).expand(3, 1, 1, 2, 2).contiguous()
+    lif = fusion.LIFArgs(torch.zeros(()), 0.5, 1.0, True, Arctan())
+    pooled, u = fusion.bn_lif_pool(z, None, lif, fusion.PoolArgs("sum", 2, 2), membrane=True)
+    assert torch.equal(u[:, 0, 0, 0, 0], torch.tensor([0.6, 0.3 + 0.9, 0.5]))
+    assert torch.equal(pooled.flatten(), torch.tensor([0.0, 4.0, 0.0]))
+
+
+def test_psg_pda_whole_model_loss_and_gradients(calls):
+    """PSG with PDA on the conv model: the loss with PDA's term on every LIF's recorded u
+    and the gradients of all parameters (learnable gammas included), fused against unfused:
+    the loss bit for bit in float32, gradients to 1e-6 in float64."""
+    from snn2hw.methods.psg import PSG
+    d = load_mnist1d()
+    x, y = torch.as_tensor(d.x_train[:48]), torch.as_tensor(d.y_train[:48]).long()
+    for dtype in (torch.float32, torch.float64):
+        model = _conv_model(tuple(x.shape[1:]), dtype)
+        method = PSG(pda=True)
+        method.setup(model)
+        model.to(dtype).train()
+        results = []
+        for fuse in (True, False):
+            m = copy.deepcopy(model)
+            layers.fuse_layers = fuse
+            try:
+                loss = nn.functional.cross_entropy(m(x.to(dtype)), y) + method.extra_loss(m)
+            finally:
+                layers.fuse_layers = True
+            results.append((loss, torch.autograd.grad(loss, list(m.parameters()))))
+        (loss, g), (loss_ref, g_ref) = results
+        if dtype == torch.float32:
+            assert torch.equal(loss, loss_ref)
+        else:
+            for a, b in zip(g, g_ref):
+                torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+    assert len(calls) == 4

@@ -71,9 +71,9 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
         getattr(lib, f"asgl_forward_{suf}").argtypes = [ptr, i64, ptr, ptr, i64, i64, ct, ct, i, ct, ct, i, i]
         getattr(lib, f"asgl_backward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, ct, ct, ct, ct, i,
                                                          ct, i]
-        getattr(lib, f"lif_pool_forward_{suf}").argtypes = [ptr, i64, ptr, i64, i, ptr, ptr, ptr, ptr, ptr, i64,
+        getattr(lib, f"lif_pool_forward_{suf}").argtypes = [ptr, i64, ptr, i64, i, ptr, ptr, ptr, ptr, ptr, ptr, i64,
                                                             i64, i64, i64, i64, i64, ct, ct, ct, ct, i, i]
-        getattr(lib, f"lif_pool_backward_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i,
+        getattr(lib, f"lif_pool_backward_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i,
                                                              ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct,
                                                              ct, i, i]
         getattr(lib, f"bn_input_grad_{suf}").argtypes = [ptr, ptr, ptr, ptr, i64, i, i64, i64, i]
@@ -248,14 +248,21 @@ class PlaneLayout(NamedTuple):
     kw: int
 
 
+POOL_RESETS = {"soft": 0, "hard": 1, "soft_nodecay": 2}  # the pool kernel's reset codes
+
+
 def pool_forward(z: Tensor, coef: Tensor | None, mode: int, lay: PlaneLayout, div: float, mul: float,
-                 lam: float, v_th: float, hard: bool, keep_x: bool) -> tuple[Tensor, Tensor | None]:
-    """(pooled spikes (T, P, H // kh, W // kw), x (T, P, H, W) if ``keep_x``) of the LIF
-    driven by ``c = affine(z)`` (``coef`` C x (alpha, beta, w, bias), ``mode`` 2: fma as
-    torch's batch_norm, 1: without, 0: c = z), ``z`` (T, P*H*W) time-major (time stride 0:
-    one frame broadcast over T). Pooled = window sum / ``div``, times ``mul`` if non-zero."""
+                 lam: float, v_th: float, reset: int, keep_x: bool, keep_u: bool = False
+                 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(pooled spikes (T, P, H // kh, W // kw), x (T, P, H, W) if ``keep_x``, u (T, P, H, W) if
+    ``keep_u``) of the LIF driven by ``c = affine(z)`` (``coef`` C x (alpha, beta, w, bias),
+    ``mode`` 2: fma as torch's batch_norm, 1: without, 0: c = z), ``z`` (T, P*H*W) time-major
+    (time stride 0: one frame broadcast over T). Pooled = window sum / ``div``, times ``mul``
+    if non-zero; u is the membrane ``forward_membrane`` records, bit for bit. ``reset``: one of
+    ``POOL_RESETS`` (GSG's soft_nodecay too, which the other loops here do not run)."""
     x = torch.empty(lay.T, lay.P, lay.H, lay.W, dtype=z.dtype) if keep_x else None
-    return _pool_call(z, coef, mode, lay, div, mul, lam, v_th, hard, x, None, None), x
+    u = torch.empty(lay.T, lay.P, lay.H, lay.W, dtype=z.dtype) if keep_u else None
+    return _pool_call(z, coef, mode, lay, div, mul, lam, v_th, reset, x, None, None, u), x, u
 
 
 def pool_forward_counted(z: Tensor, lay: PlaneLayout, div: float, mul: float, lam: float, v_th: float,
@@ -268,20 +275,20 @@ def pool_forward_counted(z: Tensor, lay: PlaneLayout, div: float, mul: float, la
     # one row per thread: no shared writes
     nspk = torch.zeros(threads, units, dtype=z.dtype)
     nchg = torch.zeros(threads, dtype=torch.int64)
-    pooled = _pool_call(z, None, 0, lay, div, mul, lam, v_th, hard, None, nspk, nchg)
+    pooled = _pool_call(z, None, 0, lay, div, mul, lam, v_th, int(hard), None, nspk, nchg, None)
     return (pooled, nspk[0], nchg[0]) if threads == 1 else (pooled, nspk.sum(0), nchg.sum())
 
 
 def _pool_call(z: Tensor, coef: Tensor | None, mode: int, lay: PlaneLayout, div: float, mul: float,
-               lam: float, v_th: float, hard: bool, x: Tensor | None, nspk: Tensor | None,
-               nchg: Tensor | None) -> Tensor:
+               lam: float, v_th: float, reset: int, x: Tensor | None, nspk: Tensor | None,
+               nchg: Tensor | None, u: Tensor | None) -> Tensor:
     lib, threads = _library(), torch.get_num_threads()
     z, ts = _time_major(z)
     pooled = torch.empty(lay.T, lay.P, lay.H // lay.kh, lay.W // lay.kw, dtype=z.dtype)
     sbuf = torch.empty(threads, lay.T * lay.H * lay.W, dtype=z.dtype)  # each thread's plane of spikes
     getattr(lib, f"lif_pool_forward_{_SUFFIX[z.dtype]}")(
-        _ptr(z), ts, _ptr(coef), lay.C, mode, _ptr(pooled), _ptr(x), _ptr(sbuf), _ptr(nspk), _ptr(nchg), lay.T,
-        lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul, lam, v_th, int(hard), threads)
+        _ptr(z), ts, _ptr(coef), lay.C, mode, _ptr(pooled), _ptr(x), _ptr(u), _ptr(sbuf), _ptr(nspk), _ptr(nchg), lay.T,
+        lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul, lam, v_th, reset, threads)
     return pooled
 
 
@@ -294,14 +301,17 @@ def _windows(lay: PlaneLayout) -> Tensor:
 
 
 def pool_backward(gp: Tensor, x: Tensor, p: Tensor, shape, z: Tensor | None, coef: Tensor | None, mode: int,
-                  lay: PlaneLayout, div: float, mul: float, lam: float, v_th: float, hard: bool, need_p: bool
-                  ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+                  lay: PlaneLayout, div: float, mul: float, lam: float, v_th: float, reset: int, need_p: bool,
+                  gext: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(gradient of c (T, P, H, W), of p or None, per-plane sums (P, 2) of (gc, gc * xn) in
-    float64 or None) of ``pool_forward``'s LIF, given ``gp`` the pooled spikes' gradient.
-    Blocks of steps as ``backward``; ``x`` is overwritten by the gradient of c."""
+    float64 or None) of ``pool_forward``'s LIF, given ``gp`` the pooled spikes' gradient and
+    ``gext`` (T, P*H*W) or None, that of the recorded u (added to u's as ``backward`` adds it).
+    ``reset`` as ``pool_forward``'s. Blocks of steps as ``backward``; ``x`` is overwritten by
+    the gradient of c."""
     lib, threads = _library(), torch.get_num_threads()
     fn = getattr(lib, f"lif_pool_backward_{_SUFFIX[x.dtype]}")
     gp = gp.to(x.dtype).contiguous()
+    gext = gext.to(x.dtype).reshape(lay.T, -1).contiguous() if gext is not None else None
     zt, zts = _time_major(z) if z is not None else (None, 0)
     n = x[0].numel()
     carry = torch.zeros(n, dtype=x.dtype)
@@ -318,9 +328,10 @@ def pool_backward(gp: Tensor, x: Tensor, p: Tensor, shape, z: Tensor | None, coe
         dp = shape.grad_param(xb, p) if need_p else None
         gs = torch.empty_like(xb) if need_p else None
         zb = zt[t0:t1] if zt is not None and zts else zt
-        fn(_ptr(gp[t0:t1]), _ptr(g), _ptr(xb), _ptr(xb), _ptr(gs), _ptr(carry), _ptr(zb), zts, _ptr(coef), lay.C,
+        geb = gext[t0:t1] if gext is not None else None
+        fn(_ptr(gp[t0:t1]), _ptr(g), _ptr(xb), _ptr(geb), _ptr(xb), _ptr(gs), _ptr(carry), _ptr(zb), zts, _ptr(coef), lay.C,
            mode, _ptr(sums), _ptr(gbuf), _ptr(window), t1 - t0, lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul,
-           lam, v_th, int(hard), threads)
+           lam, v_th, reset, threads)
         if need_p:
             gpar = gs * dp
             gpar = gpar.sum() if p.dim() == 0 else gpar.sum_to_size(p.shape)

@@ -360,27 +360,32 @@ DEFINE_DUAL_MODE(double, f64)
  *   c = fma(z, alpha, beta) * w + bias   (mode 2: tdBN, rounded as torch's CPU batch_norm
  *   c = (z * alpha + beta) * w + bias     mode 1: the same without fma
  *   c = z                                 mode 0; coef: C x (alpha, beta, w, bias))
+ * reset (the argument hard): 0 soft, 1 hard, 2 GSG's soft_nodecay u = lam*u + c - vth*s
+ *           (lif_step's expression; lif_forward has no such reset, only this section).
  * forward:  the LIF of lif_forward on c; pooled[t, p, i, j] = (sum of the kh x kw window's
  *           spikes) / div, times mul if mul != 0 (sum pooling is avg_pool * k^d), windows
  *           kernel = stride, rows/columns past the last whole window dropped (floor);
  *           window[i] = 1 + the window of a plane's neuron i, 0 if in none (backward);
- *           xs = x (if given), as lif_forward; counts for hwsim (if nspk is given), as
+ *           xs = x (if given), as lif_forward; us = u (if given: PDA's recorded membranes,
+ *           lif_forward_membrane's u bit for bit); counts for hwsim (if nspk is given), as
  *           lif_forward's with units = C x H x W: nspk[th, (p % C) * S + i] += the LIF's own
  *           spikes (before pooling), nchg[th] += its membrane changes at t >= 1.
  * backward: go of a neuron in a window = (gp * mul if mul != 0) / div, else 0; then
- *           lif_backward's step; with a tdBN, sums[p] += (sum gc, sum gc * xn) over the
+ *           lif_backward's step (soft_nodecay: gs = go - vth gu', gu = gs g + lam gu'), gext (if given: u's own gradient) added to gu as there;
+ *           with a tdBN, sums[p] += (sum gc, sum gc * xn) over the
  *           plane's neurons and steps, xn = the normalised z of the forward. */
 /* FMA_CLONES, FMA_f32/f64: defined with the ASGL section above (baseline x86-64 has no
  * fma instruction, fmaf would be a libm call per neuron: one clone for CPUs with it) */
 #define POOL_CALL(SUF, md, h, cnt)                                                     \
-    pool_plane_##SUF(zp, z_ts, sb, S, xp, N, T, k, md, lam, vth, h, xs != 0, cnt, own, nc);
+    pool_plane_##SUF(zp, z_ts, sb, S, xp, up, N, T, k, md, lam, vth, h, xs != 0, cnt, own, nc);
+#define POOL_RESETS(SUF, md, cnt)                                                      \
+    if (hard == 2) POOL_CALL(SUF, md, 2, cnt)                                          \
+    else if (hard) POOL_CALL(SUF, md, 1, cnt)                                          \
+    else POOL_CALL(SUF, md, 0, cnt)
 #define POOL_MODES(SUF, cnt)                                                           \
-    if (mode == 2 && hard) POOL_CALL(SUF, 2, 1, cnt)                                   \
-    else if (mode == 2) POOL_CALL(SUF, 2, 0, cnt)                                      \
-    else if (mode == 1 && hard) POOL_CALL(SUF, 1, 1, cnt)                              \
-    else if (mode == 1) POOL_CALL(SUF, 1, 0, cnt)                                      \
-    else if (hard) POOL_CALL(SUF, 0, 1, cnt)                                           \
-    else POOL_CALL(SUF, 0, 0, cnt)
+    if (mode == 2) { POOL_RESETS(SUF, 2, cnt) }                                        \
+    else if (mode == 1) { POOL_RESETS(SUF, 1, cnt) }                                   \
+    else { POOL_RESETS(SUF, 0, cnt) }
 #define DEFINE_POOLED(T_, SUF)                                                         \
 static inline __attribute__((always_inline)) T_                                        \
 norm_##SUF(T_ z, const T_ *k, const int mode)                                          \
@@ -397,8 +402,8 @@ affine_##SUF(vec_##SUF z, const T_ *k, const int mode)                          
 }                                                                                      \
 static inline __attribute__((always_inline)) void                                      \
 pool_block_##SUF(int64_t m, const T_ *z, int64_t z_ts, T_ *sb, int64_t S, T_ *xs,      \
-                 int64_t N, int64_t T, const T_ *k, const int mode, T_ lam, T_ vth,    \
-                 const int hard, const int has_xs, const int count, T_ *own,           \
+                 T_ *us, int64_t N, int64_t T, const T_ *k, const int mode, T_ lam,    \
+                 T_ vth, const int hard, const int has_xs, const int count, T_ *own,   \
                  int64_t *nchg)                                                        \
 {                                                                                      \
     vec_##SUF u, x, ct, one = (T_)1 - (vec_##SUF){0};                                  \
@@ -410,10 +415,13 @@ pool_block_##SUF(int64_t m, const T_ *z, int64_t z_ts, T_ *sb, int64_t S, T_ *xs
     vec_##SUF s = __builtin_convertvector(-(x > 0), vec_##SUF), nsb = s;               \
     __builtin_memcpy(sb, &s, m * sizeof(T_));                                          \
     if (has_xs) __builtin_memcpy(xs, &x, m * sizeof(T_));                              \
+    if (us) __builtin_memcpy(us, &u, m * sizeof(T_));  /* u itself: x + vth rounds */  \
     for (int64_t t = 1; t < T; t++) {                                                  \
         load_##SUF(&ct, z + t * z_ts, m);                                              \
         ct = affine_##SUF(ct, k, mode);                                                \
-        vec_##SUF v = hard ? lam * u * (one - s) + ct : lam * (u - vth * s) + ct;      \
+        /* lif_step's expressions: the same roundings */                              \
+        vec_##SUF v = hard == 2 ? lam * u + ct - vth * s                               \
+                    : hard ? lam * u * (one - s) + ct : lam * (u - vth * s) + ct;      \
         if (count) changes -= (v != u) & live;  /* -1 where u changed */               \
         u = v;                                                                         \
         x = u - vth;                                                                   \
@@ -421,6 +429,7 @@ pool_block_##SUF(int64_t m, const T_ *z, int64_t z_ts, T_ *sb, int64_t S, T_ *xs
         if (count) nsb += s;                                                           \
         __builtin_memcpy(sb + t * S, &s, m * sizeof(T_));                              \
         if (has_xs) __builtin_memcpy(xs + t * N, &x, m * sizeof(T_));                  \
+        if (us) __builtin_memcpy(us + t * N, &u, m * sizeof(T_));                      \
     }                                                                                  \
     if (count) {  /* the LIF's own spikes, before pooling; padded lanes left out */    \
         int64_t n = 0;                                                                 \
@@ -430,23 +439,25 @@ pool_block_##SUF(int64_t m, const T_ *z, int64_t z_ts, T_ *sb, int64_t S, T_ *xs
     }                                                                                  \
 }                                                                                      \
 static inline __attribute__((always_inline)) void                                      \
-pool_plane_##SUF(const T_ *z, int64_t z_ts, T_ *sb, int64_t S, T_ *xs, int64_t N,      \
+pool_plane_##SUF(const T_ *z, int64_t z_ts, T_ *sb, int64_t S, T_ *xs, T_ *us, int64_t N, \
                  int64_t T, const T_ *k, const int mode, T_ lam, T_ vth,               \
                  const int hard, const int has_xs, const int count, T_ *own,           \
                  int64_t *nchg)                                                        \
 {                                                                                      \
     int64_t i = 0;                                                                     \
     for (; i + VN_##SUF <= S; i += VN_##SUF)                                           \
-        pool_block_##SUF(VN_##SUF, z + i, z_ts, sb + i, S, has_xs ? xs + i : 0, N, T,  \
+        pool_block_##SUF(VN_##SUF, z + i, z_ts, sb + i, S, has_xs ? xs + i : 0,        \
+                         us ? us + i : 0, N, T,                                        \
                          k, mode, lam, vth, hard, has_xs, count, count ? own + i : 0,  \
                          nchg);                                                        \
     if (i < S)                                                                         \
-        pool_block_##SUF(S - i, z + i, z_ts, sb + i, S, has_xs ? xs + i : 0, N, T,     \
+        pool_block_##SUF(S - i, z + i, z_ts, sb + i, S, has_xs ? xs + i : 0,           \
+                         us ? us + i : 0, N, T,                                        \
                          k, mode, lam, vth, hard, has_xs, count, count ? own + i : 0,  \
                          nchg);                                                        \
 }                                                                                      \
 FMA_CLONES void lif_pool_forward_##SUF(const T_ *z, int64_t z_ts, const T_ *coef, int64_t C,      \
-                            int mode, T_ *pooled, T_ *xs, T_ *sbuf, T_ *nspk,          \
+                            int mode, T_ *pooled, T_ *xs, T_ *us, T_ *sbuf, T_ *nspk,  \
                             int64_t *nchg, int64_t T,                                  \
                             int64_t P, int64_t H, int64_t W, int64_t kh, int64_t kw,   \
                             T_ div, T_ mul, T_ lam, T_ vth, int hard, int nthreads)    \
@@ -457,7 +468,7 @@ FMA_CLONES void lif_pool_forward_##SUF(const T_ *z, int64_t z_ts, const T_ *coef
     for (int64_t p = 0; p < P; p++) {                                                  \
         T_ *sb = sbuf + THREAD() * T * S;                                              \
         const T_ *k = coef ? coef + 4 * (p % C) : 0, *zp = z + p * S;                  \
-        T_ *xp = xs ? xs + p * S : 0;                                                  \
+        T_ *xp = xs ? xs + p * S : 0, *up = us ? us + p * S : 0;                       \
         /* this thread's spike sums of the plane's units (channel p % C of C x S) */    \
         T_ *own = nspk ? nspk + THREAD() * C * S + (p % C) * S : 0;                    \
         int64_t *nc = nchg ? nchg + THREAD() : 0;                                      \
@@ -475,7 +486,18 @@ FMA_CLONES void lif_pool_forward_##SUF(const T_ *z, int64_t z_ts, const T_ *coef
                 }                                                                      \
     }                                                                                  \
 }                                                                                      \
-FMA_CLONES void lif_pool_backward_##SUF(const T_ *gp, const T_ *g, const T_ *xs,          \
+/* bwd_step of GSG's soft_nodecay reset, u = lam*u + c - vth*s: the threshold's term is \
+ * not decayed, so b = -vth (soft: -lam*vth); a = lam as soft. */                      \
+static void nodecay_bwd_step_##SUF(int64_t len, const T_ *restrict go, const T_ *restrict g, \
+                                   T_ *restrict gun, T_ *restrict gsl, T_ lam, T_ vth) \
+{                                                                                      \
+    for (int64_t i = 0; i < len; i++) {                                                \
+        T_ gs = go[i] - vth * gun[i];                                                  \
+        gsl[i] = gs;                                                                   \
+        gun[i] = gs * g[i] + lam * gun[i];                                             \
+    }                                                                                  \
+}                                                                                      \
+FMA_CLONES void lif_pool_backward_##SUF(const T_ *gp, const T_ *g, const T_ *xs, const T_ *gext, \
                              T_ *gu_out, T_ *gs_out, T_ *carry, const T_ *z, int64_t z_ts, \
                              const T_ *coef, int64_t C, int mode, double *sums, T_ *gbuf,  \
                              const int64_t *window,                                    \
@@ -504,8 +526,11 @@ FMA_CLONES void lif_pool_backward_##SUF(const T_ *gp, const T_ *g, const T_ *xs,
             for (int64_t t = T - 1; t >= 0; t--) {                                     \
                 const T_ *gwt = gw + t * So;                                           \
                 for (int64_t i = 0; i < len; i++) gol[i] = at[i] ? gwt[at[i]] : gw[0];  \
-                bwd_step_##SUF(len, gol, g + t * N + n0, xs + t * N + n0, gun, gsl,    \
-                               lam, vth, hard);                                        \
+                if (hard == 2)                                                         \
+                    nodecay_bwd_step_##SUF(len, gol, g + t * N + n0, gun, gsl, lam, vth); \
+                else bwd_step_##SUF(len, gol, g + t * N + n0, xs + t * N + n0, gun, gsl, \
+                                    lam, vth, hard);                                   \
+                if (gext) for (int64_t i = 0; i < len; i++) gun[i] += gext[t * N + n0 + i]; \
                 for (int64_t i = 0; i < len; i++) gu_out[t * N + n0 + i] = gun[i];     \
                 if (gs_out) for (int64_t i = 0; i < len; i++) gs_out[t * N + n0 + i] = gsl[i]; \
                 if (mode) for (int64_t i = 0; i < len; i++) {                          \

@@ -54,13 +54,20 @@ class TDBNArgs(NamedTuple):
 
 
 class LIFArgs(NamedTuple):
-    """The exact-Heaviside LIF of ``fused_lif``: surrogate ``shape`` with parameter ``p``."""
+    """The exact-Heaviside LIF of ``fused_lif``: surrogate ``shape`` with parameter ``p``;
+    reset hard, soft, or with ``nodecay`` GSG's soft_nodecay (``u = lam u + c - V_th s``)."""
 
     p: Tensor
     lam: float
     v_th: float
     hard: bool
     shape: SurrogateShape
+    nodecay: bool = False
+
+    @property
+    def reset_code(self) -> int:
+        """The pool kernel's code of this reset (``_kernel.POOL_RESETS``)."""
+        return _kernel.POOL_RESETS["soft_nodecay" if self.nodecay else "hard" if self.hard else "soft"]
 
 
 class PoolArgs(NamedTuple):
@@ -120,31 +127,36 @@ class FusedBNLIFPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: Tensor, weight: Tensor | None, bias: Tensor | None, p: Tensor,  # type: ignore[override]
-                bn: TDBNArgs | None, lif: LIFArgs, pool: PoolArgs | None) -> Tensor:
+                bn: TDBNArgs | None, lif: LIFArgs, pool: PoolArgs | None, membrane: bool):
         lay = _layout(z, pool)
         div, mul = _pool_scale(pool)
         coef, invstd, mode = None, None, 0
         if bn is not None:
             coef, invstd, mode = _bn_coefficients(z, bn)
-        broadcast = z.shape[0] > 1 and z.stride(0) == 0
-        pooled, x = _kernel.pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.hard,
-                                         keep_x=not broadcast)
+        # soft_nodecay: x kept, the plain kernel that would recompute it has no such reset
+        broadcast = z.shape[0] > 1 and z.stride(0) == 0 and not lif.nodecay
+        # with u recorded, backward takes x = u - V_th from it (as FusedLIF): x is not kept
+        pooled, x, u = _kernel.pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.reset_code,
+                                            keep_x=not (broadcast or membrane), keep_u=membrane)
         ctx.consts = (bn, lif, pool, lay, div, mul, mode, tuple(z.shape))
         # broadcast frame: backward recomputes x from it (T times less memory, as FusedLIF)
-        ctx.save_for_backward(z[:1] if broadcast else z, x, coef, invstd, p)
-        return pooled.view(*z.shape[:3], *_out_spatial(z, pool))
+        ctx.save_for_backward(z[:1] if broadcast else z, x, coef, invstd, p, u)
+        pooled = pooled.view(*z.shape[:3], *_out_spatial(z, pool))
+        return (pooled, u.view(z.shape)) if membrane else pooled
 
     @staticmethod
-    def backward(ctx, gp: Tensor):  # type: ignore[override]
-        z, x, coef, invstd, p = ctx.saved_tensors
+    def backward(ctx, gp: Tensor, gext: Tensor | None = None):  # type: ignore[override]
+        z, x, coef, invstd, p, u = ctx.saved_tensors
         bn, lif, pool, lay, div, mul, mode, shape = ctx.consts
-        if x is None:  # the frame: x again, exactly as the forward computed it
+        if u is not None:  # x exactly as the kernel computed it from u; fresh: pool_backward overwrites it
+            x = u - lif.v_th
+        elif x is None:  # the frame: x again, exactly as the forward computed it
             frame = z.expand(shape).flatten(1)
             x = _kernel.forward(frame, lif.lam, lif.v_th, lif.hard, spikes=False, keep_x=True)[1]
         x = x.view(lay.T, lay.P, lay.H, lay.W)
         gc, grad_p, sums = _kernel.pool_backward(
             gp.reshape(lay.T, -1), x, p, lif.shape, z.flatten(1) if mode else None, coef, mode, lay, div, mul,
-            lif.lam, lif.v_th, lif.hard, ctx.needs_input_grad[3])
+            lif.lam, lif.v_th, lif.reset_code, ctx.needs_input_grad[3], gext)
         gc = gc.view(shape)
         grad_w = grad_b = None
         if bn is not None:
@@ -157,7 +169,7 @@ class FusedBNLIFPool(torch.autograd.Function):
             gc = _kernel.bn_input_grad(gc.flatten(0, 1), z.flatten(0, 1), coef, kk, mode, lay.C).view(shape)
             grad_w = (s[:, 1] * bn.scale).to(coef.dtype)
             grad_b = s[:, 0].to(coef.dtype)
-        return gc, grad_w, grad_b, grad_p, None, None, None
+        return gc, grad_w, grad_b, grad_p, None, None, None, None
 
 
 def _out_spatial(z: Tensor, pool: PoolArgs | None) -> list[int]:
@@ -165,26 +177,30 @@ def _out_spatial(z: Tensor, pool: PoolArgs | None) -> list[int]:
     return [s // k for s in z.shape[3:]]
 
 
-def bn_lif_pool(z: Tensor, bn: TDBNArgs | None, lif: LIFArgs, pool: PoolArgs | None) -> Tensor:
+def bn_lif_pool(z: Tensor, bn: TDBNArgs | None, lif: LIFArgs, pool: PoolArgs | None,
+                membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """``Pool(LIF(TDBatchNorm(z)))`` in one pass, (T, B, C, *spatial // k), with the numbers of
     the three modules run in turn (module docstring). Needs the compiled kernel and CPU
     float32/64 ``z`` (T, B, C, L) or (T, B, C, H, W) contiguous per step; ``bn`` None: no
-    tdBN (then ``z`` may be one frame broadcast over T); ``pool`` None: spikes."""
+    tdBN (then ``z`` may be one frame broadcast over T); ``pool`` None: spikes. With
+    ``membrane`` also the LIF's potentials u (z's shape), as ``fused_lif(..., membrane=True)``
+    records them (PSG's PDA): ``(pooled, u)``, u differentiable."""
     weight = bn.weight if bn is not None else None
     bias = bn.bias if bn is not None else None
     if bn is not None:
         z = z.contiguous()  # the kernel and the BN backward read it as (T, B, C, ...) in memory
     needs_grad = any(t is not None and t.requires_grad for t in (z, weight, bias, lif.p))
     if torch.is_grad_enabled() and needs_grad:
-        return FusedBNLIFPool.apply(z, weight, bias, lif.p, bn, lif, pool)
+        return FusedBNLIFPool.apply(z, weight, bias, lif.p, bn, lif, pool, membrane)
     lay = _layout(z, pool)
     div, mul = _pool_scale(pool)
     coef, mode = None, 0
     if bn is not None:
         coef, _, mode = _bn_coefficients(z, bn)
-    pooled, _ = _kernel.pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.hard,
-                                     keep_x=False)
-    return pooled.view(*z.shape[:3], *_out_spatial(z, pool))
+    pooled, _, u = _kernel.pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.reset_code,
+                                        keep_x=False, keep_u=membrane)
+    pooled = pooled.view(*z.shape[:3], *_out_spatial(z, pool))
+    return (pooled, u.view(z.shape)) if membrane else pooled
 
 
 def lif_pool_counted(z: Tensor, lam: float, v_th: float, hard: bool, pool: PoolArgs

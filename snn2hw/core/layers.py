@@ -306,9 +306,7 @@ def _fusable_run(layers: list, i: int, x: Tensor) -> tuple[int, TDBatchNorm | No
             or torch._C._functorch.is_functorch_wrapped_tensor(x)):
         return None
     fused = lif._fused_args()  # (p, lam, v_th, reset, shape, value_fn): the exact step only
-    if fused is None or fused[5] is not None or fused[3] not in ("hard", "soft"):
-        return None
-    if lif.record_membrane and lif.training:
+    if fused is None or fused[5] is not None or fused[3] not in _kernel.POOL_RESETS:
         return None
     if bn is not None and not (type(bn) is TDBatchNorm and (bn.norm_strategy is None or not bn.training)
                                and isinstance(bn.momentum, float) and bn.weight.dtype == x.dtype
@@ -329,8 +327,11 @@ def _run_fused(bn: TDBatchNorm | None, lif: LIF, pool: Pool | None, x: Tensor) -
     bn_args = None if bn is None else TDBNArgs(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.scale,
                                                bn.eps, bn.momentum, bn.training)
     pool_args = None if pool is None else PoolArgs(pool.mode, pool.k, pool.dims)
-    lif.last_membrane = None  # as LIF.forward when not recording
-    return bn_lif_pool(x, bn_args, LIFArgs(p, lam, v_th, reset == "hard", shape), pool_args)
+    record = lif.record_membrane and lif.training  # as LIF.forward: membranes for training-time losses
+    lif_args = LIFArgs(p, lam, v_th, reset == "hard", shape, reset == "soft_nodecay")
+    out = bn_lif_pool(x, bn_args, lif_args, pool_args, record)
+    y, lif.last_membrane = out if record else (out, None)
+    return y
 
 
 def run_layers(layers: nn.ModuleList | list, x: Tensor) -> Tensor:
