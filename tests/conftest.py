@@ -15,6 +15,15 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    """Run the test with 1 and with 2 torch threads (the kernels split work by thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def kernel_lib(tmp_path_factory):
     """The compiled LIF kernel: the set-up's build, else one built here, else None."""

@@ -35,14 +35,6 @@ def calls(monkeypatch):
     return seen
 
 
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 def _block(channels: int, dims: int, pool: str | None, k: int, reset: str, lam: float, dtype, seed=0,
            bn: bool = True) -> list[nn.Module]:
     torch.manual_seed(seed)
@@ -170,22 +162,27 @@ def _conv_model(input_shape, dtype, pool="avg", reset="hard"):
     return build_model(cfg).to(dtype)
 
 
+def _loss_and_grads(model, x, y, fuse: bool, extra_loss=None):
+    """(loss, gradients of every parameter) of a copy of ``model`` with ``layers.fuse_layers = fuse``;
+    ``extra_loss(model)`` (a method's term) added to the cross-entropy."""
+    m = copy.deepcopy(model)
+    layers.fuse_layers = fuse
+    try:
+        loss = nn.functional.cross_entropy(m(x), y)
+        if extra_loss is not None:
+            loss = loss + extra_loss(m)
+    finally:
+        layers.fuse_layers = True
+    return loss, torch.autograd.grad(loss, list(m.parameters()))
+
+
 @pytest.mark.parametrize("dataset", ["mnist1d", "digits"])
 def test_whole_conv_model_loss_and_gradients(dataset, calls):
     d = load_mnist1d() if dataset == "mnist1d" else load_digits()
     x, y = torch.as_tensor(d.x_train[:48]), torch.as_tensor(d.y_train[:48]).long()
     for dtype in (torch.float32, torch.float64):
         model = _conv_model(tuple(x.shape[1:]), dtype)
-        results = []
-        for fuse in (True, False):
-            m = copy.deepcopy(model)
-            layers.fuse_layers = fuse
-            try:
-                loss = nn.functional.cross_entropy(m(x.to(dtype)), y)
-            finally:
-                layers.fuse_layers = True
-            results.append((loss, torch.autograd.grad(loss, list(m.parameters()))))
-        (loss, g), (loss_ref, g_ref) = results
+        (loss, g), (loss_ref, g_ref) = (_loss_and_grads(model, x.to(dtype), y, fuse) for fuse in (True, False))
         if dtype == torch.float32:
             assert torch.equal(loss, loss_ref)
         else:
@@ -332,16 +329,8 @@ def test_psg_pda_whole_model_loss_and_gradients(calls):
         method = PSG(pda=True)
         method.setup(model)
         model.to(dtype).train()
-        results = []
-        for fuse in (True, False):
-            m = copy.deepcopy(model)
-            layers.fuse_layers = fuse
-            try:
-                loss = nn.functional.cross_entropy(m(x.to(dtype)), y) + method.extra_loss(m)
-            finally:
-                layers.fuse_layers = True
-            results.append((loss, torch.autograd.grad(loss, list(m.parameters()))))
-        (loss, g), (loss_ref, g_ref) = results
+        (loss, g), (loss_ref, g_ref) = (_loss_and_grads(model, x.to(dtype), y, fuse, method.extra_loss)
+                                        for fuse in (True, False))
         if dtype == torch.float32:
             assert torch.equal(loss, loss_ref)
         else:

@@ -25,14 +25,6 @@ from snn2hw.models.network import SpikingNetwork
 pytestmark = pytest.mark.skipif(_kernel._library() is None, reason="no compiled kernel: nothing is fused")
 
 
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def fused_calls(monkeypatch):
     """How many times graph.run took the fused LIF + pool op."""
