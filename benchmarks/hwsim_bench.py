@@ -10,7 +10,9 @@ Ratios are taken in one run from interleaved repeats (the order rotated at each
 repeat), taking each variant's fastest run (the least disturbed by other
 processes); ``--rounds`` repeats that and prints every round's ratios and their spread. ``--clock cpu`` times the thread's CPU time
 (``time.thread_time``: waiting for a loaded machine's cores is not counted) instead
-of wall time. One torch thread unless --threads.
+of wall time. One torch thread unless --threads. "lowered, no counting" is
+``run(net, x)`` with its outputs; a report runs it with ``outputs=False`` (the
+readout synapse is counted, not applied: nothing reads its currents).
 """
 
 from __future__ import annotations

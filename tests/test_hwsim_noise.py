@@ -198,3 +198,37 @@ def test_quantisation_grid_and_saturation():
     x = 2 * torch.rand(50, 1, 8, 8)
     res = simulate(net, x, m(x).argmax(1), NoiseSpec(quant=q), chips=2)
     assert res.accuracy[0] == res.accuracy[1] and 0.2 < res.accuracy[0] <= 1.0
+
+
+class CallLog:
+    """Every observer call with a copy of what it was shown."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, torch.Tensor]] = []
+
+    def synapse(self, op, x, nlead):
+        self.calls.append((op.name, x.clone()))
+
+    def neuron(self, op, s):
+        self.calls.append((op.name, s.clone()))
+
+
+@pytest.mark.parametrize("key", sorted(CONFIGS))
+def test_run_without_outputs_shows_the_observer_the_same_calls(key, monkeypatch):
+    """``run(outputs=False)`` (count_energy's run): every synapse and neuron is shown the
+    same tensors as in a full run, the last synapse (the readout) is shown its input but
+    not applied, and nothing is returned."""
+    import snn2hw.hwsim.graph as graph
+    net = lower(_model(key))
+    x = 2.5 * torch.rand(6, *CONFIGS[key].input_shape, generator=torch.Generator().manual_seed(2))
+    applied = []
+    apply = graph._apply_synapse
+    monkeypatch.setattr(graph, "_apply_synapse", lambda op, *a: applied.append(op.name) or apply(op, *a))
+    full, counted = CallLog(), CallLog()
+    with torch.inference_mode():
+        assert run(net, x, observer=full) is not None
+        n_full = len(applied)
+        assert run(net, x, observer=counted, outputs=False) is None
+    assert [n for n, _ in counted.calls] == [n for n, _ in full.calls]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(counted.calls, full.calls))
+    assert applied[:n_full] == applied[n_full:] + [net.ops[-1].name]

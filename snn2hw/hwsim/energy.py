@@ -321,7 +321,7 @@ def count_energy(net: LoweredNet, x: Tensor, profile: EnergyProfile, batch_size:
     with torch.inference_mode():
         for i in range(0, n, batch_size):
             xb = x if n <= batch_size else x[i:i + batch_size]
-            run(net, to_time_major(xb.to(plan.device), temporal), observer=counter)
+            run(net, to_time_major(xb.to(plan.device), temporal), observer=counter, outputs=False)
     neurons, nb_neurons, rates = [], [], {}
     for op in plan.neurons:
         name, size = op.name, math.prod(op.out_shape)

@@ -458,7 +458,7 @@ def _fused_pool(op: Neuron, nxt, x: Tensor, chips: ChipParams, noise: RunNoise,
 
 
 def _run_ops(ops: list, x: Tensor, nlead: int, T: int, chips: ChipParams, noise: RunNoise,
-             observer: Observer | None, record: bool) -> tuple[Tensor, int]:
+             observer: Observer | None, record: bool, outputs: bool = True) -> tuple[Tensor | None, int]:
     pooled_by: Neuron | None = None  # the neuron whose fused op already ran the next (pooling) op
     for i, op in enumerate(ops):
         if pooled_by is not None:
@@ -468,6 +468,8 @@ def _run_ops(ops: list, x: Tensor, nlead: int, T: int, chips: ChipParams, noise:
         if isinstance(op, Synapse):
             if observer is not None:
                 observer.synapse(op, x, nlead)
+            if not outputs and i + 1 == len(ops):  # its input is counted; its output read by no one
+                return None, nlead
             x = _apply_synapse(op, x, nlead, chips)
             if op.name in chips.readout:
                 x = chips.readout[op.name](x if nlead == 3 else x.unsqueeze(0).expand(T, *x.shape))
@@ -504,8 +506,12 @@ def _run_ops(ops: list, x: Tensor, nlead: int, T: int, chips: ChipParams, noise:
 
 
 def run(net: LoweredNet, x: Tensor, chips: ChipParams | None = None, noise: RunNoise | None = None,
-        observer: Observer | None = None, record_shapes: bool = False) -> Tensor:
+        observer: Observer | None = None, record_shapes: bool = False, outputs: bool = True) -> Tensor | None:
     """Per-step readout currents ``(T, B, C, classes)`` of C chips on input ``x``.
+
+    ``outputs=False`` (an observer that only counts): the last op, if a synapse, is shown
+    to the observer but not applied, and nothing is returned (a small net's readout layer
+    is a fifth of its inference).
 
     ``x`` is static ``(B, *input_shape)`` (direct encoding, the same frame at
     every step) or time-major ``(T, B, *input_shape)``. A static ``x`` of a rate- or
@@ -523,7 +529,9 @@ def run(net: LoweredNet, x: Tensor, chips: ChipParams | None = None, noise: RunN
     if chips.input_q is not None:
         x = chips.input_q(x)
     x = x.unsqueeze(nlead - 1).expand(*x.shape[:nlead - 1], C, *x.shape[nlead - 1:])
-    y, nlead = _run_ops(net.ops, x, nlead, T, chips, noise, observer, record_shapes)
+    y, nlead = _run_ops(net.ops, x, nlead, T, chips, noise, observer, record_shapes, outputs or record_shapes)
+    if y is None:
+        return None
     if nlead == 2:  # a network without temporal layers
         y = y.unsqueeze(0).expand(T, *y.shape)
     return y
