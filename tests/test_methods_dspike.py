@@ -305,3 +305,29 @@ def test_fdg_runs_tdbn_lif_pool_fused_with_the_unfused_numbers(dtype, monkeypatc
     if dtype == torch.float64:
         ref = _looped_fdg(model, weight, x, y, loss_fn, coords, 0.1)
         torch.testing.assert_close(fused, ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("v_th", [0.5, 0.7, 1.0, 2.0])
+def test_dspike_grad_is_bit_for_bit_the_sech2_form(dtype, v_th):
+    """``Dspike.grad`` (two fresh tensors, the rest in place) gives the very numbers of the
+    form it replaced, ``sech2(x b / 2V_th) * b / (2 tanh(b/2)) / 2V_th`` times the window
+    ``|x| <= V_th`` (1/0): at the window's edges and just past them, at +-0, far outside, and
+    for small and large b; its input is left as it was."""
+    from snn2hw.core.surrogate import sech2
+
+    torch.manual_seed(1)
+    edge = torch.tensor([v_th, -v_th, 0.0, -0.0, 10 * v_th, -10 * v_th], dtype=dtype)
+    past = torch.nextafter(edge[:2], edge[:2] * 2)
+    inside = torch.nextafter(edge[:2], torch.zeros(2, dtype=dtype))
+    x = torch.cat([edge, past, inside, torch.randn(4001, dtype=dtype) * 1.5 * v_th])
+    x_before = x.clone()
+    shape = Dspike(v_th=v_th)
+    for b in (0.05, 0.4, 1.0, 1.2, 3.7, 47.0):
+        p = torch.tensor(b, dtype=dtype)
+        old = sech2(x * (p / (2.0 * v_th))).mul_(p / (2.0 * torch.tanh(p / 2.0)) / (2.0 * v_th))
+        old = old.mul_((x.abs() <= v_th).to(dtype))
+        got = shape.grad(x, p)
+        assert torch.equal(got, old), (b, (got - old).abs().max())
+        assert float(got[8]) > 0 and float(got[9]) > 0 and float(got[6]) == 0 and float(got[7]) == 0
+    assert torch.equal(x, x_before)
