@@ -271,7 +271,8 @@ def test_fdg_on_a_qat_model_runs_its_grid_forwards_and_keeps_them():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fdg_runs_tdbn_lif_pool_fused_with_the_unfused_numbers(dtype, monkeypatch):
+@pytest.mark.parametrize("shape", [(1, 24), (1, 10, 9)], ids=["1d", "2d"])
+def test_fdg_runs_tdbn_lif_pool_fused_with_the_unfused_numbers(dtype, shape, monkeypatch):
     """The FDG's blocks ``[tdBN, LIF, Pool]`` run as one compiled pass per chunk (statistics
     per copy: the kernel sees copies x channels), ``[LIF, Pool]`` after a static tdBN too: the
     FDG is bit for bit the one of the modules run in turn (``fuse_layers = False``), in float32
@@ -280,7 +281,8 @@ def test_fdg_runs_tdbn_lif_pool_fused_with_the_unfused_numbers(dtype, monkeypatc
     from snn2hw.methods import dspike
 
     torch.manual_seed(4)
-    cfg = ModelConfig(arch="conv", input_shape=(1, 24), channels=(4, 6, 5), timesteps=3)
+    cfg = ModelConfig(arch="conv", input_shape=shape, channels=(4, 6, 5) if len(shape) == 2 else (3, 6),
+                      timesteps=3)
     model = build_model(cfg).to(dtype)
     make_method("dspike").setup(model)
     with torch.no_grad():  # tdBN affines that differ per channel, as after training
@@ -288,7 +290,7 @@ def test_fdg_runs_tdbn_lif_pool_fused_with_the_unfused_numbers(dtype, monkeypatc
             if isinstance(m, TDBatchNorm):
                 m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
     model.train()
-    x, y = torch.rand(12, 1, 24, dtype=dtype) * 2, torch.randint(0, 10, (12,))
+    x, y = torch.rand(12, *shape, dtype=dtype) * 2, torch.randint(0, 10, (12,))
     loss_fn, weight = make_loss("tet"), first_weight_name(model)
     coords = torch.arange(dict(model.named_parameters())[weight].numel())
     fused_calls = []
@@ -300,7 +302,7 @@ def test_fdg_runs_tdbn_lif_pool_fused_with_the_unfused_numbers(dtype, monkeypatc
     assert (unfused != 0).sum() >= len(coords) // 2
     assert torch.equal(fused, unfused)
     chunks = -(-2 * len(coords) // 5)
-    assert len(fused_calls) == 2 * chunks  # conv2's and conv3's blocks, every chunk
+    assert len(fused_calls) == (len(cfg.channels) - 1) * chunks  # the blocks after conv2, every chunk
     assert fused_calls[0][2] == 5 * 6  # 5 copies x 6 channels: statistics per copy
     if dtype == torch.float64:
         ref = _looped_fdg(model, weight, x, y, loss_fn, coords, 0.1)

@@ -8,7 +8,8 @@ running statistics untouched):
    ``g_i = (L(W1 + eps e_i) - L(W1 - eps e_i)) / (2 eps)``; the 2K perturbed
    networks run as copies stacked along the batch axis, ``fdg_chunk`` copies per
    forward call, without autograd and through the fused LIF loop (compiled
-   kernel); each copy keeps its own tdBN statistics. When W1 has more than ``fdg_max_coords``
+   kernel; tdBN -> LIF -> pool as one compiled pass); each copy keeps its own tdBN
+   statistics. When W1 has more than ``fdg_max_coords``
    entries, a fixed random subset of that many coordinates is used (recorded in
    the history as ``fdg_coords`` of ``fdg_weights``).
 2. The surrogate gradient of the same coordinates for b - db, b, b + db.
@@ -215,11 +216,11 @@ def _grouped_bn_lif_pool(run: list[nn.Module], h: Tensor, group: Grouping) -> Te
     if fusable is None or fusable[0] != 2 or fusable[2].record_membrane or not core_layers._plain_module(bn):
         return None
     _, _, lif, pool = fusable
+    p, lam, v_th, reset, shape, value_fn = lif._fused_args()
     T = h.shape[0]
     v, weight, bias = group(h.flatten(0, 1), bn)
-    if weight.dtype != h.dtype:
+    if value_fn is not None or weight.dtype != h.dtype:  # the exact step only (``_exact_step``)
         return None
-    p, lam, v_th, reset, shape, _ = lif._fused_args()
     pooled = bn_lif_pool(v.unflatten(0, (T, -1)), TDBNArgs(weight, bias, None, None, bn.scale, bn.eps, 0.0, True),
                          LIFArgs(p, lam, v_th, reset == "hard", shape, reset == "soft_nodecay"),
                          PoolArgs(pool.mode, pool.k, pool.dims))
@@ -318,7 +319,8 @@ def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, 
     as ONE forward of the copies stacked along the batch axis, under no_grad: per-copy
     first-layer weights, per-copy tdBN training statistics, the fused LIF loop (compiled
     kernel) for all copies at once; where W1's output channels stay apart up to the next
-    synapse (``_ChannelLocal``), only the perturbed channel is computed per copy there.
+    synapse (``_ChannelLocal``), only the perturbed channel is computed per copy there, and
+    its blocks tdBN -> LIF -> pool run as one compiled pass (``_grouped_bn_lif_pool``).
     Spikes are the exact step (an installed strategy is set aside). No buffer of ``model``
     changes.
     """
