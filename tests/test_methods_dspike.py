@@ -268,3 +268,68 @@ def test_fdg_on_a_qat_model_runs_its_grid_forwards_and_keeps_them():
     assert (ref != 0).sum() > 5, ref
     torch.testing.assert_close(batched, ref, rtol=1e-4, atol=1e-5)
     handle.detach()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 24), (1, 10, 9)], ids=["1d", "2d"])
+def test_fdg_runs_tdbn_lif_pool_fused_with_the_unfused_numbers(dtype, shape, monkeypatch):
+    """The FDG's blocks ``[tdBN, LIF, Pool]`` run as one compiled pass per chunk (statistics
+    per copy: the kernel sees copies x channels), ``[LIF, Pool]`` after a static tdBN too: the
+    FDG is bit for bit the one of the modules run in turn (``fuse_layers = False``), in float32
+    as well, and every block of the copies went through the compiled pass."""
+    from snn2hw.core import layers as core_layers
+    from snn2hw.methods import dspike
+
+    torch.manual_seed(4)
+    cfg = ModelConfig(arch="conv", input_shape=shape, channels=(4, 6, 5) if len(shape) == 2 else (3, 6),
+                      timesteps=3)
+    model = build_model(cfg).to(dtype)
+    make_method("dspike").setup(model)
+    with torch.no_grad():  # tdBN affines that differ per channel, as after training
+        for m in model.modules():
+            if isinstance(m, TDBatchNorm):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
+    model.train()
+    x, y = torch.rand(12, *shape, dtype=dtype) * 2, torch.randint(0, 10, (12,))
+    loss_fn, weight = make_loss("tet"), first_weight_name(model)
+    coords = torch.arange(dict(model.named_parameters())[weight].numel())
+    fused_calls = []
+    real = dspike.bn_lif_pool
+    monkeypatch.setattr(dspike, "bn_lif_pool", lambda z, *a: fused_calls.append(z.shape) or real(z, *a))
+    fused = finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.1, chunk_size=5)
+    monkeypatch.setattr(core_layers, "fuse_layers", False)
+    unfused = finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.1, chunk_size=5)
+    assert (unfused != 0).sum() >= len(coords) // 2
+    assert torch.equal(fused, unfused)
+    chunks = -(-2 * len(coords) // 5)
+    assert len(fused_calls) == (len(cfg.channels) - 1) * chunks  # the blocks after conv2, every chunk
+    assert fused_calls[0][2] == 5 * 6  # 5 copies x 6 channels: statistics per copy
+    if dtype == torch.float64:
+        ref = _looped_fdg(model, weight, x, y, loss_fn, coords, 0.1)
+        torch.testing.assert_close(fused, ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("v_th", [0.5, 0.7, 1.0, 2.0])
+def test_dspike_grad_is_bit_for_bit_the_sech2_form(dtype, v_th):
+    """``Dspike.grad`` (two fresh tensors, the rest in place) gives the very numbers of the
+    form it replaced, ``sech2(x b / 2V_th) * b / (2 tanh(b/2)) / 2V_th`` times the window
+    ``|x| <= V_th`` (1/0): at the window's edges and just past them, at +-0, far outside, and
+    for small and large b; its input is left as it was."""
+    from snn2hw.core.surrogate import sech2
+
+    torch.manual_seed(1)
+    edge = torch.tensor([v_th, -v_th, 0.0, -0.0, 10 * v_th, -10 * v_th], dtype=dtype)
+    past = torch.nextafter(edge[:2], edge[:2] * 2)
+    inside = torch.nextafter(edge[:2], torch.zeros(2, dtype=dtype))
+    x = torch.cat([edge, past, inside, torch.randn(4001, dtype=dtype) * 1.5 * v_th])
+    x_before = x.clone()
+    shape = Dspike(v_th=v_th)
+    for b in (0.05, 0.4, 1.0, 1.2, 3.7, 47.0):
+        p = torch.tensor(b, dtype=dtype)
+        old = sech2(x * (p / (2.0 * v_th))).mul_(p / (2.0 * torch.tanh(p / 2.0)) / (2.0 * v_th))
+        old = old.mul_((x.abs() <= v_th).to(dtype))
+        got = shape.grad(x, p)
+        assert torch.equal(got, old), (b, (got - old).abs().max())
+        assert float(got[8]) > 0 and float(got[9]) > 0 and float(got[6]) == 0 and float(got[7]) == 0
+    assert torch.equal(x, x_before)

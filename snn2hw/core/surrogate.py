@@ -151,8 +151,14 @@ class Dspike:
     param_name: ClassVar[str] = "b"
 
     def grad(self, x: Tensor, p: Tensor) -> Tensor:
-        g = sech2(x * (p / (2.0 * self.v_th))).mul_(p / (2.0 * torch.tanh(p / 2.0)) / (2.0 * self.v_th))
-        return g.mul_((x.abs() <= self.v_th).to(x.dtype))  # the window |x| <= V_th
+        # sech2(z) = 4 e (1 - e) with z = x p / (2 V_th), as ``sech2`` rounds it, in two fresh
+        # tensors (a per-batch cost: allocations cost here more than in-place passes): the
+        # window |x| <= V_th as 1/0 in place of |x|, (window - e) e clamped at 0 is (1 - e) e
+        # inside and 0 outside, and the constant times 4 is one exact power-of-two rescale
+        a = x.abs()
+        e = a.mul((p / (2.0 * self.v_th)) * -2.0).sigmoid_()
+        g = a.le_(self.v_th).sub_(e).mul_(e).clamp_min_(0.0)
+        return g.mul_(p / torch.tanh(p / 2.0) / self.v_th)
 
     def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
         inside = (x.abs() <= self.v_th).to(x.dtype)

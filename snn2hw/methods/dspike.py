@@ -8,7 +8,8 @@ running statistics untouched):
    ``g_i = (L(W1 + eps e_i) - L(W1 - eps e_i)) / (2 eps)``; the 2K perturbed
    networks run as copies stacked along the batch axis, ``fdg_chunk`` copies per
    forward call, without autograd and through the fused LIF loop (compiled
-   kernel); each copy keeps its own tdBN statistics. When W1 has more than ``fdg_max_coords``
+   kernel; tdBN -> LIF -> pool as one compiled pass); each copy keeps its own tdBN
+   statistics. When W1 has more than ``fdg_max_coords``
    entries, a fixed random subset of that many coordinates is used (recorded in
    the history as ``fdg_coords`` of ``fdg_weights``).
 2. The surrogate gradient of the same coordinates for b - db, b, b + db.
@@ -28,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core import layers as core_layers
 from ..core.encoders import encode
+from ..core.fusion import LIFArgs, PoolArgs, TDBNArgs, bn_lif_pool
 from ..core.layers import CUBA, LIF, Pool, TDBatchNorm
 from ..core.surrogate import Dspike
 from ..errors import ConfigError
@@ -187,19 +190,70 @@ def _folded(fn: Callable[[Tensor], Tensor], h: Tensor, temporal: bool) -> Tensor
     return fn(h.flatten(0, 1)).unflatten(0, h.shape[:2]) if temporal else fn(h)
 
 
+# (z, tdBN) -> (z viewed as (M, G, ...) with training statistics per channel g of G, and the
+# tdBN's weight and bias per g): how a pass of copies groups its samples into statistics
+Grouping = Callable[[Tensor, TDBatchNorm], tuple[Tensor, Tensor, Tensor]]
+
+
+def _grouped_norm(z: Tensor, bn: TDBatchNorm, group: Grouping) -> Tensor:
+    """``TDBatchNorm.forward`` in training with the statistics ``group`` says (z: (N, C, ...))."""
+    v, weight, bias = group(z, bn)
+    view = (1, -1) + (1,) * (v.dim() - 2)
+    zn = F.batch_norm(v, None, None, None, None, True, 0.0, bn.eps)
+    return (zn * (bn.scale * weight).view(view) + bias.view(view)).view(z.shape)
+
+
+def _grouped_bn_lif_pool(run: list[nn.Module], h: Tensor, group: Grouping) -> Tensor | None:
+    """``[TDBatchNorm, LIF, Pool]`` on the temporal ``h`` (T, N, C, ...) as one compiled
+    inference pass (``fusion.bn_lif_pool``) with the statistics ``group`` says, or None where
+    that pass does not apply (``layers._fusable_run`` on the LIF and pool; plain tdBN). The
+    kernel sees the grouped view's G channels, each with its own weight and bias: the
+    numbers of ``_grouped_norm``, the LIF and the pool run in turn."""
+    if not core_layers.fuse_layers or len(run) < 3 or type(run[0]) is not TDBatchNorm:
+        return None
+    bn = run[0]
+    fusable = core_layers._fusable_run(run, 1, h)
+    if fusable is None or fusable[0] != 2 or fusable[2].record_membrane or not core_layers._plain_module(bn):
+        return None
+    _, _, lif, pool = fusable
+    p, lam, v_th, reset, shape, value_fn = lif._fused_args()
+    T = h.shape[0]
+    v, weight, bias = group(h.flatten(0, 1), bn)
+    if value_fn is not None or weight.dtype != h.dtype:  # the exact step only (``_exact_step``)
+        return None
+    pooled = bn_lif_pool(v.unflatten(0, (T, -1)), TDBNArgs(weight, bias, None, None, bn.scale, bn.eps, 0.0, True),
+                         LIFArgs(p, lam, v_th, reset == "hard", shape, reset == "soft_nodecay"),
+                         PoolArgs(pool.mode, pool.k, pool.dims))
+    return pooled.view(*h.shape[:3], *pooled.shape[3:])
+
+
 def _run(layers: list[nn.Module], h: Tensor, temporal: bool, timesteps: int,
-         norm: Callable[[Tensor, TDBatchNorm], Tensor] | None = None) -> tuple[Tensor, bool]:
+         group: Grouping | None = None) -> tuple[Tensor, bool]:
     """``SpikingNetwork.forward_sequence`` over ``layers``: static frames broadcast over T
-    at the first temporal layer; ``norm`` replaces tdBN (channels = copies)."""
-    for layer in layers:
+    at the first temporal layer; ``group`` sets tdBN's statistics (channels = copies).
+    ``[TDBatchNorm, LIF, Pool]`` and ``[LIF, Pool]`` run as one compiled pass where
+    ``run_layers`` would fuse them (the same numbers, two passes fewer and no avg_pool)."""
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        if temporal and group is not None:
+            fused = _grouped_bn_lif_pool(layers[i:i + 3], h, group)
+            if fused is not None:
+                h, i = fused, i + 3
+                continue
         if getattr(layer, "temporal", False):
             if not temporal:
                 h, temporal = h.unsqueeze(0).expand(timesteps, *h.shape), True
+            run = core_layers._fusable_run(layers, i, h) if core_layers.fuse_layers else None
+            if run is not None and run[1] is None:  # [LIF, Pool]; a tdBN before it ran above
+                h, i = core_layers._run_fused(None, run[2], run[3], h), i + run[0]
+                continue
             h = layer(h)
-        elif norm is not None and isinstance(layer, TDBatchNorm):
-            h = _folded(lambda z, bn=layer: norm(z, bn), h, temporal)
+        elif group is not None and isinstance(layer, TDBatchNorm):
+            h = _folded(lambda z, bn=layer: _grouped_norm(z, bn, group), h, temporal)
         else:
             h = _folded(layer, h, temporal)
+        i += 1
     return h, temporal
 
 
@@ -230,12 +284,10 @@ class _ChannelLocal:
         else:
             h = _folded(lambda z: first._conv_forward(z, rows.view(p, *w.shape[1:]), bias), self.x, self.temporal0)
 
-        def selected_norm(z: Tensor, bn: TDBatchNorm) -> Tensor:  # TDBatchNorm.forward on channels o
-            view = (1, -1) + (1,) * (z.dim() - 2)
-            zn = F.batch_norm(z, None, None, None, None, True, 0.0, bn.eps)
-            return zn * (bn.scale * bn.weight)[o].view(view) + bn.bias[o].view(view)
+        def selected(z: Tensor, bn: TDBatchNorm) -> tuple[Tensor, Tensor, Tensor]:  # channel p is channel o_p
+            return z, bn.weight[o], bn.bias[o]
 
-        h, temporal = _run(self.layers[self.f + 1:self.m], h, self.temporal0, self.timesteps, selected_norm)
+        h, temporal = _run(self.layers[self.f + 1:self.m], h, self.temporal0, self.timesteps, selected)
         change = h - self.base.index_select(2 if temporal else 1, o)  # channel axis: copies
         z = change.flatten(0, 1) if temporal else change  # (N, P, ...)
         if isinstance(mix, nn.Linear):
@@ -249,7 +301,11 @@ class _ChannelLocal:
         out = (base_out.unsqueeze(1) + delta).flatten(0, 1)  # (N * P, C_out, ...), sample-major
         if temporal:
             out = out.unflatten(0, (self.timesteps, -1))
-        out, temporal = _run(self.layers[self.m + 1:], out, temporal, self.timesteps)
+
+        def per_copy(z: Tensor, bn: TDBatchNorm) -> tuple[Tensor, Tensor, Tensor]:  # as _Copies._norm
+            return z.view(-1, p * z.shape[1], *z.shape[2:]), bn.weight.repeat(p), bn.bias.repeat(p)
+
+        out, temporal = _run(self.layers[self.m + 1:], out, temporal, self.timesteps, per_copy)
         return out if temporal else out.unsqueeze(0).expand(self.timesteps, *out.shape)
 
 
@@ -263,7 +319,8 @@ def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, 
     as ONE forward of the copies stacked along the batch axis, under no_grad: per-copy
     first-layer weights, per-copy tdBN training statistics, the fused LIF loop (compiled
     kernel) for all copies at once; where W1's output channels stay apart up to the next
-    synapse (``_ChannelLocal``), only the perturbed channel is computed per copy there.
+    synapse (``_ChannelLocal``), only the perturbed channel is computed per copy there, and
+    its blocks tdBN -> LIF -> pool run as one compiled pass (``_grouped_bn_lif_pool``).
     Spikes are the exact step (an installed strategy is set aside). No buffer of ``model``
     changes.
     """
