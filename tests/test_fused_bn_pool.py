@@ -400,7 +400,8 @@ def test_asgl_dual_mode_fused_equals_unfused(dims, pool, k, reset, p, calls):
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 def test_asgl_threads_and_broadcast_frame(reset, calls, threads):
     """The direct-encoded first layer ([LIF, Pool], one frame broadcast over T) and a
-    [tdBN, LIF, Pool] run with ASGL, on 1 and 2 threads: fused equals unfused."""
+    [tdBN, LIF, Pool] run with ASGL (planes larger than a chunk, with and without autograd),
+    on 1 and 2 threads: fused equals unfused."""
     T = 4
     frame = torch.randn(5, 3, 9, 10, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 1.5 + 0.5
     mods = _block(3, 2, "avg", 2, reset, 0.5, torch.float64, bn=False)
@@ -409,12 +410,25 @@ def test_asgl_threads_and_broadcast_frame(reset, calls, threads):
     assert torch.equal(y, y_ref)
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
-    mods = _block(3, 2, "avg", 3, reset, 0.5, torch.float32)
+    # planes of 26 x 23 > 512 neurons: the kernel's chunks within a plane
+    mods = _block(3, 2, "avg", 3, reset, 0.5, torch.float64)
     _asgl(mods, 0.7)
-    z = torch.randn(T, 5, 3, 10, 11, generator=torch.Generator().manual_seed(5)) + 0.5
-    (y, _, _), (y_ref, _, _) = _both_seeded(mods, z)
+    z = torch.randn(T, 2, 3, 26, 23, generator=torch.Generator().manual_seed(5), dtype=torch.float64) + 0.5
+    (y, g, _), (y_ref, g_ref, _) = _both_seeded(mods, z)
     assert torch.equal(y, y_ref)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
     assert len(calls) == 2
+    out = []
+    for fuse in (True, False):  # no autograd, training mode (a probe pass): the same values
+        torch.manual_seed(6)
+        layers.fuse_layers = fuse
+        try:
+            with torch.no_grad():
+                out.append(run_layers(copy.deepcopy(mods), z))
+        finally:
+            layers.fuse_layers = True
+    assert torch.equal(out[0], out[1]) and len(calls) == 3
 
 
 def test_asgl_pooled_values_by_hand():
