@@ -25,6 +25,12 @@ other, with two full passes over T x B x C x H x W fewer each way:
 Without a tdBN (the direct-encoded first layer, one frame broadcast over T)
 only the LIF and the pooling are fused, and backward recomputes x from the
 frame as ``FusedLIF`` does. ``layers.run_layers`` decides where this applies.
+
+ASGL's dual-mode value (``LIFArgs.value``, not binary) runs its own kernel pair
+(``asgl_pool_forward/backward``): ``FusedLIF``'s compiled dual-mode step on the
+same uniforms (drawn here as ``fused._dual_mode_forward`` draws them), windows
+summed row-major in the value type and divided by k^d as torch's CPU
+``avg_pool2d`` does, so the pooled values are the unfused ones bit for bit.
 """
 
 from __future__ import annotations
