@@ -16,7 +16,7 @@ from torch import nn
 from snn2hw.core import _kernel, fusion, layers
 from snn2hw.core.fused import _forward_torch
 from snn2hw.core.layers import LIF, Pool, TDBatchNorm, run_layers
-from snn2hw.core.surrogate import Arctan
+from snn2hw.core.surrogate import Arctan, AsglRect
 from snn2hw.data.datasets import load_digits, load_mnist1d
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model, record_spikes
@@ -331,6 +331,152 @@ def test_psg_pda_whole_model_loss_and_gradients(calls):
         model.to(dtype).train()
         (loss, g), (loss_ref, g_ref) = (_loss_and_grads(model, x.to(dtype), y, fuse, method.extra_loss)
                                         for fuse in (True, False))
+        if dtype == torch.float32:
+            assert torch.equal(loss, loss_ref)
+        else:
+            for a, b in zip(g, g_ref):
+                torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+    assert len(calls) == 4
+
+
+def _asgl(mods: list[nn.Module], p: float, width: float = 0.9) -> LIF:
+    """Install ASGL's learnable width and dual-mode strategy (noise probability p) on the
+    block's LIF, as ``ASGL.setup`` does on a model's."""
+    from snn2hw.methods._util import install_shape
+    from snn2hw.methods.asgl import ASGL, DualModeStrategy
+    lif = next(m for m in mods if isinstance(m, LIF))
+    dtype = lif.shape_param.dtype
+    install_shape(lif, AsglRect(width), width, learnable=True)
+    lif.shape_param.data = lif.shape_param.data.to(dtype)
+    lif.spike_strategy = DualModeStrategy(lif, ASGL(alpha_init=width, p=p))
+    return lif
+
+
+def _both_seeded(mods, z, seed=11):
+    """``_both`` with the global RNG seeded alike before each run (ASGL's masks), and the
+    RNG state after each run (the same number of draws)."""
+    results = []
+    for fuse in (True, False):
+        torch.manual_seed(seed)
+        ms = copy.deepcopy(mods)
+        zi = z.detach().clone().requires_grad_()
+        layers.fuse_layers = fuse
+        try:
+            y = run_layers(ms, zi)
+        finally:
+            layers.fuse_layers = True
+        after = torch.get_rng_state()
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+        params = [p for m in ms for p in m.parameters()]
+        results.append((y, torch.autograd.grad(y, [zi, *params], g), after))
+    return results
+
+
+@pytest.mark.parametrize("dims,pool,k,reset,p", [
+    c for c in itertools.product((1, 2), ("avg", "sum", None), (2, 3), ("hard", "soft"), (0.6, 0.0, 1.0))
+    if not (c[1] is None and c[2] == 3) and (c[4] == 0.6 or c[1] == "avg")])
+def test_asgl_dual_mode_fused_equals_unfused(dims, pool, k, reset, p, calls):
+    """ASGL's dual-mode value (p in (0, 1): random masks; 0: H_alpha; 1: H) through the fused
+    tdBN/LIF/pool run: the pooled values bit for bit (non-binary values summed and divided
+    as torch's avg_pool), the same draws from the global RNG, gradients of z, tdBN weight
+    and bias and the width alpha to 1e-6 in float64; shapes with dropped borders."""
+    shape = SHAPES[dims]
+    for dtype in (torch.float32, torch.float64):
+        mods = _block(shape[2], dims, pool, k, reset, 0.5, dtype)
+        _asgl(mods, p)
+        z = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=dtype) * 1.5 + 0.4
+        (y, g, rng), (y_ref, g_ref, rng_ref) = _both_seeded(mods, z)
+        assert torch.equal(y, y_ref), "outputs differ"
+        assert torch.equal(rng, rng_ref), "a different number of draws"
+        if 0.0 < p < 1.0:  # non-binary values reached the pooling
+            assert not torch.equal(y * k ** dims if pool == "avg" else y, (y * k ** dims if pool == "avg" else y).round())
+        if dtype == torch.float64:
+            for a, b in zip(g, g_ref):
+                torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+            assert g[-1].abs() > 0, "no gradient reached alpha"
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_asgl_threads_and_broadcast_frame(reset, calls, threads):
+    """The direct-encoded first layer ([LIF, Pool], one frame broadcast over T) and a
+    [tdBN, LIF, Pool] run with ASGL (planes larger than a chunk, with and without autograd),
+    on 1 and 2 threads: fused equals unfused."""
+    T = 4
+    frame = torch.randn(5, 3, 9, 10, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 1.5 + 0.5
+    mods = _block(3, 2, "avg", 2, reset, 0.5, torch.float64, bn=False)
+    _asgl(mods, 0.7)
+    (y, g, _), (y_ref, g_ref, _) = _both_seeded(mods, frame.unsqueeze(0).expand(T, *frame.shape))
+    assert torch.equal(y, y_ref)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+    # planes of 26 x 23 > 512 neurons: the kernel's chunks within a plane
+    mods = _block(3, 2, "avg", 3, reset, 0.5, torch.float64)
+    _asgl(mods, 0.7)
+    z = torch.randn(T, 2, 3, 26, 23, generator=torch.Generator().manual_seed(5), dtype=torch.float64) + 0.5
+    (y, g, _), (y_ref, g_ref, _) = _both_seeded(mods, z)
+    assert torch.equal(y, y_ref)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+    assert len(calls) == 2
+    out = []
+    for fuse in (True, False):  # no autograd, training mode (a probe pass): the same values
+        torch.manual_seed(6)
+        layers.fuse_layers = fuse
+        try:
+            with torch.no_grad():
+                out.append(run_layers(copy.deepcopy(mods), z))
+        finally:
+            layers.fuse_layers = True
+    assert torch.equal(out[0], out[1]) and len(calls) == 3
+
+
+def test_asgl_pooled_values_by_hand():
+    """p = 0 (H_alpha only, no draw), alpha 1, c = z, one step: x = z - 1 = (.25, -.25, 1,
+    -.5, .1) gives H_alpha = (.75, .25, 1, 0, .6); windows of 2: (.5, .5), the fifth dropped."""
+    from snn2hw.core.fused import DualModeValue
+    z = torch.tensor([1.25, 0.75, 2.0, 0.5, 1.1], dtype=torch.float64).view(1, 1, 1, 5)
+    lif = fusion.LIFArgs(torch.tensor(1.0, dtype=torch.float64), 0.5, 1.0, True, AsglRect(1.0),
+                         value=DualModeValue(torch.tensor(1.0, dtype=torch.float64), 0.0))
+    state = torch.get_rng_state()
+    for mode, want in (("avg", [0.5, 0.5]), ("sum", [1.0, 1.0])):
+        out = fusion.bn_lif_pool(z, None, lif, fusion.PoolArgs(mode, 2, 1))
+        assert torch.equal(out.flatten(), torch.tensor(want, dtype=torch.float64))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_asgl_membrane_and_eval_paths(calls):
+    """ASGL with a recorded membrane (PDA's) is not fused (FusedLIF's torch loop records u);
+    in eval the layer fires the exact step and the run fuses as sg's."""
+    mods = _block(3, 2, "avg", 2, "hard", 0.5, torch.float32)
+    lif = _asgl(mods, 0.5)
+    z = torch.randn(3, 2, 3, 6, 6, generator=torch.Generator().manual_seed(5)) + 0.5
+    lif.record_membrane = True
+    run_layers(mods, z)
+    assert len(calls) == 0 and lif.last_membrane is not None
+    lif.record_membrane = False
+    for m in mods:
+        m.eval()
+    with torch.no_grad():
+        y = run_layers(mods, z)
+    assert len(calls) == 1 and torch.equal(y * 4, (y * 4).round())
+
+
+def test_asgl_whole_conv_model_loss_and_gradients(calls):
+    """ASGL on the conv model (its two conv blocks fused): the loss bit for bit in float32
+    from the same masks, every gradient (the widths' included) to 1e-6 in float64."""
+    from snn2hw.methods.asgl import ASGL
+    d = load_mnist1d()
+    x, y = torch.as_tensor(d.x_train[:48]), torch.as_tensor(d.y_train[:48]).long()
+    for dtype in (torch.float32, torch.float64):
+        model = _conv_model(tuple(x.shape[1:]), dtype)
+        ASGL(p=0.7).setup(model)
+        model.to(dtype).train()
+        out = []
+        for fuse in (True, False):
+            torch.manual_seed(3)
+            out.append(_loss_and_grads(model, x.to(dtype), y, fuse))
+        (loss, g), (loss_ref, g_ref) = out
         if dtype == torch.float32:
             assert torch.equal(loss, loss_ref)
         else:

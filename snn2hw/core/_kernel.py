@@ -423,3 +423,59 @@ def forward_membrane(c: Tensor, lam: float, v_th: float, hard: bool) -> tuple[Te
         fn.argtypes = [ptr, i64, ptr, ptr, i64, i64, ct, ct, ctypes.c_int, ctypes.c_int]
     fn(_ptr(c), ts, _ptr(out), _ptr(u), T, n, lam, v_th, int(hard), torch.get_num_threads())
     return out, u
+
+
+# ------------------------------------------- ASGL's dual-mode LIF with tdBN and pooling
+def _asgl_pool_fn(dtype: torch.dtype, which: str):
+    """The kernel's ``asgl_pool_{which}_{suffix}`` with its argument types."""
+    fn = getattr(_library(), f"asgl_pool_{which}_{_SUFFIX[dtype]}")
+    if fn.argtypes is None:
+        ptr, i64, i, ct = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, _CTYPES[dtype]
+        fn.argtypes = ([ptr, i64, ptr, i64, i, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct, ct, i, ct, ct,
+                        i, i] if which == "forward" else
+                       [ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64,
+                        ct, ct, ct, ct, ct, ct, i, ct, i])
+    return fn
+
+
+def asgl_pool_forward(z: Tensor, coef: Tensor | None, mode: int, lay: PlaneLayout, div: float, mul: float,
+                      lam: float, v_th: float, hard: bool, alpha: float, p: float, r: Tensor | None,
+                      keep_x: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(pooled values (T, P, H // kh, W // kw), the LIF's values s (T, P, H, W), x if ``keep_x``)
+    of ``pool_forward``'s run with ASGL's dual-mode spike as ``asgl_forward`` computes it
+    (``r``: the uniforms for 0 < p < 1, (T, P*H*W) contiguous, overwritten by s; else None);
+    the windows' values summed and divided as torch's CPU ``avg_pool2d`` does."""
+    dmode = DUAL_MODE_SMOOTH if p <= 0.0 else DUAL_MODE_STEP if p >= 1.0 else DUAL_MODE_MIXED
+    if (r is None) != (dmode != DUAL_MODE_MIXED):
+        raise ValueError(f"asgl_pool_forward: uniforms are needed exactly for 0 < p < 1 (p={p})")
+    z, ts = _time_major(z)
+    s = r.view(lay.T, lay.P, lay.H, lay.W) if r is not None else torch.empty(lay.T, lay.P, lay.H, lay.W,
+                                                                               dtype=z.dtype)
+    x = torch.empty(lay.T, lay.P, lay.H, lay.W, dtype=z.dtype) if keep_x else None
+    pooled = torch.empty(lay.T, lay.P, lay.H // lay.kh, lay.W // lay.kw, dtype=z.dtype)
+    _asgl_pool_fn(z.dtype, "forward")(
+        _ptr(z), ts, _ptr(coef), lay.C, mode, _ptr(pooled), _ptr(x), _ptr(s), lay.T, lay.P, lay.H, lay.W, lay.kh,
+        lay.kw, div, mul, lam, v_th, int(hard), alpha, p, dmode, torch.get_num_threads())
+    return pooled, s, x
+
+
+def asgl_pool_backward(gp: Tensor, x: Tensor, s: Tensor, alpha: float, z: Tensor | None, coef: Tensor | None,
+                       mode: int, lay: PlaneLayout, div: float, mul: float, lam: float, v_th: float, hard: bool,
+                       need_alpha: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(gradient of c (T, P, H, W), of alpha (0-dim) or None, per-plane sums (P, 2) of
+    (gc, gc * xn) in float64 or None) of ``asgl_pool_forward``'s LIF given ``gp``, the
+    pooled values' gradient: ``asgl_backward``'s numbers on ``avg_pool``'s spread gradient,
+    and ``pool_backward``'s sums. ``x`` is overwritten by the gradient of c."""
+    gp = gp.to(x.dtype).contiguous()
+    zt, zts = _time_major(z) if z is not None else (None, 0)
+    threads = torch.get_num_threads()
+    sums = torch.zeros(lay.P, 2, dtype=torch.float64) if mode else None
+    gbuf = torch.empty(threads, lay.T * (lay.H // lay.kh) * (lay.W // lay.kw) + 1, dtype=x.dtype)
+    window = _windows(lay)
+    gpar = torch.empty_like(x) if need_alpha else None  # gs * dp, summed below as torch sums it
+    # -lam and -v_th*lam are the torch loop's scalars, rounded to x's type as torch does
+    _asgl_pool_fn(x.dtype, "backward")(
+        _ptr(gp), _ptr(x), _ptr(s), _ptr(x), _ptr(gpar), _ptr(zt), zts, _ptr(coef), lay.C, mode, _ptr(sums),
+        _ptr(gbuf), _ptr(window), lay.T, lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul, lam, v_th, -lam,
+        -v_th * lam, int(hard), alpha, threads)
+    return x, (gpar.sum() if need_alpha else None), sums

@@ -162,8 +162,10 @@ void lif_forward_##SUF(const T_ *c, int64_t c_ts, T_ *out, T_ *xs, T_ *nspk,    
     }                                                                                  \
 }                                                                                      \
                                                                                        \
-/* One backward step on len neurons; restrict: the arrays do not overlap. */          \
-static void bwd_step_##SUF(int64_t len, const T_ *restrict go, const T_ *restrict g,   \
+/* One backward step on len neurons; restrict: the arrays do not overlap. Inlined:    \
+ * lif_pool_backward's loop ran 1.4x slower calling it (its FMA clone then vectorises \
+ * the step too; no contraction, so the same numbers). */                             \
+static inline __attribute__((always_inline)) void bwd_step_##SUF(int64_t len, const T_ *restrict go, const T_ *restrict g,   \
                            const T_ *restrict x, T_ *restrict gun, T_ *restrict gsl,  \
                            T_ lam, T_ vth, int hard)                                   \
 {                                                                                      \
@@ -762,3 +764,107 @@ void lif_forward_membrane_##SUF(const T_ *c, int64_t c_ts, T_ *out, T_ *us, int6
 
 DEFINE_LIF_MEMBRANE(float, f32)
 DEFINE_LIF_MEMBRANE(double, f64)
+
+/* ===================== ASGL's dual-mode LIF with tdBN and pooling =====================
+ * (snn2hw/core/fusion.py, a DualModeValue in the run): lif_pool_forward's planes and
+ * affine with asgl_forward's step, and lif_pool_backward's windows with asgl_backward's
+ * step, so that each number is the unfused run's (tdBN, FusedLIF's dual-mode kernel,
+ * avg_pool) bit for bit:
+ * forward:  per plane p (one thread), per chunk of its neurons and step t: c = the affine
+ *           of z (as lif_pool_forward), then asgl_fwd_step (s written over the uniforms
+ *           rs, x to xs); then each window's values summed in row-major order in T_ and
+ *           divided by div (times mul if non-zero): torch's CPU avg_pool2d loop (avg_pool1d
+ *           is avg_pool2d on H = 1), now with non-binary s.
+ * backward: each window's gradient (gp * mul if mul != 0) / div as avg_pool's backward,
+ *           asgl_bwd_step over the whole T (gp_out: gs * dp per element, summed by the
+ *           caller as torch sums it), gu written to gu_out (may be xs: each step's x is
+ *           read first), and with a tdBN the per-plane sums of lif_pool_backward. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")  /* as the ASGL section: its steps vectorise */
+#endif
+#define DEFINE_DUAL_MODE_POOLED(T_, SUF)                                               \
+FMA_CLONES void asgl_pool_forward_##SUF(const T_ *z, int64_t z_ts, const T_ *coef,     \
+                            int64_t C, int bnm, T_ *pooled, T_ *xs, T_ *rs, int64_t T, \
+                            int64_t P, int64_t H, int64_t W, int64_t kh, int64_t kw,   \
+                            T_ div, T_ mul, T_ lam, T_ vth, int hard, T_ alpha, T_ p,  \
+                            int mode, int nthreads)                                    \
+{                                                                                      \
+    int64_t S = H * W, N = P * S, Ho = H / kh, Wo = W / kw, So = Ho * Wo;              \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
+    for (int64_t q = 0; q < P; q++) {                                                  \
+        const T_ *k = coef ? coef + 4 * (q % C) : 0;                                   \
+        for (int64_t i0 = 0; i0 < S; i0 += CHUNK) {                                    \
+            int64_t len = S - i0 < CHUNK ? S - i0 : CHUNK, n0 = q * S + i0;            \
+            T_ u[CHUNK], s[CHUNK], cb[CHUNK];                                          \
+            for (int64_t t = 0; t < T; t++) {                                          \
+                const T_ *zt = z + t * z_ts + n0, *ct = cb;                            \
+                T_ *st = rs + t * N + n0, *xt = xs ? xs + t * N + n0 : 0;              \
+                if (bnm) for (int64_t i = 0; i < len; i++)  /* affine_ lane by lane */  \
+                    cb[i] = norm_##SUF(zt[i], k, bnm) * k[2] + k[3];                  \
+                else ct = zt;                                                          \
+                ASGL_FWD(SUF, t == 0)  /* reads mode: the dual mode */                 \
+            }                                                                          \
+        }                                                                              \
+        const T_ *sp = rs + q * S;                                                     \
+        for (int64_t t = 0; t < T; t++)                                                \
+            for (int64_t oi = 0; oi < Ho; oi++)                                        \
+                for (int64_t oj = 0; oj < Wo; oj++) {                                  \
+                    const T_ *w0 = sp + t * N + oi * kh * W + oj * kw;                 \
+                    T_ acc = 0;                                                        \
+                    for (int64_t a = 0; a < kh; a++)                                   \
+                        for (int64_t b = 0; b < kw; b++) acc += w0[a * W + b];         \
+                    T_ y = acc / div;                                                  \
+                    pooled[t * P * So + q * So + oi * Wo + oj] = mul != 0 ? y * mul : y; \
+                }                                                                      \
+    }                                                                                  \
+}                                                                                      \
+FMA_CLONES void asgl_pool_backward_##SUF(const T_ *gp, const T_ *xs, const T_ *ss,     \
+                             T_ *gu_out, T_ *gp_out, const T_ *z, int64_t z_ts,        \
+                             const T_ *coef, int64_t C, int mode, double *sums,        \
+                             T_ *gbuf, const int64_t *window, int64_t T, int64_t P,    \
+                             int64_t H, int64_t W, int64_t kh, int64_t kw, T_ div,     \
+                             T_ mul, T_ lam, T_ vth, T_ nlam, T_ nlamvth, int hard,    \
+                             T_ alpha, int nthreads)                                   \
+{                                                                                      \
+    int64_t S = H * W, N = P * S, Ho = H / kh, Wo = W / kw, So = Ho * Wo;              \
+    T_ half = (T_)0.5 * alpha, inv = (T_)1 / alpha, a2 = alpha * alpha;                \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
+    for (int64_t q = 0; q < P; q++) {                                                  \
+        const T_ *k = coef ? coef + 4 * (q % C) : 0;                                   \
+        T_ *gw = gbuf + THREAD() * (T * So + 1);  /* [0]: 0, for neurons in no window */ \
+        double s0 = 0, s1 = 0;                                                         \
+        gw[0] = 0;                                                                     \
+        for (int64_t t = 0; t < T; t++)                                                \
+            for (int64_t o = 0; o < So; o++) {                                         \
+                T_ gy = gp[t * P * So + q * So + o];                                   \
+                gw[1 + t * So + o] = (mul != 0 ? gy * mul : gy) / div;                 \
+            }                                                                          \
+        for (int64_t i0 = 0; i0 < S; i0 += CHUNK) {                                    \
+            int64_t len = S - i0 < CHUNK ? S - i0 : CHUNK, n0 = q * S + i0;            \
+            T_ gun[CHUNK], gol[CHUNK], gul[CHUNK];                                     \
+            const int64_t *at = window + i0;                                           \
+            for (int64_t i = 0; i < len; i++) gun[i] = 0;                              \
+            for (int64_t t = T - 1; t >= 0; t--) {                                     \
+                const T_ *gwt = gw + t * So, *got = gol;                               \
+                const T_ *xt = xs + t * N + n0, *st = ss + t * N + n0;                 \
+                T_ *gut = gul, *gpt = gp_out ? gp_out + t * N + n0 : 0;                \
+                for (int64_t i = 0; i < len; i++) gol[i] = at[i] ? gwt[at[i]] : gw[0]; \
+                ASGL_BWD(SUF)                                                          \
+                /* after the step read x: gu_out may be xs */                         \
+                for (int64_t i = 0; i < len; i++) gu_out[t * N + n0 + i] = gul[i];     \
+                if (mode) for (int64_t i = 0; i < len; i++) {                          \
+                    T_ xn = norm_##SUF(z[t * z_ts + n0 + i], k, mode);                 \
+                    s0 += gul[i];                                                      \
+                    s1 += (double)gul[i] * xn;                                         \
+                }                                                                      \
+            }                                                                          \
+        }                                                                              \
+        if (mode) { sums[2 * q] += s0; sums[2 * q + 1] += s1; }                        \
+    }                                                                                  \
+}
+DEFINE_DUAL_MODE_POOLED(float, f32)
+DEFINE_DUAL_MODE_POOLED(double, f64)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif

@@ -25,6 +25,12 @@ other, with two full passes over T x B x C x H x W fewer each way:
 Without a tdBN (the direct-encoded first layer, one frame broadcast over T)
 only the LIF and the pooling are fused, and backward recomputes x from the
 frame as ``FusedLIF`` does. ``layers.run_layers`` decides where this applies.
+
+ASGL's dual-mode value (``LIFArgs.value``, not binary) runs its own kernel pair
+(``asgl_pool_forward/backward``): ``FusedLIF``'s compiled dual-mode step on the
+same uniforms (drawn here as ``fused._dual_mode_forward`` draws them), windows
+summed row-major in the value type and divided by k^d as torch's CPU
+``avg_pool2d`` does, so the pooled values are the unfused ones bit for bit.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _kernel
+from .fused import DualModeValue
 from .surrogate import SurrogateShape
 
 
@@ -54,8 +61,10 @@ class TDBNArgs(NamedTuple):
 
 
 class LIFArgs(NamedTuple):
-    """The exact-Heaviside LIF of ``fused_lif``: surrogate ``shape`` with parameter ``p``;
-    reset hard, soft, or with ``nodecay`` GSG's soft_nodecay (``u = lam u + c - V_th s``)."""
+    """The LIF of ``fused_lif``: surrogate ``shape`` with parameter ``p``; reset hard, soft,
+    or with ``nodecay`` GSG's soft_nodecay (``u = lam u + c - V_th s``). ``value`` None: the
+    exact Heaviside spike; else ASGL's dual-mode value (``fused.DualModeValue``, shape
+    ``AsglRect`` at ``p``, its clamped width: hard or soft reset, no recorded membrane)."""
 
     p: Tensor
     lam: float
@@ -63,6 +72,7 @@ class LIFArgs(NamedTuple):
     hard: bool
     shape: SurrogateShape
     nodecay: bool = False
+    value: DualModeValue | None = None
 
     @property
     def reset_code(self) -> int:
@@ -133,30 +143,39 @@ class FusedBNLIFPool(torch.autograd.Function):
         coef, invstd, mode = None, None, 0
         if bn is not None:
             coef, invstd, mode = _bn_coefficients(z, bn)
+        ctx.consts = (bn, lif, pool, lay, div, mul, mode, tuple(z.shape))
+        if lif.value is not None:  # ASGL: its values s and x kept, as FusedLIF keeps them
+            pooled, s, x = _dual_mode_pool(z, coef, mode, lay, div, mul, lif, keep_x=True)
+            ctx.save_for_backward(z, x, coef, invstd, p, None, s)
+            return pooled.view(*z.shape[:3], *_out_spatial(z, pool))
         # soft_nodecay: x kept, the plain kernel that would recompute it has no such reset
         broadcast = z.shape[0] > 1 and z.stride(0) == 0 and not lif.nodecay
         # with u recorded, backward takes x = u - V_th from it (as FusedLIF): x is not kept
         pooled, x, u = _kernel.pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.reset_code,
                                             keep_x=not (broadcast or membrane), keep_u=membrane)
-        ctx.consts = (bn, lif, pool, lay, div, mul, mode, tuple(z.shape))
         # broadcast frame: backward recomputes x from it (T times less memory, as FusedLIF)
-        ctx.save_for_backward(z[:1] if broadcast else z, x, coef, invstd, p, u)
+        ctx.save_for_backward(z[:1] if broadcast else z, x, coef, invstd, p, u, None)
         pooled = pooled.view(*z.shape[:3], *_out_spatial(z, pool))
         return (pooled, u.view(z.shape)) if membrane else pooled
 
     @staticmethod
     def backward(ctx, gp: Tensor, gext: Tensor | None = None):  # type: ignore[override]
-        z, x, coef, invstd, p, u = ctx.saved_tensors
+        z, x, coef, invstd, p, u, s = ctx.saved_tensors
         bn, lif, pool, lay, div, mul, mode, shape = ctx.consts
-        if u is not None:  # x exactly as the kernel computed it from u; fresh: pool_backward overwrites it
-            x = u - lif.v_th
-        elif x is None:  # the frame: x again, exactly as the forward computed it
-            frame = z.expand(shape).flatten(1)
-            x = _kernel.forward(frame, lif.lam, lif.v_th, lif.hard, spikes=False, keep_x=True)[1]
-        x = x.view(lay.T, lay.P, lay.H, lay.W)
-        gc, grad_p, sums = _kernel.pool_backward(
-            gp.reshape(lay.T, -1), x, p, lif.shape, z.flatten(1) if mode else None, coef, mode, lay, div, mul,
-            lif.lam, lif.v_th, lif.reset_code, ctx.needs_input_grad[3], gext)
+        if s is not None:  # ASGL: x is the saved one, overwritten by the gradient of c
+            gc, grad_p, sums = _kernel.asgl_pool_backward(
+                gp.reshape(lay.T, -1), x, s, float(p), z.flatten(1) if mode else None, coef, mode, lay, div, mul,
+                lif.lam, lif.v_th, lif.hard, ctx.needs_input_grad[3])
+        else:
+            if u is not None:  # x exactly as the kernel computed it from u; fresh: pool_backward overwrites it
+                x = u - lif.v_th
+            elif x is None:  # the frame: x again, exactly as the forward computed it
+                frame = z.expand(shape).flatten(1)
+                x = _kernel.forward(frame, lif.lam, lif.v_th, lif.hard, spikes=False, keep_x=True)[1]
+            x = x.view(lay.T, lay.P, lay.H, lay.W)
+            gc, grad_p, sums = _kernel.pool_backward(
+                gp.reshape(lay.T, -1), x, p, lif.shape, z.flatten(1) if mode else None, coef, mode, lay, div, mul,
+                lif.lam, lif.v_th, lif.reset_code, ctx.needs_input_grad[3], gext)
         gc = gc.view(shape)
         grad_w = grad_b = None
         if bn is not None:
@@ -172,6 +191,16 @@ class FusedBNLIFPool(torch.autograd.Function):
         return gc, grad_w, grad_b, grad_p, None, None, None, None
 
 
+def _dual_mode_pool(z: Tensor, coef: Tensor | None, mode: int, lay: _kernel.PlaneLayout, div: float, mul: float,
+                    lif: LIFArgs, keep_x: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(pooled, s, x if ``keep_x``) of the run with ASGL's dual-mode value ``lif.value``, its
+    uniforms drawn as ``fused._dual_mode_forward`` draws them (same shape, dtype, generator)."""
+    p = lif.value.p
+    r = torch.rand(z.shape, dtype=z.dtype) if 0.0 < p < 1.0 else None
+    return _kernel.asgl_pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.hard,
+                                     float(lif.value.alpha), p, r, keep_x)
+
+
 def _out_spatial(z: Tensor, pool: PoolArgs | None) -> list[int]:
     k = pool.k if pool is not None else 1
     return [s // k for s in z.shape[3:]]
@@ -185,6 +214,8 @@ def bn_lif_pool(z: Tensor, bn: TDBNArgs | None, lif: LIFArgs, pool: PoolArgs | N
     tdBN (then ``z`` may be one frame broadcast over T); ``pool`` None: spikes. With
     ``membrane`` also the LIF's potentials u (z's shape), as ``fused_lif(..., membrane=True)``
     records them (PSG's PDA): ``(pooled, u)``, u differentiable."""
+    if lif.value is not None and (membrane or lif.nodecay):
+        raise ValueError("bn_lif_pool: ASGL's dual-mode value runs with a hard or soft reset, no membrane")
     weight = bn.weight if bn is not None else None
     bias = bn.bias if bn is not None else None
     if bn is not None:
@@ -197,6 +228,9 @@ def bn_lif_pool(z: Tensor, bn: TDBNArgs | None, lif: LIFArgs, pool: PoolArgs | N
     coef, mode = None, 0
     if bn is not None:
         coef, _, mode = _bn_coefficients(z, bn)
+    if lif.value is not None:
+        return _dual_mode_pool(z, coef, mode, lay, div, mul, lif, keep_x=False)[0].view(
+            *z.shape[:3], *_out_spatial(z, pool))
     pooled, _, u = _kernel.pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.reset_code,
                                         keep_x=False, keep_u=membrane)
     pooled = pooled.view(*z.shape[:3], *_out_spatial(z, pool))

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _kernel
-from .fused import fused_lif
+from .fused import DualModeValue, fused_lif
 from .fusion import LIFArgs, PoolArgs, TDBNArgs, bn_lif_pool
 from .neuron import (CUBAParams, CUBAState, LIFParams, LIFState, SpikeFn, cuba_initial_state,
                      cuba_step, initial_state, lif_sequence, lif_step, synaptic_current)
-from .surrogate import SurrogateShape, Triangle, default_param, spike
+from .surrogate import AsglRect, SurrogateShape, Triangle, default_param, spike
 
 
 class LIF(nn.Module):
@@ -305,8 +305,8 @@ def _fusable_run(layers: list, i: int, x: Tensor) -> tuple[int, TDBatchNorm | No
     if (torch.is_autocast_enabled("cpu") or torch.jit.is_tracing()
             or torch._C._functorch.is_functorch_wrapped_tensor(x)):
         return None
-    fused = lif._fused_args()  # (p, lam, v_th, reset, shape, value_fn): the exact step only
-    if fused is None or fused[5] is not None or fused[3] not in _kernel.POOL_RESETS:
+    fused = lif._fused_args()  # (p, lam, v_th, reset, shape, value_fn)
+    if fused is None or fused[3] not in _kernel.POOL_RESETS or not _fusable_value(lif, *fused):
         return None
     if bn is not None and not (type(bn) is TDBatchNorm and (bn.norm_strategy is None or not bn.training)
                                and isinstance(bn.momentum, float) and bn.weight.dtype == x.dtype
@@ -322,13 +322,24 @@ def _fusable_run(layers: list, i: int, x: Tensor) -> tuple[int, TDBatchNorm | No
     return len(modules), bn, lif, pool
 
 
+def _fusable_value(lif: LIF, p, lam, v_th, reset: str, shape: SurrogateShape, value_fn) -> bool:
+    """Whether the fused op runs this LIF's spike value: the exact step, or ASGL's dual-mode
+    value as FusedLIF's compiled loops run it (``fused.DualModeValue`` at a single width,
+    ``AsglRect``'s derivatives, hard or soft reset, no recorded membrane)."""
+    if value_fn is None:
+        return True
+    return (type(value_fn) is DualModeValue and value_fn.alpha.dim() == 0 and type(shape) is AsglRect
+            and isinstance(p, Tensor) and p.dim() == 0 and reset in ("hard", "soft")
+            and not (lif.record_membrane and lif.training))
+
+
 def _run_fused(bn: TDBatchNorm | None, lif: LIF, pool: Pool | None, x: Tensor) -> Tensor:
-    p, lam, v_th, reset, shape, _ = lif._fused_args()
+    p, lam, v_th, reset, shape, value_fn = lif._fused_args()
     bn_args = None if bn is None else TDBNArgs(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.scale,
                                                bn.eps, bn.momentum, bn.training)
     pool_args = None if pool is None else PoolArgs(pool.mode, pool.k, pool.dims)
     record = lif.record_membrane and lif.training  # as LIF.forward: membranes for training-time losses
-    lif_args = LIFArgs(p, lam, v_th, reset == "hard", shape, reset == "soft_nodecay")
+    lif_args = LIFArgs(p, lam, v_th, reset == "hard", shape, reset == "soft_nodecay", value_fn)
     out = bn_lif_pool(x, bn_args, lif_args, pool_args, record)
     y, lif.last_membrane = out if record else (out, None)
     return y
