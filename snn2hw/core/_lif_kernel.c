@@ -622,6 +622,13 @@ DEFINE_COUNTS(double, f64, __builtin_fabs)
 #define SH_LANES 4
 #define SH_BLOCK 256   /* values whose bins are computed in one vectorised loop */
 #define SH_CHUNK 4096  /* values per task of the parallel loops */
+/* an AVX2 clone where the CPU has it (chosen at load time): 8 float lanes for the bins'
+ * division and clamps instead of SSE2's 4; IEEE operations, so the same bins and fractions */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SH_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SH_CLONES
+#endif
 #define DEFINE_SOFT_HIST(T_, SUF)                                                      \
 /* bins i and fractions f of len <= SH_BLOCK values; in[j] = raw == pos (gradient passes). \
  * Branch-free and apart from the scatter, so that it vectorises (the division included). */ \
@@ -642,7 +649,7 @@ sh_bins_##SUF(const T_ *restrict v, int64_t len, T_ c0, T_ h, T_ kmax, int32_t k
     }                                                                                  \
 }                                                                                      \
                                                                                        \
-void soft_hist_forward_##SUF(const T_ *v, int64_t R, int64_t M, T_ c0, T_ h, int64_t k, \
+SH_CLONES void soft_hist_forward_##SUF(const T_ *v, int64_t R, int64_t M, T_ c0, T_ h, int64_t k, \
                              double *ws, double *counts, int nthreads)                 \
 {                                                                                      \
     T_ kmax = (T_)(k - 1);                                                             \
@@ -689,7 +696,7 @@ void soft_hist_forward_##SUF(const T_ *v, int64_t R, int64_t M, T_ c0, T_ h, int
         }                                                                              \
 }                                                                                      \
                                                                                        \
-void soft_hist_backward_##SUF(const T_ *v, int64_t R, int64_t M, T_ c0, T_ h, int64_t k, \
+SH_CLONES void soft_hist_backward_##SUF(const T_ *v, int64_t R, int64_t M, T_ c0, T_ h, int64_t k, \
                               const T_ *grad, T_ *gv, int nthreads)                    \
 {                                                                                      \
     T_ kmax = (T_)(k - 1), slope = (T_)1 / h;                                          \
