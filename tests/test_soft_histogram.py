@@ -132,3 +132,68 @@ def test_membranes_recorded_for_pda_equal_lif_sequence_bit_for_bit(kernel_lib, m
     s_ref, u_ref = lif_sequence(c, LIFParams(0.7, 1.0, reset), lambda x: (x > 0).to(x.dtype), True)
     assert 0.1 < float(s.mean()) < 0.9
     assert torch.equal(s, s_ref) and torch.equal(u, u_ref)
+
+
+def _pda_loss_layer_by_layer(membranes: list[torch.Tensor], target: str) -> torch.Tensor:
+    """``pda_loss`` as it was before the stacked kernel node and the cached constants: one
+    ``_linear_binning`` per layer, ``cat``, and the N(0, 1) target computed per call."""
+    from snn2hw.methods.psg import _LinearBinning, _normalised, gaussian_bins, symmetric_kl
+
+    rows = [u.flatten(1) for u in membranes]
+    c = GRID.to(rows[0])
+    hist = _normalised(torch.cat([_LinearBinning.apply(r, float(c[0]), float(c[1] - c[0]), len(c)) for r in rows]))
+    if target == "matched":
+        d = [r.detach() for r in rows]
+        ref = gaussian_bins(torch.cat([x.mean(1) for x in d]), torch.cat([x.std(1) for x in d]))
+    else:
+        ref = gaussian_bins(hist.new_zeros(1), hist.new_ones(1))
+    terms = symmetric_kl(hist, ref)
+    return terms.sum() / (2.0 * len(terms))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("target", ["standard", "matched"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pda_loss_of_stacked_layers_equals_layer_by_layer_bit_for_bit(backend, dtype, target, threads):
+    """Three layers of different widths (as the conv net's; the second not a multiple of
+    the kernel's chunk) in one kernel node, the constants and the N(0, 1) target cached:
+    the loss and every layer's gradient are the per-layer computation's bit for bit, with
+    the kernel and with the torch fallback, twice in a row (the caches' second use)."""
+    gen = torch.Generator().manual_seed(7)
+    us = [torch.randn(4, 6, 5, n, generator=gen, dtype=dtype) * s + m
+          for n, s, m in ((40, 1.3, 0.2), (137, 2.2, -0.5), (10, 0.7, 1.0))]
+    us[0].view(-1)[:41] = GRID.to(dtype)  # every centre, both end points
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(2):
+            out = {}
+            for name, fn in (("stacked", pda_loss), ("per layer", _pda_loss_layer_by_layer)):
+                xs = [u.clone().requires_grad_() for u in us]
+                loss = fn(xs, target)
+                (loss * 3.0).backward()
+                out[name] = (loss.detach(), [x.grad for x in xs])
+            assert torch.equal(out["stacked"][0], out["per layer"][0])
+            for got, want in zip(out["stacked"][1], out["per layer"][1]):
+                assert torch.equal(got, want)
+                assert got.abs().max() > 0
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_psg_extra_loss_follows_a_new_model():
+    """PSG keeps the LIFs of the model it last saw (named_modules per batch costs time):
+    a different model object gets its own LIFs, not the cached ones."""
+    from snn2hw.core.layers import LIF
+    from snn2hw.methods import make_method
+    from snn2hw.models.config import ModelConfig
+    from snn2hw.models.network import build_model
+
+    method = make_method("psg", {"pda": True})
+    models = [build_model(ModelConfig(hidden=(h,))) for h in (16, 24)]
+    for model in models:
+        method.setup(model)
+        model(torch.rand(8, 64, generator=torch.Generator().manual_seed(3)))
+    for model in (*models, models[0]):
+        lifs = [m for m in model.modules() if isinstance(m, LIF)]
+        torch.testing.assert_close(method.extra_loss(model), pda_loss([m.last_membrane for m in lifs]), rtol=0, atol=0)
