@@ -197,3 +197,48 @@ def test_psg_extra_loss_follows_a_new_model():
     for model in (*models, models[0]):
         lifs = [m for m in model.modules() if isinstance(m, LIF)]
         torch.testing.assert_close(method.extra_loss(model), pda_loss([m.last_membrane for m in lifs]), rtol=0, atol=0)
+
+
+def _soft_hist_in_kernel_order(v: np.ndarray, c0: float, h: float, k: int) -> np.ndarray:
+    """The kernel's float64 sums (one thread) in its order: per row, chunks of 4096 values;
+    in a chunk, 4 lanes (value j in lane j mod 4), each summing its fractions in order;
+    the lanes added to the row's totals in lane order, chunk after chunk; then
+    counts[i] = (n[i] - sf[i]) + sf[i-1]. Bins and fractions in the values' dtype."""
+    out = np.zeros((len(v), k))
+    for r, row in enumerate(v):
+        raw = (row - row.dtype.type(c0)) / row.dtype.type(h)
+        pos = np.minimum(np.maximum(raw, 0), row.dtype.type(k - 1))
+        idx = np.minimum(pos.astype(np.int64), k - 2)
+        frac = (pos - idx.astype(row.dtype)).astype(np.float64)
+        n, sf = np.zeros(k), np.zeros(k)
+        for j0 in range(0, len(row), 4096):
+            lanes_n, lanes_f = np.zeros((4, k)), np.zeros((4, k))
+            for j in range(j0, min(j0 + 4096, len(row))):
+                lanes_n[(j - j0) % 4, idx[j]] += 1.0
+                lanes_f[(j - j0) % 4, idx[j]] += frac[j]
+            for a in range(4):
+                n += lanes_n[a]
+                sf += lanes_f[a]
+        out[r] = (n - sf) + np.concatenate([[0.0], sf[:-1]])
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kernel_histogram_sums_in_its_documented_order(kernel_lib, monkeypatch, dtype):
+    """The compiled forward bit for bit against its summation order done by hand: pins the
+    order (lanes, chunks) that a faster accumulation must keep so that PDA's numbers do
+    not move. float64 values: their fractions' sums round differently in another order."""
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    v = _values(3, 9003, dtype, seed=8)  # two whole chunks, then blocks of 256 and 43 (3 past a lane group)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        got = _kernel.soft_hist_forward(v, -4.0, 0.2, 41).double().numpy()
+    finally:
+        torch.set_num_threads(before)
+    want = _soft_hist_in_kernel_order(v.numpy(), -4.0, 0.2, 41)
+    want = want.astype(np.float32).astype(np.float64) if dtype == torch.float32 else want
+    assert np.array_equal(got, want)
