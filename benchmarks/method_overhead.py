@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/method_overhead.py                  # all methods, mnist1d conv
     .venv/bin/python benchmarks/method_overhead.py --dataset digits --rounds 5
     .venv/bin/python benchmarks/method_overhead.py --profile dspike  # where its extra time goes
+    .venv/bin/python benchmarks/method_overhead.py --profile psg+pda --against psg  # PDA's own share
 
 Each method trains the same conv net through the real trainer (``snn2hw.train``),
 so an epoch is what a user waits for: the method's hooks, its extra loss, the
@@ -65,23 +66,24 @@ def epoch_times(method: str, options: dict, data, base: dict, epochs: int) -> li
     return [b - a for a, b in zip(cumulative, cumulative[1:])][1:]
 
 
-def profile(method: str, options: dict, data, base: dict, epochs: int, top: int) -> None:
-    """cProfile of a run of ``method`` and of sg: the functions whose own time differs most,
-    then ``method``'s top functions by cumulative time."""
+def profile(method: str, baseline: str, options: dict[str, dict], data, base: dict, epochs: int,
+            top: int) -> None:
+    """cProfile of a run of ``method`` and of ``baseline`` (rows such as psg+pda, default sg):
+    the functions whose own time differs most, then ``method``'s top functions by cumulative time."""
     profs = {}
-    for name, opts in (("sg", {}), (method, options)):
+    for name in (baseline, method):
         profs[name] = cProfile.Profile(time.process_time)  # CPU time: the machine is shared
         profs[name].enable()
-        epoch_times(name, opts, data, base, epochs)
+        epoch_times(*resolve(name, options), data, base, epochs)
         profs[name].disable()
     own = {}
     for name, prof in profs.items():
         st = pstats.Stats(prof).stats  # (file, line, func) -> (calls, prim, own time, cum time, callers)
         own[name] = {f"{Path(k[0]).name}:{k[1]}({k[2]})": v[2] for k, v in st.items()}
     total = {name: sum(v.values()) for name, v in own.items()}
-    print(f"profile, {epochs} epochs each: own time sg {total['sg']:.2f} s, {method} "
+    print(f"profile, {epochs} epochs each: own time {baseline} {total[baseline]:.2f} s, {method} "
           f"{total[method]:.2f} s; functions that cost {method} the most extra time:")
-    diff = sorted(((own[method].get(k, 0.0) - own["sg"].get(k, 0.0), k) for k in own[method]), reverse=True)
+    diff = sorted(((own[method].get(k, 0.0) - own[baseline].get(k, 0.0), k) for k in own[method]), reverse=True)
     for extra, fn in diff[:top]:
         print(f"  {extra:+8.3f} s  {fn}")
     buf = io.StringIO()
@@ -105,7 +107,9 @@ def main() -> None:
                     help="torch threads (default 1: CPU time then equals compute time)")
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                     help="time epochs in process CPU seconds (default) or wall seconds")
-    ap.add_argument("--profile", metavar="METHOD", help="profile METHOD against sg instead")
+    ap.add_argument("--profile", metavar="METHOD", help="profile METHOD against sg (or --against) instead")
+    ap.add_argument("--against", metavar="METHOD", default="sg",
+                    help="the run --profile compares with, e.g. psg for psg+pda's own share (default sg)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.clock == "cpu":
@@ -120,7 +124,7 @@ def main() -> None:
     base = {"dataset": args.dataset, "arch": args.model, "timesteps": args.timesteps}
     data = load_dataset(args.dataset)
     if args.profile:
-        profile(*resolve(args.profile, options), data, base, args.epochs, 25)
+        profile(args.profile, args.against, options, data, base, args.epochs, 25)
         return
     methods = ["sg"] + [m for m in (args.methods or [*METHODS, *VARIANTS]) if m != "sg"]
     epoch_times("sg", {}, data, base, 2)  # warm-up: first-call costs of torch kernels

@@ -132,3 +132,113 @@ def test_membranes_recorded_for_pda_equal_lif_sequence_bit_for_bit(kernel_lib, m
     s_ref, u_ref = lif_sequence(c, LIFParams(0.7, 1.0, reset), lambda x: (x > 0).to(x.dtype), True)
     assert 0.1 < float(s.mean()) < 0.9
     assert torch.equal(s, s_ref) and torch.equal(u, u_ref)
+
+
+def _pda_loss_layer_by_layer(membranes: list[torch.Tensor], target: str) -> torch.Tensor:
+    """``pda_loss`` as it was before the stacked kernel node and the cached constants: one
+    ``_linear_binning`` per layer, ``cat``, and the N(0, 1) target computed per call."""
+    from snn2hw.methods.psg import _LinearBinning, _normalised, gaussian_bins, symmetric_kl
+
+    rows = [u.flatten(1) for u in membranes]
+    c = GRID.to(rows[0])
+    hist = _normalised(torch.cat([_LinearBinning.apply(r, float(c[0]), float(c[1] - c[0]), len(c)) for r in rows]))
+    if target == "matched":
+        d = [r.detach() for r in rows]
+        ref = gaussian_bins(torch.cat([x.mean(1) for x in d]), torch.cat([x.std(1) for x in d]))
+    else:
+        ref = gaussian_bins(hist.new_zeros(1), hist.new_ones(1))
+    terms = symmetric_kl(hist, ref)
+    return terms.sum() / (2.0 * len(terms))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("target", ["standard", "matched"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pda_loss_of_stacked_layers_equals_layer_by_layer_bit_for_bit(backend, dtype, target, threads):
+    """Three layers of different widths (as the conv net's; the second not a multiple of
+    the kernel's chunk) in one kernel node, the constants and the N(0, 1) target cached:
+    the loss and every layer's gradient are the per-layer computation's bit for bit, with
+    the kernel and with the torch fallback, twice in a row (the caches' second use)."""
+    gen = torch.Generator().manual_seed(7)
+    us = [torch.randn(4, 6, 5, n, generator=gen, dtype=dtype) * s + m
+          for n, s, m in ((40, 1.3, 0.2), (137, 2.2, -0.5), (10, 0.7, 1.0))]
+    us[0].view(-1)[:41] = GRID.to(dtype)  # every centre, both end points
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(2):
+            out = {}
+            for name, fn in (("stacked", pda_loss), ("per layer", _pda_loss_layer_by_layer)):
+                xs = [u.clone().requires_grad_() for u in us]
+                loss = fn(xs, target)
+                (loss * 3.0).backward()
+                out[name] = (loss.detach(), [x.grad for x in xs])
+            assert torch.equal(out["stacked"][0], out["per layer"][0])
+            for got, want in zip(out["stacked"][1], out["per layer"][1]):
+                assert torch.equal(got, want)
+                assert got.abs().max() > 0
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_psg_extra_loss_follows_a_new_model():
+    """PSG keeps the LIFs of the model it last saw (named_modules per batch costs time):
+    a different model object gets its own LIFs, not the cached ones."""
+    from snn2hw.core.layers import LIF
+    from snn2hw.methods import make_method
+    from snn2hw.models.config import ModelConfig
+    from snn2hw.models.network import build_model
+
+    method = make_method("psg", {"pda": True})
+    models = [build_model(ModelConfig(hidden=(h,))) for h in (16, 24)]
+    for model in models:
+        method.setup(model)
+        model(torch.rand(8, 64, generator=torch.Generator().manual_seed(3)))
+    for model in (*models, models[0]):
+        lifs = [m for m in model.modules() if isinstance(m, LIF)]
+        torch.testing.assert_close(method.extra_loss(model), pda_loss([m.last_membrane for m in lifs]), rtol=0, atol=0)
+
+
+def _soft_hist_in_kernel_order(v: np.ndarray, c0: float, h: float, k: int) -> np.ndarray:
+    """The kernel's float64 sums (one thread) in its order: per row, chunks of 4096 values;
+    in a chunk, 4 lanes (value j in lane j mod 4), each summing its fractions in order;
+    the lanes added to the row's totals in lane order, chunk after chunk; then
+    counts[i] = (n[i] - sf[i]) + sf[i-1]. Bins and fractions in the values' dtype."""
+    out = np.zeros((len(v), k))
+    for r, row in enumerate(v):
+        raw = (row - row.dtype.type(c0)) / row.dtype.type(h)
+        pos = np.minimum(np.maximum(raw, 0), row.dtype.type(k - 1))
+        idx = np.minimum(pos.astype(np.int64), k - 2)
+        frac = (pos - idx.astype(row.dtype)).astype(np.float64)
+        n, sf = np.zeros(k), np.zeros(k)
+        for j0 in range(0, len(row), 4096):
+            lanes_n, lanes_f = np.zeros((4, k)), np.zeros((4, k))
+            for j in range(j0, min(j0 + 4096, len(row))):
+                lanes_n[(j - j0) % 4, idx[j]] += 1.0
+                lanes_f[(j - j0) % 4, idx[j]] += frac[j]
+            for a in range(4):
+                n += lanes_n[a]
+                sf += lanes_f[a]
+        out[r] = (n - sf) + np.concatenate([[0.0], sf[:-1]])
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kernel_histogram_sums_in_its_documented_order(kernel_lib, monkeypatch, dtype):
+    """The compiled forward bit for bit against its summation order done by hand: pins the
+    order (lanes, chunks) that a faster accumulation must keep so that PDA's numbers do
+    not move. float64 values: their fractions' sums round differently in another order."""
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    v = _values(3, 9003, dtype, seed=8)  # two whole chunks, then blocks of 256 and 43 (3 past a lane group)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        got = _kernel.soft_hist_forward(v, -4.0, 0.2, 41).double().numpy()
+    finally:
+        torch.set_num_threads(before)
+    want = _soft_hist_in_kernel_order(v.numpy(), -4.0, 0.2, 41)
+    want = want.astype(np.float32).astype(np.float64) if dtype == torch.float32 else want
+    assert np.array_equal(got, want)

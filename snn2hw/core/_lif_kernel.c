@@ -624,6 +624,13 @@ DEFINE_COUNTS(double, f64, __builtin_fabs)
 #define SH_LANES 4
 #define SH_BLOCK 256   /* values whose bins are computed in one vectorised loop */
 #define SH_CHUNK 4096  /* values per task of the parallel loops */
+/* an AVX2 clone where the CPU has it (chosen at load time): 8 float lanes for the bins'
+ * division and clamps instead of SSE2's 4; IEEE operations, so the same bins and fractions */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SH_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SH_CLONES
+#endif
 #define DEFINE_SOFT_HIST(T_, SUF)                                                      \
 /* bins i and fractions f of len <= SH_BLOCK values; in[j] = raw == pos (gradient passes). \
  * Branch-free and apart from the scatter, so that it vectorises (the division included). */ \
@@ -644,7 +651,7 @@ sh_bins_##SUF(const T_ *restrict v, int64_t len, T_ c0, T_ h, T_ kmax, int32_t k
     }                                                                                  \
 }                                                                                      \
                                                                                        \
-void soft_hist_forward_##SUF(const T_ *v, int64_t R, int64_t M, T_ c0, T_ h, int64_t k, \
+SH_CLONES void soft_hist_forward_##SUF(const T_ *v, int64_t R, int64_t M, T_ c0, T_ h, int64_t k, \
                              double *ws, double *counts, int nthreads)                 \
 {                                                                                      \
     T_ kmax = (T_)(k - 1);                                                             \
@@ -652,7 +659,8 @@ void soft_hist_forward_##SUF(const T_ *v, int64_t R, int64_t M, T_ c0, T_ h, int
     _Pragma("omp parallel num_threads(nthreads)")                                      \
     {                                                                                  \
         double *n = ws + (int64_t)THREAD() * 2 * R * k, *sf = n + R * k;              \
-        double ln[SH_LANES][k], lf[SH_LANES][k];                                       \
+        /* per lane and bin (count, sum of f) side by side: one cache line per update */ \
+        double lnf[SH_LANES][k][2];                                                    \
         int32_t idx[SH_BLOCK];                                                         \
         T_ frac[SH_BLOCK];                                                             \
         _Pragma("omp for schedule(static)")                                            \
@@ -660,21 +668,28 @@ void soft_hist_forward_##SUF(const T_ *v, int64_t R, int64_t M, T_ c0, T_ h, int
             int64_t r = q / nchunks, j0 = (q % nchunks) * SH_CHUNK;                    \
             int64_t j1 = j0 + SH_CHUNK < M ? j0 + SH_CHUNK : M;                        \
             for (int a = 0; a < SH_LANES; a++)                                         \
-                for (int64_t i = 0; i < k; i++) { ln[a][i] = 0; lf[a][i] = 0; }        \
+                for (int64_t i = 0; i < k; i++) { lnf[a][i][0] = 0; lnf[a][i][1] = 0; } \
             for (int64_t b = j0; b < j1; b += SH_BLOCK) {                              \
                 int64_t len = j1 - b < SH_BLOCK ? j1 - b : SH_BLOCK;                   \
                 sh_bins_##SUF(v + r * M + b, len, c0, h, kmax, (int32_t)(k - 2), idx, frac, 0); \
                 /* SH_LANES interleaved copies: a run of values in one bin would  \
-                 * otherwise chain every add on the previous one */                   \
-                for (int64_t j = 0; j < len; j++) {                                    \
-                    ln[j % SH_LANES][idx[j]] += 1.0;                                   \
-                    lf[j % SH_LANES][idx[j]] += (double)frac[j];                       \
+                 * otherwise chain every add on the previous one; value j in lane  \
+                 * j % SH_LANES, unrolled (the same order: PDA's sums bit for bit) */ \
+                int64_t j = 0;                                                         \
+                for (; j + SH_LANES <= len; j += SH_LANES)                             \
+                    for (int a = 0; a < SH_LANES; a++) {                               \
+                        double *c2 = lnf[a][idx[j + a]];                               \
+                        c2[0] += 1.0; c2[1] += (double)frac[j + a];                    \
+                    }                                                                  \
+                for (; j < len; j++) {                                                 \
+                    double *c2 = lnf[j % SH_LANES][idx[j]];                            \
+                    c2[0] += 1.0; c2[1] += (double)frac[j];                            \
                 }                                                                      \
             }                                                                          \
             for (int a = 0; a < SH_LANES; a++)                                         \
                 for (int64_t i = 0; i < k; i++) {                                      \
-                    n[r * k + i] += ln[a][i];                                          \
-                    sf[r * k + i] += lf[a][i];                                         \
+                    n[r * k + i] += lnf[a][i][0];                                      \
+                    sf[r * k + i] += lnf[a][i][1];                                     \
                 }                                                                      \
         }                                                                              \
     }                                                                                  \
@@ -691,7 +706,7 @@ void soft_hist_forward_##SUF(const T_ *v, int64_t R, int64_t M, T_ c0, T_ h, int
         }                                                                              \
 }                                                                                      \
                                                                                        \
-void soft_hist_backward_##SUF(const T_ *v, int64_t R, int64_t M, T_ c0, T_ h, int64_t k, \
+SH_CLONES void soft_hist_backward_##SUF(const T_ *v, int64_t R, int64_t M, T_ c0, T_ h, int64_t k, \
                               const T_ *grad, T_ *gv, int nthreads)                    \
 {                                                                                      \
     T_ kmax = (T_)(k - 1), slope = (T_)1 / h;                                          \

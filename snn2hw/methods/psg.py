@@ -33,6 +33,7 @@ Target "standard": m = 0, s = 1; "matched": the layer's detached mean and std.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -110,10 +111,51 @@ class _LinearBinning(torch.autograd.Function):
         return out, None, None, None
 
 
+class _StackedBinning(torch.autograd.Function):
+    """``cat([_LinearBinning(v) for v in values])`` for the compiled kernel: one autograd
+    node for all layers (no cat, no per-layer nodes), the same kernel calls, so the same
+    numbers; backward hands each layer its rows of the gradient."""
+
+    @staticmethod
+    def forward(ctx, c0: float, h: float, k: int, *values: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(*values)
+        ctx.consts = (c0, h)
+        return torch.cat([_kernel.soft_hist_forward(v, c0, h, k) for v in values])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        values = ctx.saved_tensors
+        c0, h = ctx.consts
+        rows = grad.split([v.shape[0] for v in values])
+        return (None, None, None, *(_kernel.soft_hist_backward(v, c0, h, g) for v, g in zip(values, rows)))
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_constants(dtype: torch.dtype) -> tuple[float, float, int]:
+    """(c0, h, K) of ``GRID`` in ``dtype``, as ``_linear_binning`` computes them (a few
+    small ops and two host reads per call otherwise)."""
+    c = GRID.to(dtype)
+    return float(c[0]), float(c[1] - c[0]), len(c)
+
+
+def _constants(values: Tensor, centres: Tensor) -> tuple[float, float, int]:
+    if centres is GRID:
+        return _grid_constants(values.dtype)
+    c = centres.to(values)
+    return float(c[0]), float(c[1] - c[0]), len(c)
+
+
 def _linear_binning(values: Tensor, centres: Tensor) -> Tensor:
     """Unnormalised soft-histogram counts (R, K) of the rows of ``values`` (R, M)."""
-    c = centres.to(values)
-    return _LinearBinning.apply(values, float(c[0]), float(c[1] - c[0]), len(c))
+    return _LinearBinning.apply(values, *_constants(values, centres))
+
+
+def _stacked_binning(rows: list[Tensor]) -> Tensor:
+    """``cat([_linear_binning(r, GRID) for r in rows])``: one kernel node when it can run."""
+    c0, h, k = _grid_constants(rows[0].dtype)
+    if all(r.dtype == rows[0].dtype and _kernel.soft_hist_available(r, k) for r in rows):
+        return _StackedBinning.apply(c0, h, k, *rows)
+    return torch.cat([_linear_binning(r, GRID) for r in rows])
 
 
 def _normalised(counts: Tensor) -> Tensor:
@@ -144,6 +186,13 @@ def gaussian_bins(mean: Tensor, std: Tensor, centres: Tensor = GRID) -> Tensor:
     return dens / dens.sum(-1, keepdim=True)
 
 
+@functools.lru_cache(maxsize=8)
+def _standard_target(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``gaussian_bins`` of N(0, 1) as one row: a constant, computed once (a dozen small ops
+    per batch otherwise)."""
+    return gaussian_bins(torch.zeros(1, dtype=dtype, device=device), torch.ones(1, dtype=dtype, device=device))
+
+
 def symmetric_kl(p: Tensor, q: Tensor) -> Tensor:
     """KL(p || q) + KL(q || p) per row of two histograms (a small floor avoids log 0)."""
     p, q = p.clamp_min(_TINY), q.clamp_min(_TINY)
@@ -158,12 +207,12 @@ def pda_loss(membranes: list[Tensor], target: str = "standard") -> Tensor:
     numbers: every operation after the binning is per row).
     """
     rows = [u.flatten(1) for u in membranes]  # (T, B * neurons): one distribution per step
-    hist = _normalised(torch.cat([_linear_binning(r, GRID) for r in rows]))
+    hist = _normalised(_stacked_binning(rows))
     if target == "matched":
         d = [r.detach() for r in rows]
         ref = gaussian_bins(torch.cat([x.mean(1) for x in d]), torch.cat([x.std(1) for x in d]))
     else:  # one row, broadcast over all
-        ref = gaussian_bins(hist.new_zeros(1), hist.new_ones(1))
+        ref = _standard_target(hist.dtype, hist.device)
     terms = symmetric_kl(hist, ref)
     return terms.sum() / (2.0 * len(terms))
 
@@ -189,6 +238,7 @@ class PSG:
             raise ConfigError(f"psg: pda_target must be standard or matched, got {self.pda_target!r}")
         if self.gamma_init <= 0:
             raise ConfigError(f"psg: gamma_init must be > 0, got {self.gamma_init}")
+        self._lifs: tuple[object, list] | None = None  # (model, its LIFs): extra_loss runs per batch
 
     def setup(self, model: SpikingNetwork) -> None:
         for _, m in named_lifs(model):
@@ -201,7 +251,9 @@ class PSG:
     def extra_loss(self, model: SpikingNetwork) -> Tensor | None:
         if not self.pda:
             return None
-        lifs = named_lifs(model)
+        if self._lifs is None or self._lifs[0] is not model:  # named_modules costs ~0.2 ms a batch
+            self._lifs = (model, named_lifs(model))
+        lifs = self._lifs[1]
         missing = [n for n, m in lifs if m.last_membrane is None]
         if missing or not lifs:
             raise ConfigError(f"psg: PDA found no recorded membrane potentials at layer(s) "
