@@ -53,10 +53,13 @@ def _block(channels: int, dims: int, pool: str | None, k: int, reset: str, lam: 
     return mods
 
 
-def _both(mods, z, grad_out_seed=1):
-    """(outputs, input gradients, parameter gradients, modules) fused and unfused."""
+def _both(mods, z, grad_out_seed=1, seed=None):
+    """(outputs, input gradients, parameter gradients, modules, RNG state after the run)
+    fused and unfused; ``seed``: the global RNG seeded alike before each run (ASGL's masks)."""
     results = []
     for fuse in (True, False):
+        if seed is not None:
+            torch.manual_seed(seed)
         ms = copy.deepcopy(mods)
         zi = z.detach().clone().requires_grad_()
         layers.fuse_layers = fuse
@@ -64,10 +67,11 @@ def _both(mods, z, grad_out_seed=1):
             y = run_layers(ms, zi)
         finally:
             layers.fuse_layers = True
+        after = torch.get_rng_state()
         g = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_out_seed), dtype=y.dtype)
         params = [p for m in ms for p in m.parameters()]
         grads = torch.autograd.grad(y, [zi, *params], g) if y.requires_grad else None
-        results.append((y, grads, ms))
+        results.append((y, grads, ms, after))
     return results
 
 
@@ -85,7 +89,7 @@ def test_fused_equals_unfused(dims, pool, k, reset, lam, train, calls, threads):
         for m in mods:
             m.train(train)
         z = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=dtype) * 1.5 + 0.4
-        (y, g, ms), (y_ref, g_ref, ms_ref) = _both(mods, z)
+        (y, g, ms, _), (y_ref, g_ref, ms_ref, _) = _both(mods, z)
         assert torch.equal(y, y_ref), "outputs differ"
         assert y.shape == y_ref.shape
         for name in ("running_mean", "running_var"):
@@ -246,7 +250,7 @@ def test_record_spikes_sees_every_lif(calls):
 def test_max_pool_fuses_only_tdbn_and_lif(calls):
     mods = _block(3, 2, "max", 2, "soft", 0.5, torch.float64)
     z = torch.randn(3, 2, 3, 7, 7, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    (y, g, _), (y_ref, g_ref, _) = _both(mods, z)
+    (y, g, _, _), (y_ref, g_ref, _, _) = _both(mods, z)
     assert torch.equal(y, y_ref) and len(calls) == 1
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
@@ -353,23 +357,8 @@ def _asgl(mods: list[nn.Module], p: float, width: float = 0.9) -> LIF:
 
 
 def _both_seeded(mods, z, seed=11):
-    """``_both`` with the global RNG seeded alike before each run (ASGL's masks), and the
-    RNG state after each run (the same number of draws)."""
-    results = []
-    for fuse in (True, False):
-        torch.manual_seed(seed)
-        ms = copy.deepcopy(mods)
-        zi = z.detach().clone().requires_grad_()
-        layers.fuse_layers = fuse
-        try:
-            y = run_layers(ms, zi)
-        finally:
-            layers.fuse_layers = True
-        after = torch.get_rng_state()
-        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
-        params = [p for m in ms for p in m.parameters()]
-        results.append((y, torch.autograd.grad(y, [zi, *params], g), after))
-    return results
+    """``_both`` with the global RNG seeded alike: (outputs, gradients, RNG state after)."""
+    return [(y, g, after) for y, g, _, after in _both(mods, z, seed=seed)]
 
 
 @pytest.mark.parametrize("dims,pool,k,reset,p", [

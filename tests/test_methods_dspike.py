@@ -113,6 +113,18 @@ def test_batched_fdg_equals_one_pass_at_a_time_on_a_spiking_conv_net_with_bn():
     torch.testing.assert_close(batched, ref, rtol=1e-4, atol=1e-5)
 
 
+def _dspike_model(cfg: ModelConfig, dtype: torch.dtype, seed: int):
+    """A Dspike model in training mode whose tdBN affines differ per channel, as after training."""
+    torch.manual_seed(seed)
+    model = build_model(cfg).to(dtype)
+    make_method("dspike").setup(model)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, TDBatchNorm):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
+    return model.train()
+
+
 @pytest.mark.parametrize("cfg", [
     dict(arch="conv", input_shape=(1, 16), channels=(4, 6), timesteps=3),  # 1-D, direct: first stage once
     dict(arch="conv", input_shape=(2, 6, 6), channels=(3,), timesteps=2, carrier="current"),
@@ -124,14 +136,7 @@ def test_batched_fdg_equals_the_per_coordinate_loop_in_float64(cfg):
     loop's and the batch's rounding differ by far less than 1e-6. conv1d and mlp-tdbn take
     the channel-local path (one channel per copy up to the second synapse), conv2d-current
     (pool, flatten, readout) the full copies."""
-    torch.manual_seed(3)
-    model = build_model(ModelConfig(**cfg)).double()
-    make_method("dspike").setup(model)
-    with torch.no_grad():  # tdBN affines that differ per channel, as after training
-        for m in model.modules():
-            if isinstance(m, TDBatchNorm):
-                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
-    model.train()
+    model = _dspike_model(ModelConfig(**cfg), torch.float64, seed=3)
     x = torch.rand(10, *cfg["input_shape"], dtype=torch.float64) * 2
     y = torch.randint(0, 10, (10,))
     loss_fn = make_loss("tet")
@@ -280,16 +285,9 @@ def test_fdg_runs_tdbn_lif_pool_fused_with_the_unfused_numbers(dtype, shape, mon
     from snn2hw.core import layers as core_layers
     from snn2hw.methods import dspike
 
-    torch.manual_seed(4)
     cfg = ModelConfig(arch="conv", input_shape=shape, channels=(4, 6, 5) if len(shape) == 2 else (3, 6),
                       timesteps=3)
-    model = build_model(cfg).to(dtype)
-    make_method("dspike").setup(model)
-    with torch.no_grad():  # tdBN affines that differ per channel, as after training
-        for m in model.modules():
-            if isinstance(m, TDBatchNorm):
-                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
-    model.train()
+    model = _dspike_model(cfg, dtype, seed=4)
     x, y = torch.rand(12, *shape, dtype=dtype) * 2, torch.randint(0, 10, (12,))
     loss_fn, weight = make_loss("tet"), first_weight_name(model)
     coords = torch.arange(dict(model.named_parameters())[weight].numel())
