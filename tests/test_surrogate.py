@@ -85,3 +85,20 @@ def test_learnable_parameter_receives_summed_gradient():
 def test_unknown_surrogate_names_the_choices():
     with pytest.raises(ValueError, match="triangle"):
         make_surrogate("nope")
+
+
+@pytest.mark.parametrize("name", sorted(SURROGATES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grads_pair_is_bit_for_bit_the_two_calls(name, dtype):
+    """``grads`` (what the kernel's backward calls; PSG's arctan shares ``1 + (p x)^2``)
+    gives exactly ``grad`` and ``grad_param``, every shape and both of PSG's dgamma."""
+    from dataclasses import replace
+
+    from snn2hw.core.surrogate import grads
+    x = torch.linspace(-3, 3, 1001, dtype=dtype) * 1.37
+    p = torch.tensor(1.7, dtype=dtype)
+    shape = make_surrogate(name)
+    variants = [shape] + ([replace(shape, dgamma="printed")] if hasattr(shape, "dgamma") else [])
+    for sh in variants:
+        g, dp = grads(sh, x, p)
+        assert torch.equal(g, sh.grad(x, p)) and torch.equal(dp, sh.grad_param(x, p)), sh

@@ -19,6 +19,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .surrogate import grads
+
 SOURCE = Path(__file__).with_name("_lif_kernel.c")
 LIBRARY = Path(__file__).with_name("_lif_kernel.so")
 # -ffp-contract=off: no fused multiply-add, so the rounding is torch's (exact spikes).
@@ -75,7 +77,7 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
                                                             i64, i64, i64, i64, i64, ct, ct, ct, ct, i, i]
         getattr(lib, f"lif_pool_backward_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i,
                                                              ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct,
-                                                             ct, i, i]
+                                                             ct, i, i, ptr, ptr]
         getattr(lib, f"bn_input_grad_{suf}").argtypes = [ptr, ptr, ptr, ptr, i64, i, i64, i64, i]
     return lib
 
@@ -179,10 +181,10 @@ def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, h
     for t1 in range(T, 0, -steps):
         t0 = max(0, t1 - steps)
         xb = x[t0:t1]
-        g = shape.grad(xb, p).expand(xb.shape).contiguous()
+        g, dp = grads(shape, xb, p) if need_p else (shape.grad(xb, p), None)
+        g = g.expand(xb.shape).contiguous()
         if gu is None:
             gu = g
-        dp = shape.grad_param(xb, p) if need_p else None
         gs = torch.empty_like(xb) if need_p else None
         gob, ts = _time_major(go[t0:t1])
         geb = gext[t0:t1] if gext is not None else None
@@ -321,21 +323,27 @@ def pool_backward(gp: Tensor, x: Tensor, p: Tensor, shape, z: Tensor | None, coe
     gbuf = torch.empty(threads, min(steps, lay.T) * (lay.H // lay.kh) * (lay.W // lay.kw) + 1, dtype=x.dtype)
     window = _windows(lay)
     grad_p = None
+    # a scalar parameter's sum gs * dp is taken in the kernel (per plane, in double): gs is
+    # not written, multiplied and summed by torch; a tensor parameter sums to its shape
+    in_kernel = need_p and p.dim() == 0
+    gpsum = torch.zeros(lay.P, dtype=torch.float64) if in_kernel else None
     for t1 in range(lay.T, 0, -steps):
         t0 = max(0, t1 - steps)
         xb = x[t0:t1]
-        g = shape.grad(xb, p).expand(xb.shape).contiguous()
-        dp = shape.grad_param(xb, p) if need_p else None
-        gs = torch.empty_like(xb) if need_p else None
+        g, dp = grads(shape, xb, p) if need_p else (shape.grad(xb, p), None)
+        g = g.expand(xb.shape).contiguous()
+        dp = dp.expand(xb.shape).contiguous() if in_kernel else dp
+        gs = torch.empty_like(xb) if need_p and not in_kernel else None
         zb = zt[t0:t1] if zt is not None and zts else zt
         geb = gext[t0:t1] if gext is not None else None
         fn(_ptr(gp[t0:t1]), _ptr(g), _ptr(xb), _ptr(geb), _ptr(xb), _ptr(gs), _ptr(carry), _ptr(zb), zts, _ptr(coef), lay.C,
            mode, _ptr(sums), _ptr(gbuf), _ptr(window), t1 - t0, lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul,
-           lam, v_th, reset, threads)
-        if need_p:
-            gpar = gs * dp
-            gpar = gpar.sum() if p.dim() == 0 else gpar.sum_to_size(p.shape)
+           lam, v_th, reset, threads, _ptr(dp) if in_kernel else None, _ptr(gpsum))
+        if gs is not None:
+            gpar = (gs * dp).sum_to_size(p.shape)
             grad_p = gpar if grad_p is None else grad_p + gpar
+    if in_kernel:
+        grad_p = gpsum.sum().to(x.dtype)
     return x, grad_p, sums
 
 

@@ -375,7 +375,10 @@ DEFINE_DUAL_MODE(double, f64)
  * backward: go of a neuron in a window = (gp * mul if mul != 0) / div, else 0; then
  *           lif_backward's step (soft_nodecay: gs = go - vth gu', gu = gs g + lam gu'), gext (if given: u's own gradient) added to gu as there;
  *           with a tdBN, sums[p] += (sum gc, sum gc * xn) over the
- *           plane's neurons and steps, xn = the normalised z of the forward. */
+ *           plane's neurons and steps, xn = the normalised z of the forward; with dp
+ *           (a scalar shape parameter's ds/dp per neuron and step) gpsum[p] += sum gs * dp
+ *           over the plane (per lane over the steps in T_, then in double), instead of
+ *           writing gs for torch to multiply and sum. */
 /* FMA_CLONES, FMA_f32/f64: defined with the ASGL section above (baseline x86-64 has no
  * fma instruction, fmaf would be a libm call per neuron: one clone for CPUs with it) */
 #define POOL_CALL(SUF, md, h, cnt)                                                     \
@@ -505,14 +508,14 @@ FMA_CLONES void lif_pool_backward_##SUF(const T_ *gp, const T_ *g, const T_ *xs,
                              const int64_t *window,                                    \
                              int64_t T, int64_t P, int64_t H, int64_t W, int64_t kh,   \
                              int64_t kw, T_ div, T_ mul, T_ lam, T_ vth, int hard,     \
-                             int nthreads)                                             \
+                             int nthreads, const T_ *dp, double *gpsum)                \
 {                                                                                      \
     int64_t S = H * W, N = P * S, Ho = H / kh, Wo = W / kw, So = Ho * Wo;              \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
     for (int64_t p = 0; p < P; p++) {                                                  \
         const T_ *k = coef ? coef + 4 * (p % C) : 0;                                   \
         T_ *gw = gbuf + THREAD() * (T * So + 1);  /* [0]: 0, for neurons in no window */ \
-        double s0 = 0, s1 = 0;                                                         \
+        double s0 = 0, s1 = 0, sp = 0;                                                 \
         gw[0] = 0;                                                                     \
         /* each window's gradient once per step, as avg_pool's backward rounds it */   \
         for (int64_t t = 0; t < T; t++)                                                \
@@ -522,9 +525,10 @@ FMA_CLONES void lif_pool_backward_##SUF(const T_ *gp, const T_ *g, const T_ *xs,
             }                                                                          \
         for (int64_t i0 = 0; i0 < S; i0 += CHUNK) {                                    \
             int64_t len = S - i0 < CHUNK ? S - i0 : CHUNK, n0 = p * S + i0;            \
-            T_ gun[CHUNK], gsl[CHUNK], gol[CHUNK];                                     \
+            T_ gun[CHUNK], gsl[CHUNK], gol[CHUNK], gpl[CHUNK];                         \
             const int64_t *at = window + i0;                                           \
             for (int64_t i = 0; i < len; i++) gun[i] = carry[n0 + i];                  \
+            if (dp) for (int64_t i = 0; i < len; i++) gpl[i] = 0;                      \
             for (int64_t t = T - 1; t >= 0; t--) {                                     \
                 const T_ *gwt = gw + t * So;                                           \
                 for (int64_t i = 0; i < len; i++) gol[i] = at[i] ? gwt[at[i]] : gw[0];  \
@@ -535,6 +539,8 @@ FMA_CLONES void lif_pool_backward_##SUF(const T_ *gp, const T_ *g, const T_ *xs,
                 if (gext) for (int64_t i = 0; i < len; i++) gun[i] += gext[t * N + n0 + i]; \
                 for (int64_t i = 0; i < len; i++) gu_out[t * N + n0 + i] = gun[i];     \
                 if (gs_out) for (int64_t i = 0; i < len; i++) gs_out[t * N + n0 + i] = gsl[i]; \
+                /* the shape parameter's gradient, sum gs dp, per lane over the steps */ \
+                if (dp) for (int64_t i = 0; i < len; i++) gpl[i] += gsl[i] * dp[t * N + n0 + i]; \
                 if (mode) for (int64_t i = 0; i < len; i++) {                          \
                     T_ xn = norm_##SUF(z[t * z_ts + n0 + i], k, mode);                 \
                     s0 += gun[i];                                                      \
@@ -542,8 +548,10 @@ FMA_CLONES void lif_pool_backward_##SUF(const T_ *gp, const T_ *g, const T_ *xs,
                 }                                                                      \
             }                                                                          \
             for (int64_t i = 0; i < len; i++) carry[n0 + i] = gun[i];                  \
+            if (dp) for (int64_t i = 0; i < len; i++) sp += gpl[i];                    \
         }                                                                              \
         if (mode) { sums[2 * p] += s0; sums[2 * p + 1] += s1; }                        \
+        if (dp) gpsum[p] += sp;                                                        \
     }                                                                                  \
 }                                                                                      \
 /* tdBN's input gradient from that of c, in place: gc = kk0 gc + kk1 xn + kk2 per       \
