@@ -502,6 +502,19 @@ static void nodecay_bwd_step_##SUF(int64_t len, const T_ *restrict go, const T_ 
         gun[i] = gs * g[i] + lam * gun[i];                                             \
     }                                                                                  \
 }                                                                                      \
+/* plane q's window gradients, each once per step as avg_pool's backward rounds it:    \
+ * gw[1 + t So + o] = (gp * mul if mul != 0) / div; gw[0] = 0 for neurons in no window */ \
+static inline __attribute__((always_inline)) void                                      \
+window_grads_##SUF(T_ *gw, const T_ *gp, int64_t T, int64_t P, int64_t So, int64_t q,  \
+                   T_ div, T_ mul)                                                     \
+{                                                                                      \
+    gw[0] = 0;                                                                         \
+    for (int64_t t = 0; t < T; t++)                                                    \
+        for (int64_t o = 0; o < So; o++) {                                             \
+            T_ gy = gp[t * P * So + q * So + o];                                       \
+            gw[1 + t * So + o] = (mul != 0 ? gy * mul : gy) / div;                     \
+        }                                                                              \
+}                                                                                      \
 FMA_CLONES void lif_pool_backward_##SUF(const T_ *gp, const T_ *g, const T_ *xs, const T_ *gext, \
                              T_ *gu_out, T_ *gs_out, T_ *carry, const T_ *z, int64_t z_ts, \
                              const T_ *coef, int64_t C, int mode, double *sums, T_ *gbuf,  \
@@ -516,13 +529,7 @@ FMA_CLONES void lif_pool_backward_##SUF(const T_ *gp, const T_ *g, const T_ *xs,
         const T_ *k = coef ? coef + 4 * (p % C) : 0;                                   \
         T_ *gw = gbuf + THREAD() * (T * So + 1);  /* [0]: 0, for neurons in no window */ \
         double s0 = 0, s1 = 0, sp = 0;                                                 \
-        gw[0] = 0;                                                                     \
-        /* each window's gradient once per step, as avg_pool's backward rounds it */   \
-        for (int64_t t = 0; t < T; t++)                                                \
-            for (int64_t o = 0; o < So; o++) {                                         \
-                T_ gy = gp[t * P * So + p * So + o];                                   \
-                gw[1 + t * So + o] = (mul != 0 ? gy * mul : gy) / div;                 \
-            }                                                                          \
+        window_grads_##SUF(gw, gp, T, P, So, p, div, mul);                             \
         for (int64_t i0 = 0; i0 < S; i0 += CHUNK) {                                    \
             int64_t len = S - i0 < CHUNK ? S - i0 : CHUNK, n0 = p * S + i0;            \
             T_ gun[CHUNK], gsl[CHUNK], gol[CHUNK], gpl[CHUNK];                         \
@@ -857,12 +864,7 @@ FMA_CLONES void asgl_pool_backward_##SUF(const T_ *gp, const T_ *xs, const T_ *s
         const T_ *k = coef ? coef + 4 * (q % C) : 0;                                   \
         T_ *gw = gbuf + THREAD() * (T * So + 1);  /* [0]: 0, for neurons in no window */ \
         double s0 = 0, s1 = 0;                                                         \
-        gw[0] = 0;                                                                     \
-        for (int64_t t = 0; t < T; t++)                                                \
-            for (int64_t o = 0; o < So; o++) {                                         \
-                T_ gy = gp[t * P * So + q * So + o];                                   \
-                gw[1 + t * So + o] = (mul != 0 ? gy * mul : gy) / div;                 \
-            }                                                                          \
+        window_grads_##SUF(gw, gp, T, P, So, q, div, mul);                             \
         for (int64_t i0 = 0; i0 < S; i0 += CHUNK) {                                    \
             int64_t len = S - i0 < CHUNK ? S - i0 : CHUNK, n0 = q * S + i0;            \
             T_ gun[CHUNK], gol[CHUNK], gul[CHUNK];                                     \
