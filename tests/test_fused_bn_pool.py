@@ -122,6 +122,32 @@ def test_kernel_x_is_the_unfused_recurrence_bit_for_bit(reset):
         assert torch.equal(spikes.view(x_ref.shape), (x_ref > 0).float())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_every_plane_width_against_the_torch_loop(dtype, threads):
+    """Planes of 1..37 neurons (1-D), T = 9: the kernel runs blocks of 4 vectors side by side,
+    then single vectors, then a remainder of each size; x, u, the pooled spikes (avg_pool1d
+    of the torch loop's spikes, k 1, 2, 3) and hwsim's counts (spikes per unit, membrane
+    changes) against fused.py's torch loop on c = z, bit for bit."""
+    T, B, C = 9, 2, 3
+    g = torch.Generator().manual_seed(5)
+    for W, hard, k in itertools.product(range(1, 38), (True, False), (1, 2, 3)):
+        if k > W:
+            continue
+        z = torch.randn(T, B, C, W, generator=g, dtype=dtype) * 1.5 + 0.4
+        x_ref, _, u_ref = _forward_torch(z, 0.75, 1.0, hard, None, keep_u=True)
+        s_ref = (x_ref > 0).to(dtype)
+        pooled_ref = torch.nn.functional.avg_pool1d(s_ref.flatten(0, 2), k).view(T, B * C, 1, W // k)
+        lay = _kernel.PlaneLayout(T, B * C, C, 1, W, 1, k)
+        pooled, x, u = _kernel.pool_forward(z.flatten(1), None, 0, lay, float(k), 0.0, 0.75, 1.0, int(hard), True,
+                                            keep_u=True)
+        assert torch.equal(pooled, pooled_ref), (W, hard, k)
+        assert torch.equal(x.view(x_ref.shape), x_ref) and torch.equal(u.view(u_ref.shape), u_ref), (W, hard, k)
+        pooled_c, nspk, nchg = _kernel.pool_forward_counted(z.flatten(1), lay, float(k), 0.0, 0.75, 1.0, hard)
+        assert torch.equal(pooled_c, pooled_ref), (W, hard, k)
+        assert torch.equal(nspk, s_ref.sum((0, 1)).flatten()), (W, hard, k)
+        assert int(nchg) == int((u_ref[1:] != u_ref[:-1]).sum()), (W, hard, k)
+
+
 def test_pooled_values_by_hand():
     """One plane, one step, c = z (no tdBN): spikes where z > 1; windows 3 x 3 of a 7 x 8
     plane (two by two windows, the last row and two last columns dropped)."""

@@ -391,6 +391,20 @@ DEFINE_DUAL_MODE(double, f64)
     if (mode == 2) { POOL_RESETS(SUF, 2, cnt) }                                        \
     else if (mode == 1) { POOL_RESETS(SUF, 1, cnt) }                                   \
     else { POOL_RESETS(SUF, 0, cnt) }
+/* pool_block on the neurons i.. of the plane: m of them in nv vectors */
+#define POOL_BLOCK(SUF, m, nv)                                                         \
+    pool_block_##SUF(m, nv, z + i, z_ts, sb + i, S, has_xs ? xs + i : 0, us ? us + i : 0, \
+                     N, T, k, mode, lam, vth, hard, has_xs, count, count ? own + i : 0, nchg);
+/* pool_windows with constant kh, kw for the common windows (their loop over oj
+ * vectorises), runtime sizes for the rest */
+#define POOL_WINDOWS_K(SUF, sb, sts, out, h, w)                                        \
+    pool_windows_##SUF(sb, sts, out, P * So, T, H, W, h, w, div, mul);
+#define POOL_WINDOWS(SUF, sb, sts, out)                                                \
+    if (kh == 1 && kw == 2) { POOL_WINDOWS_K(SUF, sb, sts, out, 1, 2) }                \
+    else if (kh == 2 && kw == 2) { POOL_WINDOWS_K(SUF, sb, sts, out, 2, 2) }           \
+    else if (kh == 1 && kw == 3) { POOL_WINDOWS_K(SUF, sb, sts, out, 1, 3) }           \
+    else if (kh == 3 && kw == 3) { POOL_WINDOWS_K(SUF, sb, sts, out, 3, 3) }           \
+    else { POOL_WINDOWS_K(SUF, sb, sts, out, kh, kw) }
 #define DEFINE_POOLED(T_, SUF)                                                         \
 static inline __attribute__((always_inline)) T_                                        \
 norm_##SUF(T_ z, const T_ *k, const int mode)                                          \
@@ -405,44 +419,66 @@ affine_##SUF(vec_##SUF z, const T_ *k, const int mode)                          
     for (int j = 0; j < VN_##SUF; j++) xn[j] = norm_##SUF(z[j], k, mode);              \
     return xn * k[2] + k[3];  /* two roundings: TDBatchNorm's mul and add */           \
 }                                                                                      \
+/* nv (1..WIDE) vectors side by side, m neurons in all: the first nv - 1 full, the last \
+ * holding the rest; lif_forward's counted blocks: one vector's T-step chain alone     \
+ * leaves the core idle between its dependent operations (T = 16, planes of 20 or 40:  \
+ * 1.8 -> 1.1 ns a neuron-step; at T = 4 the core overlaps the short chains itself). */ \
 static inline __attribute__((always_inline)) void                                      \
-pool_block_##SUF(int64_t m, const T_ *z, int64_t z_ts, T_ *sb, int64_t S, T_ *xs,      \
-                 T_ *us, int64_t N, int64_t T, const T_ *k, const int mode, T_ lam,    \
-                 T_ vth, const int hard, const int has_xs, const int count, T_ *own,   \
-                 int64_t *nchg)                                                        \
+pool_block_##SUF(int64_t m, const int nv, const T_ *z, int64_t z_ts, T_ *sb, int64_t S, \
+                 T_ *xs, T_ *us, int64_t N, int64_t T, const T_ *k, const int mode,    \
+                 T_ lam, T_ vth, const int hard, const int has_xs, const int count,    \
+                 T_ *own, int64_t *nchg)                                               \
 {                                                                                      \
-    vec_##SUF u, x, ct, one = (T_)1 - (vec_##SUF){0};                                  \
-    mask_##SUF live, changes = {0};  /* per lane: < T changes (T < 2^31) */            \
-    for (int j = 0; j < VN_##SUF; j++) live[j] = -(j < m);                             \
-    load_##SUF(&ct, z, m);                                                             \
-    u = affine_##SUF(ct, k, mode);                                                     \
-    x = u - vth;                                                                       \
-    vec_##SUF s = __builtin_convertvector(-(x > 0), vec_##SUF), nsb = s;               \
-    __builtin_memcpy(sb, &s, m * sizeof(T_));                                          \
-    if (has_xs) __builtin_memcpy(xs, &x, m * sizeof(T_));                              \
-    if (us) __builtin_memcpy(us, &u, m * sizeof(T_));  /* u itself: x + vth rounds */  \
+    vec_##SUF u[WIDE], s[WIDE], nsb[WIDE], x, ct, one = (T_)1 - (vec_##SUF){0};        \
+    int64_t mk[WIDE];                                                                  \
+    mask_##SUF live[WIDE], changes = {0};  /* per lane: < WIDE T changes (T < 2^29) */ \
+    _Pragma("GCC unroll 4")  /* WIDE */                                                \
+    for (int q = 0; q < nv; q++) {                                                     \
+        int64_t o = q * VN_##SUF;                                                      \
+        mk[q] = q < nv - 1 ? VN_##SUF : m - o;  /* constants: nv and m are */          \
+        for (int j = 0; j < VN_##SUF; j++) live[q][j] = -(j < mk[q]);                  \
+        load_##SUF(&ct, z + o, mk[q]);                                                 \
+        u[q] = affine_##SUF(ct, k, mode);                                              \
+        x = u[q] - vth;                                                                \
+        s[q] = __builtin_convertvector(-(x > 0), vec_##SUF);                           \
+        nsb[q] = s[q];                                                                 \
+        __builtin_memcpy(sb + o, &s[q], mk[q] * sizeof(T_));                           \
+        if (has_xs) __builtin_memcpy(xs + o, &x, mk[q] * sizeof(T_));                  \
+        if (us) __builtin_memcpy(us + o, &u[q], mk[q] * sizeof(T_));  /* not x + vth */ \
+    }                                                                                  \
     for (int64_t t = 1; t < T; t++) {                                                  \
-        load_##SUF(&ct, z + t * z_ts, m);                                              \
-        ct = affine_##SUF(ct, k, mode);                                                \
-        /* lif_step's expressions: the same roundings */                              \
-        vec_##SUF v = hard == 2 ? lam * u + ct - vth * s                               \
-                    : hard ? lam * u * (one - s) + ct : lam * (u - vth * s) + ct;      \
-        if (count) changes -= (v != u) & live;  /* -1 where u changed */               \
-        u = v;                                                                         \
-        x = u - vth;                                                                   \
-        s = __builtin_convertvector(-(x > 0), vec_##SUF);                              \
-        if (count) nsb += s;                                                           \
-        __builtin_memcpy(sb + t * S, &s, m * sizeof(T_));                              \
-        if (has_xs) __builtin_memcpy(xs + t * N, &x, m * sizeof(T_));                  \
-        if (us) __builtin_memcpy(us + t * N, &u, m * sizeof(T_));                      \
+        _Pragma("GCC unroll 4")  /* WIDE */                                            \
+        for (int q = 0; q < nv; q++) {                                                 \
+            int64_t o = q * VN_##SUF;                                                  \
+            load_##SUF(&ct, z + t * z_ts + o, mk[q]);  /* lanes past mk: 0 */          \
+            ct = affine_##SUF(ct, k, mode);                                            \
+            /* lif_step's expressions: the same roundings */                           \
+            vec_##SUF v = hard == 2 ? lam * u[q] + ct - vth * s[q]                     \
+                        : hard ? lam * u[q] * (one - s[q]) + ct                        \
+                               : lam * (u[q] - vth * s[q]) + ct;                       \
+            if (count) changes -= (v != u[q]) & live[q];  /* -1 where u changed */     \
+            u[q] = v;                                                                  \
+            x = u[q] - vth;                                                            \
+            s[q] = __builtin_convertvector(-(x > 0), vec_##SUF);                       \
+            if (count) nsb[q] += s[q];                                                 \
+            __builtin_memcpy(sb + t * S + o, &s[q], mk[q] * sizeof(T_));               \
+            if (has_xs) __builtin_memcpy(xs + t * N + o, &x, mk[q] * sizeof(T_));      \
+            if (us) __builtin_memcpy(us + t * N + o, &u[q], mk[q] * sizeof(T_));       \
+        }                                                                              \
     }                                                                                  \
     if (count) {  /* the LIF's own spikes, before pooling; padded lanes left out */    \
         int64_t n = 0;                                                                 \
-        for (int64_t j = 0; j < m; j++) own[j] += nsb[j];                              \
+        _Pragma("GCC unroll 4")  /* WIDE */                                            \
+        for (int q = 0; q < nv; q++)                                                   \
+            for (int64_t j = 0; j < mk[q]; j++) own[q * VN_##SUF + j] += nsb[q][j];    \
         for (int j = 0; j < VN_##SUF; j++) n += changes[j];                            \
         *nchg += n;                                                                    \
     }                                                                                  \
 }                                                                                      \
+/* the plane in blocks of WIDE vectors, then vector by vector, then the rest (m < VN): \
+ * every call with a constant m, so that each copy is a few moves (a copy of a runtime \
+ * size is a memcpy call per step: on planes of 10 the last two neurons cost as much   \
+ * as the other eight). */                                                             \
 static inline __attribute__((always_inline)) void                                      \
 pool_plane_##SUF(const T_ *z, int64_t z_ts, T_ *sb, int64_t S, T_ *xs, T_ *us, int64_t N, \
                  int64_t T, const T_ *k, const int mode, T_ lam, T_ vth,               \
@@ -450,16 +486,37 @@ pool_plane_##SUF(const T_ *z, int64_t z_ts, T_ *sb, int64_t S, T_ *xs, T_ *us, i
                  int64_t *nchg)                                                        \
 {                                                                                      \
     int64_t i = 0;                                                                     \
+    for (; i + WIDE * VN_##SUF <= S; i += WIDE * VN_##SUF)                             \
+        POOL_BLOCK(SUF, WIDE * VN_##SUF, WIDE)                                         \
     for (; i + VN_##SUF <= S; i += VN_##SUF)                                           \
-        pool_block_##SUF(VN_##SUF, z + i, z_ts, sb + i, S, has_xs ? xs + i : 0,        \
-                         us ? us + i : 0, N, T,                                        \
-                         k, mode, lam, vth, hard, has_xs, count, count ? own + i : 0,  \
-                         nchg);                                                        \
-    if (i < S)                                                                         \
-        pool_block_##SUF(S - i, z + i, z_ts, sb + i, S, has_xs ? xs + i : 0,           \
-                         us ? us + i : 0, N, T,                                        \
-                         k, mode, lam, vth, hard, has_xs, count, count ? own + i : 0,  \
-                         nchg);                                                        \
+        POOL_BLOCK(SUF, VN_##SUF, 1)                                                   \
+    if (S - i == 1) { POOL_BLOCK(SUF, 1, 1) }                                          \
+    else if (S - i == 2) { POOL_BLOCK(SUF, VN_##SUF > 2 ? 2 : 1, 1) }  /* VN 4 only */ \
+    else if (S - i == 3) { POOL_BLOCK(SUF, VN_##SUF > 3 ? 3 : 1, 1) }                  \
+}                                                                                      \
+/* pooled[t * ps + o] = (the sum of window o's values of plane sb, step t at sb +      \
+ * t * sts, added in row-major order from 0: avg_pool2d's CPU loop) / div, times mul   \
+ * if mul != 0; windows kh x kw, kernel = stride, floor. Inlined with constant kh, kw  \
+ * where they are common: the loop of runtime sizes, a division per window, took as    \
+ * long as the LIF itself on planes of 20 (perf). */                                   \
+static inline __attribute__((always_inline)) void                                      \
+pool_windows_##SUF(const T_ *sb, int64_t sts, T_ *pooled, int64_t ps, int64_t T,       \
+                   int64_t H, int64_t W, const int64_t kh, const int64_t kw, T_ div,   \
+                   T_ mul)                                                             \
+{                                                                                      \
+    int64_t Ho = H / kh, Wo = W / kw;                                                  \
+    for (int64_t t = 0; t < T; t++)                                                    \
+        for (int64_t oi = 0; oi < Ho; oi++) {                                          \
+            const T_ *r0 = sb + t * sts + oi * kh * W;                                 \
+            T_ *out = pooled + t * ps + oi * Wo;                                       \
+            for (int64_t oj = 0; oj < Wo; oj++) {                                      \
+                T_ acc = 0;                                                            \
+                for (int64_t a = 0; a < kh; a++)                                       \
+                    for (int64_t b = 0; b < kw; b++) acc += r0[a * W + oj * kw + b];   \
+                out[oj] = acc / div;                                                   \
+            }                                                                          \
+            if (mul != 0) for (int64_t oj = 0; oj < Wo; oj++) out[oj] *= mul;          \
+        }                                                                              \
 }                                                                                      \
 FMA_CLONES void lif_pool_forward_##SUF(const T_ *z, int64_t z_ts, const T_ *coef, int64_t C,      \
                             int mode, T_ *pooled, T_ *xs, T_ *us, T_ *sbuf, T_ *nspk,  \
@@ -479,16 +536,7 @@ FMA_CLONES void lif_pool_forward_##SUF(const T_ *z, int64_t z_ts, const T_ *coef
         int64_t *nc = nchg ? nchg + THREAD() : 0;                                      \
         /* constant flags: one specialised loop per combination */                     \
         if (nspk) { POOL_MODES(SUF, 1) } else { POOL_MODES(SUF, 0) }                   \
-        for (int64_t t = 0; t < T; t++)                                                \
-            for (int64_t oi = 0; oi < Ho; oi++)                                        \
-                for (int64_t oj = 0; oj < Wo; oj++) {                                  \
-                    const T_ *w0 = sb + t * S + oi * kh * W + oj * kw;                 \
-                    T_ acc = 0;                                                        \
-                    for (int64_t a = 0; a < kh; a++)                                   \
-                        for (int64_t b = 0; b < kw; b++) acc += w0[a * W + b];         \
-                    T_ y = acc / div;                                                  \
-                    pooled[t * P * So + p * So + oi * Wo + oj] = mul != 0 ? y * mul : y; \
-                }                                                                      \
+        POOL_WINDOWS(SUF, sb, S, pooled + p * So)                                      \
     }                                                                                  \
 }                                                                                      \
 /* bwd_step of GSG's soft_nodecay reset, u = lam*u + c - vth*s: the threshold's term is \
@@ -836,17 +884,7 @@ FMA_CLONES void asgl_pool_forward_##SUF(const T_ *z, int64_t z_ts, const T_ *coe
                 ASGL_FWD(SUF, t == 0)  /* reads mode: the dual mode */                 \
             }                                                                          \
         }                                                                              \
-        const T_ *sp = rs + q * S;                                                     \
-        for (int64_t t = 0; t < T; t++)                                                \
-            for (int64_t oi = 0; oi < Ho; oi++)                                        \
-                for (int64_t oj = 0; oj < Wo; oj++) {                                  \
-                    const T_ *w0 = sp + t * N + oi * kh * W + oj * kw;                 \
-                    T_ acc = 0;                                                        \
-                    for (int64_t a = 0; a < kh; a++)                                   \
-                        for (int64_t b = 0; b < kw; b++) acc += w0[a * W + b];         \
-                    T_ y = acc / div;                                                  \
-                    pooled[t * P * So + q * So + oi * Wo + oj] = mul != 0 ? y * mul : y; \
-                }                                                                      \
+        POOL_WINDOWS(SUF, rs + q * S, N, pooled + q * So)  /* as avg_pool2d's loop */  \
     }                                                                                  \
 }                                                                                      \
 FMA_CLONES void asgl_pool_backward_##SUF(const T_ *gp, const T_ *xs, const T_ *ss,     \
