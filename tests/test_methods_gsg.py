@@ -100,14 +100,14 @@ def test_fused_soft_nodecay_equals_the_plain_loop_with_gradients():
     torch.testing.assert_close(c1.grad, c2.grad, rtol=0, atol=0)
 
 
-def test_sech2_is_one_minus_tanh_squared_without_cancellation():
-    """GSG's and Dspike's surrogates call ``sech2`` (sigmoid-based, cheaper than tanh):
-    equal to ``1 - tanh^2`` in float64, and in float32 accurate where ``1 - tanh^2`` in
-    float32 rounds to 0 (|z| around 9)."""
-    from snn2hw.core.surrogate import sech2
-
+def test_gsg_grad_is_one_minus_tanh_squared_without_cancellation():
+    """GSG's derivative at beta = 1 (a = 1) is ``1 - tanh^2`` (computed sigmoid-based,
+    cheaper than tanh): equal to it in float64, and in float32 accurate where
+    ``1 - tanh^2`` in float32 rounds to 0 (|z| around 9)."""
+    shape = GsgTanh()
     z = torch.linspace(-12, 12, 2401, dtype=torch.float64)
-    torch.testing.assert_close(sech2(z), 1 - torch.tanh(z) ** 2, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(shape.grad(z, torch.tensor(1.0, dtype=torch.float64)), 1 - torch.tanh(z) ** 2,
+                               rtol=1e-12, atol=1e-15)
     z32 = torch.tensor([0.0, 0.3, -2.0, 9.0, -10.0])
     want = (1 - torch.tanh(z32.double()) ** 2).float()
-    torch.testing.assert_close(sech2(z32), want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(shape.grad(z32, torch.tensor(1.0)), want, rtol=1e-6, atol=0)
