@@ -54,3 +54,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """``count_calls(owner, name)``: a list that gets one entry per call of ``owner.name``
+    (which still runs) for the rest of the test."""
+    def install(owner, name: str) -> list:
+        seen, real = [], getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, **k: seen.append(1) or real(*a, **k))
+        return seen
+    return install

@@ -6,6 +6,7 @@ and the conditions under which a run must not be fused (hooks, strategies, sync-
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 
@@ -27,12 +28,19 @@ pytestmark = pytest.mark.skipif(_kernel._library() is None, reason="no compiled 
 
 
 @pytest.fixture
-def calls(monkeypatch):
+def calls(count_calls):
     """How many times run_layers took the fused op."""
-    seen = []
-    real = layers.bn_lif_pool
-    monkeypatch.setattr(layers, "bn_lif_pool", lambda *a: seen.append(1) or real(*a))
-    return seen
+    return count_calls(layers, "bn_lif_pool")
+
+
+@contextlib.contextmanager
+def _fusing(flag: bool):
+    """``layers.fuse_layers = flag`` inside the block (True again after it)."""
+    layers.fuse_layers = flag
+    try:
+        yield
+    finally:
+        layers.fuse_layers = True
 
 
 def _block(channels: int, dims: int, pool: str | None, k: int, reset: str, lam: float, dtype, seed=0,
@@ -62,11 +70,8 @@ def _both(mods, z, grad_out_seed=1, seed=None):
             torch.manual_seed(seed)
         ms = copy.deepcopy(mods)
         zi = z.detach().clone().requires_grad_()
-        layers.fuse_layers = fuse
-        try:
+        with _fusing(fuse):
             y = run_layers(ms, zi)
-        finally:
-            layers.fuse_layers = True
         after = torch.get_rng_state()
         g = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_out_seed), dtype=y.dtype)
         params = [p for m in ms for p in m.parameters()]
@@ -172,11 +177,8 @@ def test_broadcast_frame_lif_pool_and_learnable_shape(reset, calls, threads):
     for fuse in (True, False):
         ms = copy.deepcopy(mods)
         f = frame.clone().requires_grad_()
-        layers.fuse_layers = fuse
-        try:
+        with _fusing(fuse):
             y = run_layers(ms, f.unsqueeze(0).expand(T, *f.shape))
-        finally:
-            layers.fuse_layers = True
         out.append((y, torch.autograd.grad((y * y.detach().cos()).sum(), [f, ms[0].shape_param])))
     (y, g), (y_ref, g_ref) = out
     assert torch.equal(y, y_ref)
@@ -196,13 +198,10 @@ def _loss_and_grads(model, x, y, fuse: bool, extra_loss=None):
     """(loss, gradients of every parameter) of a copy of ``model`` with ``layers.fuse_layers = fuse``;
     ``extra_loss(model)`` (a method's term) added to the cross-entropy."""
     m = copy.deepcopy(model)
-    layers.fuse_layers = fuse
-    try:
+    with _fusing(fuse):
         loss = nn.functional.cross_entropy(m(x), y)
         if extra_loss is not None:
             loss = loss + extra_loss(m)
-    finally:
-        layers.fuse_layers = True
     return loss, torch.autograd.grad(loss, list(m.parameters()))
 
 
@@ -310,11 +309,8 @@ def test_recorded_membrane_and_its_gradient(dims, pool, reset, bn, calls, thread
         for fuse in (True, False):
             ms = copy.deepcopy(mods)
             zi = z.clone().requires_grad_()
-            layers.fuse_layers = fuse
-            try:
+            with _fusing(fuse):
                 y = run_layers(ms, zi)
-            finally:
-                layers.fuse_layers = True
             u = (ms[1] if bn else ms[0]).last_membrane
             gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(8), dtype=dtype)
             gu = torch.randn(u.shape, generator=torch.Generator().manual_seed(9), dtype=dtype)
@@ -442,12 +438,8 @@ def test_asgl_threads_and_broadcast_frame(reset, calls, threads):
     out = []
     for fuse in (True, False):  # no autograd, training mode (a probe pass): the same values
         torch.manual_seed(6)
-        layers.fuse_layers = fuse
-        try:
-            with torch.no_grad():
-                out.append(run_layers(copy.deepcopy(mods), z))
-        finally:
-            layers.fuse_layers = True
+        with _fusing(fuse), torch.no_grad():
+            out.append(run_layers(copy.deepcopy(mods), z))
     assert torch.equal(out[0], out[1]) and len(calls) == 3
 
 

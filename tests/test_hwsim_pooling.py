@@ -26,12 +26,9 @@ pytestmark = pytest.mark.skipif(_kernel._library() is None, reason="no compiled 
 
 
 @pytest.fixture
-def fused_calls(monkeypatch):
+def fused_calls(count_calls):
     """How many times graph.run took the fused LIF + pool op."""
-    seen = []
-    real = graph.lif_pool
-    monkeypatch.setattr(graph, "lif_pool", lambda *a: seen.append(1) or real(*a))
-    return seen
+    return count_calls(graph, "lif_pool")
 
 
 def _currents(spatial: tuple[int, ...], dtype, T: int = 6, B: int = 3, C: int = 2, ch: int = 3,
