@@ -550,6 +550,17 @@ static void nodecay_bwd_step_##SUF(int64_t len, const T_ *restrict go, const T_ 
         gun[i] = gs * g[i] + lam * gun[i];                                             \
     }                                                                                  \
 }                                                                                      \
+/* the BN backward's two per-plane sums over one step of a chunk: sum gc, sum gc * xn,  \
+ * xn the normalised z of the forward */                                               \
+static inline __attribute__((always_inline)) void                                      \
+bn_sums_##SUF(const T_ *gc, const T_ *z, const T_ *k, const int mode, int64_t len,     \
+              double *s0, double *s1)                                                  \
+{                                                                                      \
+    for (int64_t i = 0; i < len; i++) {                                                \
+        *s0 += gc[i];                                                                  \
+        *s1 += (double)gc[i] * norm_##SUF(z[i], k, mode);                              \
+    }                                                                                  \
+}                                                                                      \
 /* plane q's window gradients, each once per step as avg_pool's backward rounds it:    \
  * gw[1 + t So + o] = (gp * mul if mul != 0) / div; gw[0] = 0 for neurons in no window */ \
 static inline __attribute__((always_inline)) void                                      \
@@ -596,11 +607,7 @@ FMA_CLONES void lif_pool_backward_##SUF(const T_ *gp, const T_ *g, const T_ *xs,
                 if (gs_out) for (int64_t i = 0; i < len; i++) gs_out[t * N + n0 + i] = gsl[i]; \
                 /* the shape parameter's gradient, sum gs dp, per lane over the steps */ \
                 if (dp) for (int64_t i = 0; i < len; i++) gpl[i] += gsl[i] * dp[t * N + n0 + i]; \
-                if (mode) for (int64_t i = 0; i < len; i++) {                          \
-                    T_ xn = norm_##SUF(z[t * z_ts + n0 + i], k, mode);                 \
-                    s0 += gun[i];                                                      \
-                    s1 += (double)gun[i] * xn;                                         \
-                }                                                                      \
+                if (mode) bn_sums_##SUF(gun, z + t * z_ts + n0, k, mode, len, &s0, &s1); \
             }                                                                          \
             for (int64_t i = 0; i < len; i++) carry[n0 + i] = gun[i];                  \
             if (dp) for (int64_t i = 0; i < len; i++) sp += gpl[i];                    \
@@ -916,11 +923,7 @@ FMA_CLONES void asgl_pool_backward_##SUF(const T_ *gp, const T_ *xs, const T_ *s
                 ASGL_BWD(SUF)                                                          \
                 /* after the step read x: gu_out may be xs */                         \
                 for (int64_t i = 0; i < len; i++) gu_out[t * N + n0 + i] = gul[i];     \
-                if (mode) for (int64_t i = 0; i < len; i++) {                          \
-                    T_ xn = norm_##SUF(z[t * z_ts + n0 + i], k, mode);                 \
-                    s0 += gul[i];                                                      \
-                    s1 += (double)gul[i] * xn;                                         \
-                }                                                                      \
+                if (mode) bn_sums_##SUF(gul, z + t * z_ts + n0, k, mode, len, &s0, &s1); \
             }                                                                          \
         }                                                                              \
         if (mode) { sums[2 * q] += s0; sums[2 * q + 1] += s1; }                        \
