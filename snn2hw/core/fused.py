@@ -95,8 +95,14 @@ def _dual_mode_forward(c: Tensor, lam: float, v_th: float, hard: bool, value_fn:
     if not (isinstance(value_fn, DualModeValue) and value_fn.alpha.dim() == 0 and _kernel.available(c)):
         return None
     p = value_fn.p
-    r = torch.rand(c.shape, dtype=c.dtype) if 0.0 < p < 1.0 else None
+    r = dual_mode_uniforms(c, p)
     return _kernel.asgl_forward(c, lam, v_th, hard, float(value_fn.alpha), p, r, keep_x)
+
+
+def dual_mode_uniforms(c: Tensor, p: float) -> Tensor | None:
+    """The uniforms of a dual-mode pass on currents ``c`` (one draw of c's shape and dtype,
+    the torch loop's numbers), none where p <= 0 or p >= 1 (no mask is drawn)."""
+    return torch.rand(c.shape, dtype=c.dtype) if 0.0 < p < 1.0 else None
 
 
 def _forward_torch(c: Tensor, lam: float, v_th: float, hard: bool, value_fn: ValueFn | None,

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _kernel
-from .fused import DualModeValue
+from .fused import DualModeValue, dual_mode_uniforms
 from .surrogate import SurrogateShape
 
 
@@ -196,7 +196,7 @@ def _dual_mode_pool(z: Tensor, coef: Tensor | None, mode: int, lay: _kernel.Plan
     """(pooled, s, x if ``keep_x``) of the run with ASGL's dual-mode value ``lif.value``, its
     uniforms drawn as ``fused._dual_mode_forward`` draws them (same shape, dtype, generator)."""
     p = lif.value.p
-    r = torch.rand(z.shape, dtype=z.dtype) if 0.0 < p < 1.0 else None
+    r = dual_mode_uniforms(z, p)
     return _kernel.asgl_pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.hard,
                                      float(lif.value.alpha), p, r, keep_x)
 
