@@ -79,6 +79,11 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
                                                              ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct,
                                                              ct, i, i, ptr, ptr]
         getattr(lib, f"bn_input_grad_{suf}").argtypes = [ptr, ptr, ptr, ptr, i64, i, i64, i64, i]
+        getattr(lib, f"asgl_pool_forward_{suf}").argtypes = [ptr, i64, ptr, i64, i, ptr, ptr, ptr, i64, i64, i64, i64,
+                                                             i64, i64, ct, ct, ct, ct, i, ct, ct, i, i]
+        getattr(lib, f"asgl_pool_backward_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i, ptr,
+                                                              ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct, ct,
+                                                              ct, ct, i, ct, i]
     return lib
 
 
@@ -434,18 +439,6 @@ def forward_membrane(c: Tensor, lam: float, v_th: float, hard: bool) -> tuple[Te
 
 
 # ------------------------------------------- ASGL's dual-mode LIF with tdBN and pooling
-def _asgl_pool_fn(dtype: torch.dtype, which: str):
-    """The kernel's ``asgl_pool_{which}_{suffix}`` with its argument types."""
-    fn = getattr(_library(), f"asgl_pool_{which}_{_SUFFIX[dtype]}")
-    if fn.argtypes is None:
-        ptr, i64, i, ct = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, _CTYPES[dtype]
-        fn.argtypes = ([ptr, i64, ptr, i64, i, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct, ct, i, ct, ct,
-                        i, i] if which == "forward" else
-                       [ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64,
-                        ct, ct, ct, ct, ct, ct, i, ct, i])
-    return fn
-
-
 def asgl_pool_forward(z: Tensor, coef: Tensor | None, mode: int, lay: PlaneLayout, div: float, mul: float,
                       lam: float, v_th: float, hard: bool, alpha: float, p: float, r: Tensor | None,
                       keep_x: bool) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -461,7 +454,7 @@ def asgl_pool_forward(z: Tensor, coef: Tensor | None, mode: int, lay: PlaneLayou
                                                                                dtype=z.dtype)
     x = torch.empty(lay.T, lay.P, lay.H, lay.W, dtype=z.dtype) if keep_x else None
     pooled = torch.empty(lay.T, lay.P, lay.H // lay.kh, lay.W // lay.kw, dtype=z.dtype)
-    _asgl_pool_fn(z.dtype, "forward")(
+    getattr(_library(), f"asgl_pool_forward_{_SUFFIX[z.dtype]}")(
         _ptr(z), ts, _ptr(coef), lay.C, mode, _ptr(pooled), _ptr(x), _ptr(s), lay.T, lay.P, lay.H, lay.W, lay.kh,
         lay.kw, div, mul, lam, v_th, int(hard), alpha, p, dmode, torch.get_num_threads())
     return pooled, s, x
@@ -482,7 +475,7 @@ def asgl_pool_backward(gp: Tensor, x: Tensor, s: Tensor, alpha: float, z: Tensor
     window = _windows(lay)
     gpar = torch.empty_like(x) if need_alpha else None  # gs * dp, summed below as torch sums it
     # -lam and -v_th*lam are the torch loop's scalars, rounded to x's type as torch does
-    _asgl_pool_fn(x.dtype, "backward")(
+    getattr(_library(), f"asgl_pool_backward_{_SUFFIX[x.dtype]}")(
         _ptr(gp), _ptr(x), _ptr(s), _ptr(x), _ptr(gpar), _ptr(zt), zts, _ptr(coef), lay.C, mode, _ptr(sums),
         _ptr(gbuf), _ptr(window), lay.T, lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul, lam, v_th, -lam,
         -v_th * lam, int(hard), alpha, threads)

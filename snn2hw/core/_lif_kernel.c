@@ -541,7 +541,7 @@ FMA_CLONES void lif_pool_forward_##SUF(const T_ *z, int64_t z_ts, const T_ *coef
 }                                                                                      \
 /* bwd_step of GSG's soft_nodecay reset, u = lam*u + c - vth*s: the threshold's term is \
  * not decayed, so b = -vth (soft: -lam*vth); a = lam as soft. */                      \
-static void nodecay_bwd_step_##SUF(int64_t len, const T_ *restrict go, const T_ *restrict g, \
+static inline __attribute__((always_inline)) void nodecay_bwd_step_##SUF(int64_t len, const T_ *restrict go, const T_ *restrict g, \
                                    T_ *restrict gun, T_ *restrict gsl, T_ lam, T_ vth) \
 {                                                                                      \
     for (int64_t i = 0; i < len; i++) {                                                \
