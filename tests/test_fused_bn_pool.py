@@ -491,3 +491,23 @@ def test_asgl_whole_conv_model_loss_and_gradients(calls):
         (loss, g), (loss_ref, g_ref) = out
         _assert_same_training_step(dtype, loss, g, loss_ref, g_ref)
     assert len(calls) == 4
+
+
+@pytest.mark.parametrize("shape", [(256, 128, 20), (256, 128, 10), (5, 6, 3, 3), (64, 32, 33), (1, 4, 5)])
+def test_compiled_training_statistics_are_torchs_bit_for_bit_in_float32(shape):
+    """``_kernel.bn_stats`` (the FDG's copies' tdBN statistics, no running buffers) against
+    ``torch.batch_norm_update_stats``: mean and biased variance equal in float32, on normal
+    values and on spikes-like values (a few levels plus small noise), the planes the FDG's
+    conv nets give and odd ones; ``_compiled_stats`` refuses what torch sums otherwise."""
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(shape, generator=g) * 3 + 1
+        if seed % 2:
+            z = (z > 0.5).float() * 0.5 + torch.randn(shape, generator=g) * 0.01
+        mean, var = torch.batch_norm_update_stats(z, None, None, 0.0)
+        got_mean, got_var = _kernel.bn_stats(z)
+        assert torch.equal(got_mean, mean) and torch.equal(got_var, var), (shape, seed)
+    assert fusion._compiled_stats(torch.zeros(2, 3, 4, 5))
+    assert not fusion._compiled_stats(torch.zeros(2, 3, 4, 1))  # (N, C, 1): torch's channels-last sums
+    assert not fusion._compiled_stats(torch.zeros(2, 3, 4, 5, dtype=torch.float64))  # a double sum's order shows
+    assert not fusion._compiled_stats(torch.zeros(2, 3, 5, 4).transpose(-1, -2))

@@ -336,3 +336,23 @@ def test_dspike_grad_is_bit_for_bit_the_sech2_form(dtype, v_th):
         assert torch.equal(got, old), (b, (got - old).abs().max())
         assert float(got[8]) > 0 and float(got[9]) > 0 and float(got[6]) == 0 and float(got[7]) == 0
     assert torch.equal(x, x_before)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(arch="conv", input_shape=(1, 16), channels=(4, 6), timesteps=3),
+    dict(arch="conv", input_shape=(1, 7, 6), channels=(3, 4), timesteps=2),
+    dict(arch="mlp", input_shape=(12,), hidden=(9, 7), timesteps=3, tdbn=True),
+], ids=["conv1d", "conv2d", "mlp-tdbn"])
+def test_the_fdg_does_not_depend_on_how_many_copies_share_a_pass(cfg):
+    """One copy per pass, a few, all at once: bit for bit the same FDG in float32 (each
+    copy's numbers are computed alone; nothing of the unperturbed pass is written over
+    when a chunk holds a single copy)."""
+    model = _dspike_model(ModelConfig(**cfg), torch.float32, seed=6)
+    x, y = torch.rand(10, *cfg["input_shape"]) * 2, torch.randint(0, 10, (10,))
+    loss_fn, weight = make_loss("tet"), first_weight_name(model)
+    coords = coordinate_subset(dict(model.named_parameters())[weight].numel(), 24, seed=2)
+    by_chunk = {c: finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.1, chunk_size=c)
+                for c in (1, 3, None)}
+    assert (by_chunk[1] != 0).sum() >= len(coords) // 2
+    for c in (3, None):
+        assert torch.equal(by_chunk[c], by_chunk[1]), c

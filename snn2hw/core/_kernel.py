@@ -79,6 +79,7 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
                                                              ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct,
                                                              ct, i, i, ptr, ptr]
         getattr(lib, f"bn_input_grad_{suf}").argtypes = [ptr, ptr, ptr, ptr, i64, i, i64, i64, i]
+        getattr(lib, f"bn_stats_{suf}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr]
         getattr(lib, f"asgl_pool_forward_{suf}").argtypes = [ptr, i64, ptr, i64, i, ptr, ptr, ptr, i64, i64, i64, i64,
                                                              i64, i64, ct, ct, ct, ct, i, ct, ct, i, i]
         getattr(lib, f"asgl_pool_backward_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i, ptr,
@@ -360,6 +361,18 @@ def bn_input_grad(gc: Tensor, z: Tensor, coef: Tensor, kk: Tensor, mode: int, C:
         _ptr(gc), _ptr(z), _ptr(coef), _ptr(kk), C, mode, gc.shape[0],
         gc[0, 0].numel(), torch.get_num_threads())
     return gc
+
+
+def bn_stats(z: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean, biased var) per channel of ``z`` (N, C, ...) contiguous, as
+    ``torch.batch_norm_update_stats(z, None, None, 0)`` returns them (the same arithmetic;
+    only the order of its double sums differs: the kernel's comment), in one thread."""
+    lib, C = _library(), z.shape[1]
+    mean, var = torch.empty(C, dtype=z.dtype), torch.empty(C, dtype=z.dtype)
+    acc = torch.empty(2 * C, dtype=torch.float64)
+    getattr(lib, f"bn_stats_{_SUFFIX[z.dtype]}")(_ptr(z), z.shape[0], C, z[0, 0].numel(), _ptr(mean), _ptr(var),
+                                                 _ptr(acc))
+    return mean, var
 
 
 def main() -> None:

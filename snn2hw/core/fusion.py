@@ -116,14 +116,25 @@ def _pool_scale(pool: PoolArgs | None) -> tuple[float, float]:
     return kd, kd if pool.mode == "sum" else 0.0
 
 
+def _compiled_stats(z: Tensor) -> bool:
+    """Whether ``_kernel.bn_stats`` gives torch's training statistics of ``z`` (T, B, C, ...)
+    bit for bit: float32 (its sums in double, whose order then hides in the float's
+    rounding; a float64 sum's order shows) with planes of more than one value (torch reads
+    (N, C, 1) as channels-last, with float sums), contiguous, the kernel present."""
+    return z.dtype == torch.float32 and z[0, 0, 0].numel() > 1 and z.is_contiguous() and _kernel.available(z)
+
+
 def _bn_coefficients(z: Tensor, bn: TDBNArgs) -> tuple[Tensor, Tensor, int]:
     """(coef (C, 4): alpha, beta, w' = scale * weight, bias; invstd (C,); the kernel's mode:
     2 with torch's fma, else 1), with the running statistics updated in training exactly as
     ``F.batch_norm`` updates them."""
     with torch.no_grad():
         if bn.training:
-            mean, var = torch.batch_norm_update_stats(z.flatten(0, 1), bn.running_mean, bn.running_var,
-                                                      bn.momentum)
+            if bn.running_mean is None and bn.running_var is None and _compiled_stats(z):
+                mean, var = _kernel.bn_stats(z.flatten(0, 1))  # no buffers to update (the FDG's copies)
+            else:
+                mean, var = torch.batch_norm_update_stats(z.flatten(0, 1), bn.running_mean, bn.running_var,
+                                                          bn.momentum)
             invstd = (1.0 / torch.sqrt(var.double() + bn.eps)).to(z.dtype)  # torch's save_invstd
         else:
             mean, invstd = bn.running_mean, 1.0 / torch.sqrt(bn.running_var + bn.eps)
