@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/method_overhead.py --dataset digits --rounds 5
     .venv/bin/python benchmarks/method_overhead.py --profile dspike  # where its extra time goes
     .venv/bin/python benchmarks/method_overhead.py --profile psg+pda --against psg  # PDA's own share
+    .venv/bin/python benchmarks/method_overhead.py --isolate        # each run in a fresh process
 
 Each method trains the same conv net through the real trainer (``snn2hw.train``),
 so an epoch is what a user waits for: the method's hooks, its extra loss, the
@@ -11,7 +12,11 @@ batches and the test evaluation. The first epoch of every run is dropped (one-of
 allocation and set-up). Runs are interleaved: every round trains every method
 once, in a rotated order, and a method's ratio is the median over rounds of its
 mean epoch time divided by sg's in the same round, so slow drifts of the machine
-cancel. Goals (the papers' overheads, with margin): CPNG and GSG <= 1.02,
+cancel. In one process a run also inherits the allocator's state from the runs
+before it (glibc returning freed blocks to the system and faulting them back:
+Dspike's epoch measured 0.92-1.01 s after the six other methods, 0.81-0.84 s with
+the allocator's thresholds fixed); ``--isolate`` starts every run in a fresh
+process, as a user's run starts, at the cost of an import per run. Goals (the papers' overheads, with margin): CPNG and GSG <= 1.02,
 PSG <= 1.10, ASGL <= 1.15, PSG+PDA <= 1.25, Dspike with its FDG <= 1.25
 (issue 19).
 """
@@ -22,8 +27,10 @@ import argparse
 import cProfile
 import gc
 import io
+import json
 import pstats
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,8 +64,14 @@ def resolve(name: str, options: dict[str, dict]) -> tuple[str, dict]:
     return method, {**opts, **options.get(name, {})}
 
 
-def epoch_times(method: str, options: dict, data, base: dict, epochs: int) -> list[float]:
-    """Seconds per epoch (epochs 2..E) of one run of ``method`` through the trainer."""
+def epoch_times(method: str, options: dict, data, base: dict, epochs: int, isolate: bool = False,
+                threads: int = 1, clock: str = "cpu") -> list[float]:
+    """Seconds per epoch (epochs 2..E) of one run of ``method`` through the trainer; with
+    ``isolate`` in a fresh Python process, as a user's run starts (``--isolate``)."""
+    if isolate:
+        job = json.dumps(dict(method=method, options=options, base=base, epochs=epochs, threads=threads, clock=clock))
+        out = subprocess.run([sys.executable, __file__, "--child", job], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.splitlines()[-1])
     cfg = build_config({**base, "method": method, "method_options": options, "epochs": epochs})
     gc.collect()
     hist = train(cfg, None, progress=False, data=data).history
@@ -110,7 +123,19 @@ def main() -> None:
     ap.add_argument("--profile", metavar="METHOD", help="profile METHOD against sg (or --against) instead")
     ap.add_argument("--against", metavar="METHOD", default="sg",
                     help="the run --profile compares with, e.g. psg for psg+pda's own share (default sg)")
+    ap.add_argument("--isolate", action="store_true",
+                    help="every run in a fresh process, as a user's run starts: in one process, what ran "
+                         "before (the allocator's state) moves a method's epoch by up to 10%%")
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # one isolated run (JSON job), prints its epoch times
     args = ap.parse_args()
+    if args.child:
+        job = json.loads(args.child)
+        torch.set_num_threads(job["threads"])
+        if job["clock"] == "cpu":
+            trainer.time = CpuClock
+        data = load_dataset(job["base"]["dataset"])
+        print(json.dumps(epoch_times(job["method"], job["options"], data, job["base"], job["epochs"])))
+        return
     torch.set_num_threads(args.threads)
     if args.clock == "cpu":
         trainer.time = CpuClock
@@ -127,18 +152,20 @@ def main() -> None:
         profile(args.profile, args.against, options, data, base, args.epochs, 25)
         return
     methods = ["sg"] + [m for m in (args.methods or [*METHODS, *VARIANTS]) if m != "sg"]
-    epoch_times("sg", {}, data, base, 2)  # warm-up: first-call costs of torch kernels
+    run = dict(isolate=args.isolate, threads=args.threads, clock=args.clock)
+    if not args.isolate:
+        epoch_times("sg", {}, data, base, 2)  # warm-up: first-call costs of torch kernels
     per_round: dict[str, list[float]] = {m: [] for m in methods}
     for r in range(args.rounds):
         order = methods[r % len(methods):] + methods[:r % len(methods)]
-        times = {m: statistics.fmean(epoch_times(*resolve(m, options), data, base, args.epochs))
+        times = {m: statistics.fmean(epoch_times(*resolve(m, options), data, base, args.epochs, **run))
                  for m in order}
         for m in methods:
             per_round[m].append(times[m] / times["sg"])
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{m} {times[m]:.3f} s" for m in methods),
               flush=True)
     print(f"\n{args.model} on {args.dataset}, T={args.timesteps}, {torch.get_num_threads()} thread(s), "
-          f"{args.clock} clock; "
+          f"{args.clock} clock{', a fresh process per run' if args.isolate else ''}; "
           f"epoch time / sg epoch time, median over {args.rounds} interleaved rounds:")
     print(f"{'method':<10} {'ratio':>7} {'min':>7} {'max':>7} {'goal':>6}  verdict")
     for m in methods:
