@@ -16,9 +16,9 @@ cancel. In one process a run also inherits the allocator's state from the runs
 before it (glibc returning freed blocks to the system and faulting them back:
 Dspike's epoch measured 0.92-1.01 s after the six other methods, 0.81-0.84 s with
 the allocator's thresholds fixed); ``--isolate`` starts every run in a fresh
-process, as a user's run starts, at the cost of an import per run. Goals (the papers' overheads, with margin): CPNG and GSG <= 1.02,
-PSG <= 1.10, ASGL <= 1.15, PSG+PDA <= 1.25, Dspike with its FDG <= 1.25
-(issue 19).
+process, as a user's run starts, at the cost of an import per run. Goals (the
+papers' overheads, with margin): CPNG and GSG <= 1.02, PSG <= 1.10, ASGL <= 1.15,
+PSG+PDA <= 1.25, Dspike with its FDG <= 1.25 (issue 19).
 """
 
 from __future__ import annotations
