@@ -274,20 +274,21 @@ class Pool(nn.Module):
 fuse_layers = True  # run_layers fuses tdBN/LIF/pool runs where they qualify; False: never
 
 
-def _plain_module(m: nn.Module) -> bool:
+def plain_module(m: nn.Module) -> bool:
     """No hook of any kind and its class's own forward (QAT overrides instance forwards;
     hwsim, probes and CPNG register hooks): such a module must run by itself."""
     return ("forward" not in m.__dict__ and not m._forward_hooks and not m._forward_pre_hooks
             and not m._backward_hooks and not m._backward_pre_hooks)
 
 
-def _no_global_hooks() -> bool:
+def no_global_hooks() -> bool:
+    """No hook registered for every module (``torch.nn.modules.module.register_module_*``)."""
     g = torch.nn.modules.module
     return not (g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
                 or g._global_backward_pre_hooks or g._global_forward_hooks_always_called)
 
 
-def _fusable_run(layers: list, i: int, x: Tensor) -> tuple[int, TDBatchNorm | None, LIF, Pool | None] | None:
+def fusable_run(layers: list, i: int, x: Tensor) -> tuple[int, TDBatchNorm | None, LIF, Pool | None] | None:
     """(length, tdBN or None, LIF, Pool or None) of a run ``[TDBatchNorm, LIF, Pool]``,
     ``[TDBatchNorm, LIF]`` or ``[LIF, Pool]`` at ``layers[i]`` that ``fusion.bn_lif_pool``
     computes with the same numbers, or None: the run's modules are then applied one by one.
@@ -312,12 +313,12 @@ def _fusable_run(layers: list, i: int, x: Tensor) -> tuple[int, TDBatchNorm | No
                                and isinstance(bn.momentum, float) and bn.weight.dtype == x.dtype
                                and bn.weight.shape[0] == x.shape[2]):
         return None
-    if pool is not None and (pool.dims != x.dim() - 3 or min(x.shape[3:]) < pool.k or not _plain_module(pool)):
+    if pool is not None and (pool.dims != x.dim() - 3 or min(x.shape[3:]) < pool.k or not plain_module(pool)):
         pool = None  # the tdBN and LIF may still fuse; the pool runs by itself
         if bn is None:
             return None
     modules = [m for m in (bn, lif, pool) if m is not None]
-    if not all(_plain_module(m) for m in modules) or not _no_global_hooks():
+    if not all(plain_module(m) for m in modules) or not no_global_hooks():
         return None
     return len(modules), bn, lif, pool
 
@@ -333,7 +334,9 @@ def _fusable_value(lif: LIF, p, lam, v_th, reset: str, shape: SurrogateShape, va
             and not (lif.record_membrane and lif.training))
 
 
-def _run_fused(bn: TDBatchNorm | None, lif: LIF, pool: Pool | None, x: Tensor) -> Tensor:
+def run_fused(bn: TDBatchNorm | None, lif: LIF, pool: Pool | None, x: Tensor) -> Tensor:
+    """The run ``fusable_run`` accepted, as one ``fusion.bn_lif_pool`` pass (the LIF's
+    membrane recorded as ``LIF.forward`` records it)."""
     p, lam, v_th, reset, shape, value_fn = lif._fused_args()
     bn_args = None if bn is None else TDBNArgs(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.scale,
                                                bn.eps, bn.momentum, bn.training)
@@ -348,16 +351,16 @@ def _run_fused(bn: TDBatchNorm | None, lif: LIF, pool: Pool | None, x: Tensor) -
 def run_layers(layers: nn.ModuleList | list, x: Tensor) -> Tensor:
     """Apply layers to a (T, B, ...) tensor, folding time into batch where stateless.
 
-    Runs of tdBN, LIF and avg/sum pooling that ``_fusable_run`` accepts go through
+    Runs of tdBN, LIF and avg/sum pooling that ``fusable_run`` accepts go through
     ``fusion.bn_lif_pool`` (same numbers, two full passes fewer each way);
     ``fuse_layers = False`` turns that off."""
     T, B = x.shape[:2]
     layers = list(layers)
     i = 0
     while i < len(layers):
-        run = _fusable_run(layers, i, x) if fuse_layers else None
+        run = fusable_run(layers, i, x) if fuse_layers else None
         if run is not None:
-            x = _run_fused(*run[1:], x)
+            x = run_fused(*run[1:], x)
             i += run[0]
             continue
         layer = layers[i]

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..core import _kernel
 from ..core.fusion import LIFArgs, PoolArgs, bn_lif_pool, lif_pool_counted
-from ..core.layers import Pool, _no_global_hooks, _plain_module
+from ..core.layers import Pool, no_global_hooks, plain_module
 from ..core.surrogate import Triangle
 
 # fused_lif's surrogate arguments; unused without gradients (the exact step runs)
@@ -30,7 +30,7 @@ def pool_args(module: nn.Module, reset: str, x: Tensor) -> PoolArgs | None:
     CPU float32/64, the compiled kernel present, the reset hard or soft."""
     if type(module) is not Pool or module.mode == "max" or reset not in ("hard", "soft"):
         return None
-    if not (_plain_module(module) and _no_global_hooks()):
+    if not (plain_module(module) and no_global_hooks()):
         return None  # a hook or a replaced forward must see the pool run by itself
     if x.dim() not in (5, 6) or module.dims != x.dim() - 4 or min(x.shape[4:]) < module.k:
         return None

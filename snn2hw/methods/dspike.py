@@ -206,14 +206,14 @@ def _grouped_norm(z: Tensor, bn: TDBatchNorm, group: Grouping) -> Tensor:
 def _grouped_bn_lif_pool(run: list[nn.Module], h: Tensor, group: Grouping) -> Tensor | None:
     """``[TDBatchNorm, LIF, Pool]`` on the temporal ``h`` (T, N, C, ...) as one compiled
     inference pass (``fusion.bn_lif_pool``) with the statistics ``group`` says, or None where
-    that pass does not apply (``layers._fusable_run`` on the LIF and pool; plain tdBN). The
+    that pass does not apply (``layers.fusable_run`` on the LIF and pool; plain tdBN). The
     kernel sees the grouped view's G channels, each with its own weight and bias: the
     numbers of ``_grouped_norm``, the LIF and the pool run in turn."""
     if not core_layers.fuse_layers or len(run) < 3 or type(run[0]) is not TDBatchNorm:
         return None
     bn = run[0]
-    fusable = core_layers._fusable_run(run, 1, h)
-    if fusable is None or fusable[0] != 2 or fusable[2].record_membrane or not core_layers._plain_module(bn):
+    fusable = core_layers.fusable_run(run, 1, h)
+    if fusable is None or fusable[0] != 2 or fusable[2].record_membrane or not core_layers.plain_module(bn):
         return None
     _, _, lif, pool = fusable
     p, lam, v_th, reset, shape, value_fn = lif._fused_args()
@@ -244,9 +244,9 @@ def _run(layers: list[nn.Module], h: Tensor, temporal: bool, timesteps: int,
         if getattr(layer, "temporal", False):
             if not temporal:
                 h, temporal = h.unsqueeze(0).expand(timesteps, *h.shape), True
-            run = core_layers._fusable_run(layers, i, h) if core_layers.fuse_layers else None
+            run = core_layers.fusable_run(layers, i, h) if core_layers.fuse_layers else None
             if run is not None and run[1] is None:  # [LIF, Pool]; a tdBN before it ran above
-                h, i = core_layers._run_fused(None, run[2], run[3], h), i + run[0]
+                h, i = core_layers.run_fused(None, run[2], run[3], h), i + run[0]
                 continue
             h = layer(h)
         elif group is not None and isinstance(layer, TDBatchNorm):
