@@ -102,3 +102,34 @@ def test_grads_pair_is_bit_for_bit_the_two_calls(name, dtype):
     for sh in variants:
         g, dp = grads(sh, x, p)
         assert torch.equal(g, sh.grad(x, p)) and torch.equal(dp, sh.grad_param(x, p)), sh
+
+
+# The former expressions of the shapes whose grad now runs in place on one or two tensors.
+EXPRESSIONS = {
+    "triangle": lambda x, p: (p * (1.0 - p * x.abs())).clamp_min(0.0),
+    "rectangular": lambda x, p: p * (x.abs() < 0.5 / p).to(x.dtype),
+    "sigmoid": lambda x, p: p * torch.sigmoid(p * x) * (1.0 - torch.sigmoid(p * x)),
+    "asgl_rect": lambda x, p: (x.abs() < 0.5 * p).to(x.dtype) / p,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPRESSIONS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_in_place_grads_are_the_expressions_bit_for_bit(name, dtype):
+    """The in-place forms give exactly the plain expressions' numbers (so a training run is
+    what it was): random values, zeros of both signs, each window's edges and one ulp either
+    side, several p, a per-channel p; and the input is left as it was."""
+    gen = torch.Generator().manual_seed(0)
+    for pv in (0.3, 1.0, 1.7, 4.0):
+        p = torch.tensor(pv, dtype=dtype)
+        edges = torch.tensor([1 / pv, 0.5 / pv, 0.5 * pv], dtype=dtype)
+        near = torch.cat([edges, torch.nextafter(edges, edges * 2), torch.nextafter(edges, edges * 0)])
+        x = torch.cat([torch.randn(2000, generator=gen, dtype=dtype) * 2, near, -near,
+                       torch.tensor([0.0, -0.0], dtype=dtype)])
+        before = x.clone()
+        shape = make_surrogate(name, pv)
+        assert torch.equal(shape.grad(x, p), EXPRESSIONS[name](x, p)), (name, pv)
+        assert torch.equal(x, before)
+    x = torch.randn(3, 4, 5, generator=gen, dtype=dtype)
+    p = torch.rand(4, 1, generator=gen, dtype=dtype) + 0.2
+    assert torch.equal(make_surrogate(name).grad(x, p), EXPRESSIONS[name](x, p))
