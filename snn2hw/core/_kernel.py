@@ -79,12 +79,13 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
                                                              ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct,
                                                              ct, i, i, ptr, ptr]
         getattr(lib, f"bn_input_grad_{suf}").argtypes = [ptr, ptr, ptr, ptr, i64, i, i64, i64, i]
-        getattr(lib, f"bn_stats_{suf}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr]
         getattr(lib, f"asgl_pool_forward_{suf}").argtypes = [ptr, i64, ptr, i64, i, ptr, ptr, ptr, i64, i64, i64, i64,
                                                              i64, i64, ct, ct, ct, ct, i, ct, ct, i, i]
         getattr(lib, f"asgl_pool_backward_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i, ptr,
                                                               ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct, ct,
                                                               ct, ct, i, ct, i]
+    lib.bn_stats_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                 ctypes.c_void_p, ctypes.c_void_p]
     return lib
 
 
@@ -364,14 +365,15 @@ def bn_input_grad(gc: Tensor, z: Tensor, coef: Tensor, kk: Tensor, mode: int, C:
 
 
 def bn_stats(z: Tensor) -> tuple[Tensor, Tensor]:
-    """(mean, biased var) per channel of ``z`` (N, C, ...) contiguous, as
+    """(mean, biased var) per channel of float32 ``z`` (N, C, ...) contiguous, as
     ``torch.batch_norm_update_stats(z, None, None, 0)`` returns them (the same arithmetic;
     only the order of its double sums differs: the kernel's comment), in one thread."""
-    lib, C = _library(), z.shape[1]
+    if z.dtype != torch.float32:
+        raise TypeError(f"bn_stats: float32 only, got {z.dtype} (torch's statistics for the rest)")
+    C = z.shape[1]
     mean, var = torch.empty(C, dtype=z.dtype), torch.empty(C, dtype=z.dtype)
     acc = torch.empty(2 * C, dtype=torch.float64)
-    getattr(lib, f"bn_stats_{_SUFFIX[z.dtype]}")(_ptr(z), z.shape[0], C, z[0, 0].numel(), _ptr(mean), _ptr(var),
-                                                 _ptr(acc))
+    _library().bn_stats_f32(_ptr(z), z.shape[0], C, z[0, 0].numel(), _ptr(mean), _ptr(var), _ptr(acc))
     return mean, var
 
 

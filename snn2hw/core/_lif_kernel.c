@@ -718,8 +718,7 @@ void bn_stats_##SUF(const T_ *z, int64_t N, int64_t C, int64_t S, T_ *mean, T_ *
             acc[C + c] += run_sum_##SUF(z + (n * C + c) * S, S, mean[c], 1);           \
     for (int64_t c = 0; c < C; c++) var[c] = (T_)acc[C + c] / (T_)count;                \
 }
-DEFINE_BN_STATS(float, f32)
-DEFINE_BN_STATS(double, f64)
+DEFINE_BN_STATS(float, f32)  /* float64 keeps torch's call: there the sums' order shows */
 
 /* ======================= soft histogram (methods/psg.py, PDA) =======================
  * Linear binning of the rows of v (R, M) on K centres c0 + i*h, as psg.soft_histogram
