@@ -356,3 +356,24 @@ def test_the_fdg_does_not_depend_on_how_many_copies_share_a_pass(cfg):
     assert (by_chunk[1] != 0).sum() >= len(coords) // 2
     for c in (3, None):
         assert torch.equal(by_chunk[c], by_chunk[1]), c
+
+
+def test_the_fdg_copies_take_the_compiled_statistics_and_training_keeps_torchs(count_calls):
+    """Where the compiled statistics apply: the FDG's fused tdBN blocks (training
+    statistics, no running buffers, float32) take ``_kernel.bn_stats``, once per block and
+    chunk; a training step, whose tdBN updates running statistics, never does."""
+    from snn2hw.core import _kernel
+
+    if _kernel._library() is None:
+        pytest.skip("no compiled kernel")
+    cfg = ModelConfig(arch="conv", input_shape=(1, 24), channels=(3, 6), timesteps=3)
+    model = _dspike_model(cfg, torch.float32, seed=4)
+    x, y = torch.rand(12, 1, 24) * 2, torch.randint(0, 10, (12,))
+    loss_fn, weight = make_loss("tet"), first_weight_name(model)
+    coords = torch.arange(dict(model.named_parameters())[weight].numel())
+    calls = count_calls(_kernel, "bn_stats")
+    finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.1, chunk_size=5)
+    assert len(calls) == -(-2 * len(coords) // 5)  # one fused block after conv2, every chunk
+    calls.clear()
+    loss_fn(model.forward_sequence(x), y).backward()
+    assert calls == []
