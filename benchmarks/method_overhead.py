@@ -147,7 +147,7 @@ def main() -> None:
         method, _, key = lhs.partition(":")
         options.setdefault(method, {})[key] = yaml.safe_load(value)
     base = {"dataset": args.dataset, "arch": args.model, "timesteps": args.timesteps}
-    data = load_dataset(args.dataset)
+    data = None if args.isolate and not args.profile else load_dataset(args.dataset)  # each child loads its own
     if args.profile:
         profile(args.profile, args.against, options, data, base, args.epochs, 25)
         return
