@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from snn2hw.core import _kernel
-from snn2hw.core.fused import fused_lif
+from snn2hw.core.fused import _backward_torch, fused_lif
 from snn2hw.core.layers import LIF
 from snn2hw.core.neuron import LIFParams, lif_sequence
-from snn2hw.core.surrogate import SURROGATES, spike
+from snn2hw.core.surrogate import SURROGATES, GsgTanh, spike
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model
 from snn2hw.methods import METHODS, make_method
@@ -292,6 +292,71 @@ def test_backward_twice_on_a_retained_graph(backend, broadcast):
     g1, = torch.autograd.grad(loss, c0, retain_graph=True)
     g2, = torch.autograd.grad(loss, c0)
     assert torch.equal(g1, g2) and g1.abs().sum() > 0
+
+
+
+@pytest.mark.parametrize("beta", [0.3, 0.5, 1.0, 2.2, 10.0, 40.0])
+def test_compiled_gsg_derivative_is_the_expression(kernel_lib, monkeypatch, beta):
+    """``_kernel.shape_grad`` of GsgTanh (one compiled pass) against the expression in float64
+    at the argument the kernel rounds, -2 beta |x| in float32: within 4e-7 relative (its few
+    float32 roundings, measured 2.7e-7) wherever the derivative is above 1e-30; exactly 0 where the argument is
+    below -86 (the cut: no subnormal value is made), and nowhere a subnormal; within 8e-6 of
+    torch's own float32 expression (both round the argument); float64 within 1e-13."""
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.randn(20000, generator=gen) * 3, torch.linspace(-50, 50, 4001), torch.tensor([0.0, -0.0])])
+    shape, p = GsgTanh(), torch.tensor(beta)
+    got = _kernel.shape_grad(shape, x, p)
+    y = (-torch.tensor(2.0 * beta)) * x.abs()  # float32, as the kernel rounds it
+    q = torch.exp(y.double())
+    scale = torch.tensor(4.0 * beta * max(1.0 / beta, 1.0)).double()  # the float32 the kernel is given
+    ref = torch.where(y < -86.0, 0.0, scale * q / (1 + q) ** 2)
+    big = ref > 1e-30
+    assert ((got.double() - ref).abs() / ref)[big].max() <= 4e-7
+    assert torch.equal(got[y < -86.0], torch.zeros_like(got[y < -86.0]))
+    assert not ((got > 0) & (got < torch.finfo(torch.float32).tiny)).any()
+    torch.testing.assert_close(got, shape.grad(x, p), rtol=8e-6, atol=1e-30)
+    x64 = x.double() * 1.0001
+    torch.testing.assert_close(_kernel.shape_grad(shape, x64, p.double()), shape.grad(x64, p.double()),
+                               rtol=1e-13, atol=1e-300)
+
+
+class _Tiny:
+    """A surrogate whose derivative is 1e-30 (a smooth shape's far tail)."""
+
+    name: ClassVar[str] = "tiny"
+    param_name: ClassVar[str] = "p"
+
+    def grad(self, x, p):
+        return torch.full_like(x, 1e-30)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_backward_kernel_flushes_subnormal_products_and_restores_the_thread(kernel_lib, monkeypatch, hard):
+    """gs * g below float32's smallest normal (1e-10 * 1e-30) is 0 in the kernel's backward,
+    where torch's loop keeps the subnormal 1e-40; every normal value is torch's; and the
+    thread's own arithmetic makes subnormals again afterwards (the kernel restores it)."""
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 600, generator=gen)
+    go = torch.randn(3, 600, generator=gen) * 1e-10
+    go[:, 300:] *= 1e20  # these products stay normal
+    p = torch.tensor(1.0)
+    gu, _ = _kernel.backward(go, x.clone(), p, _Tiny(), 0.5, 1.0, hard, False)
+    s = (x > 0).to(x.dtype)
+    ref, _ = _backward_torch(go, x, s, _Tiny().grad(x, p), 0.5, 1.0, hard)
+    tiny = torch.finfo(torch.float32).tiny
+    sub = ref.abs() < tiny
+    assert sub[:, :300].all() and (ref[:, :300] != 0).all() and not sub[:, 300:].any()
+    assert torch.equal(gu[sub], torch.zeros_like(gu[sub]))
+    torch.testing.assert_close(gu[~sub], ref[~sub], rtol=1e-6, atol=0)
+    assert float(torch.tensor(1e-20) * torch.tensor(1e-20)) > 0  # the caller's thread is as it was
 
 
 # ---------------------------------------------------------------- CUDA (scripts/gpu-check)
