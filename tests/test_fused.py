@@ -16,7 +16,7 @@ from snn2hw.core import _kernel
 from snn2hw.core.fused import _backward_torch, fused_lif
 from snn2hw.core.layers import LIF
 from snn2hw.core.neuron import LIFParams, lif_sequence
-from snn2hw.core.surrogate import SURROGATES, GsgTanh, spike
+from snn2hw.core.surrogate import SURROGATES, Dspike, GsgTanh, spike
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model
 from snn2hw.methods import METHODS, make_method
@@ -295,31 +295,43 @@ def test_backward_twice_on_a_retained_graph(backend, broadcast):
 
 
 
-@pytest.mark.parametrize("beta", [0.3, 0.5, 1.0, 2.2, 10.0, 40.0])
-def test_compiled_gsg_derivative_is_the_expression(kernel_lib, monkeypatch, beta):
-    """``_kernel.shape_grad`` of GsgTanh (one compiled pass) against the expression in float64
-    at the argument the kernel rounds, -2 beta |x| in float32: within 4e-7 relative (its few
-    float32 roundings, measured 2.7e-7) wherever the derivative is above 1e-30; exactly 0 where the argument is
-    below -86 (the cut: no subnormal value is made), and nowhere a subnormal; within 8e-6 of
-    torch's own float32 expression (both round the argument); float64 within 1e-13."""
+SECH2_CASES = [(GsgTanh(), b) for b in (0.3, 0.5, 1.0, 2.2, 10.0, 40.0)] + \
+    [(Dspike(v_th=v), b) for v in (1.0, 0.5) for b in (0.2, 1.0, 3.0, 40.0)]
+
+
+@pytest.mark.parametrize("shape,param", SECH2_CASES)
+def test_compiled_sech2_derivatives_are_the_expressions(kernel_lib, monkeypatch, shape, param):
+    """``_kernel.shape_grad`` of GsgTanh and Dspike (one compiled pass) against the expression
+    in float64 at the argument the kernel rounds, -k |x| in float32: within 4e-7 relative (its
+    few float32 roundings, measured 2.7e-7) wherever the derivative is above 1e-30; exactly 0
+    where the argument is below -86 (the cut: no subnormal value is made) or |x| is outside
+    Dspike's window (its edges and one ulp either side included), and nowhere a subnormal;
+    within 8e-6 of torch's own float32 expression (both round the argument); float64 within 1e-13."""
     if kernel_lib is None:
         pytest.skip("no C compiler: the kernel cannot be built here")
     monkeypatch.setattr(_kernel, "_lib", kernel_lib)
     monkeypatch.setattr(_kernel, "_tried", True)
     gen = torch.Generator().manual_seed(1)
-    x = torch.cat([torch.randn(20000, generator=gen) * 3, torch.linspace(-50, 50, 4001), torch.tensor([0.0, -0.0])])
-    shape, p = GsgTanh(), torch.tensor(beta)
+    edge = torch.tensor(getattr(shape, "v_th", 1.0))
+    near = torch.stack([edge, torch.nextafter(edge, edge * 2), torch.nextafter(edge, edge * 0)])
+    x = torch.cat([torch.randn(20000, generator=gen) * 3, torch.linspace(-50, 50, 4001), near, -near,
+                   torch.tensor([0.0, -0.0])])
+    p = torch.tensor(param)
     got = _kernel.shape_grad(shape, x, p)
-    y = (-torch.tensor(2.0 * beta)) * x.abs()  # float32, as the kernel rounds it
+    k, scale, window = _kernel.sech2_args(shape, p)
+    y = (-torch.tensor(k)) * x.abs()  # float32, as the kernel rounds it
     q = torch.exp(y.double())
-    scale = torch.tensor(4.0 * beta * max(1.0 / beta, 1.0)).double()  # the float32 the kernel is given
-    ref = torch.where(y < -86.0, 0.0, scale * q / (1 + q) ** 2)
+    ref = scale * q / (1 + q) ** 2
+    out = (y < -86.0) | (x.abs() > torch.tensor(window))
+    ref[out] = 0.0
     big = ref > 1e-30
     assert ((got.double() - ref).abs() / ref)[big].max() <= 4e-7
-    assert torch.equal(got[y < -86.0], torch.zeros_like(got[y < -86.0]))
+    assert torch.equal(got[out], torch.zeros_like(got[out]))
     assert not ((got > 0) & (got < torch.finfo(torch.float32).tiny)).any()
     torch.testing.assert_close(got, shape.grad(x, p), rtol=8e-6, atol=1e-30)
-    x64 = x.double() * 1.0001
+    edge64 = edge.double()
+    x64 = torch.cat([x.double() * 1.0001, edge64.view(1), torch.nextafter(edge64, edge64 * 2).view(1),
+                     torch.nextafter(edge64, edge64 * 0).view(1)])
     torch.testing.assert_close(_kernel.shape_grad(shape, x64, p.double()), shape.grad(x64, p.double()),
                                rtol=1e-13, atol=1e-300)
 
