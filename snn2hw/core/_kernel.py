@@ -88,6 +88,9 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
     for dtype, ct in _CTYPES.items():
         getattr(lib, f"sech2_grad_{_SUFFIX[dtype]}").argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ct,
                                                                  ct, ct, ctypes.c_int]
+    for dtype in _CTYPES:
+        getattr(lib, f"channel_local_conv_{_SUFFIX[dtype]}").argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 15 + \
+            [ctypes.c_int]
     lib.bn_stats_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                  ctypes.c_void_p, ctypes.c_void_p]
     return lib
@@ -406,6 +409,26 @@ def bn_stats(z: Tensor) -> tuple[Tensor, Tensor]:
     acc = torch.empty(2 * C, dtype=torch.float64)
     _library().bn_stats_f32(_ptr(z), z.shape[0], C, z[0, 0].numel(), _ptr(mean), _ptr(var), _ptr(acc))
     return mean, var
+
+
+def channel_local_conv(z: Tensor, w: Tensor, base: Tensor, stride: tuple[int, ...], padding: tuple[int, ...],
+                       dilation: tuple[int, ...]) -> Tensor:
+    """``out[n, p, c] = base[n, c] + conv(z[n, p], w[p, c])`` (the kernel's comment): z (N, P, *S_in),
+    w (P, C, *k), base (N, C, *S_out), 1-d or 2-d, zero padding; out (N, P, C, *S_out)."""
+    z, w, base = z.contiguous(), w.contiguous(), base.contiguous()
+    one_d = z.dim() == 3
+    if one_d:  # one row
+        z, w, base = z.unsqueeze(2), w.unsqueeze(2), base.unsqueeze(2)
+        stride, padding, dilation = (1, *stride), (0, *padding), (1, *dilation)
+    N, P, Hi, Wi = z.shape
+    C, kh, kw, Ho, Wo = w.shape[1], w.shape[2], w.shape[3], base.shape[2], base.shape[3]
+    out = torch.empty(N, P, C, Ho, Wo, dtype=z.dtype)
+    threads = torch.get_num_threads()
+    cols = torch.empty(threads, kh * kw * Ho * Wo, dtype=z.dtype)  # each thread's padded inputs per tap
+    getattr(_library(), f"channel_local_conv_{_SUFFIX[z.dtype]}")(
+        _ptr(z), _ptr(w), _ptr(base), _ptr(out), _ptr(cols), N, P, C, Hi, Wi, Ho, Wo, kh, kw, *stride, *padding, *dilation,
+        threads)
+    return out.squeeze(3) if one_d else out
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import layers as core_layers
+from ..core import _kernel, layers as core_layers
 from ..core.encoders import encode
 from ..core.fusion import LIFArgs, PoolArgs, TDBNArgs, bn_lif_pool
 from ..core.layers import CUBA, LIF, Pool, TDBatchNorm
@@ -290,15 +290,19 @@ class _ChannelLocal:
         h, temporal = _run(self.layers[self.f + 1:self.m], h, self.temporal0, self.timesteps, selected)
         change = h - self.base.index_select(2 if temporal else 1, o)  # channel axis: copies
         z = change.flatten(0, 1) if temporal else change  # (N, P, ...)
+        base_out = self.base_out.flatten(0, 1) if temporal else self.base_out
         if isinstance(mix, nn.Linear):
             delta = z.unsqueeze(-1) * mix.weight[:, o].t()  # (N, P, C_out)
+            out = base_out.unsqueeze(1) + delta
+        elif _kernel.available(z) and not isinstance(mix.padding, str):  # one compiled pass: the sum, base + sum
+            out = _kernel.channel_local_conv(z, mix.weight[:, o].transpose(0, 1), base_out, mix.stride, mix.padding,
+                                             mix.dilation)
         else:
             conv = F.conv1d if isinstance(mix, nn.Conv1d) else F.conv2d
             wo = mix.weight[:, o].transpose(0, 1).reshape(p * mix.out_channels, 1, *mix.weight.shape[2:])
             delta = conv(z, wo, None, mix.stride, mix.padding, mix.dilation, p)
-            delta = delta.view(delta.shape[0], p, mix.out_channels, *delta.shape[2:])
-        base_out = self.base_out.flatten(0, 1) if temporal else self.base_out
-        out = (base_out.unsqueeze(1) + delta).flatten(0, 1)  # (N * P, C_out, ...), sample-major
+            out = base_out.unsqueeze(1) + delta.view(delta.shape[0], p, mix.out_channels, *delta.shape[2:])
+        out = out.flatten(0, 1)  # (N * P, C_out, ...), sample-major
         if temporal:
             out = out.unflatten(0, (self.timesteps, -1))
 
