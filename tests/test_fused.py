@@ -16,7 +16,7 @@ from snn2hw.core import _kernel
 from snn2hw.core.fused import _backward_torch, fused_lif
 from snn2hw.core.layers import LIF
 from snn2hw.core.neuron import LIFParams, lif_sequence
-from snn2hw.core.surrogate import SURROGATES, Dspike, GsgTanh, spike
+from snn2hw.core.surrogate import SURROGATES, Dspike, GsgTanh, PsgArctan, grads, spike
 from snn2hw.models.config import ModelConfig
 from snn2hw.models.network import build_model
 from snn2hw.methods import METHODS, make_method
@@ -335,6 +335,27 @@ def test_compiled_sech2_derivatives_are_the_expressions(kernel_lib, monkeypatch,
     torch.testing.assert_close(_kernel.shape_grad(shape, x64, p.double()), shape.grad(x64, p.double()),
                                rtol=1e-13, atol=1e-300)
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dgamma", ["analytic", "printed"])
+def test_compiled_psg_arctan_grads_are_torchs_bit_for_bit(kernel_lib, monkeypatch, dtype, dgamma):
+    """``_kernel.shape_grads`` of PsgArctan (one compiled pass): PsgArctan.grads' numbers bit
+    for bit (the same IEEE operations in the same order), for Table 2's gammas and others,
+    zeros of both signs, huge and tiny x; two separate tensors (the backward writes over g)."""
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.cat([torch.randn(30000, generator=gen, dtype=dtype) * 3,
+                   torch.tensor([0.0, -0.0, 1e30, -1e30, 1e-30, 7.5], dtype=dtype)])
+    shape = PsgArctan(dgamma=dgamma)
+    for gamma in (1.0, 2.0, 5.0, 0.37, 13.0):
+        p = torch.tensor(gamma, dtype=dtype)
+        (g, dp), (g_ref, dp_ref) = _kernel.shape_grads(shape, x, p), grads(shape, x, p)
+        assert torch.equal(g, g_ref) and torch.equal(dp, dp_ref), gamma
+        assert g.data_ptr() != dp.data_ptr()
 
 class _Tiny:
     """A surrogate whose derivative is 1e-30 (a smooth shape's far tail)."""

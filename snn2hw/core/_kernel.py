@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .surrogate import Dspike, GsgTanh, SurrogateShape, grads
+from .surrogate import Dspike, GsgTanh, PsgArctan, SurrogateShape, grads
 
 SOURCE = Path(__file__).with_name("_lif_kernel.c")
 LIBRARY = Path(__file__).with_name("_lif_kernel.so")
@@ -88,6 +88,9 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
     for dtype, ct in _CTYPES.items():
         getattr(lib, f"sech2_grad_{_SUFFIX[dtype]}").argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ct,
                                                                  ct, ct, ctypes.c_int]
+    for dtype, ct in _CTYPES.items():
+        getattr(lib, f"psg_arctan_grads_{_SUFFIX[dtype]}").argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ct, ct] + \
+            [ctypes.c_int] * 2
     for dtype in _CTYPES:
         getattr(lib, f"channel_local_conv_{_SUFFIX[dtype]}").argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 15 + \
             [ctypes.c_int]
@@ -197,6 +200,19 @@ def shape_grad(shape: SurrogateShape, x: Tensor, p: Tensor) -> Tensor:
     return out
 
 
+def shape_grads(shape: SurrogateShape, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+    """``surrogate.grads(shape, x, p)``; PSG's arctan (a scalar gamma) in one compiled pass,
+    bit for bit (``psg_arctan_grads``). Two fresh tensors (the callers write over the first)."""
+    if type(shape) is not PsgArctan or p.dim() != 0 or not x.is_contiguous() or not available(x):
+        return grads(shape, x, p)
+    g, dp = torch.empty_like(x), torch.empty_like(x)
+    two_p = 2.0 * p  # torch's 0-dim product: exact
+    getattr(_library(), f"psg_arctan_grads_{_SUFFIX[x.dtype]}")(_ptr(x), _ptr(g), _ptr(dp), x.numel(), float(p),
+                                                               float(two_p), int(shape.dgamma == "printed"),
+                                                               torch.get_num_threads())
+    return g, dp
+
+
 def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, hard: bool,
              need_p: bool, gext: Tensor | None = None, overwrite: bool = False
              ) -> tuple[Tensor, Tensor | None]:
@@ -222,7 +238,7 @@ def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, h
     for t1 in range(T, 0, -steps):
         t0 = max(0, t1 - steps)
         xb = x[t0:t1]
-        g, dp = grads(shape, xb, p) if need_p else (shape_grad(shape, xb, p), None)
+        g, dp = shape_grads(shape, xb, p) if need_p else (shape_grad(shape, xb, p), None)
         g = g.expand(xb.shape).contiguous()
         if gu is None:
             gu = g
@@ -371,7 +387,7 @@ def pool_backward(gp: Tensor, x: Tensor, p: Tensor, shape, z: Tensor | None, coe
     for t1 in range(lay.T, 0, -steps):
         t0 = max(0, t1 - steps)
         xb = x[t0:t1]
-        g, dp = grads(shape, xb, p) if need_p else (shape_grad(shape, xb, p), None)
+        g, dp = shape_grads(shape, xb, p) if need_p else (shape_grad(shape, xb, p), None)
         g = g.expand(xb.shape).contiguous()
         dp = dp.expand(xb.shape).contiguous() if in_kernel else dp
         gs = torch.empty_like(xb) if need_p and not in_kernel else None

@@ -1130,3 +1130,25 @@ LOCAL_CLONES void channel_local_conv_##SUF(const T_ *restrict z, const T_ *restr
 }
 DEFINE_CHANNEL_LOCAL(float, f32)
 DEFINE_CHANNEL_LOCAL(double, f64)
+
+/* ====================== PSG's arctan derivatives (surrogate.PsgArctan.grads) ======================
+ * g = 1 / t, dp = printed ? 1 / t : (2p x) / t, t = (p x)^2 + 1: PsgArctan.grads' expressions
+ * with their roundings (torch's mul, square as x * x, add, reciprocal and div are each one IEEE
+ * operation, and no contraction here), so the same bits, in one pass where torch took six
+ * (0.88 ms per 4 x 64 x 32 x 40 block against the triangle's 0.18). p2 = 2p (exact). */
+#define DEFINE_PSG_ARCTAN(T_, SUF)                                                     \
+SECH2_CLONES void psg_arctan_grads_##SUF(const T_ *restrict x, T_ *restrict g, T_ *restrict dp, \
+                                         int64_t n, T_ p, T_ p2, int printed, int nthreads) \
+{                                                                                      \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
+    for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {                                        \
+        int64_t len = n - i0 < CHUNK ? n - i0 : CHUNK;                                 \
+        for (int64_t i = i0; i < i0 + len; i++) {                                      \
+            T_ px = p * x[i], t = px * px + (T_)1;                                     \
+            g[i] = (T_)1 / t;                                                          \
+            dp[i] = printed ? (T_)1 / t : (p2 * x[i]) / t;                             \
+        }                                                                              \
+    }                                                                                  \
+}
+DEFINE_PSG_ARCTAN(float, f32)
+DEFINE_PSG_ARCTAN(double, f64)
