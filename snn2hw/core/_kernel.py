@@ -2,7 +2,10 @@
 
 ``scripts/setup`` builds the library (``main()`` below).
 When it is absent (no C compiler, a fresh checkout) ``available()`` is False
-and ``fused.py`` runs its vectorised torch loop instead: same numbers, slower.
+and ``fused.py`` runs its vectorised torch loop instead: the same spikes, slower; the
+gradients the same but for GSG's and Dspike's derivatives (a few float32 ulps,
+``sech2_grad``) and values below float32's normal range (the backward kernels flush
+them to 0: ``subnormals_off`` in the C source).
 Set ``SNN2HW_NO_KERNEL=1`` to force the torch loop.
 """
 
