@@ -130,12 +130,13 @@ def _dspike_model(cfg: ModelConfig, dtype: torch.dtype, seed: int):
     dict(arch="conv", input_shape=(2, 6, 6), channels=(3,), timesteps=2, carrier="current"),
     dict(arch="mlp", input_shape=(12,), hidden=(9, 7), timesteps=3, tdbn=True, reset="soft"),
 ], ids=["conv1d", "conv2d-current", "mlp-tdbn"])
-def test_batched_fdg_equals_the_per_coordinate_loop_in_float64(cfg):
+def test_batched_fdg_equals_the_per_coordinate_loop_in_float64(cfg, backend):
     """Copies stacked along the batch: each copy's own W1 coordinate and sign, its own tdBN
     training statistics (a copy shares no statistics with another), in float64 where the
     loop's and the batch's rounding differ by far less than 1e-6. conv1d and mlp-tdbn take
-    the channel-local path (one channel per copy up to the second synapse), conv2d-current
-    (pool, flatten, readout) the full copies."""
+    the channel-local path (one channel per copy up to the second synapse; its synapse
+    compiled, or torch's grouped convolution without the kernel), conv2d-current (pool,
+    flatten, readout) the full copies."""
     model = _dspike_model(ModelConfig(**cfg), torch.float64, seed=3)
     x = torch.rand(10, *cfg["input_shape"], dtype=torch.float64) * 2
     y = torch.randint(0, 10, (10,))

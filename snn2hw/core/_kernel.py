@@ -88,15 +88,9 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
         getattr(lib, f"asgl_pool_backward_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i, ptr,
                                                               ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct, ct,
                                                               ct, ct, i, ct, i]
-    for dtype, ct in _CTYPES.items():
-        getattr(lib, f"sech2_grad_{_SUFFIX[dtype]}").argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ct,
-                                                                 ct, ct, ctypes.c_int]
-    for dtype, ct in _CTYPES.items():
-        getattr(lib, f"psg_arctan_grads_{_SUFFIX[dtype]}").argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ct, ct] + \
-            [ctypes.c_int] * 2
-    for dtype in _CTYPES:
-        getattr(lib, f"channel_local_conv_{_SUFFIX[dtype]}").argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 15 + \
-            [ctypes.c_int]
+        getattr(lib, f"sech2_grad_{suf}").argtypes = [ptr, ptr, i64, ct, ct, ct, i]
+        getattr(lib, f"psg_arctan_grads_{suf}").argtypes = [ptr, ptr, ptr, i64, ct, ct, i, i]
+        getattr(lib, f"channel_local_conv_{suf}").argtypes = [ptr] * 5 + [i64] * 15 + [i]
     lib.bn_stats_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                  ctypes.c_void_p, ctypes.c_void_p]
     return lib
