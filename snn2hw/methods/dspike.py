@@ -271,6 +271,8 @@ class _ChannelLocal:
         self.x, self.temporal0 = _run(self.layers[:self.f], x, temporal, self.timesteps)
         self.base, self.temporal = _run(self.layers[self.f:self.m], self.x, self.temporal0, self.timesteps)
         self.base_out = _folded(self.layers[self.m], self.base, self.temporal)
+        # the tdBN affines tiled over P copies, per (tdBN, P): the weights are fixed during an FDG
+        self.tiled: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
 
     def forward(self, w: Tensor, flat: Tensor, signed: Tensor) -> Tensor:
         """Per-step outputs (T, B * P, K), sample-major, of the copies perturbing ``flat``."""
@@ -307,7 +309,10 @@ class _ChannelLocal:
             out = out.unflatten(0, (self.timesteps, -1))
 
         def per_copy(z: Tensor, bn: TDBatchNorm) -> tuple[Tensor, Tensor, Tensor]:  # as _Copies._norm
-            return z.view(-1, p * z.shape[1], *z.shape[2:]), bn.weight.repeat(p), bn.bias.repeat(p)
+            key = (id(bn), p)
+            if key not in self.tiled:
+                self.tiled[key] = bn.weight.repeat(p), bn.bias.repeat(p)
+            return z.view(-1, p * z.shape[1], *z.shape[2:]), *self.tiled[key]
 
         out, temporal = _run(self.layers[self.m + 1:], out, temporal, self.timesteps, per_copy)
         return out if temporal else out.unsqueeze(0).expand(self.timesteps, *out.shape)
