@@ -2,7 +2,7 @@
 against its reference, the plain autograd loop (``lif_sequence`` with the strategy's
 ``dual_mode_spike``, the layer's ``use_fused = False``): spike values bit for bit from
 the same random draws (and the generator left in the same state), gradients of the
-currents and of alpha to 1e-6 in float64; and the kernel's mask rule on chosen uniforms."""
+currents and of alpha to 1e-6 in float64; and the kernel's mask rule and keyed uniforms (against their torch twin and SplitMix64)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from snn2hw.core import _kernel
+from snn2hw.core.fused import counter_uniforms
 from snn2hw.core.layers import LIF
 from snn2hw.methods import make_method
 
@@ -128,18 +129,45 @@ def test_kernel_spikes_bit_identical_to_the_torch_loop(calls, dtype, p, reset):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_mask_is_r_strictly_below_p(kernel_lib, monkeypatch, dtype):
-    """On uniforms r chosen equal to p and one ulp either side: the spike H(x) where
-    r < p, else H_alpha(x) = clip(x/alpha + 1/2, 0, 1) (by hand: x/alpha = 0.1)."""
+def test_mask_is_r_strictly_below_p_with_the_keyed_uniforms(kernel_lib, monkeypatch, dtype):
+    """The kernel makes step t's uniforms from keys[t] as ``counter_uniforms`` does (every
+    neuron's side of p agrees), and the spike is H(x) where r < p, else H_alpha(x) =
+    clip(x/alpha + 1/2, 0, 1) (by hand: x/alpha = 0.1): p set to one neuron's r exactly,
+    that neuron gets H_alpha; one ulp above it, H."""
     monkeypatch.setattr(_kernel, "_lib", kernel_lib)
     monkeypatch.setattr(_kernel, "_tried", True)
-    p = torch.tensor(0.25, dtype=dtype)
-    r = torch.stack([torch.nextafter(p, torch.tensor(0.0, dtype=dtype)), p,
-                     torch.nextafter(p, torch.tensor(1.0, dtype=dtype))]).view(1, 3)
-    c = torch.full((1, 3), V_TH + 0.05, dtype=dtype)  # x = 0.05, alpha = 0.5
-    s, x = _kernel.asgl_forward(c, 0.9, V_TH, True, 0.5, float(p), r.clone(), keep_x=True)
-    h_alpha = (x[0, 0] / torch.tensor(0.5, dtype=dtype) + 0.5).item()
-    assert s.tolist() == [[1.0, h_alpha, h_alpha]] and h_alpha != 1.0
+    n, keys = 3000, torch.tensor([12345, 2 ** 62 + 7], dtype=torch.int64)
+    r = torch.stack([counter_uniforms(int(k), n, dtype) for k in keys])
+    c = torch.full((2, n), V_TH + 0.05, dtype=dtype)  # x = 0.05 at step 0, alpha = 0.5
+    j = int(r[0, :100].argmin())
+    for p in (r[0, j], torch.nextafter(r[0, j], torch.tensor(1.0, dtype=dtype))):
+        s, x = _kernel.asgl_forward(c, 0.9, V_TH, True, 0.5, float(p), keys, keep_x=True)
+        h_alpha = x[0] / 0.5 + 0.5
+        assert torch.equal(s[0], torch.where(r[0] < p, 1.0, h_alpha))
+        assert (s[0, j] == 1.0) == bool(p > r[0, j])
+        assert 0.3 * n < int((s[0] == 1.0).sum()) < 0.7 * n or p < 0.3  # a real mix
+    h1, h_alpha1 = (x[1] > 0).to(dtype), (x[1] / 0.5 + 0.5).clamp(0.0, 1.0)  # step 1: its own key
+    assert torch.equal(s[1], torch.where(r[1] < p, h1, h_alpha1))
+
+
+def test_counter_uniforms_are_splitmix64_and_look_uniform():
+    """The stream keyed 0 is SplitMix64 seeded with 0 (its published first outputs
+    0xe220a8397b1dcdaf, 0x6e789e6aa1b965f4, 0x06c45d188009454f), top 53 / 24 bits; a
+    million values: mean 1/2 and variance 1/12 to 3 standard errors, a chi-square over
+    100 bins under its 0.999 quantile, and two keys' streams uncorrelated."""
+    first = [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+    assert counter_uniforms(0, 3, torch.float64).tolist() == [(v >> 11) * 2.0 ** -53 for v in first]
+    assert counter_uniforms(0, 3, torch.float32).tolist() == [(v >> 40) * 2.0 ** -24 for v in first]
+    n = 1_000_000
+    u = counter_uniforms(987654321, n, torch.float64)
+    assert u.min() >= 0 and u.max() < 1
+    assert abs(float(u.mean()) - 0.5) < 3 * (1 / 12 / n) ** 0.5
+    assert abs(float(u.var()) - 1 / 12) < 3 * (1 / 180 / n) ** 0.5
+    counts = torch.histc(u, bins=100, min=0.0, max=1.0)
+    chi2 = float(((counts - n / 100) ** 2 / (n / 100)).sum())
+    assert chi2 < 148.2  # chi-square, 99 degrees of freedom, 0.999 quantile
+    v = counter_uniforms(987654322, n, torch.float64)  # the next key
+    assert abs(float(torch.corrcoef(torch.stack([u, v]))[0, 1])) < 3 / n ** 0.5
 
 
 def test_non_binary_reset_and_gradient_by_hand(kernel_lib, monkeypatch):

@@ -74,7 +74,7 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
         getattr(lib, f"lif_forward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, i64, ct, ct, i, i]
         getattr(lib, f"lif_backward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ct, ct, i, i]
         getattr(lib, f"call_counts_{suf}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i]
-        getattr(lib, f"asgl_forward_{suf}").argtypes = [ptr, i64, ptr, ptr, i64, i64, ct, ct, i, ct, ct, i, i]
+        getattr(lib, f"asgl_forward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, ct, ct, i, ct, ct, i, i]
         getattr(lib, f"asgl_backward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, ct, ct, ct, ct, i,
                                                          ct, i]
         getattr(lib, f"lif_pool_forward_{suf}").argtypes = [ptr, i64, ptr, i64, i, ptr, ptr, ptr, ptr, ptr, ptr, i64,
@@ -83,7 +83,7 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
                                                              ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct,
                                                              ct, i, i, ptr, ptr]
         getattr(lib, f"bn_input_grad_{suf}").argtypes = [ptr, ptr, ptr, ptr, i64, i, i64, i64, i]
-        getattr(lib, f"asgl_pool_forward_{suf}").argtypes = [ptr, i64, ptr, i64, i, ptr, ptr, ptr, i64, i64, i64, i64,
+        getattr(lib, f"asgl_pool_forward_{suf}").argtypes = [ptr, i64, ptr, i64, i, ptr, ptr, ptr, ptr, i64, i64, i64, i64,
                                                              i64, i64, ct, ct, ct, ct, i, ct, ct, i, i]
         getattr(lib, f"asgl_pool_backward_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i, ptr,
                                                               ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct, ct,
@@ -256,23 +256,32 @@ def backward(go: Tensor, x: Tensor, p: Tensor, shape, lam: float, v_th: float, h
 DUAL_MODE_SMOOTH, DUAL_MODE_MIXED, DUAL_MODE_STEP = 0, 1, 2  # p <= 0, 0 < p < 1, p >= 1
 
 
+def _mask_keys(keys: Tensor | None, mode: int, T: int, name: str, p: float) -> Tensor | None:
+    """The T keys as the kernel reads them (contiguous int64), exactly where the mask is drawn."""
+    if (keys is None) != (mode != DUAL_MODE_MIXED):
+        raise ValueError(f"{name}: keys are needed exactly for 0 < p < 1 (p={p})")
+    if keys is not None and (keys.dtype != torch.int64 or keys.shape != (T,)):
+        raise ValueError(f"{name}: keys must be int64 of shape ({T},), got {keys.dtype} {tuple(keys.shape)}")
+    return keys.contiguous() if keys is not None else None
+
+
 def asgl_forward(c: Tensor, lam: float, v_th: float, hard: bool, alpha: float, p: float,
-                 r: Tensor | None, keep_x: bool) -> tuple[Tensor, Tensor | None]:
+                 keys: Tensor | None, keep_x: bool) -> tuple[Tensor, Tensor | None]:
     """(spike values s (T, ...), x = u - V_th (T, ...) if ``keep_x``) of the LIF with
     ASGL's dual-mode spike ``s = r < p ? H(x) : H_alpha(x)`` at the width ``alpha``.
 
-    ``r`` (T, ..., contiguous, c's dtype) are the uniforms for ``0 < p < 1`` (None
-    otherwise: s is ``H_alpha`` for p <= 0, ``H`` for p >= 1); s is written over them."""
+    ``keys`` (T,) int64: step t's uniforms are ``fused.counter_uniforms(keys[t], ...)``,
+    made in the kernel, for ``0 < p < 1`` (None otherwise: s is ``H_alpha`` for p <= 0,
+    ``H`` for p >= 1)."""
     lib, T = _library(), c.shape[0]
     c, ts = _time_major(c)
     n = c[0].numel()
     mode = DUAL_MODE_SMOOTH if p <= 0.0 else DUAL_MODE_STEP if p >= 1.0 else DUAL_MODE_MIXED
-    if (r is None) != (mode != DUAL_MODE_MIXED):
-        raise ValueError(f"asgl_forward: uniforms are needed exactly for 0 < p < 1 (p={p})")
-    s = r if r is not None else torch.empty(c.shape, dtype=c.dtype)
+    keys = _mask_keys(keys, mode, T, "asgl_forward", p)
+    s = torch.empty(c.shape, dtype=c.dtype)
     x = torch.empty(c.shape, dtype=c.dtype) if keep_x else None
     fn = getattr(lib, f"asgl_forward_{_SUFFIX[c.dtype]}")
-    fn(_ptr(c), ts, _ptr(s), _ptr(x), T, n, lam, v_th, int(hard), alpha, p, mode, torch.get_num_threads())
+    fn(_ptr(c), ts, _ptr(keys), _ptr(s), _ptr(x), T, n, lam, v_th, int(hard), alpha, p, mode, torch.get_num_threads())
     return s, x
 
 
@@ -522,22 +531,20 @@ def forward_membrane(c: Tensor, lam: float, v_th: float, hard: bool) -> tuple[Te
 
 # ------------------------------------------- ASGL's dual-mode LIF with tdBN and pooling
 def asgl_pool_forward(z: Tensor, coef: Tensor | None, mode: int, lay: PlaneLayout, div: float, mul: float,
-                      lam: float, v_th: float, hard: bool, alpha: float, p: float, r: Tensor | None,
+                      lam: float, v_th: float, hard: bool, alpha: float, p: float, keys: Tensor | None,
                       keep_x: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """(pooled values (T, P, H // kh, W // kw), the LIF's values s (T, P, H, W), x if ``keep_x``)
     of ``pool_forward``'s run with ASGL's dual-mode spike as ``asgl_forward`` computes it
-    (``r``: the uniforms for 0 < p < 1, (T, P*H*W) contiguous, overwritten by s; else None);
+    (``keys`` as there: the uniforms of neuron i = (plane, h, w) flattened at step t);
     the windows' values summed and divided as torch's CPU ``avg_pool2d`` does."""
     dmode = DUAL_MODE_SMOOTH if p <= 0.0 else DUAL_MODE_STEP if p >= 1.0 else DUAL_MODE_MIXED
-    if (r is None) != (dmode != DUAL_MODE_MIXED):
-        raise ValueError(f"asgl_pool_forward: uniforms are needed exactly for 0 < p < 1 (p={p})")
+    keys = _mask_keys(keys, dmode, lay.T, "asgl_pool_forward", p)
     z, ts = _time_major(z)
-    s = r.view(lay.T, lay.P, lay.H, lay.W) if r is not None else torch.empty(lay.T, lay.P, lay.H, lay.W,
-                                                                               dtype=z.dtype)
+    s = torch.empty(lay.T, lay.P, lay.H, lay.W, dtype=z.dtype)
     x = torch.empty(lay.T, lay.P, lay.H, lay.W, dtype=z.dtype) if keep_x else None
     pooled = torch.empty(lay.T, lay.P, lay.H // lay.kh, lay.W // lay.kw, dtype=z.dtype)
     getattr(_library(), f"asgl_pool_forward_{_SUFFIX[z.dtype]}")(
-        _ptr(z), ts, _ptr(coef), lay.C, mode, _ptr(pooled), _ptr(x), _ptr(s), lay.T, lay.P, lay.H, lay.W, lay.kh,
+        _ptr(z), ts, _ptr(coef), lay.C, mode, _ptr(pooled), _ptr(x), _ptr(keys), _ptr(s), lay.T, lay.P, lay.H, lay.W, lay.kh,
         lay.kw, div, mul, lam, v_th, int(hard), alpha, p, dmode, torch.get_num_threads())
     return pooled, s, x
 

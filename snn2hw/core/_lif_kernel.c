@@ -231,8 +231,16 @@ void lif_backward_##SUF(const T_ *go, int64_t go_ts, const T_ *g, const T_ *xs, 
  * forward:  u as above with non-binary s (lif_step's expressions), x = u - vth,
  *           ha = clip(x/alpha + 1/2, 0, 1) (torch's division, add and clamp),
  *           s = mode 0: ha;  mode 1: r < p ? (x > 0) : ha;  mode 2: (x > 0)
- *           where r (T, N) are the uniforms torch drew beforehand (mode 1 only);
- *           s is written to rs (over r: each r is read first), x to xs if given.
+ *           where r of neuron i at step t is uniform_(keys[t], i) (mode 1 only; keys:
+ *           T integers torch drew beforehand); s is written to rs, x to xs if given.
+ * uniform:  neuron i's value of a step's stream keyed by k: SplitMix64's output function
+ *           (mix64) of k + (i + 1) * 0x9E3779B97F4A7C15 (its state after i + 1 steps from
+ *           k), the top 24 bits over 2^24 (float32) or 53 over 2^53 (float64): U[0, 1).
+ *           fused.counter_uniforms is its torch twin (the same bits). Made here, per
+ *           neuron and step, instead of torch.rand's (T, N) draw: 2.5 ns a value there,
+ *           33M values an epoch of the mnist1d conv net, most of ASGL's overhead. Keys
+ *           random 63-bit: two steps' streams overlap only if their keys' offset is
+ *           within N steps of the golden increment, a chance of about N / 2^63.
  * backward: AsglRect's derivatives at the width alpha, w = |x| < alpha/2:
  *           g = w / alpha,  dp = -w x / (alpha*alpha);  over the whole T (no carry)
  *           gu = go*g + k*gu',  gs = go + b*gu',  gp (if given) = gs*dp per element
@@ -259,25 +267,49 @@ void lif_backward_##SUF(const T_ *go, int64_t go_ts, const T_ *g, const T_ *xs, 
 #ifndef FMA_CLONES
 #define FMA_CLONES  /* elsewhere fma() is an instruction or a library call: same numbers */
 #endif
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ASGL_FWD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define ASGL_FWD_CLONES
+#endif
 #define FMA_f32 __builtin_fmaf
 #define FMA_f64 __builtin_fma
 #define ABS_f32 __builtin_fabsf
 #define ABS_f64 __builtin_fabs
+static inline uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+#define GOLDEN64 0x9E3779B97F4A7C15ULL
+static inline float uniform_f32(uint64_t key, int64_t i)
+{
+    /* through int32 (exact below 2^24): a conversion SSE2 and up vectorise */
+    return (float)(int32_t)(mix64(key + (uint64_t)(i + 1) * GOLDEN64) >> 40) * 0x1p-24f;
+}
+static inline double uniform_f64(uint64_t key, int64_t i)
+{
+    return (double)(mix64(key + (uint64_t)(i + 1) * GOLDEN64) >> 11) * 0x1p-53;
+}
 #define DEFINE_DUAL_MODE(T_, SUF)                                                      \
-/* one forward step on len lanes; the flags are constants where it is inlined */       \
+/* one forward step on len lanes (neurons i0.. of the step); the flags are constants   \
+ * where it is inlined */                                                              \
 static inline __attribute__((always_inline)) void                                      \
 asgl_fwd_step_##SUF(int64_t len, const T_ *restrict ct, T_ *restrict st,               \
                     T_ *restrict xt, T_ *restrict u, T_ *restrict s, T_ lam, T_ vth,   \
-                    T_ alpha, T_ p, const int first, const int hard, const int mode,   \
-                    const int has_x)                                                   \
+                    T_ alpha, T_ p, uint64_t key, int64_t i0, const int first,         \
+                    const int hard, const int mode, const int has_x)                   \
 {                                                                                      \
+    T_ r[CHUNK];  /* the mask's uniforms, in a loop of their own: integer-only, it vectorises */ \
+    if (mode == 1) for (int64_t i = 0; i < len; i++) r[i] = uniform_##SUF(key, i0 + i); \
     for (int64_t i = 0; i < len; i++) {                                                \
         T_ v = first ? ct[i] : hard ? lam * u[i] * ((T_)1 - s[i]) + ct[i]              \
                                     : lam * (u[i] - vth * s[i]) + ct[i];               \
         T_ x = v - vth, ha = x / alpha + (T_)0.5, h = x > 0 ? (T_)1 : (T_)0;           \
         ha = ha < 0 ? (T_)0 : ha;                                                      \
         ha = ha > 1 ? (T_)1 : ha;                                                      \
-        T_ sv = mode == 0 ? ha : mode == 2 ? h : st[i] < p ? h : ha;                   \
+        T_ sv = mode == 0 ? ha : mode == 2 ? h : r[i] < p ? h : ha;                    \
         u[i] = v;                                                                      \
         s[i] = sv;                                                                     \
         st[i] = sv;                                                                    \
@@ -285,9 +317,9 @@ asgl_fwd_step_##SUF(int64_t len, const T_ *restrict ct, T_ *restrict st,        
     }                                                                                  \
 }                                                                                      \
                                                                                        \
-void asgl_forward_##SUF(const T_ *c, int64_t c_ts, T_ *rs, T_ *xs, int64_t T,          \
-                        int64_t N, T_ lam, T_ vth, int hard, T_ alpha, T_ p, int mode, \
-                        int nthreads)                                                  \
+ASGL_FWD_CLONES void asgl_forward_##SUF(const T_ *c, int64_t c_ts, const int64_t *keys, T_ *rs, \
+                        T_ *xs, int64_t T, int64_t N, T_ lam, T_ vth, int hard, T_ alpha, \
+                        T_ p, int mode, int nthreads)                                  \
 {                                                                                      \
     int64_t nchunks = (N + CHUNK - 1) / CHUNK;                                         \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
@@ -297,6 +329,7 @@ void asgl_forward_##SUF(const T_ *c, int64_t c_ts, T_ *rs, T_ *xs, int64_t T,   
         for (int64_t t = 0; t < T; t++) {                                              \
             const T_ *ct = c + t * c_ts + n0;                                          \
             T_ *st = rs + t * N + n0, *xt = xs ? xs + t * N + n0 : 0;                  \
+            uint64_t key = keys ? (uint64_t)keys[t] : 0;                               \
             ASGL_FWD(SUF, t == 0)                                                      \
         }                                                                              \
     }                                                                                  \
@@ -352,7 +385,7 @@ void asgl_backward_##SUF(const T_ *go, int64_t go_ts, const T_ *xs, const T_ *ss
 
 /* the step loops with constant flags: one branch-free (vectorised) copy per combination */
 #define ASGL_FWD_CALL(SUF, first, h, m, x)                                             \
-    asgl_fwd_step_##SUF(len, ct, st, xt, u, s, lam, vth, alpha, p, first, h, m, x);
+    asgl_fwd_step_##SUF(len, ct, st, xt, u, s, lam, vth, alpha, p, key, n0, first, h, m, x);
 #define ASGL_FWD_X(SUF, first, h, m)                                                   \
     if (xt) { ASGL_FWD_CALL(SUF, first, h, m, 1) } else { ASGL_FWD_CALL(SUF, first, h, m, 0) }
 #define ASGL_FWD_M(SUF, first, h)                                                      \
@@ -926,8 +959,8 @@ DEFINE_LIF_MEMBRANE(double, f64)
  * step, so that each number is the unfused run's (tdBN, FusedLIF's dual-mode kernel,
  * avg_pool) bit for bit:
  * forward:  per plane p (one thread), per chunk of its neurons and step t: c = the affine
- *           of z (as lif_pool_forward), then asgl_fwd_step (s written over the uniforms
- *           rs, x to xs); then each window's values summed in row-major order in T_ and
+ *           of z (as lif_pool_forward), then asgl_fwd_step (s written to rs, its
+ *           uniforms from keys as asgl_forward's, x to xs); then each window's values summed in row-major order in T_ and
  *           divided by div (times mul if non-zero): torch's CPU avg_pool2d loop (avg_pool1d
  *           is avg_pool2d on H = 1), now with non-binary s.
  * backward: each window's gradient (gp * mul if mul != 0) / div as avg_pool's backward,
@@ -940,7 +973,8 @@ DEFINE_LIF_MEMBRANE(double, f64)
 #endif
 #define DEFINE_DUAL_MODE_POOLED(T_, SUF)                                               \
 FMA_CLONES void asgl_pool_forward_##SUF(const T_ *z, int64_t z_ts, const T_ *coef,     \
-                            int64_t C, int bnm, T_ *pooled, T_ *xs, T_ *rs, int64_t T, \
+                            int64_t C, int bnm, T_ *pooled, T_ *xs, const int64_t *keys, \
+                            T_ *rs, int64_t T,                                         \
                             int64_t P, int64_t H, int64_t W, int64_t kh, int64_t kw,   \
                             T_ div, T_ mul, T_ lam, T_ vth, int hard, T_ alpha, T_ p,  \
                             int mode, int nthreads)                                    \
@@ -955,6 +989,7 @@ FMA_CLONES void asgl_pool_forward_##SUF(const T_ *z, int64_t z_ts, const T_ *coe
             for (int64_t t = 0; t < T; t++) {                                          \
                 const T_ *zt = z + t * z_ts + n0, *ct = cb;                            \
                 T_ *st = rs + t * N + n0, *xt = xs ? xs + t * N + n0 : 0;              \
+                uint64_t key = keys ? (uint64_t)keys[t] : 0;                           \
                 if (bnm) for (int64_t i = 0; i < len; i++)  /* affine_ lane by lane */  \
                     cb[i] = norm_##SUF(zt[i], k, bnm) * k[2] + k[3];                  \
                 else ct = zt;                                                          \

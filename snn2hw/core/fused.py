@@ -65,10 +65,11 @@ class DualModeValue:
     """ASGL's dual-mode spike value, a ``ValueFn`` the compiled kernel also runs whole.
 
     ``H_alpha(x) + m (H(x) - H_alpha(x))`` with ``H_alpha = clip(x/alpha + 1/2, 0, 1)``
-    (AsglRect's primitive) and ``m = r < p``, r ~ U[0, 1) in x's dtype drawn from the
-    global torch RNG per call (no draw for p <= 0: H_alpha, or p >= 1: H). Called per
-    step it is the torch loop's value; ``fused_lif`` instead draws all T steps' r in
-    one ``torch.rand`` (the same numbers as T per-step draws on CPU) and runs the kernel.
+    (AsglRect's primitive) and ``m = r < p``, r ~ U[0, 1) the ``counter_uniforms`` of one
+    key per call drawn from the global torch RNG (no draw for p <= 0: H_alpha, or p >= 1:
+    H). Called per step it is the torch loop's value; ``fused_lif`` instead draws all T
+    steps' keys at once (``dual_mode_keys``: the same keys as T per-step draws on CPU) and
+    the kernel makes the same uniforms itself.
     """
 
     alpha: Tensor  # the width, 0-dim, already clamped by the caller; no gradient
@@ -84,7 +85,7 @@ class DualModeValue:
         h = x.sign().clamp_min_(0.0)
         if self.p >= 1.0:
             return h
-        m = torch.rand_like(x).neg_().add_(self.p).sign_().clamp_min_(0.0)
+        m = step_uniforms(x).neg_().add_(self.p).sign_().clamp_min_(0.0)
         return h.sub_(h_alpha).mul_(m).add_(h_alpha)
 
 
@@ -95,14 +96,45 @@ def _dual_mode_forward(c: Tensor, lam: float, v_th: float, hard: bool, value_fn:
     if not (isinstance(value_fn, DualModeValue) and value_fn.alpha.dim() == 0 and _kernel.available(c)):
         return None
     p = value_fn.p
-    r = dual_mode_uniforms(c, p)
-    return _kernel.asgl_forward(c, lam, v_th, hard, float(value_fn.alpha), p, r, keep_x)
+    return _kernel.asgl_forward(c, lam, v_th, hard, float(value_fn.alpha), p, dual_mode_keys(c.shape[0], p), keep_x)
 
 
-def dual_mode_uniforms(c: Tensor, p: float) -> Tensor | None:
-    """The uniforms of a dual-mode pass on currents ``c`` (one draw of c's shape and dtype,
-    the torch loop's numbers), none where p <= 0 or p >= 1 (no mask is drawn)."""
-    return torch.rand(c.shape, dtype=c.dtype) if 0.0 < p < 1.0 else None
+# ---- ASGL's mask uniforms: counter-based, keyed per step (the kernel's "uniform") ----
+_GOLDEN, _MIX1, _MIX2 = (k - (1 << 64) for k in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _shift_right(z: Tensor, k: int) -> Tensor:
+    """Logical right shift of int64 bits (torch's ``>>`` is arithmetic)."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def counter_uniforms(key: int, n: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
+    """U[0, 1) values 0..n-1 of the stream keyed by ``key``, as the kernel makes them
+    (``uniform_f32/f64``): SplitMix64's output function of ``key + (i + 1) * golden``
+    (int64 arithmetic wraps as uint64 does), the top 24 bits over 2^24 (53 over 2^53 in
+    float64). Each value depends on (key, i) only: a step's uniforms are the same made
+    at once, in chunks, or by the kernel."""
+    z = torch.arange(1, n + 1, dtype=torch.int64, device=device).mul_(_GOLDEN).add_(key)
+    z = (z ^ _shift_right(z, 30)).mul_(_MIX1)
+    z = (z ^ _shift_right(z, 27)).mul_(_MIX2)
+    z = z ^ _shift_right(z, 31)
+    if dtype == torch.float64:
+        return _shift_right(z, 11).to(dtype).mul_(2.0 ** -53)
+    return _shift_right(z, 40).to(dtype).mul_(2.0 ** -24)
+
+
+def dual_mode_keys(steps: int, p: float) -> Tensor | None:
+    """The keys of a dual-mode pass over ``steps`` steps (int64, one per step, from the
+    global torch RNG: the same numbers as one draw per step), none where p <= 0 or p >= 1
+    (no mask is drawn)."""
+    return torch.empty(steps, dtype=torch.int64).random_() if 0.0 < p < 1.0 else None
+
+
+def step_uniforms(x: Tensor) -> Tensor:
+    """One step's mask uniforms in x's shape, dtype and device: one key drawn from the
+    generator of x's device, its stream."""
+    key = int(torch.empty((), dtype=torch.int64, device=x.device).random_())
+    return counter_uniforms(key, x.numel(), x.dtype, x.device).view(x.shape)
 
 
 def _forward_torch(c: Tensor, lam: float, v_th: float, hard: bool, value_fn: ValueFn | None,

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _kernel
-from .fused import DualModeValue, dual_mode_uniforms
+from .fused import DualModeValue, dual_mode_keys
 from .surrogate import SurrogateShape
 
 
@@ -205,11 +205,10 @@ class FusedBNLIFPool(torch.autograd.Function):
 def _dual_mode_pool(z: Tensor, coef: Tensor | None, mode: int, lay: _kernel.PlaneLayout, div: float, mul: float,
                     lif: LIFArgs, keep_x: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """(pooled, s, x if ``keep_x``) of the run with ASGL's dual-mode value ``lif.value``, its
-    uniforms drawn as ``fused._dual_mode_forward`` draws them (same shape, dtype, generator)."""
+    mask's keys drawn as ``fused._dual_mode_forward`` draws them (one per step, same generator)."""
     p = lif.value.p
-    r = dual_mode_uniforms(z, p)
     return _kernel.asgl_pool_forward(z.flatten(1), coef, mode, lay, div, mul, lif.lam, lif.v_th, lif.hard,
-                                     float(lif.value.alpha), p, r, keep_x)
+                                     float(lif.value.alpha), p, dual_mode_keys(lay.T, p), keep_x)
 
 
 def _out_spatial(z: Tensor, pool: PoolArgs | None) -> list[int]:

@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..core.fused import DualModeValue
+from ..core.fused import DualModeValue, step_uniforms
 from ..core.layers import LIF
 from ..core.surrogate import AsglRect, heaviside
 from ..errors import ConfigError
@@ -42,7 +42,7 @@ def dual_mode_spike(x: Tensor, alpha: Tensor, p: float, shape: AsglRect) -> Tens
     if p >= 1.0:
         value = h
     else:
-        m = torch.rand_like(x) < p
+        m = step_uniforms(x) < p
         value = torch.where(m, h, h_alpha.detach())
     return value + (h_alpha - h_alpha.detach())  # value forward, dH_alpha backward
 
