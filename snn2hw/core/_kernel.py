@@ -12,7 +12,6 @@ Set ``SNN2HW_NO_KERNEL=1`` to force the torch loop.
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .surrogate import Dspike, GsgTanh, PsgArctan, SurrogateShape, grads
+from .surrogate import PsgArctan, SurrogateShape, grads
 
 SOURCE = Path(__file__).with_name("_lif_kernel.c")
 LIBRARY = Path(__file__).with_name("_lif_kernel.so")
@@ -170,29 +169,16 @@ def call_counts(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return nz, sums, binary
 
 
-def sech2_args(shape: SurrogateShape, p: Tensor) -> tuple[float, float, float] | None:
-    """(k, scale, window) of ``sech2_grad`` (the kernel's comment) for GSG's and Dspike's
-    derivatives at a scalar parameter, None for the other shapes."""
-    if p.dim() != 0:
-        return None
-    if type(shape) is GsgTanh:
-        beta = float(p)
-        return 2.0 * beta, 4.0 * beta * max(1.0 / beta, 1.0), math.inf
-    if type(shape) is Dspike:
-        b, v = float(p), shape.v_th
-        return b / v, b / math.tanh(b / 2.0) / v, v
-    return None
-
-
 def shape_grad(shape: SurrogateShape, x: Tensor, p: Tensor) -> Tensor:
-    """``shape.grad(x, p)``; GSG's and Dspike's in one compiled pass (``sech2_grad``: within a
-    few float32 ulps of torch's expressions, and no subnormal values, which each cost an x86
-    core ~100 cycles in the backward)."""
-    args = sech2_args(shape, p)
-    if args is None or not x.is_contiguous() or not available(x):
+    """``shape.grad(x, p)``; a shape of the sech^2 form (its ``sech2(p)``: GSG's, Dspike's) at
+    a scalar p in one compiled pass (``sech2_grad``: within a few float32 ulps of torch's
+    expressions, and no subnormal values, which each cost an x86 core ~100 cycles in the
+    backward)."""
+    sech2 = getattr(shape, "sech2", None)
+    if sech2 is None or p.dim() != 0 or not x.is_contiguous() or not available(x):
         return shape.grad(x, p)
     out = torch.empty_like(x)
-    getattr(_library(), f"sech2_grad_{_SUFFIX[x.dtype]}")(_ptr(x), _ptr(out), x.numel(), *args,
+    getattr(_library(), f"sech2_grad_{_SUFFIX[x.dtype]}")(_ptr(x), _ptr(out), x.numel(), *sech2(float(p)),
                                                           torch.get_num_threads())
     return out
 

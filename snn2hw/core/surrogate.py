@@ -162,6 +162,11 @@ class Dspike:
         g = a.le_(self.v_th).sub_(e).mul_(e).clamp_min_(0.0)
         return g.mul_(p / torch.tanh(p / 2.0) / self.v_th)
 
+    def sech2(self, b: float) -> tuple[float, float, float]:
+        """(k, scale, window): ``grad`` is ``scale q / (1 + q)^2``, ``q = exp(-k |x|)``, on
+        ``|x| <= window`` (the compiled pass ``_kernel.shape_grad`` takes)."""
+        return b / self.v_th, b / math.tanh(b / 2.0) / self.v_th, self.v_th
+
     def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
         inside = (x.abs() <= self.v_th).to(x.dtype)
         z = x / (2.0 * self.v_th)
@@ -331,6 +336,10 @@ class GsgTanh:
         # |x| (-2 beta) is -2 |beta x| bit for bit (beta > 0; a factor 2 rounds exactly), one pass fewer
         e = x.abs().mul_(p * -2.0).sigmoid_()
         return e.addcmul_(e, e, value=-1.0).mul_(self.scale(p) * p * 4.0)
+
+    def sech2(self, beta: float) -> tuple[float, float, float]:
+        """(k, scale, window) as ``Dspike.sech2``: k = 2 beta, scale = 4 a beta, no window."""
+        return 2.0 * beta, 4.0 * beta * max(1.0 / beta, 1.0), math.inf
 
     def grad_param(self, x: Tensor, p: Tensor) -> Tensor:
         th = torch.tanh(p * x)
