@@ -392,6 +392,61 @@ def test_backward_kernel_flushes_subnormal_products_and_restores_the_thread(kern
     assert float(torch.tensor(1e-20) * torch.tensor(1e-20)) > 0  # the caller's thread is as it was
 
 
+
+@pytest.mark.parametrize("with_bn", [False, True])
+def test_pooled_backward_flushes_subnormal_products(kernel_lib, monkeypatch, with_bn):
+    """The fused tdBN -> LIF -> pool backward (``lif_pool_backward``, ``bn_input_grad``)
+    flushes as ``lif_backward`` does: with a 1e-30 derivative and pooled gradients of 1e-10
+    (products near 1e-40) the input's gradient holds no subnormal value, while the same
+    gradients of 1e10 come through normal and nonzero."""
+    from snn2hw.core.fusion import LIFArgs, PoolArgs, TDBNArgs, bn_lif_pool
+
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    gen = torch.Generator().manual_seed(4)
+    tiny = torch.finfo(torch.float32).tiny
+    for scale, subnormal_expected in ((1e-10, True), (1e10, False)):
+        z = (torch.randn(3, 4, 2, 8, generator=gen) + 1.0).requires_grad_()
+        bn = TDBNArgs(torch.ones(2), torch.zeros(2), None, None, 1.0, 1e-5, 0.0, True) if with_bn else None
+        out = bn_lif_pool(z, bn, LIFArgs(torch.tensor(1.0), 0.5, 1.0, True, _Tiny(), False), PoolArgs("avg", 2, 1))
+        gp = torch.randn(out.shape, generator=gen) * scale
+        (gz,) = torch.autograd.grad(out, z, gp)
+        assert not ((gz != 0) & (gz.abs() < tiny)).any()
+        if subnormal_expected:
+            assert (gz == 0).float().mean() > 0.9  # the products flushed, not merely small
+        else:
+            assert (gz.abs() >= tiny).float().mean() > 0.9
+
+
+def test_bn_input_grad_flushes_subnormal_products(kernel_lib, monkeypatch):
+    """``bn_input_grad``: kk0 * gc = 1e-20 * 1e-20 is 0, not the subnormal 1e-40; 1e-20 * 1e10
+    is kept as computed."""
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    gc = torch.tensor([1e-20, 1e10]).repeat(3, 2, 1).contiguous()  # (R, C, S) = (3, 2, 2)
+    z, coef = torch.randn(3, 2, 2), torch.tensor([[1.0, 0.0, 1.0, 0.0]] * 2)
+    kk = torch.tensor([[1e-20, 0.0, 0.0]] * 2)
+    out = _kernel.bn_input_grad(gc, z, coef, kk, 1, 2)
+    assert torch.equal(out[..., 0], torch.zeros(3, 2))
+    assert torch.equal(out[..., 1], torch.full((3, 2), float(torch.tensor(1e-20) * torch.tensor(1e10))))
+
+
+def test_asgl_backward_flushes_subnormal_products(kernel_lib, monkeypatch):
+    """``asgl_backward``: go * g with g = 1/alpha = 1e-12 and go = 1e-30 is 0, not a
+    subnormal; go = 1e-10 gives the normal 1e-22 as computed."""
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    x, s = torch.full((1, 4), 0.25), torch.zeros(1, 4)  # one step: gu = go * g, |x| < alpha / 2
+    go = torch.tensor([[1e-30, 1e-30, 1e-10, 1e-10]])
+    gu, _ = _kernel.asgl_backward(go, x.clone(), s, 1e12, 0.5, 1.0, True, False)
+    assert torch.equal(gu[0, :2], torch.zeros(2)) and (gu[0, 2:] > torch.finfo(torch.float32).tiny).all()
+
 # ---------------------------------------------------------------- CUDA (scripts/gpu-check)
 # The torch loop is the fused LIF's only path on a GPU (the C kernel takes CPU tensors);
 # these run it on CUDA against the plain loop there and against the CPU's numbers.

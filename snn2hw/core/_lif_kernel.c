@@ -267,6 +267,7 @@ void lif_backward_##SUF(const T_ *go, int64_t go_ts, const T_ *g, const T_ *xs, 
 #ifndef FMA_CLONES
 #define FMA_CLONES  /* elsewhere fma() is an instruction or a library call: same numbers */
 #endif
+/* asgl_forward's clones: the mask's 64-bit mixing (uniform_) vectorises with AVX2 and up */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define ASGL_FWD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
