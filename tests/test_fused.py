@@ -447,6 +447,29 @@ def test_asgl_backward_flushes_subnormal_products(kernel_lib, monkeypatch):
     gu, _ = _kernel.asgl_backward(go, x.clone(), s, 1e12, 0.5, 1.0, True, False)
     assert torch.equal(gu[0, :2], torch.zeros(2)) and (gu[0, 2:] > torch.finfo(torch.float32).tiny).all()
 
+
+def test_asgl_pooled_backward_flushes_subnormal_products(kernel_lib, monkeypatch):
+    """``asgl_pool_backward`` (ASGL's dual-mode value in the fused LIF -> pool): pooled
+    gradients 1e-30 through avg pooling (1/2) and g = 1/alpha = 1e-12 make products near 5e-43,
+    0 in the kernel; gradients 1e-10 give the normal 5e-23 as computed (one step, p = 0:
+    H_alpha only, no draw; |x| = 0.25 < alpha / 2)."""
+    from snn2hw.core.fused import DualModeValue
+    from snn2hw.core.fusion import LIFArgs, PoolArgs, bn_lif_pool
+    from snn2hw.core.surrogate import AsglRect
+
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    alpha = torch.tensor(1e12)
+    z = torch.tensor([1.25, 0.75, 1.25, 0.75]).view(1, 1, 1, 4).requires_grad_()
+    lif = LIFArgs(alpha, 0.5, 1.0, True, AsglRect(1e12), value=DualModeValue(alpha, 0.0))
+    out = bn_lif_pool(z, None, lif, PoolArgs("avg", 2, 1))
+    (gz,) = torch.autograd.grad(out, z, torch.tensor([1e-30, 1e-10]).view(out.shape))
+    want = float(torch.tensor(1e-10) / 2 * (1 / alpha))  # the normal products, as float32 makes them
+    assert torch.equal(gz.flatten(), torch.tensor([0.0, 0.0, want, want]))
+    assert float(torch.tensor(1e-20) * torch.tensor(1e-20)) > 0  # the caller's thread is as it was
+
 # ---------------------------------------------------------------- CUDA (scripts/gpu-check)
 # The torch loop is the fused LIF's only path on a GPU (the C kernel takes CPU tensors);
 # these run it on CUDA against the plain loop there and against the CPU's numbers.
