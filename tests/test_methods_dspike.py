@@ -359,6 +359,34 @@ def test_the_fdg_does_not_depend_on_how_many_copies_share_a_pass(cfg):
         assert torch.equal(by_chunk[c], by_chunk[1]), c
 
 
+@pytest.mark.parametrize("cfg", [
+    dict(arch="conv", input_shape=(1, 16), channels=(4, 6), timesteps=3),
+    dict(arch="conv", input_shape=(1, 7, 6), channels=(3, 4), timesteps=2),
+    dict(arch="mlp", input_shape=(12,), hidden=(9, 7), timesteps=3, tdbn=True),
+], ids=["conv1d", "conv2d", "mlp-tdbn"])
+def test_the_perturbed_channels_made_in_blocks_give_the_same_fdg(cfg, monkeypatch):
+    """The copies' perturbed channels are made a block of copies at a time, CHANGE_BYTES at
+    most: a bound that cuts them into blocks of one chunk (and a shorter last one) gives
+    the FDG of one block for all, bit for bit, and one block call per block."""
+    from snn2hw.methods import dspike
+
+    model = _dspike_model(ModelConfig(**cfg), torch.float32, seed=3)
+    x, y = torch.rand(10, *cfg["input_shape"]) * 2, torch.randint(0, 10, (10,))
+    loss_fn, weight = make_loss("tet"), first_weight_name(model)
+    coords = coordinate_subset(dict(model.named_parameters())[weight].numel(), 11, seed=1)  # 22 copies
+    calls = []
+    real = dspike._ChannelLocal._changes
+    monkeypatch.setattr(dspike._ChannelLocal, "_changes", lambda self, a, b: calls.append((a, b)) or real(self, a, b))
+    whole = finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.1, chunk_size=4)
+    assert calls == [(0, 22)]
+    calls.clear()
+    monkeypatch.setattr(dspike, "CHANGE_BYTES", 1)  # below one copy's: blocks of one chunk
+    blocks = finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.1, chunk_size=4)
+    assert calls == [(a, min(a + 4, 22)) for a in range(0, 22, 4)]
+    assert (whole != 0).sum() >= 5
+    assert torch.equal(blocks, whole)
+
+
 def test_the_fdg_copies_take_the_compiled_statistics_and_training_keeps_torchs(count_calls):
     """Where the compiled statistics apply: the FDG's fused tdBN blocks (training
     statistics, no running buffers, float32) take ``_kernel.bn_stats``, once per block and

@@ -157,6 +157,7 @@ def _shared_input(model: nn.Module, x: Tensor) -> tuple[Tensor, int]:
     return x, 0
 
 
+CHANGE_BYTES = 32 << 20  # the FDG's perturbed channels kept at once (all 192 of the mnist1d conv net: 3.9 MB)
 _PER_CHANNEL = (TDBatchNorm, LIF, CUBA, Pool)  # layers in which channel c of the output reads channel c only
 
 
@@ -265,18 +266,27 @@ class _ChannelLocal:
     ``m(base) + m_o(change)``, with ``m_o`` the weights of input channel o only: the same
     numbers as the full copies up to rounding, at 1/C of their work up to m. Later layers run on all copies stacked along the batch axis."""
 
-    def __init__(self, model: SpikingNetwork, span: tuple[int, int], x: Tensor, temporal: bool) -> None:
+    def __init__(self, model: SpikingNetwork, span: tuple[int, int], x: Tensor, temporal: bool, w: Tensor,
+                 flat: Tensor, signed: Tensor, chunk: int) -> None:
         self.f, self.m = span
         self.layers, self.timesteps = list(model.layers), model.config.timesteps
+        self.w, self.flat, self.signed = w, flat, signed
         self.x, self.temporal0 = _run(self.layers[:self.f], x, temporal, self.timesteps)
         self.base, self.temporal = _run(self.layers[self.f:self.m], self.x, self.temporal0, self.timesteps)
         self.base_out = _folded(self.layers[self.m], self.base, self.temporal)
         # the tdBN affines tiled over P copies, per (tdBN, P): the weights are fixed during an FDG
         self.tiled: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+        # the copies' changed channels are made for a block of copies at once (a whole number
+        # of chunks, CHANGE_BYTES at most): one call per layer where each chunk made ~10 small ones
+        per_copy = self.base.numel() // self.base.shape[2 if self.temporal else 1] * self.base.element_size()
+        self.block = max(1, CHANGE_BYTES // max(per_copy, 1) // chunk) * chunk
+        self.changes: tuple[int, Tensor] | None = None  # (first copy, its block's changes)
 
-    def forward(self, w: Tensor, flat: Tensor, signed: Tensor) -> Tensor:
-        """Per-step outputs (T, B * P, K), sample-major, of the copies perturbing ``flat``."""
-        first, mix, p = self.layers[self.f], self.layers[self.m], len(flat)
+    def _changes(self, j0: int, j1: int) -> Tensor:
+        """The copies j0..j1-1's perturbed channel after layers f..m-1 minus the unperturbed
+        network's, channels = copies: (T, N, P, ...) or, static, (N, P, ...)."""
+        w, flat, signed = self.w, self.flat[j0:j1], self.signed[j0:j1]
+        first, p = self.layers[self.f], len(flat)
         o, r = flat // w[0].numel(), flat % w[0].numel()
         rows = w.flatten(1)[o]  # row o_p of each copy's W1, perturbed
         rows[torch.arange(p, device=w.device), r] += signed
@@ -290,7 +300,19 @@ class _ChannelLocal:
             return z, bn.weight[o], bn.bias[o]
 
         h, temporal = _run(self.layers[self.f + 1:self.m], h, self.temporal0, self.timesteps, selected)
-        change = h - self.base.index_select(2 if temporal else 1, o)  # channel axis: copies
+        return h - self.base.index_select(2 if temporal else 1, o)  # channel axis: copies
+
+    def forward(self, j0: int, j1: int) -> Tensor:
+        """Per-step outputs (T, B * P, K), sample-major, of the copies j0..j1-1 (those
+        perturbing ``flat[j0:j1]``), which lie in one block (j0 a multiple of it)."""
+        if self.changes is None or not self.changes[0] <= j0 < self.changes[0] + self.block:
+            start = j0 // self.block * self.block
+            self.changes = start, self._changes(start, min(start + self.block, len(self.flat)))
+        start, block = self.changes
+        change = block.narrow(2 if self.temporal else 1, j0 - start, j1 - j0)
+        mix, p = self.layers[self.m], j1 - j0
+        o = self.flat[j0:j1] // self.w[0].numel()
+        temporal = self.temporal
         z = change.flatten(0, 1) if temporal else change  # (N, P, ...)
         base_out = self.base_out.flatten(0, 1) if temporal else self.base_out
         if isinstance(mix, nn.Linear):
@@ -328,8 +350,9 @@ def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, 
     as ONE forward of the copies stacked along the batch axis, under no_grad: per-copy
     first-layer weights, per-copy tdBN training statistics, the fused LIF loop (compiled
     kernel) for all copies at once; where W1's output channels stay apart up to the next
-    synapse (``_ChannelLocal``), only the perturbed channel is computed per copy there, and
-    its blocks tdBN -> LIF -> pool run as one compiled pass (``_grouped_bn_lif_pool``).
+    synapse (``_ChannelLocal``), only the perturbed channel is computed per copy there (for
+    as many copies at once as ``CHANGE_BYTES`` holds, all of them on small nets), and the
+    blocks tdBN -> LIF -> pool run as one compiled pass (``_grouped_bn_lif_pool``).
     Spikes are the exact step (an installed strategy is set aside). No buffer of ``model``
     changes.
     """
@@ -345,12 +368,12 @@ def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, 
     span = _channel_local_span(model, weight)
     with torch.no_grad(), _exact_step(model), copies.installed():
         copies.count = 1
-        local = _ChannelLocal(model, span, shared, axis == 1) if span else None
+        local = _ChannelLocal(model, span, shared, axis == 1, w, flat, signed, step) if span else None
         for start in range(0, 2 * k, step):
             j = torch.arange(start, min(start + step, 2 * k), device=w.device)
             copies.count = len(j)
             if local is not None:
-                seq = local.forward(w, flat[j], signed[j])
+                seq = local.forward(start, start + len(j))
             else:
                 stacked = w.flatten().repeat(len(j), 1)
                 stacked[torch.arange(len(j), device=w.device), flat[j]] += signed[j]
