@@ -153,6 +153,36 @@ def test_kernel_every_plane_width_against_the_torch_loop(dtype, threads):
         assert int(nchg) == int((u_ref[1:] != u_ref[:-1]).sum()), (W, hard, k)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_short_rows_grouped_are_the_planes_run_one_by_one(dtype, monkeypatch, threads):
+    """Short 1-D planes run GROUP_NEURONS neurons side by side (``plane_group`` planes as one,
+    the affine applied into a buffer first): x, u and the pooled spikes are those of the planes
+    run one by one, bit for bit, for every affine mode (none, tdBN's with and without fma),
+    reset, window, a frame broadcast over T, and a last group of fewer planes."""
+    g = torch.Generator().manual_seed(8)
+    T, B, C = 3, 5, 7  # 35 planes: a group of 25 (W = 10) leaves 10
+    grouped = []
+    for W, k, mode, reset, broadcast in itertools.product((2, 6, 10, 30), (1, 2, 3), (0, 1, 2), (0, 1, 2),
+                                                          (False, True)):
+        if W % k:
+            continue
+        lay = _kernel.PlaneLayout(T, B * C, C, 1, W, 1, k)
+        z = torch.randn(T, B * C * W, generator=g, dtype=dtype) * 1.5 + 0.4
+        if broadcast:
+            z = z[:1].expand(T, -1)
+        coef = torch.randn(C, 4, generator=g, dtype=dtype) * 0.5 + 1.0 if mode else None
+        args = (z, coef, mode, lay, float(k), 0.0, 0.75, 1.0, reset, True)
+        assert _kernel.plane_group(lay) == min(_kernel.GROUP_NEURONS // W, B * C) > 1
+        got = _kernel.pool_forward(*args, keep_u=True)
+        with monkeypatch.context() as m:
+            m.setattr(_kernel, "plane_group", lambda lay: 1)
+            want = _kernel.pool_forward(*args, keep_u=True)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b), (W, k, mode, reset, broadcast)
+        grouped.append((got[0] > 0).float().mean())
+    assert 0.05 < float(torch.stack(grouped).mean()) < 0.95  # spikes and silences both
+
+
 def test_pooled_values_by_hand():
     """One plane, one step, c = z (no tdBN): spikes where z > 1; windows 3 x 3 of a 7 x 8
     plane (two by two windows, the last row and two last columns dropped)."""

@@ -77,7 +77,7 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
         getattr(lib, f"asgl_backward_{suf}").argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, ct, ct, ct, ct, i,
                                                          ct, i]
         getattr(lib, f"lif_pool_forward_{suf}").argtypes = [ptr, i64, ptr, i64, i, ptr, ptr, ptr, ptr, ptr, ptr, i64,
-                                                            i64, i64, i64, i64, i64, ct, ct, ct, ct, i, i]
+                                                            i64, i64, i64, i64, i64, ct, ct, ct, ct, i, i64, ptr, i]
         getattr(lib, f"lif_pool_backward_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i,
                                                              ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ct, ct, ct,
                                                              ct, i, i, ptr, ptr]
@@ -336,11 +336,27 @@ def _pool_call(z: Tensor, coef: Tensor | None, mode: int, lay: PlaneLayout, div:
     lib, threads = _library(), torch.get_num_threads()
     z, ts = _time_major(z)
     pooled = torch.empty(lay.T, lay.P, lay.H // lay.kh, lay.W // lay.kw, dtype=z.dtype)
-    sbuf = torch.empty(threads, lay.T * lay.H * lay.W, dtype=z.dtype)  # each thread's plane of spikes
+    group = plane_group(lay) if nspk is None else 1
+    # each thread's plane (group of planes) of spikes
+    sbuf = torch.empty(threads, lay.T * lay.H * lay.W * group, dtype=z.dtype)
+    # (each thread's currents of a group, then every channel's coefficients per neuron: pool_group)
+    cbuf = torch.empty(threads * lay.T * lay.W * group + 4 * (lay.C + group) * lay.W, dtype=z.dtype) \
+        if group > 1 and mode else None
     getattr(lib, f"lif_pool_forward_{_SUFFIX[z.dtype]}")(
         _ptr(z), ts, _ptr(coef), lay.C, mode, _ptr(pooled), _ptr(x), _ptr(u), _ptr(sbuf), _ptr(nspk), _ptr(nchg), lay.T,
-        lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul, lam, v_th, reset, threads)
+        lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul, lam, v_th, reset, group, _ptr(cbuf), threads)
     return pooled
+
+
+GROUP_NEURONS = 256  # short 1-D planes: this many neurons side by side at most (the kernel's pool_group)
+
+
+def plane_group(lay: PlaneLayout) -> int:
+    """How many consecutive planes ``lif_pool_forward`` runs as one: rows (H = 1) shorter than
+    a quarter of GROUP_NEURONS whose windows tile them (kw | W), else 1."""
+    if lay.H != 1 or lay.kh != 1 or lay.W % lay.kw or 4 * lay.W > GROUP_NEURONS:
+        return 1
+    return min(GROUP_NEURONS // lay.W, lay.P)
 
 
 def _windows(lay: PlaneLayout) -> Tensor:
