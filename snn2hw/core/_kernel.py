@@ -91,7 +91,7 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
         getattr(lib, f"psg_arctan_grads_{suf}").argtypes = [ptr, ptr, ptr, i64, ct, ct, i, i]
         getattr(lib, f"channel_local_conv_{suf}").argtypes = [ptr] * 5 + [i64] * 15 + [i]
     lib.bn_stats_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                                 ctypes.c_void_p, ctypes.c_void_p]
+                                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     return lib
 
 
@@ -430,8 +430,9 @@ def bn_stats(z: Tensor) -> tuple[Tensor, Tensor]:
         raise TypeError(f"bn_stats: float32 only, got {z.dtype} (torch's statistics for the rest)")
     C = z.shape[1]
     mean, var = torch.empty(C, dtype=z.dtype), torch.empty(C, dtype=z.dtype)
-    acc = torch.empty(2 * C, dtype=torch.float64)
-    _library().bn_stats_f32(_ptr(z), z.shape[0], C, z[0, 0].numel(), _ptr(mean), _ptr(var), _ptr(acc))
+    S = z[0, 0].numel()
+    acc, mrow = torch.empty(C * S, dtype=torch.float64), torch.empty(C * S, dtype=z.dtype)  # scratch
+    _library().bn_stats_f32(_ptr(z), z.shape[0], C, S, _ptr(mean), _ptr(var), _ptr(acc), _ptr(mrow))
     return mean, var
 
 
