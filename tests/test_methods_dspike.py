@@ -353,10 +353,73 @@ def test_the_fdg_does_not_depend_on_how_many_copies_share_a_pass(cfg):
     loss_fn, weight = make_loss("tet"), first_weight_name(model)
     coords = coordinate_subset(dict(model.named_parameters())[weight].numel(), 24, seed=2)
     by_chunk = {c: finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.1, chunk_size=c)
-                for c in (1, 3, None)}
+                for c in (1, 3, None, 0)}
     assert (by_chunk[1] != 0).sum() >= len(coords) // 2
-    for c in (3, None):
+    for c in (3, None, 0):  # 0: the automatic chunk
         assert torch.equal(by_chunk[c], by_chunk[1]), c
+
+
+def test_the_automatic_chunk_is_as_many_copies_as_pass_bytes_holds(monkeypatch):
+    """chunk_size 0: the copies per pass are PASS_BYTES over one copy's widest tensor after
+    the second synapse, here by hand the conv2 output (and the LIF's spikes) of T x batch x
+    channels x length (16 pooled to 8) floats; a bound of three copies' bytes gives passes of three."""
+    from snn2hw.methods import dspike
+
+    cfg = ModelConfig(arch="conv", input_shape=(1, 16), channels=(4, 6), timesteps=3)
+    model = _dspike_model(cfg, torch.float32, seed=5)
+    x, y = torch.rand(10, 1, 16) * 2, torch.randint(0, 10, (10,))
+    loss_fn, weight = make_loss("tet"), first_weight_name(model)
+    coords = coordinate_subset(dict(model.named_parameters())[weight].numel(), 8, seed=1)  # 16 copies
+    copy_bytes = 3 * 10 * 6 * 8 * 4
+    sizes = []
+    real = dspike._bytes_per_copy
+    monkeypatch.setattr(dspike, "_bytes_per_copy", lambda *a: sizes.append(real(*a)) or sizes[-1])
+    passes = []
+    real_forward = dspike._ChannelLocal.forward
+    monkeypatch.setattr(dspike._ChannelLocal, "forward", lambda self, a, b: passes.append((a, b)) or real_forward(self, a, b))
+    monkeypatch.setattr(dspike, "PASS_BYTES", 3 * copy_bytes + 100)
+    auto = finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.1, chunk_size=0)
+    assert sizes == [copy_bytes]
+    assert passes == [(a, min(a + 3, 16)) for a in range(0, 16, 3)]
+    assert torch.equal(auto, finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.1, chunk_size=1))
+    assert dspike.auto_chunk(copy_bytes, 16) == 3 and dspike.auto_chunk(10 ** 12, 16) == 1
+    monkeypatch.setattr(dspike, "PASS_BYTES", 10 ** 9)
+    assert dspike.auto_chunk(copy_bytes, 16) == 16
+
+
+def test_settling_the_allocator_serves_a_pass_of_large_tensors_from_the_heap():
+    """In a fresh process, a 24 MiB tensor is a fresh mapping (glibc's mmap threshold starts
+    at 128 KiB); after ``settle_allocator`` the same tensor comes from the heap (mallinfo2's
+    mapped bytes do not grow)."""
+    import ctypes
+    import subprocess
+    import sys
+
+    try:
+        ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        pytest.skip("not glibc >= 2.33")
+    script = """
+import ctypes, sys, torch
+from snn2hw.methods.dspike import settle_allocator
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+def grows(nbytes):
+    before = libc.mallinfo2().hblkhd
+    t = torch.empty(nbytes, dtype=torch.uint8)
+    return libc.mallinfo2().hblkhd - before
+if sys.argv[1] == "settle":
+    settle_allocator()
+print(grows(24 << 20), grows(12 << 20))
+"""
+    def mapped(how: str) -> list[int]:  # a fresh process each: freeing a mapped block moves the threshold
+        run = subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True, check=True)
+        return [int(v) for v in run.stdout.split()]
+
+    assert mapped("as-is")[0] >= 24 << 20
+    assert mapped("settle") == [0, 0]
 
 
 @pytest.mark.parametrize("cfg", [

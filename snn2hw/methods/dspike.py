@@ -158,6 +158,12 @@ def _shared_input(model: nn.Module, x: Tensor) -> tuple[Tensor, int]:
 
 
 CHANGE_BYTES = 32 << 20  # the FDG's perturbed channels kept at once (all 192 of the mnist1d conv net: 3.9 MB)
+# The automatic chunk: as many copies per pass as keep its widest tensor under this (19 on the
+# mnist1d conv net, 0.66 MB a copy). FDG there, allocator settled: chunks of 4 0.141 s, 8 0.130,
+# 12 0.110, 16 0.109, 20 0.105-0.110, 24 0.113-0.119, 32 0.16-0.18 (the pass's tensors then
+# near glibc's largest mmap threshold, and page faults again).
+PASS_BYTES = 12 << 20
+SETTLE_BYTES = 30 << 20  # below glibc's DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit)
 _PER_CHANNEL = (TDBatchNorm, LIF, CUBA, Pool)  # layers in which channel c of the output reads channel c only
 
 
@@ -184,6 +190,45 @@ def _channel_local_span(model: nn.Module, weight: str) -> tuple[int, int] | None
         if not isinstance(layers[m], _PER_CHANNEL):
             return None
     return None
+
+
+def settle_allocator() -> None:
+    """Raise glibc's malloc thresholds once for the process, so that a pass's tensors of some
+    MB come from the heap instead of fresh pages. glibc serves a block above its mmap
+    threshold (128 KiB at first) with new pages, each zeroed at its first touch, and gives
+    the heap's top back to the system beyond twice that threshold; freeing a mapped block
+    raises the threshold to its size (up to 32 MiB). The FDG's passes of 10 MB tensors
+    took 0.125-0.196 s by the allocator's state left from before, 0.108-0.116 s settled:
+    one block of SETTLE_BYTES allocated (pages never touched) and freed. Elsewhere
+    (another allocator, a threshold set by the user) an allocation and a free."""
+    block = torch.empty(SETTLE_BYTES, dtype=torch.uint8)
+    del block
+
+
+def _bytes_per_copy(model: nn.Module, x: Tensor, layers: list[nn.Module] | None) -> int:
+    """What one copy adds to a pass: the bytes of the widest output of ``layers`` (every
+    submodule for None) in one unperturbed forward of the probe batch (``_Copies`` with a
+    count of one: training statistics, no buffer written)."""
+    widest = 0
+
+    def hook(_module: nn.Module, _inputs: object, out: object) -> None:
+        nonlocal widest
+        if isinstance(out, Tensor):
+            widest = max(widest, out.numel() * out.element_size())
+
+    watched = layers if layers is not None else [m for m in model.modules() if m is not model]
+    handles = [m.register_forward_hook(hook) for m in watched]
+    try:
+        model.forward_sequence(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return widest
+
+
+def auto_chunk(copy_bytes: int, copies: int) -> int:
+    """Copies per pass: as many as PASS_BYTES holds (at least one, at most all)."""
+    return max(1, min(copies, PASS_BYTES // max(copy_bytes, 1)))
 
 
 def _folded(fn: Callable[[Tensor], Tensor], h: Tensor, temporal: bool) -> Tensor:
@@ -341,12 +386,13 @@ class _ChannelLocal:
 
 
 def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, loss_fn: LossFn,
-                           coords: Tensor, eps: float = 0.1, chunk_size: int | None = 4) -> Tensor:
+                           coords: Tensor, eps: float = 0.1, chunk_size: int | None = 0) -> Tensor:
     """Central differences ``(L(w + eps e_i) - L(w - eps e_i)) / 2 eps`` for i in ``coords``.
 
     ``model`` must have ``forward_sequence`` (per-step outputs (T, B, K), as ``loss_fn``
     takes) and its first weight ``weight`` in a layer that acts per sample (Linear, Conv).
-    The 2K perturbed copies run ``chunk_size`` at a time (all at once for None), each chunk
+    The 2K perturbed copies run ``chunk_size`` at a time (all at once for None; 0: as many
+    as keep a pass's widest tensor under PASS_BYTES, ``auto_chunk``), each chunk
     as ONE forward of the copies stacked along the batch axis, under no_grad: per-copy
     first-layer weights, per-copy tdBN training statistics, the fused LIF loop (compiled
     kernel) for all copies at once; where W1's output channels stay apart up to the next
@@ -363,11 +409,16 @@ def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, 
     signed = torch.cat([torch.full((k,), eps), torch.full((k,), -eps)]).to(w)
     shared, axis = _shared_input(model, x)
     copies = _Copies(model, weight, batch)
-    step = chunk_size or 2 * k
     losses = []
     span = _channel_local_span(model, weight)
     with torch.no_grad(), _exact_step(model), copies.installed():
         copies.count = 1
+        if chunk_size == 0:  # the widest per-copy tensor: after layer m only, where channels stay apart
+            widest = _bytes_per_copy(model, shared, list(model.layers)[span[1]:] if span else None)
+            step = auto_chunk(widest, 2 * k)
+        else:
+            step = chunk_size or 2 * k
+        settle_allocator()
         local = _ChannelLocal(model, span, shared, axis == 1, w, flat, signed, step) if span else None
         for start in range(0, 2 * k, step):
             j = torch.arange(start, min(start + step, 2 * k), device=w.device)
@@ -407,13 +458,13 @@ class DspikeMethod:
     db: float = field(default=0.2, metadata={"help": "Dspike: step of b per epoch (default 0.2)"})
     fdg_eps: float = field(default=0.1, metadata={"help": "Dspike: finite-difference step (default 0.1)"})
     fdg_max_coords: int = field(default=576, metadata={"help": "Dspike: most W1 coordinates in the FDG (default 576)"})
-    fdg_chunk: int = field(default=4, metadata={"help": "Dspike: perturbed copies per batched forward call (default 4: cache-sized, no allocation churn)"})
+    fdg_chunk: int = field(default=0, metadata={"help": "Dspike: perturbed copies per batched forward call (default 0: as many as keep the pass's widest tensor under 12 MiB)"})
     name: ClassVar[str] = "dspike"
     surrogates: ClassVar[tuple[str, ...]] = (Dspike.name,)
 
     def __post_init__(self) -> None:
-        if self.b_init <= 0 or self.db <= 0 or self.fdg_eps <= 0 or self.fdg_max_coords < 1:
-            raise ConfigError("dspike: b_init, db, fdg_eps must be > 0 and fdg_max_coords >= 1")
+        if self.b_init <= 0 or self.db <= 0 or self.fdg_eps <= 0 or self.fdg_max_coords < 1 or self.fdg_chunk < 0:
+            raise ConfigError("dspike: b_init, db, fdg_eps must be > 0, fdg_max_coords >= 1, fdg_chunk >= 0")
         self.b = float(self.b_init)
 
     def setup(self, model: SpikingNetwork) -> None:
