@@ -161,6 +161,16 @@ def test_short_rows_grouped_are_the_planes_run_one_by_one(dtype, monkeypatch, th
     reset, window, a frame broadcast over T, and a last group of fewer planes."""
     g = torch.Generator().manual_seed(8)
     T, B, C = 3, 5, 7  # 35 planes: a group of 25 (W = 10) leaves 10
+    lib, sent = _kernel._library(), []
+
+    class Recording:  # the library, noting the planes per group each lif_pool_forward call got
+        def __getattr__(self, name):
+            fn = getattr(lib, name)
+            if not name.startswith("lif_pool_forward_"):
+                return fn
+            return lambda *a: sent.append(a[22]) or fn(*a)
+
+    monkeypatch.setattr(_kernel, "_library", lambda: Recording())
     grouped = []
     for W, k, mode, reset, broadcast in itertools.product((2, 6, 10, 30), (1, 2, 3), (0, 1, 2), (0, 1, 2),
                                                           (False, True)):
@@ -177,6 +187,7 @@ def test_short_rows_grouped_are_the_planes_run_one_by_one(dtype, monkeypatch, th
         with monkeypatch.context() as m:
             m.setattr(_kernel, "plane_group", lambda lay: 1)
             want = _kernel.pool_forward(*args, keep_u=True)
+        assert sent[-2:] == [_kernel.plane_group(lay), 1]  # the kernel ran the planes grouped, then one by one
         for a, b in zip(got, want):
             assert torch.equal(a, b), (W, k, mode, reset, broadcast)
         grouped.append((got[0] > 0).float().mean())

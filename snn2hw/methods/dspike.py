@@ -458,7 +458,7 @@ class DspikeMethod:
     db: float = field(default=0.2, metadata={"help": "Dspike: step of b per epoch (default 0.2)"})
     fdg_eps: float = field(default=0.1, metadata={"help": "Dspike: finite-difference step (default 0.1)"})
     fdg_max_coords: int = field(default=576, metadata={"help": "Dspike: most W1 coordinates in the FDG (default 576)"})
-    fdg_chunk: int = field(default=0, metadata={"help": "Dspike: perturbed copies per batched forward call (default 0: as many as keep the pass's widest tensor under 12 MiB)"})
+    fdg_chunk: int = field(default=0, metadata={"help": "Dspike: perturbed copies per batched forward call (default 0: as many as keep the pass's widest tensor under " f"{PASS_BYTES >> 20} MiB)"})
     name: ClassVar[str] = "dspike"
     surrogates: ClassVar[tuple[str, ...]] = (Dspike.name,)
 
