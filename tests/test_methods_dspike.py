@@ -506,3 +506,87 @@ def test_the_compiled_channel_local_synapse_is_base_plus_the_grouped_convolution
     assert got.shape == ref.shape
     tol = 1e-12 if dtype == torch.float64 else 2e-6
     torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+
+
+def _separate_probes(model, weight, x, y, loss_fn, coords, values):
+    """The probes as the method ran them before: b set in every LIF, one forward and backward each."""
+    from snn2hw.methods.dspike import surrogate_grad
+
+    grads = []
+    for b in values:
+        for m in model.modules():
+            if hasattr(m, "shape_param"):
+                m.shape_param.fill_(b)
+        grads.append(surrogate_grad(model, weight, x, y, loss_fn, coords))
+    return grads
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(arch="conv", input_shape=(1, 16), channels=(4, 6), timesteps=3),  # tdBN -> LIF -> pool fused
+    dict(arch="mlp", input_shape=(12,), hidden=(9, 7), timesteps=3, tdbn=True, reset="soft"),
+    dict(arch="mlp", input_shape=(12,), hidden=(9,), timesteps=3),
+], ids=["conv1d", "mlp-tdbn", "mlp"])
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "modules"])
+def test_the_probes_of_three_b_from_one_forward_are_the_separate_probes(cfg, fuse, monkeypatch):
+    """``surrogate_grads``: one forward, b read by each backward as it runs; bit for bit the
+    gradients of b set in every LIF and one forward each (fused passes and modules run in
+    turn), the three differ from one another, and the shape parameters are left as found."""
+    from snn2hw.core import layers as core_layers
+    from snn2hw.methods.dspike import surrogate_grads
+
+    monkeypatch.setattr(core_layers, "fuse_layers", fuse)
+    model = _dspike_model(ModelConfig(**cfg), torch.float32, seed=5)
+    x, y = torch.rand(16, *cfg["input_shape"]) * 2, torch.randint(0, 10, (16,))
+    loss_fn, weight = make_loss("tet"), first_weight_name(model)
+    coords = torch.arange(dict(model.named_parameters())[weight].numel())
+    values = [0.6, 1.0, 1.4]
+    for m in model.modules():
+        if hasattr(m, "shape_param"):
+            m.shape_param.fill_(0.9)
+    shared = surrogate_grads(model, weight, x, y, loss_fn, coords, values)
+    assert all(float(m.shape_param) == pytest.approx(0.9) for m in model.modules() if hasattr(m, "shape_param"))
+    ref = _separate_probes(model, weight, x, y, loss_fn, coords, values)
+    for got, want in zip(shared, ref):
+        assert torch.equal(got, want)
+    assert not torch.equal(ref[0], ref[1]) and not torch.equal(ref[1], ref[2])
+
+
+def test_the_probes_take_a_forward_each_where_b_is_not_read_late(monkeypatch):
+    """A forward that does not read the saved b late (here: ``late`` ignored) gives the same
+    gradients: the first backward's b is the one the forward ran with, the others are forwards of their own."""
+    from snn2hw.methods.dspike import surrogate_grads
+
+    cfg = ModelConfig(arch="conv", input_shape=(1, 16), channels=(4, 6), timesteps=3)
+    model = _dspike_model(cfg, torch.float32, seed=6)
+    x, y = torch.rand(16, 1, 16) * 2, torch.randint(0, 10, (16,))
+    loss_fn, weight = make_loss("tet"), first_weight_name(model)
+    coords = torch.arange(dict(model.named_parameters())[weight].numel())
+    forwards = []
+    plain = model.forward_sequence
+    monkeypatch.setattr(model, "forward_sequence", lambda x, late=None: forwards.append(1) or plain(x))
+    shared = surrogate_grads(model, weight, x, y, loss_fn, coords, [0.6, 1.0, 1.4])
+    assert len(forwards) == 3
+    monkeypatch.setattr(model, "forward_sequence", plain)
+    for got, want in zip(shared, _separate_probes(model, weight, x, y, loss_fn, coords, [0.6, 1.0, 1.4])):
+        assert torch.equal(got, want)
+
+
+def test_a_second_backward_through_the_fused_pool_is_refused_unless_the_graph_is_reused():
+    """``FusedBNLIFPool``'s backward overwrites its saved x: a second backward through the same
+    forward raises (it would read the first one's gradient as x); recorded under
+    ``reused_graph`` it works on a copy, and both backward passes give the same gradient."""
+    from snn2hw.core.fused import reused_graph
+
+    cfg = ModelConfig(arch="conv", input_shape=(1, 16), channels=(4, 6), timesteps=3)
+    model = _dspike_model(cfg, torch.float32, seed=7)
+    x, y = torch.rand(16, 1, 16) * 2, torch.randint(0, 10, (16,))
+    loss_fn, w = make_loss("tet"), model.layers[0].weight
+    loss = loss_fn(model.forward_sequence(x), y)
+    torch.autograd.grad(loss, [w], retain_graph=True)
+    with pytest.raises(RuntimeError, match="FusedBNLIFPool.*reused_graph"):
+        torch.autograd.grad(loss, [w])
+    with reused_graph():
+        loss = loss_fn(model.forward_sequence(x), y)
+    (first,) = torch.autograd.grad(loss, [w], retain_graph=True)
+    (second,) = torch.autograd.grad(loss, [w])
+    assert torch.equal(first, second) and first.abs().sum() > 0

@@ -29,8 +29,10 @@ CPUs where torch's addcmul is a fused multiply-add: AVX2 and up).
 
 from __future__ import annotations
 
+import contextvars
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import Tensor
@@ -274,7 +276,24 @@ class _CompactSpikes:
         self.bits, self.dtype = bits, dtype
 
 
-def _pack_saved(t: Tensor) -> Tensor | _CompactSpikes:
+class _LateBound:
+    """A saved tensor that backward reads as ``read(tensor)`` gives it when backward runs."""
+
+    __slots__ = ("tensor", "read")
+
+    def __init__(self, tensor: Tensor, read: Callable[[Tensor], Tensor]) -> None:
+        self.tensor, self.read = tensor, read
+
+
+# a tensor, by id, that backward reads late: what the callable gives when backward runs
+LateReads = dict[int, Callable[[Tensor], Tensor]]
+
+
+def _pack_saved(t: Tensor, late: LateReads | None = None) -> Tensor | _CompactSpikes | _LateBound:
+    if late:
+        read = late.get(id(t))
+        if read is not None:
+            return _LateBound(t, read)
     base = t if t._base is None else t._base
     # version 0: not changed in place since the exact step wrote 0.0 / 1.0 (autograd's own
     # check would only see changes made after saving)
@@ -283,19 +302,55 @@ def _pack_saved(t: Tensor) -> Tensor | _CompactSpikes:
     return t
 
 
-def _unpack_saved(saved: Tensor | _CompactSpikes) -> Tensor:
+def _unpack_saved(saved: Tensor | _CompactSpikes | _LateBound) -> Tensor:
+    if isinstance(saved, _LateBound):
+        return saved.read(saved.tensor)
     if not isinstance(saved, _CompactSpikes):
         return saved
     return saved.bits.view(torch.uint8).to(saved.dtype)  # the same 0/1 bytes; torch converts uint8 faster
 
 
-def compact_spikes() -> torch.autograd.graph.saved_tensors_hooks:
+_REUSED_GRAPH: contextvars.ContextVar[bool] = contextvars.ContextVar("snn2hw_reused_graph", default=False)
+
+
+@contextmanager
+def reused_graph() -> Iterator[None]:
+    """Forward passes recorded inside will be run backward more than once (``retain_graph``):
+    a fused pass whose backward overwrites a saved tensor in place (to spare a copy of its
+    size: ``fusion.FusedBNLIFPool``'s x) then works on a copy. Outside, such a pass refuses a
+    second backward with an error (``backward_once``) instead of reading what the first left."""
+    token = _REUSED_GRAPH.set(True)
+    try:
+        yield
+    finally:
+        _REUSED_GRAPH.reset(token)
+
+
+def graph_reused() -> bool:
+    """Whether the forward being recorded runs under ``reused_graph``."""
+    return _REUSED_GRAPH.get()
+
+
+def backward_once(ctx: object, name: str) -> None:
+    """In a backward that overwrites its saved tensors (``ctx.reused`` false): raise on the second call."""
+    if getattr(ctx, "spent", False):
+        raise RuntimeError(f"{name}: backward ran twice through one recorded forward, but the first overwrote "
+                           "the saved values the second needs (in place, to save memory); record the forward "
+                           "under snn2hw.core.fused.reused_graph() to run backward more than once")
+    ctx.spent = True  # type: ignore[attr-defined]
+
+
+def compact_spikes(late: LateReads | None = None) -> torch.autograd.graph.saved_tensors_hooks:
     """Context manager: a tensor that a layer saves for backward and that is the output of
     an exact-step ``FusedLIF`` (or a view of it, unchanged since) is kept as bool and turned
     back into the same float values when backward reads it: exact, and a synapse's saved
     input spikes cost 1 byte per value instead of 4 (float32) while the float spikes are
-    freed once the next layer ran. Any other saved tensor is kept as is."""
-    return torch.autograd.graph.saved_tensors_hooks(_pack_saved, _unpack_saved)
+    freed once the next layer ran. ``late``: tensors (by id, as saved) that backward reads
+    as their callable gives them when it runs (Dspike's probes of several b from one
+    forward). Any other saved tensor is kept as is."""
+    if not late:
+        return torch.autograd.graph.saved_tensors_hooks(_pack_saved, _unpack_saved)
+    return torch.autograd.graph.saved_tensors_hooks(lambda t: _pack_saved(t, late), _unpack_saved)
 
 
 def _plain_spike(shape: SurrogateShape, p: Tensor, value_fn: ValueFn | None) -> Callable[[Tensor], Tensor]:

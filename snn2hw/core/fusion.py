@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _kernel
-from .fused import DualModeValue, dual_mode_keys
+from .fused import DualModeValue, backward_once, dual_mode_keys, graph_reused
 from .surrogate import SurrogateShape
 
 
@@ -155,6 +155,7 @@ class FusedBNLIFPool(torch.autograd.Function):
         if bn is not None:
             coef, invstd, mode = _bn_coefficients(z, bn)
         ctx.consts = (bn, lif, pool, lay, div, mul, mode, tuple(z.shape))
+        ctx.reused = graph_reused()  # backward overwrites the saved x: on a copy if it runs again
         if lif.value is not None:  # ASGL: its values s and x kept, as FusedLIF keeps them
             pooled, s, x = _dual_mode_pool(z, coef, mode, lay, div, mul, lif, keep_x=True)
             ctx.save_for_backward(z, x, coef, invstd, p, None, s)
@@ -173,6 +174,10 @@ class FusedBNLIFPool(torch.autograd.Function):
     def backward(ctx, gp: Tensor, gext: Tensor | None = None):  # type: ignore[override]
         z, x, coef, invstd, p, u, s = ctx.saved_tensors
         bn, lif, pool, lay, div, mul, mode, shape = ctx.consts
+        if ctx.reused:
+            x = x.clone() if x is not None else None
+        else:
+            backward_once(ctx, "FusedBNLIFPool")
         if s is not None:  # ASGL: x is the saved one, overwritten by the gradient of c
             gc, grad_p, sums = _kernel.asgl_pool_backward(
                 gp.reshape(lay.T, -1), x, s, float(p), z.flatten(1) if mode else None, coef, mode, lay, div, mul,

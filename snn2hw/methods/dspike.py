@@ -12,7 +12,8 @@ running statistics untouched):
    statistics. When W1 has more than ``fdg_max_coords``
    entries, a fixed random subset of that many coordinates is used (recorded in
    the history as ``fdg_coords`` of ``fdg_weights``).
-2. The surrogate gradient of the same coordinates for b - db, b, b + db.
+2. The surrogate gradient of the same coordinates for b - db, b, b + db (one forward,
+   three backward passes: b enters only the backward).
 3. b becomes the candidate with the highest cosine similarity to the FDG.
 
 TIT (train at high T, fine-tune at low T) is ``--init-from CKPT --timesteps T``:
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 
 from ..core import _kernel, layers as core_layers
 from ..core.encoders import encode
+from ..core.fused import reused_graph
 from ..core.fusion import LIFArgs, PoolArgs, TDBNArgs, bn_lif_pool
 from ..core.layers import CUBA, LIF, Pool, TDBatchNorm
 from ..core.surrogate import Dspike
@@ -446,6 +448,47 @@ def surrogate_grad(model: SpikingNetwork, weight: str, x: Tensor, y: Tensor, los
     return g.flatten()[coords.to(g.device)]
 
 
+def surrogate_grads(model: SpikingNetwork, weight: str, x: Tensor, y: Tensor, loss_fn: LossFn, coords: Tensor,
+                    values: list[float]) -> list[Tensor]:
+    """``surrogate_grad`` for each value of every LIF's shape parameter (Dspike's b), from
+    ONE forward where it can: the forward is the exact step whatever b is, and b enters
+    only the backward, through the shape parameter each LIF saves for it. That saved tensor
+    is read late (``forward_sequence``'s ``late``): as the value of the backward running.
+    The forward runs with the parameters at ``values[0]``, so the first backward is right
+    in any case; if it did not read every LIF's parameter late (a path that saves a copy
+    of it), the other values take a forward each. The parameters are restored after."""
+    lifs = [m for _, m in named_lifs(model)]
+    kept = [m.shape_param.detach().clone() for m in lifs]
+    read: set[int] = set()
+    current = [values[0]]
+
+    def late_value(t: Tensor) -> Tensor:
+        read.add(id(t))
+        return torch.full_like(t, current[0])
+
+    w = dict(model.named_parameters())[weight]
+    grads = []
+    try:
+        for m in lifs:
+            m.shape_param.data.fill_(values[0])
+        with reused_graph():
+            loss = loss_fn(model.forward_sequence(x, late={id(m.shape_param): late_value for m in lifs}), y)
+        for i, v in enumerate(values):
+            shared = read >= {id(m.shape_param) for m in lifs}
+            if i and not shared:
+                for m in lifs:
+                    m.shape_param.data.fill_(v)
+                grads.append(surrogate_grad(model, weight, x, y, loss_fn, coords))
+                continue
+            current[0] = v
+            (g,) = torch.autograd.grad(loss, [w], retain_graph=i + 1 < len(values))
+            grads.append(g.flatten()[coords.to(g.device)])
+    finally:
+        for m, b in zip(lifs, kept):
+            m.shape_param.data.copy_(b)
+    return grads
+
+
 def cosine(a: Tensor, b: Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0))
 
@@ -488,10 +531,8 @@ class DspikeMethod:
             with frozen_buffers(net):
                 fdg = finite_difference_grad(net, weight, ctx.probe_x, ctx.probe_y, ctx.loss_fn,
                                              coords, self.fdg_eps, self.fdg_chunk)
-                sims = []
-                for b in candidates:
-                    self._set_b(net, b)
-                    sims.append(cosine(surrogate_grad(net, weight, ctx.probe_x, ctx.probe_y, ctx.loss_fn, coords), fdg))
+                sims = [cosine(g, fdg) for g in surrogate_grads(net, weight, ctx.probe_x, ctx.probe_y, ctx.loss_fn,
+                                                                 coords, candidates)]
         finally:
             net.train(was_training)
         best = max(range(len(candidates)), key=lambda i: sims[i])

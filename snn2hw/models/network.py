@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.encoders import encode
-from ..core.fused import compact_spikes
+from ..core.fused import LateReads, compact_spikes
 from ..core.layers import CUBA, LIF, Neuron, Pool, RecurrentSpiking, ResidualBlock, TDBatchNorm, run_layers
 from ..core.surrogate import make_surrogate
 from .config import ModelConfig
@@ -43,15 +43,16 @@ class SpikingNetwork(nn.Module):
     def lif_layers(self) -> list[LIF]:
         return [m for m in self.modules() if isinstance(m, LIF)]
 
-    def forward_sequence(self, x: Tensor) -> Tensor:
+    def forward_sequence(self, x: Tensor, late: LateReads | None = None) -> Tensor:
         """Per-step readout currents (T, B, classes).
 
         While autograd records, spikes of the fused LIF that a layer saves for backward
         are kept as bool (``fused.compact_spikes``): same numbers, less memory. Without
         a fused LIF (neurons of another framework) no hook is installed: it would cost
-        a call per saved tensor and find nothing to pack."""
+        a call per saved tensor and find nothing to pack. ``late``: saved tensors that
+        backward reads as their callable gives them when it runs (``compact_spikes``)."""
         fused = torch.is_grad_enabled() and any(isinstance(m, LIF) and m.use_fused for m in self.modules())
-        with compact_spikes() if fused else nullcontext():
+        with compact_spikes(late) if fused or late else nullcontext():
             return self._forward_sequence(x)
 
     def _forward_sequence(self, x: Tensor) -> Tensor:
