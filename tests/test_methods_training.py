@@ -38,6 +38,27 @@ def test_tet_loss_is_per_step_ce_plus_lambda_mse_by_hand(lam, phi):
         assert got != pytest.approx(ce, rel=1e-3)  # the MSE term is there
 
 
+@pytest.mark.parametrize("kind,lam,phi", [("ce", 0.0, 1.0), ("tet", 0.05, 1.0), ("tet", 0.3, -0.5), ("tet", 0.0, 1.0)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_losss_per_copy_form_is_the_loss_of_each_copy(kind, lam, phi, dtype):
+    """``per_copy`` on P outputs stacked sample-major (T, B, P, K), as the FDG stacks its
+    copies: each copy's loss as the loss itself gives it (to rounding: the sums over the
+    samples run in another order), and a copy's value does not depend on how many share
+    the call (bit for bit: one copy alone, or all)."""
+    gen = torch.Generator().manual_seed(1)
+    T, B, P, K = 3, 6, 5, 4
+    seq = torch.randn(T, B, P, K, generator=gen, dtype=dtype) * 2
+    y = torch.randint(0, K, (B,), generator=gen)
+    loss = make_loss(kind, lam, phi)
+    got = loss.per_copy(seq, y)
+    ref = torch.stack([loss(seq[:, :, p], y) for p in range(P)])
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+    assert got.unique().numel() == P  # five different copies
+    for p in range(P):
+        assert torch.equal(loss.per_copy(seq[:, :, p:p + 1].contiguous(), y), got[p:p + 1])
+
+
 class _NanAt:
     """Delegates to a method; its extra loss is NaN from epoch ``at`` (0-based) on."""
 

@@ -413,6 +413,7 @@ def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, 
     copies = _Copies(model, weight, batch)
     losses = []
     span = _channel_local_span(model, weight)
+    per_copy = getattr(loss_fn, "per_copy", None)
     with torch.no_grad(), _exact_step(model), copies.installed():
         copies.count = 1
         if chunk_size == 0:  # the widest per-copy tensor: after layer m only, where channels stay apart
@@ -434,8 +435,11 @@ def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, 
                 tiled = shared.unsqueeze(axis + 1).expand(*shared.shape[:axis + 1], len(j), *shared.shape[axis + 1:])
                 seq = model.forward_sequence(tiled.flatten(axis, axis + 1))
             seq = seq.view(seq.shape[0], batch, len(j), *seq.shape[2:])
-            losses += [loss_fn(seq[:, :, i], y) for i in range(len(j))]
-    losses_t = torch.stack(losses)
+            if per_copy is not None:  # the chunk's losses in a few calls (make_loss's)
+                losses.append(per_copy(seq, y))
+            else:
+                losses.append(torch.stack([loss_fn(seq[:, :, i], y) for i in range(len(j))]))
+    losses_t = torch.cat(losses)
     return (losses_t[:k] - losses_t[k:]) / (2.0 * eps)
 
 

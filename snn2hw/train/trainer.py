@@ -50,13 +50,41 @@ def make_loss(kind: str, tet_lambda: float = 0.05, tet_phi: float = 1.0) -> Call
     ce: cross-entropy of the mean over t. tet (Deng et al. 2022, methods.md):
     ``1/T sum_t CE(o[t], y) + lambda * 1/T sum_t MSE(o[t], phi)``, MSE the mean
     over (B, K) of ``(o[t] - phi)^2``.
+
+    Each also has ``per_copy(seq (T, B, P, K), y) -> (P,)``: the loss of each of P networks'
+    outputs stacked sample-major (the FDG's copies), in a few calls instead of P (the same
+    values up to the order of the sums over samples).
     """
     if kind == "tet":
         def tet(seq: Tensor, y: Tensor) -> Tensor:
             ce = F.cross_entropy(seq.flatten(0, 1), y.repeat(seq.shape[0]))
             return ce + tet_lambda * ((seq - tet_phi) ** 2).mean() if tet_lambda else ce
+
+        def tet_per_copy(seq: Tensor, y: Tensor) -> Tensor:
+            T, B, P, K = seq.shape
+            ce = F.cross_entropy(seq.reshape(-1, K), y.repeat_interleave(P).repeat(T), reduction="none")
+            ce = _per_copy_mean(ce.view(T * B, P))
+            if not tet_lambda:
+                return ce
+            return ce + tet_lambda * _per_copy_mean(((seq - tet_phi) ** 2).reshape(T * B, P, K).transpose(1, 2).flatten(0, 1))
+        tet.per_copy = tet_per_copy  # type: ignore[attr-defined]
         return tet
-    return lambda seq, y: F.cross_entropy(seq.mean(0), y)
+
+    def ce(seq: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(seq.mean(0), y)
+
+    def ce_per_copy(seq: Tensor, y: Tensor) -> Tensor:
+        B, P, K = seq.shape[1:]
+        return _per_copy_mean(F.cross_entropy(seq.mean(0).view(-1, K), y.repeat_interleave(P), reduction="none")
+                              .view(B, P))
+    ce.per_copy = ce_per_copy  # type: ignore[attr-defined]
+    return ce
+
+
+def _per_copy_mean(v: Tensor) -> Tensor:
+    """(N, P) -> (P,): each column's mean, summed along a contiguous row (the same sums
+    whatever P is, so a copy's loss does not depend on how many share its call)."""
+    return v.t().contiguous().mean(1)
 
 
 SHAPE_PARAM_MIN = 1e-3
