@@ -534,7 +534,8 @@ def test_asgl_whole_conv_model_loss_and_gradients(calls):
     assert len(calls) == 4
 
 
-@pytest.mark.parametrize("shape", [(256, 128, 20), (256, 128, 10), (5, 6, 3, 3), (64, 32, 33), (1, 4, 5)])
+@pytest.mark.parametrize("shape", [(256, 128, 20), (256, 128, 10), (5, 6, 3, 3), (64, 32, 33), (1, 4, 5),
+                                   (2048, 3, 160)])  # tiles of 51 channels and a short one; one channel a tile
 def test_compiled_training_statistics_are_torchs_bit_for_bit_in_float32(shape):
     """``_kernel.bn_stats`` (the FDG's copies' tdBN statistics, no running buffers) against
     ``torch.batch_norm_update_stats``: mean and biased variance equal in float32, on normal
