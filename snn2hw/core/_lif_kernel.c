@@ -811,8 +811,8 @@ DEFINE_COUNTS(double, f64, __builtin_fabs)
  * AVX-512 clone: 256 x 32 x 20 0.051 -> 0.034 ms, 256 x 608 x 20 (12 MB, past L2) 1.06 ->
  * 0.96. Both passes run per tile of whole channels (BN_TILE positions at most, and rows of
  * BN_L2 bytes at most), so the second pass reads the tile's rows from L2, not memory:
- * 256 x 608 x 20 0.93 -> 0.80 ms. acc: C S doubles of scratch; mrow: C S floats, each position's channel mean (so
- * that the second pass vectorises too). */
+ * 256 x 608 x 20 0.93 -> 0.80 ms. acc: C S doubles of scratch; mrow: C S floats, each
+ * position's channel mean (so that the second pass vectorises too). */
 #define BN_TILE 2048
 #define BN_L2 (1 << 20)  /* bytes of a tile's rows kept for the second pass (half a 2 MiB L2) */
 #define BN_ROWS 4  /* rows n added to a register per load and store of the running sums, in order */
