@@ -590,3 +590,31 @@ def test_a_second_backward_through_the_fused_pool_is_refused_unless_the_graph_is
     (first,) = torch.autograd.grad(loss, [w], retain_graph=True)
     (second,) = torch.autograd.grad(loss, [w])
     assert torch.equal(first, second) and first.abs().sum() > 0
+
+
+@pytest.mark.parametrize("width", [20, 10, 16, 33, 3])
+def test_the_channel_local_synapse_sums_its_three_taps_in_order_bit_for_bit(kernel_lib, monkeypatch, width):
+    """Three taps, float32 (the rows the mnist1d FDG makes, in 16-lane steps and a masked last
+    one where the CPU has AVX-512): every output is ``base + ((0 + w0 x0 + w1 x1) + w2 x2)``
+    in float32, each operation rounded, as torch's elementwise ops compute it, bit for bit;
+    rows of 20, 10, 16, 33 and 3 (full steps, a short last one, only a short one)."""
+    import torch.nn.functional as F
+    from snn2hw.core import _kernel
+
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    gen = torch.Generator().manual_seed(11)
+    N, P, C = 4, 3, 5
+    z = torch.randn(N, P, width, generator=gen)
+    w = torch.randn(P, C, 3, generator=gen)
+    base = torch.randn(N, C, width, generator=gen)
+    got = _kernel.channel_local_conv(z, w, base, (1,), (1,), (1,))
+    zp = F.pad(z, (1, 1))  # tap t of output j reads input j - 1 + t
+    taps = [zp[:, :, None, t:t + width] for t in range(3)]  # (N, P, 1, W)
+    wt = [w[None, :, :, t, None] for t in range(3)]  # (1, P, C, 1)
+    acc = torch.zeros(N, P, C, width) + wt[0] * taps[0]
+    acc = acc + wt[1] * taps[1]
+    acc = acc + wt[2] * taps[2]
+    assert torch.equal(got, base[:, None] + acc)
