@@ -194,6 +194,41 @@ def test_short_rows_grouped_are_the_planes_run_one_by_one(dtype, monkeypatch, th
     assert 0.05 < float(torch.stack(grouped).mean()) < 0.95  # spikes and silences both
 
 
+def test_the_wide_float_pass_is_the_narrow_one_bit_for_bit(monkeypatch, threads):
+    """Where the CPU has AVX-512, float32's pooled forward runs 16-lane vectors
+    (``lif_pool_forward_f32w``: blocks of 64 neurons, then 16, then fours, then 1-3): x, u,
+    pooled spikes and hwsim's counts equal the 4-lane pass's bit for bit, planes of 1..70
+    neurons (every remainder), 1-D and 2-D windows, each affine mode and reset, grouped rows."""
+    lib, names = _kernel._library(), []
+    if not lib.pool_wide:
+        pytest.skip("no AVX-512 here: the 4-lane pass is the only one")
+
+    class Recording:  # the library, noting which forward each call took
+        def __getattr__(self, name):
+            fn = getattr(lib, name)
+            return (lambda *a: names.append(name) or fn(*a)) if name.startswith("lif_pool_forward_") else fn
+
+    monkeypatch.setattr(_kernel, "_library", lambda: Recording())
+    g = torch.Generator().manual_seed(9)
+    T, B, C = 3, 2, 3
+    cases = [(1, W, 1, k) for W in range(1, 71) for k in (1, 2) if W % k == 0 or W > 20]
+    cases += [(H, W, kh, kw) for H, W, kh, kw in [(4, 6, 2, 2), (5, 7, 2, 2), (9, 9, 3, 3), (3, 17, 1, 1)]]
+    for (H, W, kh, kw), mode, reset in itertools.product(cases, (0, 1, 2), (0, 1, 2)):
+        lay = _kernel.PlaneLayout(T, B * C, C, H, W, kh, kw)
+        z = torch.randn(T, B * C * H * W, generator=g) * 1.5 + 0.4
+        coef = torch.randn(C, 4, generator=g) * 0.5 + 1.0 if mode else None
+        outs = []
+        for wide in (True, False):
+            monkeypatch.setattr(_kernel, "WIDE_POOL", wide)
+            got = _kernel.pool_forward(z, coef, mode, lay, float(kh * kw), 0.0, 0.75, 1.0, reset, True, keep_u=True)
+            counted = _kernel.pool_forward_counted(z, lay, float(kh * kw), 0.0, 0.75, 1.0, reset == 1) \
+                if mode == 0 and reset < 2 else ()
+            outs.append((*got, *counted))
+        for a, b in zip(*outs):
+            assert torch.equal(a, b), (H, W, kh, kw, mode, reset)
+    assert names.count("lif_pool_forward_f32w") == names.count("lif_pool_forward_f32") > 0
+
+
 def test_pooled_values_by_hand():
     """One plane, one step, c = z (no tdBN): spikes where z > 1; windows 3 x 3 of a 7 x 8
     plane (two by two windows, the last row and two last columns dropped)."""

@@ -92,6 +92,8 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
         getattr(lib, f"channel_local_conv_{suf}").argtypes = [ptr] * 5 + [i64] * 15 + [i]
     lib.bn_stats_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.lif_pool_forward_f32w.argtypes = lib.lif_pool_forward_f32.argtypes
+    lib.pool_wide = bool(lib.pool_wide_available())  # 16-lane float passes: AVX-512 here
     return lib
 
 
@@ -342,12 +344,15 @@ def _pool_call(z: Tensor, coef: Tensor | None, mode: int, lay: PlaneLayout, div:
     # (each thread's currents of a group, then every channel's coefficients per neuron: pool_group)
     cbuf = torch.empty(threads * lay.T * lay.W * group + 4 * (lay.C + group) * lay.W, dtype=z.dtype) \
         if group > 1 and mode else None
-    getattr(lib, f"lif_pool_forward_{_SUFFIX[z.dtype]}")(
+    wide = WIDE_POOL and z.dtype == torch.float32 and lib.pool_wide
+    getattr(lib, "lif_pool_forward_f32w" if wide else f"lif_pool_forward_{_SUFFIX[z.dtype]}")(
         _ptr(z), ts, _ptr(coef), lay.C, mode, _ptr(pooled), _ptr(x), _ptr(u), _ptr(sbuf), _ptr(nspk), _ptr(nchg), lay.T,
         lay.P, lay.H, lay.W, lay.kh, lay.kw, div, mul, lam, v_th, reset, group, _ptr(cbuf), threads)
     return pooled
 
 
+# float32 pooled forward in 16-lane vectors where the CPU has AVX-512 (the same numbers; False: 4 lanes)
+WIDE_POOL = True
 GROUP_NEURONS = 256  # short 1-D planes: this many neurons side by side at most (the kernel's pool_group)
 
 

@@ -548,6 +548,9 @@ pool_plane_##SUF(const T_ *z, int64_t z_ts, T_ *sb, int64_t S, T_ *xs, T_ *us, i
         POOL_BLOCK(SUF, WIDE * VN_##SUF, WIDE)                                         \
     for (; i + VN_##SUF <= S; i += VN_##SUF)                                           \
         POOL_BLOCK(SUF, VN_##SUF, 1)                                                   \
+    if (VN_##SUF > 4)  /* wide vectors (lif_pool_forward_f32w): the rest by fours */   \
+        for (; i + 4 <= S; i += 4)                                                     \
+            POOL_BLOCK(SUF, VN_##SUF > 4 ? 4 : 1, 1)                                   \
     if (S - i == 1) { POOL_BLOCK(SUF, 1, 1) }                                          \
     else if (S - i == 2) { POOL_BLOCK(SUF, VN_##SUF > 2 ? 2 : 1, 1) }  /* VN 4 only */ \
     else if (S - i == 3) { POOL_BLOCK(SUF, VN_##SUF > 3 ? 3 : 1, 1) }                  \
@@ -790,6 +793,33 @@ DEFINE_KERNELS(float, f32)
 DEFINE_KERNELS(double, f64)
 DEFINE_POOLED(float, f32)
 DEFINE_POOLED(double, f64)
+/* The pooled passes once more with 16-lane float vectors, compiled for AVX-512 (F, VL, DQ,
+ * BW) and FMA, taken by _kernel.py's forward where pool_wide_available() says the CPU has
+ * them: WIDE x 16 neurons per block instead of WIDE x 4. Each lane's operations are the
+ * narrow pass's (the same numbers); the narrow types stay the baseline (see VN_f32). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,fma")
+#define VN_f32w 16
+typedef float vec_f32w __attribute__((vector_size(VN_f32w * sizeof(float))));
+typedef int32_t mask_f32w __attribute__((vector_size(VN_f32w * sizeof(int32_t))));
+#define FMA_f32w __builtin_fmaf
+#undef FMA_CLONES
+#define FMA_CLONES  /* this section is compiled for one target */
+DEFINE_KERNELS(float, f32w)
+DEFINE_POOLED(float, f32w)
+#undef FMA_CLONES
+#define FMA_CLONES __attribute__((target_clones("fma", "default")))
+#pragma GCC pop_options
+int pool_wide_available(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma");
+}
+#else
+int pool_wide_available(void) { return 0; }
+#endif
 DEFINE_COUNTS(float, f32, __builtin_fabsf)
 DEFINE_COUNTS(double, f64, __builtin_fabs)
 
