@@ -618,3 +618,28 @@ def test_the_channel_local_synapse_sums_its_three_taps_in_order_bit_for_bit(kern
     acc = acc + wt[1] * taps[1]
     acc = acc + wt[2] * taps[2]
     assert torch.equal(got, base[:, None] + acc)
+
+
+def test_the_automatic_chunk_is_chosen_once_for_the_probe_batch(monkeypatch):
+    """``automatic_chunk`` is what chunk_size 0 chooses; DspikeMethod (fdg_chunk 0) measures it
+    on its first epoch only (one forward of the probe batch) and the FDG it then runs is the
+    one chunk_size 0 gives, bit for bit."""
+    from snn2hw.methods import dspike
+
+    cfg = ModelConfig(arch="conv", input_shape=(1, 16), channels=(4, 6), timesteps=3)
+    model = _dspike_model(cfg, torch.float32, seed=5)
+    x, y = torch.rand(10, 1, 16) * 2, torch.randint(0, 10, (10,))
+    loss_fn, weight = make_loss("tet"), first_weight_name(model)
+    coords = coordinate_subset(dict(model.named_parameters())[weight].numel(), 8, seed=1)
+    monkeypatch.setattr(dspike, "PASS_BYTES", 3 * (3 * 10 * 6 * 8 * 4) + 100)  # three copies a pass
+    assert dspike.automatic_chunk(model, weight, x, y, coords) == 3
+    measured, fdgs = [], []
+    real_bytes, real_fdg = dspike._bytes_per_copy, dspike.finite_difference_grad
+    monkeypatch.setattr(dspike, "_bytes_per_copy", lambda *a: measured.append(1) or real_bytes(*a))
+    monkeypatch.setattr(dspike, "finite_difference_grad", lambda *a: fdgs.append(a) or real_fdg(*a))
+    method = make_method("dspike", {"fdg_max_coords": 8})
+    for epoch in range(3):
+        method.on_epoch_start(MethodContext(model, epoch, 3, x, y, loss_fn))
+    assert len(measured) == 1 and [a[-1] for a in fdgs] == [3, 3, 3]
+    model_fdg = real_fdg(*fdgs[-1][:-1], 0)
+    assert torch.equal(real_fdg(*fdgs[-1]), model_fdg)

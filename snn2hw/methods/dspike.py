@@ -228,6 +228,24 @@ def _bytes_per_copy(model: nn.Module, x: Tensor, layers: list[nn.Module] | None)
     return widest
 
 
+def _widest_chunk(model: nn.Module, shared: Tensor, span: tuple[int, int] | None, copies: int) -> int:
+    """``auto_chunk`` of the widest per-copy tensor: after layer m only where channels stay
+    apart (inside ``finite_difference_grad``'s contexts, ``_Copies`` counting one)."""
+    return auto_chunk(_bytes_per_copy(model, shared, list(model.layers)[span[1]:] if span else None), copies)
+
+
+def automatic_chunk(model: nn.Module, weight: str, x: Tensor, y: Tensor, coords: Tensor) -> int:
+    """What ``finite_difference_grad``'s chunk_size 0 chooses for these arguments (one
+    unperturbed forward of ``x``). It depends on shapes only, so a caller that runs the FDG
+    on a batch of the same shape every epoch can choose it once and pass it."""
+    shared, _ = _shared_input(model, x)
+    span = _channel_local_span(model, weight)  # before the copies' forward is installed
+    copies = _Copies(model, weight, len(y))
+    with torch.no_grad(), _exact_step(model), copies.installed():
+        copies.count = 1
+        return _widest_chunk(model, shared, span, 2 * len(coords))
+
+
 def auto_chunk(copy_bytes: int, copies: int) -> int:
     """Copies per pass: as many as PASS_BYTES holds (at least one, at most all)."""
     return max(1, min(copies, PASS_BYTES // max(copy_bytes, 1)))
@@ -416,9 +434,8 @@ def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, 
     per_copy = getattr(loss_fn, "per_copy", None)
     with torch.no_grad(), _exact_step(model), copies.installed():
         copies.count = 1
-        if chunk_size == 0:  # the widest per-copy tensor: after layer m only, where channels stay apart
-            widest = _bytes_per_copy(model, shared, list(model.layers)[span[1]:] if span else None)
-            step = auto_chunk(widest, 2 * k)
+        if chunk_size == 0:
+            step = _widest_chunk(model, shared, span, 2 * k)
         else:
             step = chunk_size or 2 * k
         settle_allocator()
@@ -513,6 +530,16 @@ class DspikeMethod:
         if self.b_init <= 0 or self.db <= 0 or self.fdg_eps <= 0 or self.fdg_max_coords < 1 or self.fdg_chunk < 0:
             raise ConfigError("dspike: b_init, db, fdg_eps must be > 0, fdg_max_coords >= 1, fdg_chunk >= 0")
         self.b = float(self.b_init)
+        # fdg_chunk 0: the automatic chunk, chosen on the first epoch for the probe batch's shape
+        self._chunk: tuple[tuple, int] | None = None
+
+    def _fdg_chunk(self, net: nn.Module, weight: str, x: Tensor, y: Tensor, coords: Tensor) -> int:
+        if self.fdg_chunk:
+            return self.fdg_chunk
+        key = (weight, tuple(x.shape), x.dtype, len(coords))
+        if self._chunk is None or self._chunk[0] != key:
+            self._chunk = key, automatic_chunk(net, weight, x, y, coords)
+        return self._chunk[1]
 
     def setup(self, model: SpikingNetwork) -> None:
         for _, m in named_lifs(model):  # the window is +-V_th of each layer
@@ -533,8 +560,9 @@ class DspikeMethod:
         net.train()
         try:
             with frozen_buffers(net):
+                chunk = self._fdg_chunk(net, weight, ctx.probe_x, ctx.probe_y, coords)
                 fdg = finite_difference_grad(net, weight, ctx.probe_x, ctx.probe_y, ctx.loss_fn,
-                                             coords, self.fdg_eps, self.fdg_chunk)
+                                             coords, self.fdg_eps, chunk)
                 sims = [cosine(g, fdg) for g in surrogate_grads(net, weight, ctx.probe_x, ctx.probe_y, ctx.loss_fn,
                                                                  coords, candidates)]
         finally:
