@@ -194,6 +194,26 @@ def test_short_rows_grouped_are_the_planes_run_one_by_one(dtype, monkeypatch, th
     assert 0.05 < float(torch.stack(grouped).mean()) < 0.95  # spikes and silences both
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.35, 2.0 / 3.0])
+def test_compiled_coefficients_are_the_torch_expressions_bit_for_bit(scale):
+    """``_kernel.bn_coefficients`` (the FDG's tdBN rows, no running buffers) against
+    ``_bn_coefficients``' torch expressions on the same statistics: invstd in double then
+    float, ``0 - mean invstd``, ``scale * weight`` (a Python scalar times a float tensor),
+    bias, bit for bit; and ``_bn_coefficients`` takes it for such a tdBN."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(64, 37, 20, generator=g) * 2 + 0.3
+    weight, bias = torch.rand(37, generator=g) + 0.5, torch.randn(37, generator=g)
+    eps = 1e-5
+    mean, var = torch.batch_norm_update_stats(z, None, None, 0.0)
+    invstd = (1.0 / torch.sqrt(var.double() + eps)).to(z.dtype)
+    want = torch.stack([invstd, 0.0 - mean * invstd, scale * weight, bias]).t().contiguous()
+    coef, inv = _kernel.bn_coefficients(z, weight, bias, scale, eps)
+    assert torch.equal(inv, invstd) and torch.equal(coef, want)
+    bn = fusion.TDBNArgs(weight, bias, None, None, scale, eps, 0.0, True)
+    got, got_inv, _ = fusion._bn_coefficients(z.view(4, 16, 37, 20), bn)
+    assert torch.equal(got, want) and torch.equal(got_inv, invstd)
+
+
 def test_the_wide_float_pass_is_the_narrow_one_bit_for_bit(monkeypatch, threads):
     """Where the CPU has AVX-512, float32's pooled forward runs 16-lane vectors
     (``lif_pool_forward_f32w``: blocks of 64 neurons, then 16, then fours, then 1-3): x, u,

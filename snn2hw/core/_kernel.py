@@ -92,6 +92,8 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
         getattr(lib, f"channel_local_conv_{suf}").argtypes = [ptr] * 5 + [i64] * 15 + [i]
     lib.bn_stats_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.bn_coefficients_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_double] * 2 + [ctypes.c_int64] + \
+        [ctypes.c_void_p] * 2
     lib.lif_pool_forward_f32w.argtypes = lib.lif_pool_forward_f32.argtypes
     lib.pool_wide = bool(lib.pool_wide_available())  # 16-lane float passes: AVX-512 here
     return lib
@@ -439,6 +441,18 @@ def bn_stats(z: Tensor) -> tuple[Tensor, Tensor]:
     acc, mrow = torch.empty(C * S, dtype=torch.float64), torch.empty(C * S, dtype=z.dtype)  # scratch
     _library().bn_stats_f32(_ptr(z), z.shape[0], C, S, _ptr(mean), _ptr(var), _ptr(acc), _ptr(mrow))
     return mean, var
+
+
+def bn_coefficients(z: Tensor, weight: Tensor, bias: Tensor, scale: float, eps: float) -> tuple[Tensor, Tensor]:
+    """(coef (C, 4), invstd (C,)) of ``fusion._bn_coefficients`` for training statistics
+    without running buffers, from ``bn_stats(z)``: the same numbers, two calls."""
+    mean, var = bn_stats(z)
+    C = z.shape[1]
+    weight, bias = weight.detach().to(z.dtype).contiguous(), bias.detach().to(z.dtype).contiguous()
+    coef, invstd = torch.empty(C, 4, dtype=z.dtype), torch.empty(C, dtype=z.dtype)
+    _library().bn_coefficients_f32(_ptr(mean), _ptr(var), _ptr(weight), _ptr(bias), float(scale), float(eps), C,
+                                   _ptr(coef), _ptr(invstd))
+    return coef, invstd
 
 
 def channel_local_conv(z: Tensor, w: Tensor, base: Tensor, stride: tuple[int, ...], padding: tuple[int, ...],

@@ -22,6 +22,7 @@
  *           step; gu_out may be xs itself (each x is read before gu replaces it);
  *           gext, if given, is a gradient reaching u from outside (recorded u).
  */
+#include <math.h>
 #include <stdint.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -904,6 +905,22 @@ BN_CLONES void bn_stats_##SUF(const T_ *z, int64_t N, int64_t C, int64_t S, T_ *
     }                                                                                  \
 }
 DEFINE_BN_STATS(float, f32)  /* float64 keeps torch's call: there the sums' order shows */
+/* fusion._bn_coefficients' rows from the statistics, with its torch expressions' roundings:
+ * invstd = (float)(1 / sqrt((double)var + eps)), coef[c] = (invstd, 0 - mean invstd,
+ * (float)scale weight, bias), float products (torch casts a Python scalar to the tensor's
+ * type); one call where torch took ten small ones per tdBN of the FDG. */
+void bn_coefficients_f32(const float *mean, const float *var, const float *weight, const float *bias,
+                         double scale, double eps, int64_t C, float *coef, float *invstd)
+{
+    for (int64_t c = 0; c < C; c++) {
+        float inv = (float)(1.0 / sqrt((double)var[c] + eps));
+        invstd[c] = inv;
+        coef[4 * c] = inv;
+        coef[4 * c + 1] = 0.0f - mean[c] * inv;
+        coef[4 * c + 2] = (float)scale * weight[c];
+        coef[4 * c + 3] = bias[c];
+    }
+}
 
 /* ======================= soft histogram (methods/psg.py, PDA) =======================
  * Linear binning of the rows of v (R, M) on K centres c0 + i*h, as psg.soft_histogram

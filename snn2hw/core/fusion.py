@@ -128,18 +128,19 @@ def _bn_coefficients(z: Tensor, bn: TDBNArgs) -> tuple[Tensor, Tensor, int]:
     """(coef (C, 4): alpha, beta, w' = scale * weight, bias; invstd (C,); the kernel's mode:
     2 with torch's fma, else 1), with the running statistics updated in training exactly as
     ``F.batch_norm`` updates them."""
+    mode = 2 if batch_norm_rounds_with_fma(z.dtype) else 1
     with torch.no_grad():
         if bn.training:
             if bn.running_mean is None and bn.running_var is None and _compiled_stats(z):
-                mean, var = _kernel.bn_stats(z.flatten(0, 1))  # no buffers to update (the FDG's copies)
-            else:
-                mean, var = torch.batch_norm_update_stats(z.flatten(0, 1), bn.running_mean, bn.running_var,
-                                                          bn.momentum)
+                # no buffers to update (the FDG's copies): statistics and rows compiled, as below
+                coef, invstd = _kernel.bn_coefficients(z.flatten(0, 1), bn.weight, bn.bias, bn.scale, bn.eps)
+                return coef, invstd, mode
+            mean, var = torch.batch_norm_update_stats(z.flatten(0, 1), bn.running_mean, bn.running_var, bn.momentum)
             invstd = (1.0 / torch.sqrt(var.double() + bn.eps)).to(z.dtype)  # torch's save_invstd
         else:
             mean, invstd = bn.running_mean, 1.0 / torch.sqrt(bn.running_var + bn.eps)
         coef = torch.stack([invstd, 0.0 - mean * invstd, bn.scale * bn.weight, bn.bias]).t().contiguous()
-    return coef.to(z.dtype), invstd, 2 if batch_norm_rounds_with_fma(z.dtype) else 1
+    return coef.to(z.dtype), invstd, mode
 
 
 class FusedBNLIFPool(torch.autograd.Function):
