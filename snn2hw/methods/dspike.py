@@ -536,7 +536,7 @@ class DspikeMethod:
     def _fdg_chunk(self, net: nn.Module, weight: str, x: Tensor, y: Tensor, coords: Tensor) -> int:
         if self.fdg_chunk:
             return self.fdg_chunk
-        key = (weight, tuple(x.shape), x.dtype, len(coords))
+        key = (id(net), weight, tuple(x.shape), x.dtype, len(coords))
         if self._chunk is None or self._chunk[0] != key:
             self._chunk = key, automatic_chunk(net, weight, x, y, coords)
         return self._chunk[1]
