@@ -214,6 +214,27 @@ def test_compiled_coefficients_are_the_torch_expressions_bit_for_bit(scale):
     assert torch.equal(got, want) and torch.equal(got_inv, invstd)
 
 
+def test_the_wide_passes_are_offered_where_the_cpu_has_them():
+    """``wide_available`` (the kernel's CPU check for its 16-lane passes) against the flags
+    Linux lists for the CPU: AVX-512 F, VL, DQ, BW and FMA all there <=> the library offers
+    the wide passes (a GCC build on x86-64; elsewhere the kernel has none to offer)."""
+    import platform
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if platform.machine() != "x86_64" or not cpuinfo.exists() or cc is None:
+        pytest.skip("an x86-64 Linux machine with a C compiler decides this")
+    macros = subprocess.run([cc, "-dM", "-E", "-x", "c", "/dev/null"], capture_output=True, text=True).stdout
+    if "__GNUC__" not in macros or "__clang__" in macros:
+        pytest.skip("the wide passes are compiled by GCC only")
+    line = next(l for l in cpuinfo.read_text().splitlines() if l.startswith("flags"))
+    flags = set(line.split(":", 1)[1].split())
+    assert _kernel._library().pool_wide == ({"avx512f", "avx512vl", "avx512dq", "avx512bw", "fma"} <= flags)
+
+
 def test_the_wide_float_pass_is_the_narrow_one_bit_for_bit(monkeypatch, threads):
     """Where the CPU has AVX-512, float32's pooled forward runs 16-lane vectors
     (``lif_pool_forward_f32w``: blocks of 64 neurons, then 16, then fours, then 1-3): x, u,

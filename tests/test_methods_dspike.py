@@ -620,6 +620,24 @@ def test_the_channel_local_synapse_sums_its_three_taps_in_order_bit_for_bit(kern
     assert torch.equal(got, base[:, None] + acc)
 
 
+def test_choosing_the_chunk_draws_no_random_encoding_from_the_generator():
+    """Rate-encoded input: ``automatic_chunk`` encodes the probe batch to measure sizes only;
+    the generator the FDG then draws its encoding from is where it was (the method's first
+    epoch gives the FDG it gave before the chunk was chosen apart from it)."""
+    from snn2hw.methods import dspike
+
+    cfg = ModelConfig(arch="mlp", input_shape=(12,), hidden=(16,), timesteps=4, encoding="rate", tdbn=True)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    make_method("dspike").setup(model)
+    model.train()
+    x, y = torch.rand(16, 12), torch.randint(0, 10, (16,))
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    assert dspike.automatic_chunk(model, "layers.1.weight", x, y, torch.arange(40)) >= 1
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_the_automatic_chunk_is_chosen_once_for_the_probe_batch(monkeypatch):
     """``automatic_chunk`` is what chunk_size 0 chooses; DspikeMethod (fdg_chunk 0) measures it
     on its first epoch only (one forward of the probe batch) and the FDG it then runs is the

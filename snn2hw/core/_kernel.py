@@ -94,7 +94,7 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.bn_coefficients_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_double] * 2 + [ctypes.c_int64] + \
         [ctypes.c_void_p] * 2
-    lib.pool_wide = bool(lib.pool_wide_available())  # 16-lane float passes: AVX-512 here (x86-64 GCC builds)
+    lib.pool_wide = bool(lib.wide_available())  # 16-lane float passes: AVX-512 here (x86-64 GCC builds)
     if lib.pool_wide:
         lib.lif_pool_forward_f32w.argtypes = lib.lif_pool_forward_f32.argtypes
     return lib

@@ -795,8 +795,8 @@ DEFINE_KERNELS(double, f64)
 DEFINE_POOLED(float, f32)
 DEFINE_POOLED(double, f64)
 /* The pooled passes once more with 16-lane float vectors, compiled for AVX-512 (F, VL, DQ,
- * BW) and FMA, taken by _kernel.py's forward where pool_wide_available() says the CPU has
- * them: WIDE x 16 neurons per block instead of WIDE x 4. Each lane's operations are the
+ * BW) and FMA, taken by _kernel.py's forward where wide_available() says the CPU has
+ * them (the channel-local synapse's AVX-512 rows ask it too): WIDE x 16 neurons per block instead of WIDE x 4. Each lane's operations are the
  * narrow pass's (the same numbers); the narrow types stay the baseline (see VN_f32). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
@@ -812,14 +812,14 @@ DEFINE_POOLED(float, f32w)
 #undef FMA_CLONES
 #define FMA_CLONES __attribute__((target_clones("fma", "default")))
 #pragma GCC pop_options
-int pool_wide_available(void)
+int wide_available(void)
 {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma");
 }
 #else
-int pool_wide_available(void) { return 0; }
+int wide_available(void) { return 0; }
 #endif
 DEFINE_COUNTS(float, f32, __builtin_fabsf)
 DEFINE_COUNTS(double, f64, __builtin_fabs)
@@ -1199,7 +1199,6 @@ DEFINE_DUAL_MODE_POOLED(double, f64)
 #else
 #define SECH2_CLONES
 #endif
-#include <math.h>
 #include <string.h>
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
@@ -1292,11 +1291,9 @@ __attribute__((target("avx512f"))) static void local_rows3_f32_avx512(const floa
         }
     }
 }
-static int local_rows3_fast(void) { return __builtin_cpu_supports("avx512f"); }
 #else
 static void local_rows3_f32_avx512(const float *col, const float *wc, const float *bc, float *oc, int64_t C,
                                    int64_t M) { (void)col; (void)wc; (void)bc; (void)oc; (void)C; (void)M; }
-static int local_rows3_fast(void) { return 0; }
 #endif
 #define DEFINE_CHANNEL_LOCAL(T_, SUF)                                                  \
 LOCAL_CLONES void channel_local_conv_##SUF(const T_ *restrict z, const T_ *restrict w, \
@@ -1307,7 +1304,7 @@ LOCAL_CLONES void channel_local_conv_##SUF(const T_ *restrict z, const T_ *restr
                               int nthreads)                                            \
 {                                                                                      \
     int64_t M = Ho * Wo, taps = kh * kw;                                               \
-    int fast = sizeof(T_) == sizeof(float) && taps == 3 && local_rows3_fast();        \
+    int fast = sizeof(T_) == sizeof(float) && taps == 3 && wide_available();           \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
     for (int64_t np = 0; np < N * P; np++) {                                           \
         int64_t n = np / P, p = np % P;                                                \

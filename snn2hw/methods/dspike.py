@@ -238,7 +238,9 @@ def automatic_chunk(model: nn.Module, weight: str, x: Tensor, y: Tensor, coords:
     """What ``finite_difference_grad``'s chunk_size 0 chooses for these arguments (one
     unperturbed forward of ``x``). It depends on shapes only, so a caller that runs the FDG
     on a batch of the same shape every epoch can choose it once and pass it."""
-    shared, _ = _shared_input(model, x)
+    # sizes only: a random encoding's draw here must not move the generator the FDG draws from
+    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        shared, _ = _shared_input(model, x)
     span = _channel_local_span(model, weight)  # before the copies' forward is installed
     copies = _Copies(model, weight, len(y))
     with torch.no_grad(), _exact_step(model), copies.installed():
@@ -480,6 +482,7 @@ def surrogate_grads(model: SpikingNetwork, weight: str, x: Tensor, y: Tensor, lo
     of it), the other values take a forward each. The parameters are restored after."""
     lifs = [m for _, m in named_lifs(model)]
     kept = [m.shape_param.detach().clone() for m in lifs]
+    params = {id(m.shape_param) for m in lifs}
     read: set[int] = set()
     current = [values[0]]
 
@@ -493,10 +496,9 @@ def surrogate_grads(model: SpikingNetwork, weight: str, x: Tensor, y: Tensor, lo
         for m in lifs:
             m.shape_param.data.fill_(values[0])
         with reused_graph():
-            loss = loss_fn(model.forward_sequence(x, late={id(m.shape_param): late_value for m in lifs}), y)
+            loss = loss_fn(model.forward_sequence(x, late=dict.fromkeys(params, late_value)), y)
         for i, v in enumerate(values):
-            shared = read >= {id(m.shape_param) for m in lifs}
-            if i and not shared:
+            if i and not read >= params:  # some LIF saved a copy of its parameter
                 for m in lifs:
                     m.shape_param.data.fill_(v)
                 grads.append(surrogate_grad(model, weight, x, y, loss_fn, coords))
