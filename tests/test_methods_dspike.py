@@ -129,7 +129,9 @@ def _dspike_model(cfg: ModelConfig, dtype: torch.dtype, seed: int):
     dict(arch="conv", input_shape=(1, 16), channels=(4, 6), timesteps=3),  # 1-D, direct: first stage once
     dict(arch="conv", input_shape=(2, 6, 6), channels=(3,), timesteps=2, carrier="current"),
     dict(arch="mlp", input_shape=(12,), hidden=(9, 7), timesteps=3, tdbn=True, reset="soft"),
-], ids=["conv1d", "conv2d-current", "mlp-tdbn"])
+    dict(arch="conv", input_shape=(1, 24), channels=(4, 6, 5), timesteps=3),  # conv3: its change only
+    dict(arch="conv", input_shape=(1, 10, 9), channels=(3, 4, 5), timesteps=2),
+], ids=["conv1d", "conv2d-current", "mlp-tdbn", "conv1d-three", "conv2d-three"])
 def test_batched_fdg_equals_the_per_coordinate_loop_in_float64(cfg, backend):
     """Copies stacked along the batch: each copy's own W1 coordinate and sign, its own tdBN
     training statistics (a copy shares no statistics with another), in float64 where the
@@ -301,8 +303,10 @@ def test_fdg_runs_tdbn_lif_pool_fused_with_the_unfused_numbers(dtype, shape, mon
     assert (unfused != 0).sum() >= len(coords) // 2
     assert torch.equal(fused, unfused)
     chunks = -(-2 * len(coords) // 5)
-    assert len(fused_calls) == (len(cfg.channels) - 1) * chunks  # the blocks after conv2, every chunk
-    assert fused_calls[0][2] == 5 * 6  # 5 copies x 6 channels: statistics per copy
+    # the blocks after conv2, every chunk; with a conv3, its unperturbed input once (_later)
+    later = len(cfg.channels) - 2
+    assert len(fused_calls) == later + (len(cfg.channels) - 1) * chunks
+    assert fused_calls[later][2] == 5 * 6  # 5 copies x 6 channels: statistics per copy
     if dtype == torch.float64:
         ref = _looped_fdg(model, weight, x, y, loss_fn, coords, 0.1)
         torch.testing.assert_close(fused, ref, rtol=0, atol=1e-6)
@@ -343,7 +347,8 @@ def test_dspike_grad_is_bit_for_bit_the_sech2_form(dtype, v_th):
     dict(arch="conv", input_shape=(1, 16), channels=(4, 6), timesteps=3),
     dict(arch="conv", input_shape=(1, 7, 6), channels=(3, 4), timesteps=2),
     dict(arch="mlp", input_shape=(12,), hidden=(9, 7), timesteps=3, tdbn=True),
-], ids=["conv1d", "conv2d", "mlp-tdbn"])
+    dict(arch="conv", input_shape=(1, 24), channels=(4, 6, 5), timesteps=3),
+], ids=["conv1d", "conv2d", "mlp-tdbn", "conv1d-three"])
 def test_the_fdg_does_not_depend_on_how_many_copies_share_a_pass(cfg):
     """One copy per pass, a few, all at once: bit for bit the same FDG in float32 (each
     copy's numbers are computed alone; nothing of the unperturbed pass is written over
@@ -661,3 +666,120 @@ def test_the_automatic_chunk_is_chosen_once_for_the_probe_batch(monkeypatch):
     assert len(measured) == 1 and [a[-1] for a in fdgs] == [3, 3, 3]
     model_fdg = real_fdg(*fdgs[-1][:-1], 0)
     assert torch.equal(real_fdg(*fdgs[-1]), model_fdg)
+
+
+def test_conv_taps_is_the_output_each_input_reaches_by_hand():
+    """``_kernel.conv_taps``: 5 inputs, 3 taps, stride 2, padding 1 (output o reads inputs
+    2o - 1 + k): input i reaches output (i + 1 - k) / 2 where that is a whole number in 0..2."""
+    from snn2hw.core import _kernel
+
+    table = _kernel.conv_taps((5,), (3,), (3,), (2,), (1,), (1,))
+    assert table.tolist() == [[-1, 0, -1], [1, -1, 0], [-1, 1, -1], [2, -1, 1], [-1, 2, -1]]
+    # 2-d, taps 1 x 2, column padding 1 (output (i, j) reads input (i, j - 1 + b)): flat
+    # positions i * 3 + j; input (1, 0) reaches (1, 1) and (1, 0), input (0, 2) only (0, 2)
+    table = _kernel.conv_taps((2, 3), (2, 3), (1, 2), (1, 1), (0, 1), (1, 1))
+    assert table[1 * 3 + 0].tolist() == [1 * 3 + 1, 1 * 3 + 0] and table[0 * 3 + 2].tolist() == [-1, 0 * 3 + 2]
+
+
+def _spike_rows(gen: torch.Generator, rows: int, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rows of pooled spikes (0, 0.5, 1) as the FDG's copies carry them."""
+    return ((torch.rand(rows, *shape, generator=gen) < 0.3).to(dtype)
+            + (torch.rand(rows, *shape, generator=gen) < 0.3).to(dtype)) / 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("geometry", [
+    dict(s=(10,), co=32, k=(3,), stride=(1,), padding=(1,), dilation=(1,)),  # the mnist1d net's conv3
+    dict(s=(17,), co=20, k=(5,), stride=(2,), padding=(3,), dilation=(2,)),
+    dict(s=(9, 11), co=5, k=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1)),
+    dict(s=(9, 11), co=17, k=(3, 2), stride=(2, 3), padding=(2, 1), dilation=(2, 1)),
+], ids=["1d", "1d-strided", "2d", "2d-strided"])
+def test_the_later_synapse_is_the_unperturbed_output_plus_the_changes_convolution(kernel_lib, monkeypatch, dtype,
+                                                                                 geometry):
+    """``_kernel.delta_conv``: row n of copies whose inputs differ from the unperturbed row
+    n // P in a few spikes gives torch's convolution of that row: to 1e-12 in float64 and a
+    few ulps in float32, over strides, padding, dilation and channel counts that fill 16-lane
+    steps and leave a masked last one."""
+    import torch.nn.functional as F
+    from snn2hw.core import _kernel
+
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    gen = torch.Generator().manual_seed(3)
+    R, P, Ci, Co = 6, 4, 3, geometry["co"]
+    conv = F.conv1d if len(geometry["s"]) == 1 else F.conv2d
+    args = geometry["stride"], geometry["padding"], geometry["dilation"]
+    w = torch.randn(Co, Ci, *geometry["k"], generator=gen, dtype=dtype)
+    base_in = _spike_rows(gen, R, Ci, *geometry["s"], dtype=dtype)
+    x = base_in.repeat_interleave(P, 0)
+    flips = torch.rand(x.shape, generator=gen) < 0.05
+    x[flips] = 1 - x[flips]
+    base_out = conv(base_in, w, None, *args)
+    size = tuple(base_out.shape[2:])
+    table = _kernel.conv_taps(geometry["s"], size, geometry["k"], *args)
+    got = _kernel.delta_conv(x, base_in, base_out.flatten(2).transpose(1, 2).contiguous(),
+                             w.flatten(2).permute(1, 2, 0).contiguous(), table, size)
+    tol = 1e-12 if dtype == torch.float64 else 4e-6
+    torch.testing.assert_close(got, conv(x, w, None, *args), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_later_synapse_adds_its_changes_in_order_bit_for_bit(kernel_lib, monkeypatch, dtype):
+    """Each output of ``_kernel.delta_conv`` is the unperturbed output plus d x w for every
+    changed input (channel, position) and tap in that order, each operation rounded, bit
+    for bit (float32: the AVX-512 pass where the CPU has it; 20 channels: a full 16-lane step
+    and a masked one); a row without changes is the unperturbed output exactly."""
+    from snn2hw.core import _kernel
+
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    gen = torch.Generator().manual_seed(5)
+    R, P, Ci, Co, L = 2, 3, 3, 20, 7
+    base_in = _spike_rows(gen, R, Ci, L, dtype=dtype)
+    x = base_in.repeat_interleave(P, 0)
+    flips = torch.rand(x.shape, generator=gen) < 0.2
+    flips[0] = False  # row 0: unchanged
+    x[flips] = 1 - x[flips]
+    wt = torch.randn(Ci, 3, Co, generator=gen, dtype=dtype)
+    base_t = torch.randn(R, L, Co, generator=gen, dtype=dtype)
+    table = _kernel.conv_taps((L,), (L,), (3,), (1,), (1,), (1,))
+    got = _kernel.delta_conv(x, base_in, base_t, wt, table, (L,))
+    ref = base_t.repeat_interleave(P, 0).clone()  # (N, L, Co)
+    for n in range(R * P):
+        for ci in range(Ci):
+            for i in range(L):
+                d = x[n, ci, i] - base_in[n // P, ci, i]
+                for k in range(3):
+                    o = int(table[i, k])
+                    if d != 0 and o >= 0:
+                        ref[n, o] = ref[n, o] + d * wt[ci, k]
+    assert int(flips.sum()) > 10
+    assert torch.equal(got, ref.transpose(1, 2))
+    assert torch.equal(got[0], base_t[0].t())
+
+
+def test_the_fdg_runs_the_synapses_after_the_channel_local_one_as_their_change(count_calls, monkeypatch):
+    """A conv net of three synapses: conv3 of the copies runs as the unperturbed output plus
+    the change (``_kernel.delta_conv``, once per chunk), and the FDG is the one of conv3 run
+    densely on every copy (the change is exact: to 1e-9 in float64)."""
+    from snn2hw.core import _kernel
+    from snn2hw.methods import dspike
+
+    if _kernel._library() is None:
+        pytest.skip("no compiled kernel")
+    cfg = ModelConfig(arch="conv", input_shape=(1, 24), channels=(4, 6, 5), timesteps=3)
+    model = _dspike_model(cfg, torch.float64, seed=8)
+    x, y = torch.rand(12, 1, 24, dtype=torch.float64) * 2, torch.randint(0, 10, (12,))
+    loss_fn, weight = make_loss("tet"), first_weight_name(model)
+    coords = torch.arange(dict(model.named_parameters())[weight].numel())
+    calls = count_calls(_kernel, "delta_conv")
+    changed = finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.1, chunk_size=5)
+    assert len(calls) == -(-2 * len(coords) // 5)
+    monkeypatch.setattr(dspike._ChannelLocal, "_later", lambda self, layer, z: None)  # conv3 dense
+    dense = finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.1, chunk_size=5)
+    assert (dense != 0).sum() >= len(coords) // 2
+    torch.testing.assert_close(changed, dense, rtol=0, atol=1e-9)

@@ -12,6 +12,7 @@ Set ``SNN2HW_NO_KERNEL=1`` to force the torch loop.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import shutil
 import subprocess
@@ -90,6 +91,7 @@ def load(path: Path = LIBRARY) -> ctypes.CDLL | None:
         getattr(lib, f"sech2_grad_{suf}").argtypes = [ptr, ptr, i64, ct, ct, ct, i]
         getattr(lib, f"psg_arctan_grads_{suf}").argtypes = [ptr, ptr, ptr, i64, ct, ct, i, i]
         getattr(lib, f"channel_local_conv_{suf}").argtypes = [ptr] * 5 + [i64] * 15 + [i]
+        getattr(lib, f"delta_conv_{suf}").argtypes = [ptr] * 9 + [i64] * 7 + [i]
     lib.bn_stats_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.bn_coefficients_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_double] * 2 + [ctypes.c_int64] + \
@@ -474,6 +476,42 @@ def channel_local_conv(z: Tensor, w: Tensor, base: Tensor, stride: tuple[int, ..
         _ptr(z), _ptr(w), _ptr(base), _ptr(out), _ptr(cols), N, P, C, Hi, Wi, Ho, Wo, kh, kw, *stride, *padding, *dilation,
         threads)
     return out.squeeze(3) if one_d else out
+
+
+def conv_taps(in_size: tuple[int, ...], out_size: tuple[int, ...], kernel: tuple[int, ...],
+              stride: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...]) -> Tensor:
+    """(S_in, K) int64: the output position (flat) that input position i (flat) reaches
+    through tap k (flat, row-major as the weight's), -1 for none; 1-d or 2-d, zero padding."""
+    table = torch.zeros(*in_size, *kernel, dtype=torch.int64)
+    for axis, (n_in, n_out, k, s, p, d) in enumerate(zip(in_size, out_size, kernel, stride, padding, dilation)):
+        i = torch.arange(n_in).view(-1, 1)
+        start = i + p - torch.arange(k).view(1, -1) * d  # = o * s for the output o it reaches
+        o = torch.div(start, s, rounding_mode="floor")
+        hit = (start % s == 0) & (o >= 0) & (o < n_out)
+        view = [1] * (2 * len(in_size))
+        view[axis], view[len(in_size) + axis] = n_in, k
+        o, hit = o.view(view), hit.view(view)
+        table = torch.where(hit & (table >= 0), table * n_out + o, torch.full_like(table, -1))
+    return table.reshape(math.prod(in_size), math.prod(kernel)).contiguous()
+
+
+def delta_conv(x: Tensor, base_in: Tensor, base_t: Tensor, wt: Tensor, table: Tensor, out_size: tuple[int, ...]) -> Tensor:
+    """``out[n] = base_out[n // P] + conv(x[n] - base_in[n // P])`` (the kernel's comment): x
+    (N, Ci, *S_in), base_in (N / P, Ci, *S_in), base_t (N / P, S_out, Co) the unperturbed
+    output transposed, wt (Ci, K, Co) the weight transposed, table ``conv_taps``'s; out (N, Co, *S_out)."""
+    x = x.contiguous()
+    N, Ci, R = x.shape[0], x.shape[1], base_in.shape[0]
+    Si, So, Co, K = table.shape[0], base_t.shape[1], base_t.shape[2], table.shape[1]
+    out = torch.empty(N, Co, *out_size, dtype=x.dtype)
+    threads = torch.get_num_threads()
+    accs = torch.empty(threads, So * Co, dtype=x.dtype)
+    f = torch.arange(So * Co, dtype=torch.int32)
+    idx = (f % So) * Co + f // So  # where output f (channel-major) sits in the transposed acc
+    rows = torch.arange(Ci * Si, dtype=torch.int32) // Si  # the input channel of flat input f
+    getattr(_library(), f"delta_conv_{_SUFFIX[x.dtype]}")(
+        _ptr(x), _ptr(base_in), _ptr(base_t), _ptr(wt), _ptr(table), _ptr(idx), _ptr(rows), _ptr(out), _ptr(accs), N, N // R, Ci, Si, Co, So,
+        K, threads)
+    return out
 
 
 def main() -> None:

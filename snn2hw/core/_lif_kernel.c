@@ -1337,6 +1337,117 @@ LOCAL_CLONES void channel_local_conv_##SUF(const T_ *restrict z, const T_ *restr
 DEFINE_CHANNEL_LOCAL(float, f32)
 DEFINE_CHANNEL_LOCAL(double, f64)
 
+/* ====================== the FDG's later synapses: the unperturbed pass plus the copies' change ======================
+ * out[n] = base_out[n / P] + conv(x[n] - base_in[n / P]) for a synapse after the channel-local
+ * one (methods/dspike.py, _ChannelLocal._later): copy row n = (sample r, copy p) sees the
+ * unperturbed network's input base_in[r] but for a few spikes (2.2% of pool2's outputs on the
+ * mnist1d conv net's FDG), so its output is the unperturbed output plus the change's
+ * convolution, one weight column per changed input and tap. The convolution is linear, so
+ * these are the full copy's numbers up to rounding (as _ChannelLocal's). x (N, Ci, Si),
+ * base_in (N / P, Ci, Si), base_t (N / P, So, Co) (the unperturbed output, transposed),
+ * wt (Ci, K, Co) (the weight, transposed), table (Si, K): the output position input
+ * position i reaches through tap k (-1: none), out (N, Co, So), acc threads x So x Co,
+ * all contiguous. Each output starts from base and adds d x w in the order (ci, i, k): its
+ * numbers do not depend on how many copies a call holds. oneDNN's dense convolution of the
+ * copies took a third of the FDG (2.7-2.8 ms per chunk of 17 copies of 64 samples x 4 steps). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* float on AVX-512: the changed inputs found 16 at a time (a compare and a mask, whose set
+ * bits are the few to add), the weight columns added 16 channels a step, and the transposed
+ * store as gathers (idx[f]: where output f sits in acc). The same operations per output as
+ * the plain loop below (acc = base, then + d x w in the order (ci, i, k)): the same numbers. */
+__attribute__((target("avx512f"))) static void delta_conv_f32_avx512(
+    const float *x, const float *base_in, const float *base_t, const float *wt, const int64_t *table,
+    float *out, float *acc, const int32_t *idx, const int32_t *rows, int64_t n, int64_t P, int64_t Ci, int64_t Si, int64_t Co,
+    int64_t So, int64_t K)
+{
+    int64_t r = n / P, F = Ci * Si, A = So * Co, cv = (Co + 15) / 16;
+    __mmask16 tail = Co % 16 ? (__mmask16)((1u << (Co % 16)) - 1) : (__mmask16)0xFFFF;
+    const float *xn = x + n * F, *bn = base_in + r * F, *bt = base_t + r * A;
+    for (int64_t f = 0; f < A; f += 16) {
+        __mmask16 m = A - f >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (A - f)) - 1);
+        _mm512_mask_storeu_ps(acc + f, m, _mm512_maskz_loadu_ps(m, bt + f));
+    }
+    for (int64_t f0 = 0; f0 < F; f0 += 16) {
+        __mmask16 m = F - f0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (F - f0)) - 1);
+        __m512 d16 = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, xn + f0), _mm512_maskz_loadu_ps(m, bn + f0));
+        unsigned changed = _mm512_mask_cmp_ps_mask(m, d16, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+        while (changed) {
+            int64_t f = f0 + __builtin_ctz(changed);
+            changed &= changed - 1;
+            int64_t ci = (int64_t)rows[f], i = f - ci * Si;  /* rows[f] = f / Si: no division here */
+            __m512 d = _mm512_set1_ps(xn[f] - bn[f]);
+            for (int64_t k = 0; k < K; k++) {
+                int64_t o = table[i * K + k];
+                if (o < 0) continue;
+                float *a = acc + o * Co;
+                const float *w = wt + (ci * K + k) * Co;
+                for (int64_t v = 0; v < cv; v++) {
+                    __mmask16 mv = v + 1 < cv ? (__mmask16)0xFFFF : tail;
+                    __m512 sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mv, a + 16 * v),
+                                               _mm512_mul_ps(d, _mm512_maskz_loadu_ps(mv, w + 16 * v)));
+                    _mm512_mask_storeu_ps(a + 16 * v, mv, sum);
+                }
+            }
+        }
+    }
+    float *on = out + n * A;
+    for (int64_t f = 0; f < A; f += 16) {
+        __mmask16 m = A - f >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (A - f)) - 1);
+        __m512i at = _mm512_maskz_loadu_epi32(m, idx + f);
+        _mm512_mask_storeu_ps(on + f, m, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, at, acc, 4));
+    }
+}
+#else
+static void delta_conv_f32_avx512(const float *x, const float *base_in, const float *base_t, const float *wt,
+                                  const int64_t *table, float *out, float *acc, const int32_t *idx,
+                                  const int32_t *rows, int64_t n,
+                                  int64_t P, int64_t Ci, int64_t Si, int64_t Co, int64_t So, int64_t K)
+{
+    (void)x; (void)base_in; (void)base_t; (void)wt; (void)table; (void)out; (void)acc; (void)idx; (void)rows; (void)n;
+    (void)P; (void)Ci; (void)Si; (void)Co; (void)So; (void)K;
+}
+#endif
+#define DEFINE_DELTA_CONV(T_, SUF)                                                     \
+LOCAL_CLONES void delta_conv_##SUF(const T_ *restrict x, const T_ *restrict base_in,   \
+                                   const T_ *restrict base_t, const T_ *restrict wt,   \
+                                   const int64_t *restrict table, const int32_t *restrict idx, \
+                                   const int32_t *restrict rows, \
+                                   T_ *restrict out, T_ *restrict accs, int64_t N, int64_t P, int64_t Ci, \
+                                   int64_t Si, int64_t Co, int64_t So, int64_t K, int nthreads) \
+{                                                                                      \
+    int fast = sizeof(T_) == sizeof(float) && wide_available() && So * Co < (1 << 30); \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
+    for (int64_t n = 0; n < N; n++) {                                                  \
+        int64_t r = n / P;                                                             \
+        T_ *acc = accs + THREAD() * So * Co;                                           \
+        if (fast) {                                                                    \
+            delta_conv_f32_avx512((const float *)x, (const float *)base_in, (const float *)base_t, \
+                                  (const float *)wt, table, (float *)out, (float *)acc, idx, rows, n, P, Ci, \
+                                  Si, Co, So, K);                                      \
+            continue;                                                                  \
+        }                                                                              \
+        memcpy(acc, base_t + r * So * Co, (size_t)(So * Co) * sizeof(T_));            \
+        const T_ *xn = x + n * Ci * Si, *bn = base_in + r * Ci * Si;                   \
+        for (int64_t ci = 0; ci < Ci; ci++)                                            \
+            for (int64_t i = 0; i < Si; i++) {                                         \
+                T_ d = xn[ci * Si + i] - bn[ci * Si + i];                              \
+                if (d == 0) continue;                                                  \
+                for (int64_t k = 0; k < K; k++) {                                      \
+                    int64_t o = table[i * K + k];                                      \
+                    if (o < 0) continue;                                               \
+                    T_ *a = acc + o * Co;                                              \
+                    const T_ *w = wt + (ci * K + k) * Co;                              \
+                    for (int64_t co = 0; co < Co; co++) a[co] += d * w[co];            \
+                }                                                                      \
+            }                                                                          \
+        T_ *on = out + n * Co * So;                                                    \
+        for (int64_t co = 0; co < Co; co++)                                            \
+            for (int64_t o = 0; o < So; o++) on[co * So + o] = acc[o * Co + co];       \
+    }                                                                                  \
+}
+DEFINE_DELTA_CONV(float, f32)
+DEFINE_DELTA_CONV(double, f64)
+
 /* ====================== PSG's arctan derivatives (surrogate.PsgArctan.grads) ======================
  * g = 1 / t, dp = printed ? 1 / t : (2p x) / t, t = (p x)^2 + 1: PsgArctan.grads' expressions
  * with their roundings (torch's mul, square as x * x, add, reciprocal and div are each one IEEE

@@ -295,12 +295,18 @@ def _grouped_bn_lif_pool(run: list[nn.Module], h: Tensor, group: Grouping) -> Te
     return pooled.view(*h.shape[:3], *pooled.shape[3:])
 
 
+# (layer, input (N, ...) with time folded into the batch) -> its output, or None: how a pass of
+# copies runs a synapse in its own way (``_ChannelLocal._later``)
+Synapse = Callable[[nn.Module, Tensor], Tensor | None]
+
+
 def _run(layers: list[nn.Module], h: Tensor, temporal: bool, timesteps: int,
-         group: Grouping | None = None) -> tuple[Tensor, bool]:
+         group: Grouping | None = None, synapse: Synapse | None = None) -> tuple[Tensor, bool]:
     """``SpikingNetwork.forward_sequence`` over ``layers``: static frames broadcast over T
-    at the first temporal layer; ``group`` sets tdBN's statistics (channels = copies).
-    ``[TDBatchNorm, LIF, Pool]`` and ``[LIF, Pool]`` run as one compiled pass where
-    ``run_layers`` would fuse them (the same numbers, two passes fewer and no avg_pool)."""
+    at the first temporal layer; ``group`` sets tdBN's statistics (channels = copies),
+    ``synapse`` may run a Linear/Conv. ``[TDBatchNorm, LIF, Pool]`` and ``[LIF, Pool]`` run
+    as one compiled pass where ``run_layers`` would fuse them (the same numbers, two passes
+    fewer and no avg_pool)."""
     i = 0
     while i < len(layers):
         layer = layers[i]
@@ -319,10 +325,16 @@ def _run(layers: list[nn.Module], h: Tensor, temporal: bool, timesteps: int,
             h = layer(h)
         elif group is not None and isinstance(layer, TDBatchNorm):
             h = _folded(lambda z, bn=layer: _grouped_norm(z, bn, group), h, temporal)
+        elif synapse is not None and _mixes_channels(layer):
+            h = _folded(lambda z, s=layer: _or(synapse(s, z), s, z), h, temporal)
         else:
             h = _folded(layer, h, temporal)
         i += 1
     return h, temporal
+
+
+def _or(out: Tensor | None, layer: nn.Module, z: Tensor) -> Tensor:
+    return layer(z) if out is None else out
 
 
 class _ChannelLocal:
@@ -348,6 +360,42 @@ class _ChannelLocal:
         per_copy = self.base.numel() // self.base.shape[2 if self.temporal else 1] * self.base.element_size()
         self.block = max(1, CHANGE_BYTES // max(per_copy, 1) // chunk) * chunk
         self.changes: tuple[int, Tensor] | None = None  # (first copy, its block's changes)
+        # the convolutions after layer m: the unperturbed pass's input and output of each, run
+        # as a copy whose change is zero would run them (``_later``)
+        self.later: dict[int, tuple[Tensor, Tensor, Tensor, Tensor, tuple[int, ...]]] = {}
+        h, temporal, start = self.base_out, self.temporal, self.m + 1
+        for j in range(self.m + 1, len(self.layers)):
+            layer = self.layers[j]
+            if not (isinstance(layer, (nn.Conv1d, nn.Conv2d)) and _mixes_channels(layer)
+                    and not isinstance(layer.padding, str) and _kernel.available(h)):
+                continue
+            h, temporal = _run(self.layers[start:j], h, temporal, self.timesteps, self._tiled(1))
+            z = h.flatten(0, 1) if temporal else h
+            out = layer(z)
+            table = _kernel.conv_taps(tuple(z.shape[2:]), tuple(out.shape[2:]), layer.kernel_size, layer.stride,
+                                      layer.padding, layer.dilation)
+            wt = layer.weight.detach().flatten(2).permute(1, 2, 0).contiguous()  # (Ci, K, Co)
+            self.later[id(layer)] = (z.contiguous(), out.flatten(2).transpose(1, 2).contiguous(), wt, table,
+                                     tuple(out.shape[2:]))
+            h, start = (out.unflatten(0, h.shape[:2]) if temporal else out), j + 1
+
+    def _tiled(self, p: int) -> Grouping:
+        """Training statistics per copy and channel for a pass of p copies (as ``_Copies._norm``)."""
+        def per_copy(z: Tensor, bn: TDBatchNorm) -> tuple[Tensor, Tensor, Tensor]:
+            key = (id(bn), p)
+            if key not in self.tiled:
+                self.tiled[key] = bn.weight.repeat(p), bn.bias.repeat(p)
+            return z.view(-1, p * z.shape[1], *z.shape[2:]), *self.tiled[key]
+        return per_copy
+
+    def _later(self, layer: nn.Module, z: Tensor) -> Tensor | None:
+        """A convolution after layer m on the copies' rows z (N, ...) (row n: sample n // P of
+        the unperturbed pass, perturbed): that pass's output plus the convolution of the
+        change, which is a few spikes (``_kernel.delta_conv``); None for another layer."""
+        entry = self.later.get(id(layer))
+        if entry is None or z.dtype != entry[0].dtype or z.shape[0] % entry[0].shape[0]:
+            return None
+        return _kernel.delta_conv(z, *entry)
 
     def _changes(self, j0: int, j1: int) -> Tensor:
         """The copies j0..j1-1's perturbed channel after layers f..m-1 minus the unperturbed
@@ -397,13 +445,7 @@ class _ChannelLocal:
         if temporal:
             out = out.unflatten(0, (self.timesteps, -1))
 
-        def per_copy(z: Tensor, bn: TDBatchNorm) -> tuple[Tensor, Tensor, Tensor]:  # as _Copies._norm
-            key = (id(bn), p)
-            if key not in self.tiled:
-                self.tiled[key] = bn.weight.repeat(p), bn.bias.repeat(p)
-            return z.view(-1, p * z.shape[1], *z.shape[2:]), *self.tiled[key]
-
-        out, temporal = _run(self.layers[self.m + 1:], out, temporal, self.timesteps, per_copy)
+        out, temporal = _run(self.layers[self.m + 1:], out, temporal, self.timesteps, self._tiled(p), self._later)
         return out if temporal else out.unsqueeze(0).expand(self.timesteps, *out.shape)
 
 
