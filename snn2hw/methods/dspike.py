@@ -334,6 +334,7 @@ def _run(layers: list[nn.Module], h: Tensor, temporal: bool, timesteps: int,
 
 
 def _or(out: Tensor | None, layer: nn.Module, z: Tensor) -> Tensor:
+    """A ``Synapse``'s output, or the layer's own where it declined."""
     return layer(z) if out is None else out
 
 
@@ -343,7 +344,9 @@ class _ChannelLocal:
     from the unperturbed network in channel o_p only. That one channel is computed per copy
     (a tensor whose channel axis holds the copies), and layer m's output is
     ``m(base) + m_o(change)``, with ``m_o`` the weights of input channel o only: the same
-    numbers as the full copies up to rounding, at 1/C of their work up to m. Later layers run on all copies stacked along the batch axis."""
+    numbers as the full copies up to rounding, at 1/C of their work up to m. Later layers
+    run on all copies stacked along the batch axis, a convolution among them as the
+    unperturbed network's output plus the convolution of what changed (``_later``)."""
 
     def __init__(self, model: SpikingNetwork, span: tuple[int, int], x: Tensor, temporal: bool, w: Tensor,
                  flat: Tensor, signed: Tensor, chunk: int) -> None:
@@ -461,8 +464,10 @@ def finite_difference_grad(model: nn.Module, weight: str, x: Tensor, y: Tensor, 
     first-layer weights, per-copy tdBN training statistics, the fused LIF loop (compiled
     kernel) for all copies at once; where W1's output channels stay apart up to the next
     synapse (``_ChannelLocal``), only the perturbed channel is computed per copy there (for
-    as many copies at once as ``CHANGE_BYTES`` holds, all of them on small nets), and the
-    blocks tdBN -> LIF -> pool run as one compiled pass (``_grouped_bn_lif_pool``).
+    as many copies at once as ``CHANGE_BYTES`` holds, all of them on small nets), the
+    convolutions after that synapse as the unperturbed output plus the convolution of the
+    copy's few changed spikes (``_ChannelLocal._later``), and the blocks tdBN -> LIF -> pool
+    run as one compiled pass (``_grouped_bn_lif_pool``).
     Spikes are the exact step (an installed strategy is set aside). No buffer of ``model``
     changes.
     """
