@@ -783,3 +783,75 @@ def test_the_fdg_runs_the_synapses_after_the_channel_local_one_as_their_change(c
     dense = finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.1, chunk_size=5)
     assert (dense != 0).sum() >= len(coords) // 2
     torch.testing.assert_close(changed, dense, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("hooked", [4, 8], ids=["conv2-hooked", "conv3-hooked"])
+def test_a_synapse_with_a_hook_runs_as_a_module_in_the_fdg(hooked):
+    """The FDG computes the channel-local synapse and the ones after it from their weights;
+    a synapse with a hook (here one that scales its input by 3) is not that function of its
+    weight, so it runs as a module: the FDG is still the per-coordinate loop's (float64)."""
+    cfg = ModelConfig(arch="conv", input_shape=(1, 24), channels=(4, 6, 5), timesteps=3)
+    model = _dspike_model(cfg, torch.float64, seed=8)
+    model.layers[hooked].register_forward_pre_hook(lambda m, a: (a[0] * 3,))
+    x, y = torch.rand(12, 1, 24, dtype=torch.float64) * 2, torch.randint(0, 10, (12,))
+    loss_fn, weight = make_loss("tet"), first_weight_name(model)
+    coords = torch.arange(dict(model.named_parameters())[weight].numel())
+    ref = _looped_fdg(model, weight, x, y, loss_fn, coords, 0.1)
+    assert (ref != 0).sum() >= len(coords) // 2
+    got = finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.1, chunk_size=5)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+
+
+def test_the_later_synapse_sees_few_changes_against_its_unperturbed_rows(monkeypatch):
+    """What makes ``_later`` pay: a copy's input to conv3 is the unperturbed pass's row
+    n // P but for a few spikes (the base is the pass a copy without change runs). Every
+    call's rows differ from their base in under a fifth of their values, and a copy whose
+    perturbation is zero is the unperturbed output exactly."""
+    from snn2hw.core import _kernel
+    from snn2hw.methods import dspike
+
+    if _kernel._library() is None:
+        pytest.skip("no compiled kernel")
+    cfg = ModelConfig(arch="conv", input_shape=(1, 24), channels=(4, 6, 5), timesteps=3)
+    model = _dspike_model(cfg, torch.float32, seed=8)
+    x, y = torch.rand(12, 1, 24) * 2, torch.randint(0, 10, (12,))
+    loss_fn, weight = make_loss("tet"), first_weight_name(model)
+    coords = torch.arange(dict(model.named_parameters())[weight].numel())
+    shares, outs = [], []
+    real = _kernel.delta_conv
+
+    def watched(z, base_in, base_t, wt, table, size):
+        P = z.shape[0] // base_in.shape[0]
+        shares.append(float((z != base_in.repeat_interleave(P, 0)).double().mean()))
+        outs.append((real(z, base_in, base_t, wt, table, size), base_t))
+        return outs[-1][0]
+
+    monkeypatch.setattr(_kernel, "delta_conv", watched)
+    finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.1, chunk_size=5)
+    assert len(shares) == -(-2 * len(coords) // 5) and max(shares) < 0.2 and min(shares) > 0
+    shares.clear(), outs.clear()
+    finite_difference_grad(model, weight, x, y, loss_fn, coords, 0.0, chunk_size=5)  # no change at all
+    assert shares and max(shares) == 0
+    for out, base_t in outs:
+        P = out.shape[0] // base_t.shape[0]
+        assert torch.equal(out, base_t.transpose(1, 2).repeat_interleave(P, 0).view(out.shape))
+
+
+def test_the_later_synapse_refuses_shapes_that_do_not_match(kernel_lib, monkeypatch):
+    """``_kernel.delta_conv`` reads its arguments by the sizes it is given: a weight, a base
+    or a table of another layer is refused by name before the kernel runs."""
+    from snn2hw.core import _kernel
+
+    if kernel_lib is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(_kernel, "_lib", kernel_lib)
+    monkeypatch.setattr(_kernel, "_tried", True)
+    x, base_in = torch.zeros(6, 3, 7), torch.zeros(2, 3, 7)
+    base_t, wt = torch.zeros(2, 7, 4), torch.zeros(3, 3, 4)
+    table = _kernel.conv_taps((7,), (7,), (3,), (1,), (1,), (1,))
+    assert _kernel.delta_conv(x, base_in, base_t, wt, table, (7,)).shape == (6, 4, 7)
+    for bad in (dict(wt=torch.zeros(3, 3, 5)), dict(base_in=torch.zeros(2, 3, 8)), dict(x=torch.zeros(5, 3, 7)),
+                dict(table=_kernel.conv_taps((8,), (8,), (3,), (1,), (1,), (1,))), dict(base_t=torch.zeros(3, 7, 4))):
+        args = dict(x=x, base_in=base_in, base_t=base_t, wt=wt, table=table) | bad
+        with pytest.raises(ValueError, match="delta_conv: shapes do not match"):
+            _kernel.delta_conv(**args, out_size=(7,))

@@ -502,6 +502,12 @@ def delta_conv(x: Tensor, base_in: Tensor, base_t: Tensor, wt: Tensor, table: Te
     x = x.contiguous()
     N, Ci, R = x.shape[0], x.shape[1], base_in.shape[0]
     Si, So, Co, K = table.shape[0], base_t.shape[1], base_t.shape[2], table.shape[1]
+    if (base_in.shape[1:] != x.shape[1:] or N % R or base_t.shape[0] != R or wt.shape != (Ci, K, Co)
+            or x[0, 0].numel() != Si or math.prod(out_size) != So or not base_in.is_contiguous()
+            or not base_t.is_contiguous() or not wt.is_contiguous() or table.dtype != torch.int64):
+        raise ValueError(f"delta_conv: shapes do not match: x {tuple(x.shape)}, base_in {tuple(base_in.shape)}, "
+                         f"base_t {tuple(base_t.shape)}, wt {tuple(wt.shape)}, table {tuple(table.shape)}, "
+                         f"out_size {out_size}")
     out = torch.empty(N, Co, *out_size, dtype=x.dtype)
     threads = torch.get_num_threads()
     accs = torch.empty(threads, So * Co, dtype=x.dtype)

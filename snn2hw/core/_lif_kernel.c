@@ -1415,7 +1415,8 @@ LOCAL_CLONES void delta_conv_##SUF(const T_ *restrict x, const T_ *restrict base
                                    T_ *restrict out, T_ *restrict accs, int64_t N, int64_t P, int64_t Ci, \
                                    int64_t Si, int64_t Co, int64_t So, int64_t K, int nthreads) \
 {                                                                                      \
-    int fast = sizeof(T_) == sizeof(float) && wide_available() && So * Co < (1 << 30); \
+    int fast = sizeof(T_) == sizeof(float) && wide_available() && So * Co < (1 << 30) \
+               && Ci * Si < (1 << 30);  /* idx and rows are int32 */               \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
     for (int64_t n = 0; n < N; n++) {                                                  \
         int64_t r = n / P;                                                             \

@@ -176,6 +176,14 @@ def _mixes_channels(layer: nn.Module) -> bool:
     return isinstance(layer, nn.Linear)
 
 
+def _own_synapse(layer: nn.Module) -> bool:
+    """A Linear/Conv whose output is its class's own function of its weight: no hook, no
+    forward of a subclass or the instance. The FDG computes such a synapse from its weight
+    (the channel-local one, ``_ChannelLocal._later``'s), not by calling it."""
+    return (type(layer).forward in (nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward)
+            and core_layers.plain_module(layer) and core_layers.no_global_hooks())
+
+
 def _channel_local_span(model: nn.Module, weight: str) -> tuple[int, int] | None:
     """(f, m) when W1 is ``layers[f].weight``, every layer strictly between f and m acts
     per channel and ``layers[m]`` is a Linear/Conv: a perturbation of W1's row o then
@@ -188,7 +196,7 @@ def _channel_local_span(model: nn.Module, weight: str) -> tuple[int, int] | None
         return None
     for m in range(f + 1, len(layers)):
         if _mixes_channels(layers[m]):
-            return f, m
+            return (f, m) if _own_synapse(layers[m]) else None
         if not isinstance(layers[m], _PER_CHANNEL):
             return None
     return None
@@ -369,7 +377,7 @@ class _ChannelLocal:
         h, temporal, start = self.base_out, self.temporal, self.m + 1
         for j in range(self.m + 1, len(self.layers)):
             layer = self.layers[j]
-            if not (isinstance(layer, (nn.Conv1d, nn.Conv2d)) and _mixes_channels(layer)
+            if not (isinstance(layer, (nn.Conv1d, nn.Conv2d)) and _mixes_channels(layer) and _own_synapse(layer)
                     and not isinstance(layer.padding, str) and _kernel.available(h)):
                 continue
             h, temporal = _run(self.layers[start:j], h, temporal, self.timesteps, self._tiled(1))
@@ -395,8 +403,8 @@ class _ChannelLocal:
         """A convolution after layer m on the copies' rows z (N, ...) (row n: sample n // P of
         the unperturbed pass, perturbed): that pass's output plus the convolution of the
         change, which is a few spikes (``_kernel.delta_conv``); None for another layer."""
-        entry = self.later.get(id(layer))
-        if entry is None or z.dtype != entry[0].dtype or z.shape[0] % entry[0].shape[0]:
+        entry = self.later.get(id(layer))  # (one module placed twice: its last place's; the shape tells)
+        if entry is None or z.dtype != entry[0].dtype or z.shape[1:] != entry[0].shape[1:] or z.shape[0] % entry[0].shape[0]:
             return None
         return _kernel.delta_conv(z, *entry)
 
