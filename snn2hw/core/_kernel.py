@@ -12,6 +12,7 @@ Set ``SNN2HW_NO_KERNEL=1`` to force the torch loop.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 import shutil
@@ -495,7 +496,8 @@ def conv_taps(in_size: tuple[int, ...], out_size: tuple[int, ...], kernel: tuple
     return table.reshape(math.prod(in_size), math.prod(kernel)).contiguous()
 
 
-def delta_conv(x: Tensor, base_in: Tensor, base_t: Tensor, wt: Tensor, table: Tensor, out_size: tuple[int, ...]) -> Tensor:
+def delta_conv(x: Tensor, base_in: Tensor, base_t: Tensor, wt: Tensor, table: Tensor,
+               out_size: tuple[int, ...]) -> Tensor:
     """``out[n] = base_out[n // P] + conv(x[n] - base_in[n // P])`` (the kernel's comment): x
     (N, Ci, *S_in), base_in (N / P, Ci, *S_in), base_t (N / P, S_out, Co) the unperturbed
     output transposed, wt (Ci, K, Co) the weight transposed, table ``conv_taps``'s; out (N, Co, *S_out)."""
@@ -511,13 +513,20 @@ def delta_conv(x: Tensor, base_in: Tensor, base_t: Tensor, wt: Tensor, table: Te
     out = torch.empty(N, Co, *out_size, dtype=x.dtype)
     threads = torch.get_num_threads()
     accs = torch.empty(threads, So * Co, dtype=x.dtype)
-    f = torch.arange(So * Co, dtype=torch.int32)
-    idx = (f % So) * Co + f // So  # where output f (channel-major) sits in the transposed acc
-    rows = torch.arange(Ci * Si, dtype=torch.int32) // Si  # the input channel of flat input f
+    idx, rows = _delta_indices(Ci, Si, Co, So)
     getattr(_library(), f"delta_conv_{_SUFFIX[x.dtype]}")(
-        _ptr(x), _ptr(base_in), _ptr(base_t), _ptr(wt), _ptr(table), _ptr(idx), _ptr(rows), _ptr(out), _ptr(accs), N, N // R, Ci, Si, Co, So,
-        K, threads)
+        _ptr(x), _ptr(base_in), _ptr(base_t), _ptr(wt), _ptr(table), _ptr(idx), _ptr(rows), _ptr(out), _ptr(accs),
+        N, N // R, Ci, Si, Co, So, K, threads)
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _delta_indices(Ci: int, Si: int, Co: int, So: int) -> tuple[Tensor, Tensor]:
+    """``delta_conv``'s int32 index rows for a layer's sizes (each FDG chunk asks again):
+    where output f (channel-major) sits in the transposed acc, and the input channel of
+    flat input f."""
+    f = torch.arange(So * Co, dtype=torch.int32)
+    return (f % So) * Co + f // So, torch.arange(Ci * Si, dtype=torch.int32) // Si
 
 
 def main() -> None:

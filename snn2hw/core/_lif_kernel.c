@@ -796,8 +796,9 @@ DEFINE_POOLED(float, f32)
 DEFINE_POOLED(double, f64)
 /* The pooled passes once more with 16-lane float vectors, compiled for AVX-512 (F, VL, DQ,
  * BW) and FMA, taken by _kernel.py's forward where wide_available() says the CPU has
- * them (the channel-local synapse's AVX-512 rows ask it too): WIDE x 16 neurons per block instead of WIDE x 4. Each lane's operations are the
- * narrow pass's (the same numbers); the narrow types stay the baseline (see VN_f32). */
+ * them (the FDG's AVX-512 synapses, local_rows3 and delta_conv, ask it too): WIDE x 16
+ * neurons per block instead of WIDE x 4. Each lane's operations are the narrow pass's (the
+ * same numbers); the narrow types stay the baseline (see VN_f32). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,fma")
@@ -1272,6 +1273,11 @@ void sech2_grad_f64(const double *x, double *out, int64_t n, double k, double sc
     }
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
+/* the lanes of a 16-lane step with `left` values to go: all, or the first `left` */
+static inline __mmask16 lanes16(int64_t left)
+{
+    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+}
 /* float, three taps: the C rows of one copy and sample in 16-lane steps, the last one
  * masked. GCC's loop ran 16 lanes and then the rest one by one: on rows of 20, the four
  * left over cost as much as the sixteen. The same operations per output (acc = 0 + w0 x0,
@@ -1283,7 +1289,7 @@ __attribute__((target("avx512f"))) static void local_rows3_f32_avx512(const floa
     for (int64_t c = 0; c < C; c++, wc += 3, bc += M, oc += M) {
         __m512 w0 = _mm512_set1_ps(wc[0]), w1 = _mm512_set1_ps(wc[1]), w2 = _mm512_set1_ps(wc[2]);
         for (int64_t m = 0; m < M; m += 16) {
-            __mmask16 k = M - m >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (M - m)) - 1);
+            __mmask16 k = lanes16(M - m);
             __m512 acc = _mm512_add_ps(_mm512_setzero_ps(), _mm512_mul_ps(w0, _mm512_maskz_loadu_ps(k, col + m)));
             acc = _mm512_add_ps(acc, _mm512_mul_ps(w1, _mm512_maskz_loadu_ps(k, col + M + m)));
             acc = _mm512_add_ps(acc, _mm512_mul_ps(w2, _mm512_maskz_loadu_ps(k, col + 2 * M + m)));
@@ -1357,18 +1363,18 @@ DEFINE_CHANNEL_LOCAL(double, f64)
  * the plain loop below (acc = base, then + d x w in the order (ci, i, k)): the same numbers. */
 __attribute__((target("avx512f"))) static void delta_conv_f32_avx512(
     const float *x, const float *base_in, const float *base_t, const float *wt, const int64_t *table,
-    float *out, float *acc, const int32_t *idx, const int32_t *rows, int64_t n, int64_t P, int64_t Ci, int64_t Si, int64_t Co,
-    int64_t So, int64_t K)
+    float *out, float *acc, const int32_t *idx, const int32_t *rows, int64_t n, int64_t P, int64_t Ci,
+    int64_t Si, int64_t Co, int64_t So, int64_t K)
 {
     int64_t r = n / P, F = Ci * Si, A = So * Co, cv = (Co + 15) / 16;
-    __mmask16 tail = Co % 16 ? (__mmask16)((1u << (Co % 16)) - 1) : (__mmask16)0xFFFF;
+    __mmask16 tail = lanes16(Co - 16 * (cv - 1));  /* the last step of a row of Co */
     const float *xn = x + n * F, *bn = base_in + r * F, *bt = base_t + r * A;
     for (int64_t f = 0; f < A; f += 16) {
-        __mmask16 m = A - f >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (A - f)) - 1);
+        __mmask16 m = lanes16(A - f);
         _mm512_mask_storeu_ps(acc + f, m, _mm512_maskz_loadu_ps(m, bt + f));
     }
     for (int64_t f0 = 0; f0 < F; f0 += 16) {
-        __mmask16 m = F - f0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (F - f0)) - 1);
+        __mmask16 m = lanes16(F - f0);
         __m512 d16 = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, xn + f0), _mm512_maskz_loadu_ps(m, bn + f0));
         unsigned changed = _mm512_mask_cmp_ps_mask(m, d16, _mm512_setzero_ps(), _CMP_NEQ_UQ);
         while (changed) {
@@ -1392,7 +1398,7 @@ __attribute__((target("avx512f"))) static void delta_conv_f32_avx512(
     }
     float *on = out + n * A;
     for (int64_t f = 0; f < A; f += 16) {
-        __mmask16 m = A - f >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (A - f)) - 1);
+        __mmask16 m = lanes16(A - f);
         __m512i at = _mm512_maskz_loadu_epi32(m, idx + f);
         _mm512_mask_storeu_ps(on + f, m, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, at, acc, 4));
     }
@@ -1403,23 +1409,22 @@ static void delta_conv_f32_avx512(const float *x, const float *base_in, const fl
                                   const int32_t *rows, int64_t n,
                                   int64_t P, int64_t Ci, int64_t Si, int64_t Co, int64_t So, int64_t K)
 {
-    (void)x; (void)base_in; (void)base_t; (void)wt; (void)table; (void)out; (void)acc; (void)idx; (void)rows; (void)n;
-    (void)P; (void)Ci; (void)Si; (void)Co; (void)So; (void)K;
+    (void)x; (void)base_in; (void)base_t; (void)wt; (void)table; (void)out; (void)acc; (void)idx; (void)rows;
+    (void)n; (void)P; (void)Ci; (void)Si; (void)Co; (void)So; (void)K;
 }
 #endif
 #define DEFINE_DELTA_CONV(T_, SUF)                                                     \
 LOCAL_CLONES void delta_conv_##SUF(const T_ *restrict x, const T_ *restrict base_in,   \
                                    const T_ *restrict base_t, const T_ *restrict wt,   \
                                    const int64_t *restrict table, const int32_t *restrict idx, \
-                                   const int32_t *restrict rows, \
-                                   T_ *restrict out, T_ *restrict accs, int64_t N, int64_t P, int64_t Ci, \
+                                   const int32_t *restrict rows, T_ *restrict out,     \
+                                   T_ *restrict accs, int64_t N, int64_t P, int64_t Ci, \
                                    int64_t Si, int64_t Co, int64_t So, int64_t K, int nthreads) \
 {                                                                                      \
     int fast = sizeof(T_) == sizeof(float) && wide_available() && So * Co < (1 << 30) \
-               && Ci * Si < (1 << 30);  /* idx and rows are int32 */               \
+               && Ci * Si < (1 << 30);  /* idx and rows are int32 */                  \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                 \
     for (int64_t n = 0; n < N; n++) {                                                  \
-        int64_t r = n / P;                                                             \
         T_ *acc = accs + THREAD() * So * Co;                                           \
         if (fast) {                                                                    \
             delta_conv_f32_avx512((const float *)x, (const float *)base_in, (const float *)base_t, \
@@ -1427,6 +1432,7 @@ LOCAL_CLONES void delta_conv_##SUF(const T_ *restrict x, const T_ *restrict base
                                   Si, Co, So, K);                                      \
             continue;                                                                  \
         }                                                                              \
+        int64_t r = n / P;                                                             \
         memcpy(acc, base_t + r * So * Co, (size_t)(So * Co) * sizeof(T_));            \
         const T_ *xn = x + n * Ci * Si, *bn = base_in + r * Ci * Si;                   \
         for (int64_t ci = 0; ci < Ci; ci++)                                            \

@@ -303,9 +303,9 @@ def _grouped_bn_lif_pool(run: list[nn.Module], h: Tensor, group: Grouping) -> Te
     return pooled.view(*h.shape[:3], *pooled.shape[3:])
 
 
-# (layer, input (N, ...) with time folded into the batch) -> its output, or None: how a pass of
-# copies runs a synapse in its own way (``_ChannelLocal._later``)
-Synapse = Callable[[nn.Module, Tensor], Tensor | None]
+# (layer, input (N, ...) with time folded into the batch) -> its output: how a pass of copies
+# runs a synapse (``_ChannelLocal._later``)
+Synapse = Callable[[nn.Module, Tensor], Tensor]
 
 
 def _run(layers: list[nn.Module], h: Tensor, temporal: bool, timesteps: int,
@@ -334,16 +334,11 @@ def _run(layers: list[nn.Module], h: Tensor, temporal: bool, timesteps: int,
         elif group is not None and isinstance(layer, TDBatchNorm):
             h = _folded(lambda z, bn=layer: _grouped_norm(z, bn, group), h, temporal)
         elif synapse is not None and _mixes_channels(layer):
-            h = _folded(lambda z, s=layer: _or(synapse(s, z), s, z), h, temporal)
+            h = _folded(lambda z, s=layer: synapse(s, z), h, temporal)
         else:
             h = _folded(layer, h, temporal)
         i += 1
     return h, temporal
-
-
-def _or(out: Tensor | None, layer: nn.Module, z: Tensor) -> Tensor:
-    """A ``Synapse``'s output, or the layer's own where it declined."""
-    return layer(z) if out is None else out
 
 
 class _ChannelLocal:
@@ -399,13 +394,14 @@ class _ChannelLocal:
             return z.view(-1, p * z.shape[1], *z.shape[2:]), *self.tiled[key]
         return per_copy
 
-    def _later(self, layer: nn.Module, z: Tensor) -> Tensor | None:
+    def _later(self, layer: nn.Module, z: Tensor) -> Tensor:
         """A convolution after layer m on the copies' rows z (N, ...) (row n: sample n // P of
         the unperturbed pass, perturbed): that pass's output plus the convolution of the
-        change, which is a few spikes (``_kernel.delta_conv``); None for another layer."""
+        change, which is a few spikes (``_kernel.delta_conv``); any other layer runs itself."""
         entry = self.later.get(id(layer))  # (one module placed twice: its last place's; the shape tells)
-        if entry is None or z.dtype != entry[0].dtype or z.shape[1:] != entry[0].shape[1:] or z.shape[0] % entry[0].shape[0]:
-            return None
+        if entry is None or z.dtype != entry[0].dtype or z.shape[1:] != entry[0].shape[1:] \
+                or z.shape[0] % entry[0].shape[0]:
+            return layer(z)
         return _kernel.delta_conv(z, *entry)
 
     def _changes(self, j0: int, j1: int) -> Tensor:
